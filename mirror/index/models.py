@@ -1,0 +1,169 @@
+"""SQLAlchemy models of the metadata index.
+
+The index is a *cache of the store*: every row can be rebuilt from the stored
+JSON documents and blobs (``mirror reindex``). Timestamps that come from the
+archive are kept as the exact strings it served (they sort correctly as text);
+timestamps of our own are ISO-8601 UTC strings too, so SQLite and PostgreSQL
+store identical values.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class _Document:
+    """Columns every archive document row shares."""
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    doc_sha256: Mapped[str] = mapped_column(String(64))
+    doc: Mapped[dict] = mapped_column(JSON)
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    removed_at: Mapped[str | None] = mapped_column(String(40))
+    synced_at: Mapped[str] = mapped_column(String(40))
+
+
+class Image(_Document, Base):
+    """One image: the flattened common fields plus the full detail document."""
+
+    __tablename__ = "images"
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    created: Mapped[str | None] = mapped_column(String(40))
+    updated: Mapped[str | None] = mapped_column(String(40))
+    diagnosis: Mapped[str | None] = mapped_column(String(128), index=True)
+    benign_malignant: Mapped[str | None] = mapped_column(String(64))
+    age_approx: Mapped[int | None] = mapped_column(Integer)
+    sex: Mapped[str | None] = mapped_column(String(32))
+    anatom_site_general: Mapped[str | None] = mapped_column(String(128))
+    melanocytic: Mapped[bool | None] = mapped_column(Boolean)
+    diagnosis_confirm_type: Mapped[str | None] = mapped_column(String(128))
+    image_type: Mapped[str | None] = mapped_column(String(64))
+    pixels_x: Mapped[int | None] = mapped_column(Integer)
+    pixels_y: Mapped[int | None] = mapped_column(Integer)
+    public: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Dataset(_Document, Base):
+    __tablename__ = "datasets"
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    license: Mapped[str | None] = mapped_column(String(64))
+    attribution: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    access_level: Mapped[int | None] = mapped_column(Integer)
+    public: Mapped[bool] = mapped_column(Boolean, default=True)
+    created: Mapped[str | None] = mapped_column(String(40))
+    updated: Mapped[str | None] = mapped_column(String(40))
+    count: Mapped[int | None] = mapped_column(Integer)
+
+
+class Study(_Document, Base):
+    __tablename__ = "studies"
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[str | None] = mapped_column(String(40))
+    updated: Mapped[str | None] = mapped_column(String(40))
+
+
+class StudyImage(Base):
+    __tablename__ = "study_images"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class Feature(Base):
+    __tablename__ = "features"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    feature_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+
+
+class Segmentation(_Document, Base):
+    __tablename__ = "segmentations"
+    image_id: Mapped[str] = mapped_column(String(64), index=True)
+    created: Mapped[str | None] = mapped_column(String(40))
+    failed: Mapped[bool] = mapped_column(Boolean, default=False)
+    skill: Mapped[str | None] = mapped_column(String(32))
+
+
+class Annotation(_Document, Base):
+    __tablename__ = "annotations"
+    study_id: Mapped[str] = mapped_column(String(64), index=True)
+    image_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str | None] = mapped_column(String(32))
+
+
+class Blob(Base):
+    """A binary file in the store: image, thumbnail, superpixels, spidx, mask, markup."""
+
+    __tablename__ = "blobs"
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    source_sha256: Mapped[str | None] = mapped_column(String(64))  # input of a derived blob
+    fetched_at: Mapped[str] = mapped_column(String(40))
+
+
+class DocumentVersion(Base):
+    """Every JSON version ever stored; old versions stay until ``mirror gc``."""
+
+    __tablename__ = "document_versions"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(Integer)
+    fetched_at: Mapped[str] = mapped_column(String(40))
+
+
+class Listing(Base):
+    """Digest of the last listing of one endpoint, so a no-op re-sync costs few requests."""
+
+    __tablename__ = "listings"
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer)
+    fetched_at: Mapped[str] = mapped_column(String(40))
+
+
+class SyncItem(Base):
+    """The persisted sync plan: one row per outstanding fetch, so a killed sync resumes."""
+
+    __tablename__ = "sync_items"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    command: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[str] = mapped_column(String(40))
+    finished_at: Mapped[str | None] = mapped_column(String(40))
+    ok: Mapped[bool | None] = mapped_column(Boolean)
+    summary: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Meta(Base):
+    """Key/value facts about this index (e.g. the generation it was published as)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+Index("ix_images_updated", Image.updated)
+Index("ix_blobs_sha256", Blob.sha256)
