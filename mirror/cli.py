@@ -54,5 +54,177 @@ def sandbox(**options) -> None:
     run_forever(**options)
 
 
+def _csv_choice(value: str) -> frozenset[str]:
+    return frozenset(v.strip() for v in value.split(",") if v.strip())
+
+
+def _root_option(f):
+    return click.option("--root", envvar="MIRROR_ROOT", required=True,
+                        type=click.Path(file_okay=False),
+                        help="Mirror folder (or set MIRROR_ROOT).")(f)
+
+
+def _tqdm_progress(quiet: bool):
+    """A progress factory for the sync engine: one bar for files, one for bytes."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    def factory(label: str, total: int):
+        files = tqdm(total=total, unit="file", desc=label, leave=False)
+        data = tqdm(unit="B", unit_scale=True, desc="bytes", leave=False)
+
+        def update(items: int, nbytes: int) -> None:
+            files.update(items)
+            data.update(nbytes)
+
+        return update
+
+    return factory
+
+
+@main.command()
+@_root_option
+@click.option("--url", help="Archive API root; remembered in the mirror (default: the real ISIC).")
+@click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
+@click.option("--what", default="images,datasets,segmentations,studies,annotations",
+              show_default=True, help="Documents to mirror.")
+@click.option("--blobs", default="full,thumbnail,superpixels,masks", show_default=True,
+              help="Files to mirror ('' for metadata only).")
+@click.option("--dataset", help="Only images of this dataset (name or id).")
+@click.option("--study", help="Only this study (name or id) and its images.")
+@click.option("--limit", type=int, help="Only the first N images (by id).")
+@click.option("--username", help="Log in as this user; password from MIRROR_PASSWORD or a prompt.")
+@click.option("--allow-mixed", is_flag=True, help="Allow mixing anonymous and logged-in syncs.")
+@click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another writer (-1 waits forever).")
+@click.option("--dry-run", is_flag=True, help="List what changed and print the plan only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow_mixed,
+         lease_wait, dry_run, as_json, quiet) -> None:
+    """Create or update a mirror from the archive (incremental, resumable)."""
+    import json
+    import os
+
+    from mirror.sync import SyncOptions
+    from mirror.sync import sync as run_sync
+
+    password = None
+    if username:
+        password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
+            f"Password for {username}", hide_input=True, err=True)
+    def print_plan(plan: dict) -> None:
+        if not as_json and (dry_run or not quiet):
+            click.echo(f"plan: {plan['files']} file(s) to fetch, about "
+                       f"{plan['estimated_bytes'] / 1e6:.1f} MB; "
+                       f"{plan['free_bytes'] / 1e9:.1f} GB free")
+
+    options = SyncOptions(what=_csv_choice(what), blobs=_csv_choice(blobs), workers=workers,
+                          dataset=dataset, study=study, limit=limit, dry_run=dry_run,
+                          allow_mixed=allow_mixed,
+                          lease_wait=None if lease_wait < 0 else lease_wait,
+                          progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
+    summary = run_sync(root, url, options, username=username, password=password)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
+    elif not dry_run:
+        for line in summary.summary_lines():
+            click.echo(line)
+    sys.exit(0 if summary.ok else 1)
+
+
+def _emit(data: dict, lines: list[str], as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@main.command()
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(root, as_json) -> None:
+    """Counts by kind and file role, bytes, last sync and source."""
+    from mirror.status import mirror_status, status_lines
+
+    data = mirror_status(root)
+    _emit(data, status_lines(data), as_json)
+
+
+@main.command()
+@_root_option
+@click.option("--fast", is_flag=True, help="Check existence and size only.")
+@click.option("--repair", is_flag=True, help="Fetch bad or missing files again.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(root, fast, repair, as_json) -> None:
+    """Re-hash every file and cross-check index and store; exit 1 on any problem."""
+    from mirror.verify import repair_mirror, verify_lines, verify_mirror
+
+    report = verify_mirror(root, fast=fast)
+    if repair and not report.ok:
+        report = repair_mirror(root, report)
+    _emit(report.as_dict(), verify_lines(report), as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@_root_option
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gc(root, dry_run, as_json) -> None:
+    """Remove superseded versions and stray files that no snapshot pins."""
+    from mirror.gc import collect_garbage
+
+    data = collect_garbage(root, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {path}" for path in data["files"]]
+    lines.append(f"{verb} {len(data['files'])} file(s), {data['bytes'] / 1e6:.1f} MB")
+    _emit(data, lines, as_json)
+
+
+@main.command()
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def reindex(root, as_json) -> None:
+    """Rebuild the index from the stored documents and files."""
+    from mirror.reindex import reindex_mirror
+
+    data = reindex_mirror(root)
+    _emit(data, [f"indexed {data['documents']} document(s) and {data['blobs']} file(s); "
+                 f"published generation {data['generation']}"], as_json)
+
+
+@main.group()
+def lock() -> None:
+    """Inspect or break the writer lease."""
+
+
+@lock.command("status")
+@_root_option
+def lock_status(root) -> None:
+    """Show who holds the writer lease."""
+    from mirror.config import layout_for, load_config
+    from mirror.lease import lease_holder
+
+    holder = lease_holder(layout_for(root, load_config(root)))
+    click.echo("no writer" if holder is None else
+               "held by pid {pid} on {host} ({command}) since {started}".format(**holder))
+
+
+@lock.command("break")
+@_root_option
+def lock_break(root) -> None:
+    """Remove the writer lease of a writer that is known to be dead."""
+    from mirror.config import layout_for, load_config
+    from mirror.lease import break_lease
+
+    broken = break_lease(layout_for(root, load_config(root)))
+    click.echo("lease broken" if broken else "no lease to break")
+
+
 if __name__ == "__main__":
     main()

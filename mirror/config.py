@@ -1,0 +1,119 @@
+"""The mirror root's marker file, ``mirror.json``.
+
+It names the on-disk format version, the source archive, its base URL, whether
+the mirror was built with authentication (so anonymous and authenticated
+mirrors are never mixed silently), and optionally an index database URL
+(PostgreSQL for several writing hosts). It is written once, atomically, and
+rewritten only when a setting changes. It never holds a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mirror.errors import MirrorModeError, NotAMirrorError
+from mirror.layout import FORMAT_VERSION, MARKER, Layout
+
+DEFAULT_ISIC_URL = "https://isic-archive.com/api/v1"
+
+
+@dataclass
+class MirrorConfig:
+    """Settings of one mirror root, as stored in ``mirror.json``."""
+
+    source: str = "isic"
+    base_url: str = DEFAULT_ISIC_URL
+    authenticated: bool = False
+    index_url: str | None = None
+    format: int = FORMAT_VERSION
+    created: str = field(default_factory=lambda: utc_now())
+
+    @property
+    def layout_namespace(self) -> str:
+        return self.source
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO-8601 with seconds precision (our own timestamps)."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def load_config(root: Path) -> MirrorConfig:
+    """Read ``<root>/mirror.json``; a clear error when the folder is not a mirror."""
+    path = Path(root) / MARKER
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotAMirrorError(
+            f"{root} is not a mirror (no {MARKER}); run 'mirror sync --root {root}' to create one"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise NotAMirrorError(
+            f"cannot read {path}: {exc}; restore it or run 'mirror reindex'") from None
+    if raw.get("format", 0) > FORMAT_VERSION:
+        raise MirrorModeError(
+            f"{root} uses mirror format {raw['format']}, newer than this tool ({FORMAT_VERSION}); "
+            "upgrade mirror"
+        )
+    known = MirrorConfig.__dataclass_fields__
+    return MirrorConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def save_config(root: Path, config: MirrorConfig) -> None:
+    """Write ``mirror.json`` atomically (temp file, fsync, replace)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o664)
+        os.replace(tmp, root / MARKER)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_or_create(
+    root: Path, base_url: str | None, authenticated: bool, allow_mixed: bool = False
+) -> MirrorConfig:
+    """Config of an existing mirror, checked against this run; or a new mirror's config."""
+    root = Path(root)
+    if (root / MARKER).exists():
+        config = load_config(root)
+        if config.authenticated != authenticated and not allow_mixed:
+            built = "with" if config.authenticated else "without"
+            now = "with" if authenticated else "without"
+            raise MirrorModeError(
+                f"{root} was built {built} authentication but this run is {now}; "
+                "use the same mode, or pass --allow-mixed to mix them knowingly"
+            )
+        if base_url and base_url.rstrip("/") != config.base_url:
+            config.base_url = base_url.rstrip("/")
+            save_config(root, config)
+        return config
+    _refuse_foreign_folder(root)
+    config = MirrorConfig(base_url=(base_url or DEFAULT_ISIC_URL).rstrip("/"),
+                          authenticated=authenticated)
+    save_config(root, config)
+    return config
+
+
+def _refuse_foreign_folder(root: Path) -> None:
+    # Never turn a folder full of someone else's files into a mirror by accident.
+    if root.exists() and any(p.name != ".DS_Store" for p in root.iterdir()):
+        raise NotAMirrorError(
+            f"{root} exists, is not empty and is not a mirror; choose an empty or new folder"
+        )
+
+
+def layout_for(root: Path, config: MirrorConfig) -> Layout:
+    return Layout(Path(root), config.layout_namespace)

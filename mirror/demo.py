@@ -1,0 +1,45 @@
+"""``make demo``: start the sandbox archive, mirror 200 images, show what to do next.
+
+Run as ``python -m mirror.demo [--root demo-mirror] [--images 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from mirror.sources.sandbox import serve
+from mirror.status import mirror_status, status_lines
+from mirror.sync import SyncOptions, sync
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default="demo-mirror")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    with serve(images=args.images, seed=args.seed) as sandbox:
+        print(f"sandbox archive: {sandbox.url} ({args.images} images, seed {args.seed})")
+        started = time.monotonic()
+        summary = sync(root, sandbox.url, SyncOptions())
+        print(f"first sync into {root}/ took {time.monotonic() - started:.1f} s:")
+        for line in summary.summary_lines():
+            print("  " + line)
+        again = sync(root, sandbox.url, SyncOptions())
+        print(f"re-sync of the unchanged archive: {again.requests} requests, "
+              f"{again.seconds:.2f} s")
+    print()
+    for line in status_lines(mirror_status(root)):
+        print("  " + line)
+    print("\nThe sandbox is gone; the mirror works offline. Try:")
+    print(f"  .venv/bin/mirror status --root {root}")
+    print(f"  .venv/bin/mirror verify --root {root}")
+    return 0 if summary.ok and again.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

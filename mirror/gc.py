@@ -1,0 +1,116 @@
+"""``mirror gc``: remove what nothing needs any more, never what a snapshot pins.
+
+Candidates are superseded document versions, the files of objects the archive
+removed, and stray files no index row names (older than a grace period, so a
+sync in progress is never touched). Anything whose SHA-256 appears in a snapshot
+manifest under ``snapshots/`` is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import delete, select
+
+from mirror.config import layout_for, load_config
+from mirror.index import Blob, DocumentVersion
+from mirror.index.database import IndexWriter
+from mirror.ingest import MODEL_OF
+from mirror.lease import WriterLease
+from mirror.store import ObjectStore
+
+GRACE_SECONDS = 3600.0
+
+
+def pinned_hashes(snapshots_dir: Path) -> set[str]:
+    """Every SHA-256 named in any snapshot manifest (``*/snapshot.json``)."""
+    pinned: set[str] = set()
+    for manifest in sorted(snapshots_dir.glob("*/snapshot.json")):
+        _collect_hashes(json.loads(manifest.read_text(encoding="utf-8")), pinned)
+    return pinned
+
+
+def _collect_hashes(node: object, out: set[str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "sha256" and isinstance(value, str):
+                out.add(value)
+            else:
+                _collect_hashes(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_hashes(value, out)
+
+
+def collect_garbage(root: Path | str, dry_run: bool = False,
+                    grace: float = GRACE_SECONDS) -> dict:
+    """Remove unreferenced files (or, with ``dry_run``, only list them)."""
+    root = Path(root)
+    config = load_config(root)
+    layout = layout_for(root, config)
+    store = ObjectStore(layout)
+    with WriterLease(layout, command="gc"):
+        writer = IndexWriter(layout, config.index_url)
+        try:
+            with writer.session() as session:
+                doomed = _doomed(session, store, pinned_hashes(layout.snapshots), grace)
+                if not dry_run:
+                    _remove(session, store, doomed)
+            generation = None if dry_run else writer.publish()
+            removed_temp = [] if dry_run else store.clean_temp(max_age=grace)
+        finally:
+            writer.close()
+    return {"dry_run": dry_run, "generation": generation,
+            "files": sorted(p for p, _ in doomed), "temp_files": [str(p) for p in removed_temp],
+            "bytes": sum(_size(store, p) for p, _ in doomed)}
+
+
+def _doomed(session, store: ObjectStore, pinned: set[str], grace: float
+            ) -> list[tuple[str, str]]:
+    """(relpath, reason) of every file gc may delete."""
+    doomed: list[tuple[str, str]] = []
+    current: set[str] = set()
+    removed: set[str] = set()
+    for model in MODEL_OF.values():
+        for object_id, sha, is_removed in session.execute(
+                select(model.id, model.doc_sha256, model.removed)):
+            if is_removed:
+                removed.add(object_id)
+            else:
+                current.add(f"{object_id}:{sha}")
+    for version in session.scalars(select(DocumentVersion)):
+        if version.sha256 in pinned or f"{version.object_id}:{version.sha256}" in current:
+            continue
+        doomed.append((version.path, "superseded or removed document version"))
+    for blob in session.scalars(select(Blob)):
+        if blob.object_id in removed and blob.sha256 not in pinned:
+            doomed.append((blob.path, "file of an object the archive removed"))
+    indexed = set(session.scalars(select(Blob.path))) | set(
+        session.scalars(select(DocumentVersion.path)))
+    cutoff = time.time() - grace
+    for relpath in store.iter_files():
+        if relpath not in indexed and os.stat(store.path(relpath)).st_mtime < cutoff:
+            doomed.append((relpath, "not named by the index"))
+    return doomed
+
+
+def _remove(session, store: ObjectStore, doomed: list[tuple[str, str]]) -> None:
+    paths = [p for p, _ in doomed]
+    for start in range(0, len(paths), 500):
+        chunk = paths[start:start + 500]
+        session.execute(delete(Blob).where(Blob.path.in_(chunk)))
+        session.execute(delete(DocumentVersion).where(DocumentVersion.path.in_(chunk)))
+    session.commit()  # rows go first: an index row must never name a deleted file
+    for relpath in paths:
+        if store.exists(relpath):
+            store.remove(relpath)
+
+
+def _size(store: ObjectStore, relpath: str) -> int:
+    try:
+        return store.path(relpath).stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,148 @@
+"""Turn stored documents and blobs into index rows.
+
+Both the sync engine and ``mirror reindex`` go through these functions, so an
+index rebuilt from the store is the index the sync would have written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from mirror.index import (
+    Annotation,
+    Blob,
+    Dataset,
+    DocumentVersion,
+    Feature,
+    Image,
+    Segmentation,
+    Study,
+    StudyImage,
+)
+
+KINDS = ("dataset", "image", "segmentation", "study", "annotation")
+MODEL_OF = {"dataset": Dataset, "image": Image, "segmentation": Segmentation,
+            "study": Study, "annotation": Annotation}
+
+
+def _get(doc: dict, *path: str) -> Any:
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _as_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def image_columns(doc: dict) -> dict:
+    """The flattened, typed columns of an image detail document."""
+    clinical = _get(doc, "meta", "clinical") or {}
+    acquisition = _get(doc, "meta", "acquisition") or {}
+    dataset = doc.get("dataset") or {}
+    return {
+        "name": doc.get("name") or doc["_id"],
+        "dataset_id": _as_str(dataset.get("_id")),
+        "created": _as_str(doc.get("created")),
+        "updated": _as_str(doc.get("updated")),
+        "diagnosis": _as_str(clinical.get("diagnosis")),
+        "benign_malignant": _as_str(clinical.get("benign_malignant")),
+        "age_approx": _as_int(clinical.get("age_approx")),
+        "sex": _as_str(clinical.get("sex")),
+        "anatom_site_general": _as_str(clinical.get("anatom_site_general")),
+        "melanocytic": _as_bool(clinical.get("melanocytic")),
+        "diagnosis_confirm_type": _as_str(clinical.get("diagnosis_confirm_type")),
+        "image_type": _as_str(acquisition.get("image_type")),
+        "pixels_x": _as_int(acquisition.get("pixelsX")),
+        "pixels_y": _as_int(acquisition.get("pixelsY")),
+    }
+
+
+def dataset_columns(doc: dict) -> dict:
+    return {
+        "name": doc.get("name") or doc["_id"],
+        "license": _as_str(doc.get("license")),
+        "attribution": _as_str(doc.get("attribution")),
+        "description": _as_str(doc.get("description")),
+        "access_level": _as_int(doc.get("_accessLevel")),
+        "created": _as_str(doc.get("created")),
+        "updated": _as_str(doc.get("updated")),
+        "count": _as_int(doc.get("count")),
+    }
+
+
+def study_columns(doc: dict) -> dict:
+    return {"name": doc.get("name") or doc["_id"], "description": _as_str(doc.get("description")),
+            "created": _as_str(doc.get("created")), "updated": _as_str(doc.get("updated"))}
+
+
+def segmentation_columns(doc: dict) -> dict:
+    return {"image_id": doc.get("imageId") or "", "created": _as_str(doc.get("created")),
+            "failed": bool(doc.get("failed")), "skill": _as_str(doc.get("skill"))}
+
+
+def annotation_columns(doc: dict) -> dict:
+    return {"study_id": doc.get("studyId") or "", "image_id": _as_str(_get(doc, "image", "_id")),
+            "user_id": _as_str(_get(doc, "user", "_id")), "state": _as_str(doc.get("state")),
+            "status": _as_str(doc.get("status"))}
+
+
+COLUMNS_OF = {"dataset": dataset_columns, "image": image_columns,
+              "segmentation": segmentation_columns, "study": study_columns,
+              "annotation": annotation_columns}
+
+
+def ingest_document(session: Session, kind: str, doc: dict, sha256: str, path: str, size: int,
+                    fetched_at: str, **extra: Any) -> None:
+    """Record ``doc`` as the current version of its object (and as a kept version)."""
+    object_id = doc["_id"]
+    session.merge(DocumentVersion(kind=kind, object_id=object_id, sha256=sha256, path=path,
+                                  size=size, fetched_at=fetched_at))
+    values = COLUMNS_OF[kind](doc) | extra
+    row = MODEL_OF[kind](id=object_id, doc_sha256=sha256, doc=doc, removed=False,
+                         removed_at=None, synced_at=fetched_at, **values)
+    session.merge(row)
+    if kind == "study":
+        _ingest_study_links(session, doc)
+
+
+def _ingest_study_links(session: Session, doc: dict) -> None:
+    study_id = doc["_id"]
+    session.query(StudyImage).filter_by(study_id=study_id).delete()
+    session.query(Feature).filter_by(study_id=study_id).delete()
+    image_ids = {img["_id"] for img in doc.get("images") or [] if isinstance(img, dict)}
+    session.add_all(StudyImage(study_id=study_id, image_id=i) for i in sorted(image_ids))
+    features = {f["id"] for f in doc.get("features") or [] if isinstance(f, dict) and "id" in f}
+    session.add_all(Feature(study_id=study_id, feature_id=f) for f in sorted(features))
+
+
+def ingest_blob(session: Session, object_id: str, role: str, path: str, sha256: str, size: int,
+                content_type: str | None, fetched_at: str, source_sha256: str | None = None
+                ) -> None:
+    """Record a verified blob file."""
+    session.merge(Blob(object_id=object_id, role=role, path=path, sha256=sha256, size=size,
+                       content_type=content_type, fetched_at=fetched_at,
+                       source_sha256=source_sha256))
+
+
+def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) -> int:
+    """Flag objects the archive no longer lists; their files stay for snapshots."""
+    model = MODEL_OF[kind]
+    count = 0
+    for chunk_start in range(0, len(object_ids), 500):
+        chunk = object_ids[chunk_start:chunk_start + 500]
+        count += session.query(model).filter(model.id.in_(chunk)).update(
+            {"removed": True, "removed_at": when}, synchronize_session=False)
+    return count

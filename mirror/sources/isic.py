@@ -1,0 +1,164 @@
+"""The ISIC Archive REST API v1 (Girder), as a mirror needs it.
+
+Shapes and quirks are documented in ``docs/sandbox.md`` and the research notes:
+lists are bare JSON arrays with no total count (page until a short page),
+``limit=0`` means "no limit", ``imageIds`` takes at most 300 ids, errors are
+``{"message": ..., "type": ...}``, and the token travels in ``Girder-Token``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import requests
+
+from mirror.errors import ArchiveError, MirrorError
+from mirror.sources.http import HttpClient
+
+log = logging.getLogger("mirror.isic")
+
+IMAGE_IDS_PER_REQUEST = 300  # server-side maximum (400 above it)
+SUMMARY_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class BlobKind:
+    """A binary the archive serves for an object."""
+
+    role: str
+    path: str  # format string with {id}
+    magic: tuple[bytes, ...]
+
+
+JPEG, PNG, BMP = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM"
+BLOB_KINDS = {
+    "full": BlobKind("image", "image/{id}/download", (JPEG, PNG, BMP)),
+    "thumbnail": BlobKind("thumbnail", "image/{id}/thumbnail", (JPEG, PNG)),
+    "superpixels": BlobKind("superpixels", "image/{id}/superpixels", (PNG,)),
+    "masks": BlobKind("mask", "segmentation/{id}/mask", (PNG,)),
+}
+
+
+class AuthenticationError(MirrorError):
+    """Login failed; the message never contains the password."""
+
+
+class IsicSource:
+    """Typed access to the ISIC v1 endpoints a mirror uses."""
+
+    name = "isic"
+
+    def __init__(self, base_url: str, http: HttpClient):
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+        self._token: str | None = None  # memory only: never logged, never written
+
+    @property
+    def authenticated(self) -> bool:
+        return self._token is not None
+
+    def login(self, username: str, password: str) -> None:
+        """HTTP Basic on ``/user/authentication``; keeps ``authToken.token`` in memory."""
+        url = f"{self.base_url}/user/authentication"
+        response = self.http.retrying(
+            lambda: self.http.get(url, auth=(username, password)), "login")
+        if response.status_code != 200:
+            raise AuthenticationError(
+                f"login as {username!r} failed ({_message(response)}); check the user name "
+                "and MIRROR_PASSWORD")
+        self._token = response.json()["authToken"]["token"]
+        self.http.session.headers["Girder-Token"] = self._token
+
+    def get_json(self, path: str, **params) -> object:
+        """GET ``path`` (relative to the API root) and parse JSON, with retries."""
+        url = f"{self.base_url}/{path}"
+
+        def fetch() -> object:
+            response = self.http.get(url, params=params or None)
+            if response.status_code != 200:
+                raise ArchiveError(f"GET {path} failed: HTTP {response.status_code} "
+                                   f"{_message(response)}")
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise requests.exceptions.ContentDecodingError(
+                    f"invalid JSON from {path}: {exc}") from exc
+
+        return self.http.retrying(fetch, f"GET {path}")
+
+    def iter_pages(self, path: str, page: int, **params) -> Iterator[list[dict]]:
+        """Pages of a list endpoint, sorted by ``_id``, until a short page."""
+        offset = 0
+        while True:
+            items = self.get_json(path, limit=page, offset=offset, sort="_id", sortdir=1,
+                                  **params)
+            _require_list(items, path)
+            yield items
+            if len(items) < page:
+                return
+            offset += page
+
+    def image_summaries(self) -> Iterator[dict]:
+        """Every listed image as ``{_id, name, updated}``."""
+        for items in self.iter_pages("image", SUMMARY_PAGE):
+            yield from items
+
+    def image_details(self, ids: list[str]) -> list[dict]:
+        """Full detail documents for up to 300 ids in one request."""
+        if len(ids) > IMAGE_IDS_PER_REQUEST:
+            raise ValueError(f"at most {IMAGE_IDS_PER_REQUEST} ids per request")
+        docs = self.get_json("image", imageIds=json.dumps(ids), detail="true", limit=0)
+        return _require_list(docs, "image?imageIds")
+
+    def datasets(self) -> list[dict]:
+        return _require_list(self.get_json("dataset", limit=0, detail="true"), "dataset")
+
+    def studies(self) -> list[dict]:
+        return _require_list(self.get_json("study", limit=0, detail="true"), "study")
+
+    def annotations(self, study_id: str) -> list[dict]:
+        docs = self.get_json("annotation", studyId=study_id, detail="true")
+        return _require_list(docs, "annotation")
+
+    def segmentations(self, image_id: str) -> list[dict]:
+        items = self.get_json("segmentation", imageId=image_id, limit=0)
+        return _require_list(items, "segmentation")
+
+    def segmentation(self, segmentation_id: str) -> dict:
+        return _require_doc(self.get_json(f"segmentation/{segmentation_id}"), segmentation_id)
+
+    def markup_superpixels(self, annotation_id: str, feature_id: str) -> list[float]:
+        path = f"annotation/{annotation_id}/markup/{_quote(feature_id)}/superpixels"
+        values = self.get_json(path)
+        if not isinstance(values, list):
+            raise ArchiveError(f"GET {path}: expected a JSON array")
+        return values
+
+    def blob_url(self, kind: BlobKind, object_id: str) -> str:
+        return f"{self.base_url}/{kind.path.format(id=object_id)}"
+
+
+def _quote(feature_id: str) -> str:
+    return requests.utils.quote(feature_id, safe="")
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:200]
+    except (ValueError, AttributeError):
+        return response.reason or ""
+
+
+def _require_list(items: object, what: str) -> list:
+    if not isinstance(items, list):
+        raise ArchiveError(f"{what}: expected a JSON array, got {type(items).__name__}")
+    return items
+
+
+def _require_doc(doc: object, object_id: str) -> dict:
+    if not isinstance(doc, dict) or doc.get("_id") != object_id:
+        raise ArchiveError(f"document {object_id}: the archive returned a different or no _id")
+    return doc

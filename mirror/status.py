@@ -1,0 +1,60 @@
+"""``mirror status``: what a mirror holds, read from the published index only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mirror.config import layout_for, load_config
+from mirror.index import Blob, DocumentVersion, SyncRun
+from mirror.index.database import current_generation, open_reader
+from mirror.ingest import MODEL_OF
+
+
+def mirror_status(root: Path | str) -> dict:
+    """Counts by kind and blob role, bytes, last sync and source of the mirror at ``root``."""
+    root = Path(root)
+    config = load_config(root)
+    layout = layout_for(root, config)
+    engine = open_reader(layout, config.index_url)
+    try:
+        with engine.connect() as conn:
+            objects = {}
+            for kind, model in MODEL_OF.items():
+                rows = dict(conn.execute(select(model.removed, func.count())
+                                         .group_by(model.removed)).all())
+                objects[kind] = {"current": rows.get(False, 0), "removed": rows.get(True, 0)}
+            blobs = {role: {"files": n, "bytes": int(size or 0)} for role, n, size in conn.execute(
+                select(Blob.role, func.count(), func.sum(Blob.size)).group_by(Blob.role))}
+            versions = conn.execute(select(func.count(), func.sum(DocumentVersion.size))).one()
+            last = conn.execute(select(SyncRun).order_by(SyncRun.id.desc()).limit(1)).first()
+    finally:
+        engine.dispose()
+    return {
+        "root": str(root), "source": config.source, "base_url": config.base_url,
+        "authenticated": config.authenticated, "generation": current_generation(layout),
+        "objects": objects, "blobs": blobs,
+        "documents": {"versions": versions[0], "bytes": int(versions[1] or 0)},
+        "bytes": sum(b["bytes"] for b in blobs.values()) + int(versions[1] or 0),
+        "last_sync": None if last is None else {
+            "started_at": last.started_at, "finished_at": last.finished_at, "ok": last.ok},
+    }
+
+
+def status_lines(status: dict) -> list[str]:
+    """Human-readable ``mirror status``."""
+    lines = [f"mirror   {status['root']}",
+             f"source   {status['source']} {status['base_url']}"
+             f" ({'authenticated' if status['authenticated'] else 'anonymous'})",
+             f"index    generation {status['generation']}"]
+    for kind, counts in status["objects"].items():
+        lines.append(f"{kind:13} {counts['current']:>8} current {counts['removed']:>6} removed")
+    for role, info in sorted(status["blobs"].items()):
+        lines.append(f"{role + ' files':18} {info['files']:>8} {info['bytes'] / 1e6:>10.1f} MB")
+    lines.append(f"total    {status['bytes'] / 1e6:.1f} MB")
+    last = status["last_sync"]
+    if last:
+        state = "ok" if last["ok"] else "incomplete" if last["ok"] is False else "interrupted"
+        lines.append(f"last sync {last['finished_at'] or last['started_at']} ({state})")
+    return lines

@@ -1,0 +1,216 @@
+"""Phase 2 of a sync: binary files (images, thumbnails, superpixels, masks).
+
+The plan is the set of (object, role) pairs the index lacks, persisted as
+``sync_items`` rows so that a killed run resumes where it stopped. Each file is
+streamed into a temp file, checked (size against Content-Length, magic bytes
+against the expected kind, so an HTML error page is never stored as an image),
+then published atomically; only then is its index row written, in batches,
+after one fsync per touched shard directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, as_completed
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from mirror.config import utc_now
+from mirror.errors import MirrorError
+from mirror.index import Blob, Image, Segmentation, SyncItem
+from mirror.ingest import ingest_blob
+from mirror.sources.isic import BLOB_KINDS, IsicSource
+from mirror.store import ObjectStore, StoredFile, blob_relpath, extension_for
+from mirror.sync.summary import SyncSummary
+
+log = logging.getLogger("mirror.sync")
+CHUNK = 256 * 1024
+# Rough bytes per pixel, to estimate a plan's size before anything is known.
+BYTES_PER_PIXEL = {"image": 0.35, "superpixels": 0.12, "thumbnail": 0.0, "mask": 0.01}
+FIXED_BYTES = {"thumbnail": 20_000}
+COMMIT_EVERY = 200
+
+
+@dataclass(frozen=True)
+class BlobTask:
+    """One file to fetch: the object it belongs to, its role, and what to name it."""
+
+    kind: str  # "image" or "segmentation"
+    object_id: str
+    role: str  # image, thumbnail, superpixels, mask
+    option: str  # the --blobs value that asked for it
+    name: str | None
+    shape: tuple[int, int] | None  # (height, width) of the image, when known
+
+    @property
+    def pixels(self) -> int:
+        return self.shape[0] * self.shape[1] if self.shape else 0
+
+
+def plan_blobs(session: Session, image_ids: set[str] | None, blobs: set[str]) -> list[BlobTask]:
+    """Every wanted file the index does not have yet, in a stable order."""
+    have = set(session.execute(select(Blob.object_id, Blob.role)).tuples())
+    tasks: list[BlobTask] = []
+    images = session.execute(select(Image.id, Image.name, Image.pixels_x, Image.pixels_y)
+                             .where(Image.removed.is_(False)).order_by(Image.id)).all()
+    shape_of = {}
+    for image_id, name, px, py in images:
+        if image_ids is not None and image_id not in image_ids:
+            continue
+        shape_of[image_id] = (py, px) if px and py else None
+        for option in ("full", "thumbnail", "superpixels"):
+            role = BLOB_KINDS[option].role
+            if option in blobs and (image_id, role) not in have:
+                tasks.append(BlobTask("image", image_id, role, option, name, shape_of[image_id]))
+    if "masks" in blobs:
+        segs = session.execute(select(Segmentation.id, Segmentation.image_id).where(
+            Segmentation.removed.is_(False), Segmentation.failed.is_(False))
+            .order_by(Segmentation.id)).all()
+        tasks += [BlobTask("segmentation", sid, "mask", "masks", None, shape_of[iid])
+                  for sid, iid in segs if iid in shape_of and (sid, "mask") not in have]
+    return tasks
+
+
+def estimate_bytes(session: Session, tasks: list[BlobTask]) -> int:
+    """Bytes the plan will need: mean size per pixel seen so far, else a rule of thumb."""
+    total = 0
+    for role, group in itertools.groupby(sorted(tasks, key=lambda t: t.role), lambda t: t.role):
+        group = list(group)
+        per_pixel = BYTES_PER_PIXEL.get(role, 0.1)
+        total += sum(int(t.pixels * per_pixel) + FIXED_BYTES.get(role, 0) for t in group)
+    return total
+
+
+def check_disk_space(root, needed: int) -> int:
+    """Free bytes under ``root``; a clear error when ``needed`` (+10 %) does not fit."""
+    free = shutil.disk_usage(root).free
+    if needed * 1.1 > free:
+        raise MirrorError(
+            f"not enough disk space under {root}: the plan needs about {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB are free; free space or narrow the sync with --blobs/--limit")
+    return free
+
+
+def persist_plan(session: Session, tasks: list[BlobTask]) -> None:
+    """Record the outstanding work so that a killed run can report and resume it."""
+    known = set(session.execute(select(SyncItem.kind, SyncItem.object_id, SyncItem.role))
+                .tuples())
+    session.add_all(SyncItem(kind=t.kind, object_id=t.object_id, role=t.role, state="pending",
+                             attempts=0) for t in tasks
+                    if (t.kind, t.object_id, t.role) not in known)
+
+
+class BlobFetcher:
+    """Runs the blob plan on a worker pool; the calling thread alone writes the index."""
+
+    def __init__(self, source: IsicSource, store: ObjectStore, session: Session,
+                 executor: Executor, summary: SyncSummary, commit: Callable[[], None],
+                 progress: Callable[[int, int], None] | None = None):
+        self.source, self.store, self.session = source, store, session
+        self.executor, self.summary, self.commit = executor, summary, commit
+        self.progress = progress or (lambda items, nbytes: None)
+
+    def run(self, tasks: list[BlobTask]) -> None:
+        futures: dict[Future, BlobTask] = {self.executor.submit(self.fetch, t): t for t in tasks}
+        last_commit = time.monotonic()
+        for n, future in enumerate(as_completed(futures), 1):
+            task = futures[future]
+            try:
+                results = future.result()
+            except Exception as exc:  # noqa: BLE001 - recorded and retried next run
+                self._record_failure(task, exc)
+                continue
+            self._record_success(task, results)
+            if n % COMMIT_EVERY == 0 or time.monotonic() - last_commit > 5:
+                self.commit()
+                last_commit = time.monotonic()
+        self.commit()
+
+    def fetch(self, task: BlobTask) -> list[tuple[str, StoredFile, str, str | None, bool]]:
+        """Download (or adopt an already published file) and derive; runs in a worker."""
+        kind = BLOB_KINDS[task.option]
+        url = self.source.blob_url(kind, task.object_id)
+        http = self.source.http
+        adopted = self._adopt_published(task)
+        if adopted is not None:
+            return adopted
+
+        def attempt() -> tuple[StoredFile, str, bool]:
+            response = http.get(url, stream=True)
+            with response:
+                if response.status_code != 200:
+                    raise MirrorError(f"HTTP {response.status_code} for {url}")
+                content_type = response.headers.get("Content-Type", "")
+                length = response.headers.get("Content-Length")
+                chunks = response.iter_content(CHUNK)
+                first = next(chunks, b"")
+                ext = extension_for(content_type, first)
+                relpath = blob_relpath(task.role, task.object_id, name=task.name, ext=ext)
+                stored = self.store.put_stream(
+                    relpath, itertools.chain([first], chunks),
+                    expected_size=int(length) if length is not None else None, magic=kind.magic)
+                return stored, content_type, True
+
+        stored, content_type, fetched = http.retrying(attempt, f"{task.role} of {task.object_id}")
+        results = [(task.role, stored, content_type, None, fetched)]
+        if task.role == "superpixels":
+            results.append(self._derive_spidx(task, stored))
+        return results
+
+    def _adopt_published(self, task: BlobTask):
+        """A file published by a run that was killed before indexing it: hash it, keep it.
+
+        Files are only ever published complete and verified, so an existing final path
+        needs no new download (this is what makes resume after ``kill -9`` cheap).
+        """
+        for ext in (".jpg", ".png", ".bmp", ".gif"):
+            relpath = blob_relpath(task.role, task.object_id, name=task.name, ext=ext)
+            if self.store.exists(relpath):
+                sha256, size = self.store.hash(relpath)
+                stored = StoredFile(relpath, sha256, size)
+                content_type = "image/" + ext.lstrip(".").replace("jpg", "jpeg")
+                results = [(task.role, stored, content_type, None, False)]
+                if task.role == "superpixels":
+                    results.append(self._derive_spidx(task, stored))
+                return results
+        return None
+
+    def _derive_spidx(self, task: BlobTask, png: StoredFile):
+        """Decode the superpixel PNG once and keep the index array as ``spidx_<id>.npz``."""
+        from mirror.superpixels import decode_png, encode_npz
+
+        idx = decode_png(self.store.path(png.relpath), expected_shape=task.shape)
+        relpath = blob_relpath("spidx", task.object_id, ext=".npz")
+        stored = self.store.put_bytes(relpath, encode_npz(idx))
+        return ("spidx", stored, "application/x-npz", png.sha256, False)
+
+    def _record_success(self, task: BlobTask, results) -> None:
+        now = utc_now()
+        for role, stored, content_type, source_sha, fetched in results:
+            ingest_blob(self.session, task.object_id, role, stored.relpath, stored.sha256,
+                        stored.size, content_type, now, source_sha256=source_sha)
+            outcome = "fetched" if fetched else "derived" if role == "spidx" else "adopted"
+            self.summary.blobs[(role, outcome)] += 1
+            if fetched and role != "spidx":
+                self.summary.bytes_downloaded += stored.size
+                self.progress(1, stored.size)
+        self.session.execute(delete(SyncItem).where(
+            SyncItem.kind == task.kind, SyncItem.object_id == task.object_id,
+            SyncItem.role == task.role))
+
+    def _record_failure(self, task: BlobTask, exc: Exception) -> None:
+        log.warning("%s %s %s: %s", task.kind, task.object_id, task.role, exc)
+        self.summary.fail(task.kind, task.object_id, task.role, exc)
+        self.summary.blobs[(task.role, "failed")] += 1
+        item = self.session.get(SyncItem, (task.kind, task.object_id, task.role))
+        if item is not None:
+            item.state, item.attempts, item.error = "failed", item.attempts + 1, str(exc)[:500]
+        self.progress(1, 0)
+
+

@@ -1,0 +1,225 @@
+"""Phase 1 of a sync: JSON documents (datasets, images, segmentations, studies, annotations).
+
+Change detection is cheap on purpose: one listing of image summaries
+(``{_id, name, updated}``) tells which images are new or changed, so details
+are fetched only for those, 300 per request. Segmentation lists are fetched
+for new and changed images; annotations for new and changed studies. A no-op
+re-sync therefore costs a handful of requests whatever the archive's size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, as_completed
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mirror.config import utc_now
+from mirror.errors import MirrorError
+from mirror.index import Image, Listing, Segmentation, Study
+from mirror.ingest import MODEL_OF, ingest_blob, ingest_document, mark_removed
+from mirror.sources.isic import IMAGE_IDS_PER_REQUEST, IsicSource
+from mirror.store import ObjectStore, StoredFile
+from mirror.sync.summary import SyncSummary
+
+log = logging.getLogger("mirror.sync")
+Stored = tuple[dict, StoredFile]
+
+
+class DocumentSync:
+    """Fetches, stores and indexes the documents one run asks for."""
+
+    def __init__(self, source: IsicSource, store: ObjectStore, session: Session,
+                 executor: Executor, summary: SyncSummary, commit: Callable[[], None],
+                 public: bool):
+        self.source, self.store, self.session = source, store, session
+        self.executor, self.summary, self.commit = executor, summary, commit
+        self.public = public
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def store_docs(self, kind: str, docs: Iterable[dict]) -> list[Stored]:
+        return [(doc, self.store.put_json(kind, doc["_id"], doc)) for doc in docs]
+
+    def record(self, kind: str, stored: list[Stored], **extra) -> None:
+        """Index stored documents, counting new / changed / unchanged by content hash."""
+        model = MODEL_OF[kind]
+        ids = [doc["_id"] for doc, _ in stored]
+        known = dict(self.session.execute(
+            select(model.id, model.doc_sha256).where(model.id.in_(ids))).all()) if ids else {}
+        now = utc_now()
+        for doc, info in stored:
+            before = known.get(doc["_id"])
+            outcome = ("new" if before is None
+                       else "unchanged" if before == info.sha256 else "changed")
+            self.summary.count(kind, outcome)
+            ingest_document(self.session, kind, doc, info.sha256, info.relpath, info.size, now,
+                            **extra)
+
+    def remove_missing(self, kind: str, listed: set[str]) -> None:
+        model = MODEL_OF[kind]
+        present = set(self.session.scalars(select(model.id).where(model.removed.is_(False))))
+        gone = sorted(present - listed)
+        if gone:
+            mark_removed(self.session, kind, gone, utc_now())
+            self.summary.count(kind, "removed", len(gone))
+
+    # -- datasets and images ---------------------------------------------------------------
+
+    def sync_datasets(self) -> list[dict]:
+        docs = self.source.datasets()
+        self.record("dataset", self.store_docs("dataset", docs), public=self.public)
+        self.remove_missing("dataset", {d["_id"] for d in docs})
+        return docs
+
+    def plan_images(self, restrict_to: set[str] | None, limit: int | None
+                    ) -> tuple[list[str], set[str], bool]:
+        """Ids whose detail must be fetched, the ids listed, and whether the listing is whole."""
+        summaries = list(self.source.image_summaries())
+        complete = restrict_to is None and limit is None
+        if restrict_to is not None:
+            summaries = [s for s in summaries if s["_id"] in restrict_to]
+        if limit is not None:
+            summaries = summaries[:limit]
+        known = dict(self.session.execute(
+            select(Image.id, Image.updated).where(Image.removed.is_(False))).all())
+        todo = [s["_id"] for s in summaries
+                if s["_id"] not in known or known[s["_id"]] != s.get("updated")]
+        self.summary.count("image", "unchanged", len(summaries) - len(todo))
+        return todo, {s["_id"] for s in summaries}, complete
+
+    def sync_images(self, todo: list[str], keep: Callable[[dict], bool]) -> list[str]:
+        """Fetch, store and index details of ``todo``; returns the ids kept."""
+        batches = [todo[i:i + IMAGE_IDS_PER_REQUEST]
+                   for i in range(0, len(todo), IMAGE_IDS_PER_REQUEST)]
+        futures = [self.executor.submit(self._fetch_images, batch) for batch in batches]
+        kept: list[str] = []
+        for future in as_completed(futures):
+            try:
+                stored = future.result()
+            except Exception as exc:  # noqa: BLE001 - recorded, retried next run
+                self.summary.fail("image", "(batch)", "json", exc)
+                continue
+            stored = [(doc, info) for doc, info in stored if keep(doc)]
+            self.record("image", stored, public=self.public)
+            kept += [doc["_id"] for doc, _ in stored]
+            self.commit()
+        return kept
+
+    def _fetch_images(self, ids: list[str]) -> list[Stored]:
+        docs = self.source.image_details(ids)
+        return self.store_docs("image", [d for d in docs if d.get("_id") in set(ids)])
+
+    # -- segmentations ----------------------------------------------------------------------
+
+    def images_needing_segmentations(self, image_ids: set[str]) -> list[str]:
+        """Images whose segmentation list was never fetched for their current version."""
+        rows = self.session.execute(select(Image.id, Image.updated).where(
+            Image.removed.is_(False))).all()
+        listed = dict(self.session.execute(select(Listing.key, Listing.digest).where(
+            Listing.key.like("segmentation:%"))).all())
+        return sorted(i for i, updated in rows
+                      if i in image_ids and listed.get(f"segmentation:{i}") != (updated or ""))
+
+    def sync_segmentations(self, image_ids: list[str]) -> None:
+        futures = {self.executor.submit(self._fetch_segmentations, i): i for i in image_ids}
+        updated = dict(self.session.execute(select(Image.id, Image.updated)).all())
+        for n, future in enumerate(as_completed(futures), 1):
+            image_id = futures[future]
+            try:
+                stored = future.result()
+            except Exception as exc:  # noqa: BLE001
+                self.summary.fail("segmentation", image_id, "json", exc)
+                continue
+            self.record("segmentation", stored)
+            self._remove_stale_segmentations(image_id, {d["_id"] for d, _ in stored})
+            self.session.merge(Listing(key=f"segmentation:{image_id}",
+                                       digest=updated.get(image_id) or "", count=len(stored),
+                                       fetched_at=utc_now()))
+            if n % 200 == 0:
+                self.commit()
+        self.commit()
+
+    def _fetch_segmentations(self, image_id: str) -> list[Stored]:
+        items = self.source.segmentations(image_id)
+        docs = [self.source.segmentation(item["_id"]) for item in items]
+        return self.store_docs("segmentation", docs)
+
+    def _remove_stale_segmentations(self, image_id: str, listed: set[str]) -> None:
+        old = self.session.scalars(select(Segmentation.id).where(
+            Segmentation.image_id == image_id, Segmentation.removed.is_(False)))
+        gone = sorted(set(old) - listed)
+        if gone:
+            mark_removed(self.session, "segmentation", gone, utc_now())
+            self.summary.count("segmentation", "removed", len(gone))
+
+    # -- studies and annotations ------------------------------------------------------------
+
+    def sync_studies(self, only: str | None) -> list[dict]:
+        docs = self.source.studies()
+        if only is not None:
+            docs = [d for d in docs if only in (d.get("name"), d["_id"])]
+        known = dict(self.session.execute(select(Study.id, Study.doc_sha256)).all())
+        stored = self.store_docs("study", docs)
+        changed = [doc["_id"] for doc, info in stored if known.get(doc["_id"]) != info.sha256]
+        self.record("study", stored)
+        if only is None:
+            self.remove_missing("study", {d["_id"] for d in docs})
+        self.commit()
+        return [d for d in docs if d["_id"] in set(changed) or self._annotations_missing(d)]
+
+    def _annotations_missing(self, study: dict) -> bool:
+        row = self.session.get(Listing, f"annotation:{study['_id']}")
+        return row is None or row.digest != study.get("updated", "")
+
+    def sync_annotations(self, studies: list[dict], markups: bool) -> None:
+        for study in studies:
+            try:
+                docs = self.source.annotations(study["_id"])
+                stored = self.store_docs("annotation", docs)
+            except Exception as exc:  # noqa: BLE001
+                self.summary.fail("annotation", study["_id"], "json", exc)
+                continue
+            self.record("annotation", stored)
+            if markups:
+                self._sync_markups([d for d, _ in stored])
+            self.session.merge(Listing(key=f"annotation:{study['_id']}",
+                                       digest=study.get("updated", ""), count=len(docs),
+                                       fetched_at=utc_now()))
+            self.commit()
+
+    def _sync_markups(self, annotations: list[dict]) -> None:
+        """Per-feature superpixel values of complete annotations, one JSON file each."""
+        wanted = [a for a in annotations
+                  if a.get("state") == "complete" and any((a.get("markups") or {}).values())]
+        futures = {self.executor.submit(self._fetch_markups, a): a["_id"] for a in wanted}
+        for future in as_completed(futures):
+            annotation_id = futures[future]
+            try:
+                info = future.result()
+            except Exception as exc:  # noqa: BLE001
+                self.summary.fail("annotation", annotation_id, "markups", exc)
+                continue
+            ingest_blob(self.session, annotation_id, "markups", info.relpath, info.sha256,
+                        info.size, "application/json", utc_now())
+            self.summary.blobs[("markups", "fetched")] += 1
+
+    def _fetch_markups(self, annotation: dict) -> StoredFile:
+        features = sorted(f for f, present in annotation["markups"].items() if present)
+        values = {f: self.source.markup_superpixels(annotation["_id"], f) for f in features}
+        return self.store.put_json("markup", annotation["_id"],
+                                   {"_id": annotation["_id"], "markups": values})
+
+
+def dataset_filter(docs: list[dict], wanted: str | None) -> Callable[[dict], bool]:
+    """A predicate keeping images of the dataset named (or id'd) ``wanted``."""
+    if wanted is None:
+        return lambda doc: True
+    ids = {d["_id"] for d in docs if wanted in (d.get("name"), d["_id"])}
+    if not ids:
+        names = ", ".join(sorted(str(d.get("name")) for d in docs)) or "none"
+        raise MirrorError(f"no dataset named {wanted!r}; the archive has: {names}")
+    return lambda doc: (doc.get("dataset") or {}).get("_id") in ids
+
