@@ -1,0 +1,133 @@
+"""Sync throughput against the sandbox, with baselines measured in the same run.
+
+    .venv/bin/python bench/sync.py [--images 1000] [--workers 8] [--rss-images 100000]
+
+(a) a sequential loop like the archive's sample code: list, then one request per image detail,
+    per segmentation and per file; (b) a plain parallel fetch of the same URLs with the same
+    worker count (the floor: no verification, no index); (c) ``mirror sync``.
+Then the peak RSS of a metadata-only ``mirror sync`` of a large archive, in a child process.
+Targets (docs/performance.md): (c) >= 8x faster than (a), within 1.5x of (b); RSS < 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from mirror.sources.sandbox import serve
+from mirror.sync import SyncOptions, sync
+
+
+def work_urls(base: str) -> list[str]:
+    """Every URL a full mirror fetches, discovered the way the sample code does."""
+    s = requests.Session()
+    images = s.get(f"{base}/image", params={"limit": 0}, timeout=60).json()
+    urls = []
+    for img in images:
+        i = img["_id"]
+        urls += [f"{base}/image/{i}", f"{base}/image/{i}/download",
+                 f"{base}/image/{i}/thumbnail", f"{base}/image/{i}/superpixels"]
+        for seg in s.get(f"{base}/segmentation", params={"imageId": i, "limit": 0},
+                         timeout=60).json():
+            urls.append(f"{base}/segmentation/{seg['_id']}")
+            if not seg["failed"]:
+                urls.append(f"{base}/segmentation/{seg['_id']}/mask")
+    return urls
+
+
+def fetch_to(session: requests.Session, url: str, folder: Path, n: int) -> int:
+    data = session.get(url, timeout=60).content
+    (folder / f"{n}.bin").write_bytes(data)
+    return len(data)
+
+
+def sequential(base: str, folder: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    s = requests.Session()
+    urls = work_urls(base)  # listing is part of the sequential loop
+    total = sum(fetch_to(s, u, folder, n) for n, u in enumerate(urls))
+    return time.perf_counter() - started, total
+
+
+def parallel(base: str, folder: Path, workers: int, urls: list[str]) -> tuple[float, int]:
+    started = time.perf_counter()
+    s = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=workers)
+    s.mount("http://", adapter)
+    with ThreadPoolExecutor(workers) as pool:
+        total = sum(pool.map(lambda nu: fetch_to(s, nu[1], folder, nu[0]), enumerate(urls)))
+    return time.perf_counter() - started, total
+
+
+def mirror_sync(base: str, root: Path, workers: int) -> tuple[float, int, int]:
+    started = time.perf_counter()
+    summary = sync(root, base, SyncOptions(workers=workers,
+                                           what=frozenset({"images", "datasets",
+                                                           "segmentations"})))
+    assert summary.ok, summary.failures[:3]
+    return time.perf_counter() - started, summary.bytes_downloaded, summary.requests
+
+
+def peak_rss_metadata_sync(images: int, workers: int) -> tuple[float, float]:
+    """Peak RSS (MB) and seconds of a metadata-only sync in a child process."""
+    sandbox = subprocess.Popen([sys.executable, "-m", "mirror", "sandbox", "--images",
+                                str(images), "--private-fraction", "0"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        url = sandbox.stdout.readline().split()[-1]
+        with tempfile.TemporaryDirectory() as tmp:
+            env = dict(os.environ, MIRROR_STATE_DIR=f"{tmp}/state")
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mirror", "sync", "--root", f"{tmp}/m",
+                            "--url", url, "--blobs", "", "--what", "images,datasets",
+                            "--quiet", "--workers", str(workers)], check=True, env=env)
+            seconds = time.perf_counter() - started
+        # Read before the sandbox is reaped: only the waited-for sync child counts.
+        rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    finally:
+        sandbox.terminate()
+        sandbox.wait()
+    return rss_kb / 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rss-images", type=int, default=100_000)
+    args = parser.parse_args()
+    with serve(images=args.images, seed=1, private_fraction=0.0) as sb, \
+            tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("MIRROR_STATE_DIR", f"{tmp}/state")
+        tmp = Path(tmp)
+        for name in ("warm", "a", "b"):
+            (tmp / name).mkdir()
+        urls = work_urls(sb.url)
+        parallel(sb.url, tmp / "warm", args.workers, urls)  # warm the sandbox's blob cache
+        t_a, bytes_a = sequential(sb.url, tmp / "a")
+        t_b, bytes_b = parallel(sb.url, tmp / "b", args.workers, urls)
+        t_c, bytes_c, requests_c = mirror_sync(sb.url, tmp / "c", args.workers)
+    print(f"{args.images} images, {len(urls)} URLs, {args.workers} workers")
+    print(f"{'run':34} {'seconds':>8} {'MB':>8} {'ratio':>8}")
+    print(f"{'(a) sequential sample-code loop':34} {t_a:8.2f} {bytes_a / 1e6:8.1f} "
+          f"{t_a / t_c:7.1f}x  (a/c, target >= 8)")
+    print(f"{'(b) plain parallel fetch (floor)':34} {t_b:8.2f} {bytes_b / 1e6:8.1f} "
+          f"{t_c / t_b:7.2f}x  (c/b, target <= 1.5)")
+    print(f"{'(c) mirror sync':34} {t_c:8.2f} {bytes_c / 1e6:8.1f} {requests_c:>8} requests")
+    if args.rss_images:
+        rss, seconds = peak_rss_metadata_sync(args.rss_images, args.workers)
+        print(f"metadata-only sync of {args.rss_images} images: {seconds:.1f} s, "
+              f"peak RSS {rss:.0f} MB (target < 300)")
+
+
+if __name__ == "__main__":
+    main()
