@@ -1,0 +1,235 @@
+"""Where the index lives: a writer's working database and published read-only generations.
+
+SQLite's WAL mode does not work on network filesystems, and a lab's mirror often sits
+on a NAS. So the writer never writes a database inside the mirror root. It works on
+``work.sqlite`` in its *local* state folder and, when a run ends, publishes a copy
+into the mirror::
+
+    <ns>/index/index-000042.sqlite   immutable once published
+    <ns>/index/CURRENT               "index-000042.sqlite", replaced atomically
+
+Readers open the generation CURRENT names with ``mode=ro&immutable=1``: no locks, no
+journal files, so any number of readers on any number of machines, and read-only
+mounts, work. The newest few generations are kept for readers that still hold one.
+
+With ``index_url`` set (e.g. ``postgresql://...``) the writer and the readers share
+that database instead, and there are no generations.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mirror.errors import MirrorError
+from mirror.index.models import Meta
+from mirror.layout import Layout
+
+KEEP_GENERATIONS = 3
+
+
+class IndexFenceError(MirrorError):
+    """Another writer published a generation while this one worked; nothing was published."""
+
+
+def current_generation(layout: Layout) -> int | None:
+    """The generation number CURRENT names, or None before the first publish."""
+    try:
+        name = layout.current.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    return int(name.removeprefix("index-").removesuffix(".sqlite"))
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (a no-op when it is there)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("mirror.migrations")))
+    config.attributes["connection_engine"] = engine
+    command.upgrade(config, "head")
+
+
+def _sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def open_reader(layout: Layout, url: str | None = None) -> Engine:
+    """A read-only engine on the current generation (or on ``url``)."""
+    if url:
+        return create_engine(url)
+    generation = current_generation(layout)
+    if generation is None:
+        raise MirrorError(f"no index published yet under {layout.root}; "
+                          "run 'mirror sync' or 'mirror reindex'")
+    path = layout.generation_path(generation).resolve()
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                               check_same_thread=False)
+
+    return create_engine("sqlite://", creator=connect)
+
+
+class IndexWriter:
+    """The single writer's view of the index: a local working database plus publishing."""
+
+    def __init__(self, layout: Layout, url: str | None = None):
+        self.layout = layout
+        self.url = url
+        self.started_from = current_generation(layout)
+        if url:
+            self.engine = create_engine(url)
+        else:
+            self.path = layout.state_dir() / "work.sqlite"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._seed_from_published()
+            self.engine = _sqlite_engine(self.path)
+        upgrade_to_head(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _seed_from_published(self) -> None:
+        """Start from the newest published generation when ours is missing or older."""
+        if self.started_from is None:
+            return
+        if self.path.exists() and (self._local_generation() or 0) >= self.started_from:
+            return
+        published = self.layout.generation_path(self.started_from)
+        source = sqlite3.connect(f"file:{published}?mode=ro&immutable=1", uri=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        target = sqlite3.connect(self.path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+
+    def _local_generation(self) -> int | None:
+        conn = sqlite3.connect(self.path)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        except sqlite3.Error:
+            return None
+        finally:
+            conn.close()
+        return int(row[0]) if row else None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def publish(self) -> int:
+        """Publish the working database as the next read-only generation; returns its number."""
+        if self.url:
+            return 0
+        self._fence()
+        number = (self.started_from or 0) + 1
+        with self.session() as session:
+            session.merge(Meta(key="generation", value=str(number)))
+        index_dir = self.layout.index_dir
+        index_dir.mkdir(parents=True, exist_ok=True)
+        tmp = index_dir / f".tmp-{uuid.uuid4().hex}.sqlite"
+        try:
+            self._vacuum_into(tmp)
+            final = self.layout.generation_path(number)
+            try:
+                os.link(tmp, final)  # never overwrites another writer's generation
+            except FileExistsError:
+                raise IndexFenceError(f"index generation {number} already exists: another "
+                                      "writer got there first; run the command again") from None
+            _fsync_dir(index_dir)
+            self._fence()
+            _write_current(index_dir, final.name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.started_from = number
+        self._prune(number)
+        return number
+
+    def _vacuum_into(self, tmp: Path) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(FULL)")
+            conn.exec_driver_sql("VACUUM INTO ?", (str(tmp),))
+        copy = sqlite3.connect(tmp)
+        try:
+            copy.execute("PRAGMA journal_mode=DELETE")  # immutable readers need no WAL
+        finally:
+            copy.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o444)
+
+    def _fence(self) -> None:
+        """Refuse to publish over a generation another writer made meanwhile."""
+        now = current_generation(self.layout)
+        if now != self.started_from:
+            raise IndexFenceError(
+                f"another writer published index generation {now} while this one worked "
+                f"(started from {self.started_from}); nothing was published. Run the command "
+                "again.")
+
+    def _prune(self, newest: int) -> None:
+        for path in sorted(self.layout.index_dir.glob("index-*.sqlite")):
+            number = int(path.stem.removeprefix("index-"))
+            if number <= newest - KEEP_GENERATIONS:
+                path.unlink(missing_ok=True)
+
+    def generation_of_work_db(self) -> int | None:
+        with self.session() as session:
+            value = session.scalar(select(Meta.value).where(Meta.key == "generation"))
+        return int(value) if value else None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _write_current(index_dir: Path, name: str) -> None:
+    tmp = index_dir / f".tmp-{uuid.uuid4().hex}.current"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, index_dir / "CURRENT")
+    _fsync_dir(index_dir)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,148 @@
+"""The writer lease: one writer per mirror, across processes and machines.
+
+Two locks, taken in order:
+
+1. a ``filelock.FileLock`` on a *local* path (the writer's state folder), which the
+   kernel releases when its process dies: an instant, reliable answer between
+   processes of one host;
+2. a ``filelock.SoftFileLease`` marker in ``<ns>/locks/writer.lease`` on the mirror
+   itself, refreshed by a heartbeat: it works where ``flock`` does not (many NFS and
+   SMB mounts) and expires on its own when a holder on another machine dies.
+
+``writer.json`` beside the marker says who holds it (host, pid, command, start).
+Correctness never depends on the lease (writes are atomic and idempotent, and the
+index publish is fenced); it only saves two writers from wasting bandwidth.
+Readers take no lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import filelock
+
+from mirror.config import utc_now
+from mirror.errors import WriterBusyError
+from mirror.layout import Layout
+
+LEASE_SECONDS = 120.0
+HEARTBEAT_SECONDS = 30.0
+
+
+def _lease_path(layout: Layout) -> Path:
+    return layout.locks / "writer.lease"
+
+
+def _holder_path(layout: Layout) -> Path:
+    return layout.locks / "writer.json"
+
+
+def lease_holder(layout: Layout) -> dict | None:
+    """Who holds the lease, or None: ``{"host", "pid", "command", "started"}``."""
+    if not _lease_path(layout).exists():
+        return None
+    try:
+        return json.loads(_holder_path(layout).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"host": "?", "pid": 0, "command": "?", "started": "?"}
+
+
+def break_lease(layout: Layout) -> bool:
+    """Remove the lease marker (operator escape hatch for a holder known to be dead)."""
+    existed = _lease_path(layout).exists()
+    _lease_path(layout).unlink(missing_ok=True)
+    _holder_path(layout).unlink(missing_ok=True)
+    return existed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterLease:
+    """Context manager holding the writer lease of one mirror namespace.
+
+    ``wait`` is how long to wait for another holder: 0 fails at once, None waits forever.
+    """
+
+    def __init__(self, layout: Layout, command: str, wait: float | None = 0.0):
+        self.layout = layout
+        self.command = command
+        self.wait = wait
+        state = layout.state_dir()
+        state.mkdir(parents=True, exist_ok=True)
+        self._local = filelock.FileLock(str(state / "writer.lock"))
+        self._lease: filelock.SoftFileLease | None = None
+
+    def __enter__(self) -> WriterLease:
+        deadline = None if self.wait is None else time.monotonic() + self.wait
+        self._acquire(self._local.acquire, deadline)
+        try:
+            self.layout.locks.mkdir(parents=True, exist_ok=True)
+            self._lease = filelock.SoftFileLease(
+                str(_lease_path(self.layout)), lease_duration=LEASE_SECONDS,
+                heartbeat_interval=HEARTBEAT_SECONDS, thread_local=False)
+            self._acquire(self._lease.acquire, deadline, remote=True)
+            self._write_holder()
+        except BaseException:
+            self._local.release()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            _holder_path(self.layout).unlink(missing_ok=True)
+            if self._lease is not None:
+                self._lease.release()
+        finally:
+            self._local.release()
+
+    def _acquire(self, acquire, deadline: float | None, remote: bool = False) -> None:
+        while True:
+            try:
+                acquire(timeout=0.2 if deadline is None else max(0.0, deadline - time.monotonic()))
+                return
+            except filelock.Timeout:
+                if remote and self._break_if_dead_here():
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WriterBusyError(self._busy_message()) from None
+
+    def _break_if_dead_here(self) -> bool:
+        """A holder on this host whose process is gone: its lease is stale, take it."""
+        holder = lease_holder(self.layout)
+        if holder and holder.get("host") == socket.gethostname() and holder.get("pid") \
+                and not _pid_alive(int(holder["pid"])):
+            break_lease(self.layout)
+            return True
+        return False
+
+    def _busy_message(self) -> str:
+        holder = lease_holder(self.layout)
+        if holder is None:
+            who = "another process on this machine"
+        else:
+            who = (f"pid {holder.get('pid')} on host {holder.get('host')} "
+                   f"(mirror {holder.get('command')}) since {holder.get('started')}")
+        return (f"{self.layout.root} is being written by {who}; wait for it (--wait SECONDS) "
+                "or, if it is dead, run 'mirror lock break'")
+
+    def _write_holder(self) -> None:
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command,
+                "started": utc_now()}
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.layout.locks)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+        os.chmod(tmp, 0o664)
+        os.replace(tmp, _holder_path(self.layout))

@@ -1,0 +1,345 @@
+"""The hex-sharded object store: every file of a mirror, written atomically.
+
+Layout (relative to the namespace folder, e.g. ``<root>/isic/``)::
+
+    store/<shard>/<role>_<id>[_<name>].<ext>          blobs, bytes exactly as served
+    store/<shard>/<kind>_<id>.<sha256[:16]>.json.zst  documents, canonical JSON, zstd
+
+``<shard>`` is the last hex digit of the 24-hex object id (ObjectIds end in a
+counter, so the last digit spreads evenly; the first digits are a timestamp and
+would put everything in one folder). Ids that are not hex shard by the last hex
+digit of their SHA-256.
+
+A write never opens a final path: bytes go to a unique temp file in the target's
+own folder, are hashed and checked while streaming, fsynced, and published with
+``os.link`` (which never overwrites). A reader therefore sees a whole file or no
+file. Published files are read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from mirror.errors import IntegrityError, MirrorError, UnsafeNameError
+from mirror.layout import SHARDS, Layout
+
+HEX_ID = re.compile(r"^[0-9a-f]{24}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+TEMP_PREFIX = ".tmp-"
+ZSTD_LEVEL = 3
+CHUNK = 1024 * 1024
+DOC_KINDS = frozenset({"image", "dataset", "study", "segmentation", "annotation", "user",
+                       "markup"})
+BLOB_PREFIX = {"image": "image", "thumbnail": "thumb", "superpixels": "spimg", "spidx": "spidx",
+               "mask": "mask"}
+MAGIC_EXT = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF8", ".gif"),
+             (b"BM", ".bmp"), (b"PK\x03\x04", ".npz"))
+TYPE_EXT = {"image/jpeg": ".jpg", "image/jpg": ".jpg", "image/png": ".png", "image/gif": ".gif",
+            "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp"}
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A published file: its path relative to the namespace folder, SHA-256 and size.
+
+    For documents, ``sha256`` and ``size`` are those of the uncompressed canonical JSON.
+    """
+
+    relpath: str
+    sha256: str
+    size: int
+
+
+def shard_of(object_id: str) -> str:
+    """The shard folder of an object: last hex digit of its id (or of the id's SHA-256)."""
+    if HEX_ID.match(object_id):
+        return object_id[-1]
+    return hashlib.sha256(object_id.encode("utf-8")).hexdigest()[-1]
+
+
+def safe_name(name: str) -> str:
+    """``name`` if it is safe inside a file name, else :class:`UnsafeNameError`.
+
+    Names come from the archive and are untrusted: only ``[A-Za-z0-9._-]``, at most
+    128 characters, and never ``.`` or ``..``.
+    """
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+        shown = repr(name)[:60]
+        raise UnsafeNameError(f"refusing unsafe name {shown} from the archive "
+                              "(allowed: letters, digits, '.', '_', '-', up to 128)")
+    return name
+
+
+def _safe_id(object_id: str) -> str:
+    if not isinstance(object_id, str) or not re.match(r"^[A-Za-z0-9-]{1,64}$", object_id):
+        raise UnsafeNameError(f"refusing unsafe object id {repr(object_id)[:60]} from the archive")
+    return object_id
+
+
+def blob_relpath(role: str, object_id: str, *, name: str | None = None, ext: str) -> str:
+    """Where a blob of ``role`` lives (isicarchive cache names: ``image_<id>_<name>.jpg``...)."""
+    if role not in BLOB_PREFIX:
+        raise ValueError(f"unknown blob role {role!r}")
+    if not re.match(r"^\.[a-z0-9]{1,5}$", ext):
+        raise UnsafeNameError(f"refusing unsafe file extension {ext!r}")
+    stem = f"{BLOB_PREFIX[role]}_{_safe_id(object_id)}"
+    if role == "image" and name:
+        stem += f"_{safe_name(name)}"
+    return f"store/{shard_of(object_id)}/{stem}{ext}"
+
+
+def doc_relpath(kind: str, object_id: str, sha256_hex: str) -> str:
+    """Where one version of a JSON document lives: content-addressed by its SHA-256."""
+    if kind not in DOC_KINDS:
+        raise ValueError(f"unknown document kind {kind!r}")
+    if not re.match(r"^[0-9a-f]{64}$", sha256_hex):
+        raise ValueError("sha256_hex must be 64 lower-case hex digits")
+    return f"store/{shard_of(object_id)}/{kind}_{_safe_id(object_id)}.{sha256_hex[:16]}.json.zst"
+
+
+def extension_for(content_type: str, first_bytes: bytes = b"") -> str:
+    """File extension from magic bytes first, then Content-Type; they must agree."""
+    by_magic = next((ext for magic, ext in MAGIC_EXT if first_bytes.startswith(magic)), None)
+    by_type = TYPE_EXT.get((content_type or "").split(";")[0].strip().lower())
+    if by_magic and by_type and by_magic != by_type:
+        raise IntegrityError(f"Content-Type {content_type!r} but the bytes are {by_magic[1:]}")
+    if by_magic or by_type:
+        if first_bytes and not by_magic:
+            raise IntegrityError(f"Content-Type {content_type!r} but the bytes are not an image "
+                                 f"(they start {first_bytes[:16]!r})")
+        return by_magic or by_type
+    raise IntegrityError(f"unrecognised file (Content-Type {content_type!r}, "
+                         f"starts {first_bytes[:16]!r})")
+
+
+def canonical_json(doc: object) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: equal documents give equal bytes and hashes."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+class ObjectStore:
+    """Atomic, verified writes and plain reads of the files under ``layout.store``."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.base = layout.base
+        self._touched: set[Path] = set()
+        self._lock = threading.Lock()
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def path(self, relpath: str) -> Path:
+        """Absolute path of ``relpath``, refusing anything that would leave the store."""
+        if not isinstance(relpath, str) or "\x00" in relpath or not relpath.startswith("store/"):
+            raise UnsafeNameError(f"refusing path {relpath!r} outside the store")
+        parts = relpath.split("/")
+        if any(p in ("", ".", "..") for p in parts) or len(parts) != 3:
+            raise UnsafeNameError(f"refusing path {relpath!r} outside the store")
+        if parts[1] not in SHARDS:
+            raise UnsafeNameError(f"refusing path {relpath!r}: not a shard folder")
+        return self.base / relpath
+
+    def exists(self, relpath: str) -> bool:
+        return self.path(relpath).is_file()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def put_stream(self, relpath: str, chunks: Iterable[bytes], *,
+                   expected_size: int | None = None,
+                   magic: bytes | tuple[bytes, ...] | None = None) -> StoredFile:
+        """Stream ``chunks`` into ``relpath`` atomically, verifying size and magic bytes."""
+        final = self.path(relpath)
+        folder = final.parent
+        self._ensure_dir(folder)
+        if expected_size is not None:
+            self._check_space(folder, expected_size)
+        tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}"
+        try:
+            digest, size = self._write_temp(tmp, chunks, magic)
+            if expected_size is not None and size != expected_size:
+                raise IntegrityError(f"{relpath}: received {size} bytes, expected "
+                                     f"{expected_size} (Content-Length)")
+            self._publish(tmp, final, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredFile(relpath, digest, size)
+
+    def put_bytes(self, relpath: str, data: bytes, **kwargs) -> StoredFile:
+        return self.put_stream(relpath, [data], expected_size=len(data), **kwargs)
+
+    def put_json(self, kind: str, object_id: str, doc: object) -> StoredFile:
+        """Store one version of a document; idempotent (an equal version is not rewritten)."""
+        payload = canonical_json(doc)
+        digest = hashlib.sha256(payload).hexdigest()
+        relpath = doc_relpath(kind, object_id, digest)
+        if not self.exists(relpath):
+            compressed = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, write_checksum=True, write_content_size=True).compress(payload)
+            self.put_stream(relpath, [compressed], expected_size=len(compressed))
+        return StoredFile(relpath, digest, len(payload))
+
+    def _write_temp(self, tmp: Path, chunks: Iterable[bytes],
+                    magic: bytes | tuple[bytes, ...] | None) -> tuple[str, int]:
+        hasher, size = hashlib.sha256(), 0
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                if size == 0 and magic is not None and chunk:
+                    _check_magic(chunk, magic)
+                hasher.update(chunk)
+                fh.write(chunk)
+                size += len(chunk)
+            if size == 0 and magic is not None:
+                raise IntegrityError("received an empty body")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o444)
+        return hasher.hexdigest(), size
+
+    def _publish(self, tmp: Path, final: Path, digest: str) -> None:
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            existing = _sha256_file(final)
+            if existing != digest:
+                raise IntegrityError(
+                    f"{final.name} already exists with different content "
+                    f"(sha256 {existing[:12]}…, new {digest[:12]}…); run 'mirror verify'"
+                ) from None
+        with self._lock:
+            self._touched.add(final.parent)
+
+    def flush(self) -> list[str]:
+        """fsync every shard folder touched since the last flush (one per folder, per batch)."""
+        with self._lock:
+            touched, self._touched = sorted(self._touched), set()
+        for folder in touched:
+            _fsync_dir(folder)
+        return [str(f) for f in touched]
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                os.chmod(folder, 0o2775)
+            except OSError:
+                pass  # not ours (a shared NAS folder): leave its mode alone
+            _fsync_dir(folder.parent)
+
+    @staticmethod
+    def _check_space(folder: Path, needed: int) -> None:
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise MirrorError(f"disk full under {folder}: {needed} bytes needed, {free} free; "
+                              "free space, then run 'mirror sync' again")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def open(self, relpath: str) -> BinaryIO:
+        return open(self.path(relpath), "rb")
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return self.path(relpath).read_bytes()
+
+    def read_json(self, relpath: str) -> dict:
+        """Decompress (the zstd frame checksum is verified) and parse a document."""
+        try:
+            payload = zstandard.ZstdDecompressor().decompress(self.read_bytes(relpath))
+            return json.loads(payload)
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise IntegrityError(f"{relpath} is damaged ({exc}); run 'mirror verify --repair'"
+                                 ) from None
+
+    def hash(self, relpath: str) -> tuple[str, int]:
+        """SHA-256 and size of the payload (decompressed for documents), streaming."""
+        hasher, size = hashlib.sha256(), 0
+        with self.open(relpath) as raw:
+            stream: BinaryIO = raw
+            if relpath.endswith(".zst"):
+                stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
+            try:
+                while chunk := stream.read(CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"{relpath} is damaged ({exc})") from None
+        return hasher.hexdigest(), size
+
+    def iter_files(self) -> Iterator[str]:
+        """Relative paths of every published file (temp files excluded), sorted."""
+        for shard in SHARDS:
+            folder = self.layout.store / shard
+            if folder.is_dir():
+                for name in sorted(os.listdir(folder)):
+                    if not name.startswith(TEMP_PREFIX):
+                        yield f"store/{shard}/{name}"
+
+    # -- maintenance (writer lease holders only) --------------------------------------------
+
+    def temp_files(self) -> list[Path]:
+        found = []
+        for shard in SHARDS:
+            folder = self.layout.store / shard
+            if folder.is_dir():
+                found += [folder / n for n in sorted(os.listdir(folder))
+                          if n.startswith(TEMP_PREFIX)]
+        return found
+
+    def clean_temp(self, max_age: float = 3600.0) -> list[Path]:
+        """Remove temp files older than ``max_age`` seconds (left by killed writers)."""
+        cutoff = time.time() - max_age
+        removed = []
+        for path in self.temp_files():
+            try:
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def remove(self, relpath: str) -> None:
+        """Delete a published file (``mirror gc`` and repair only)."""
+        self.path(relpath).unlink(missing_ok=True)
+        with self._lock:
+            self._touched.add(self.path(relpath).parent)
+
+
+def _check_magic(first: bytes, magic: bytes | tuple[bytes, ...]) -> None:
+    magics = (magic,) if isinstance(magic, bytes) else magic
+    if not any(first.startswith(m) for m in magics):
+        looks = "HTML" if first.lstrip()[:1] == b"<" else "unexpected"
+        raise IntegrityError(f"expected a file starting {magics[0]!r} but got {looks} bytes "
+                             f"{first[:16]!r}")
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
