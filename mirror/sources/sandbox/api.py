@@ -1,0 +1,404 @@
+"""The ISIC v1 endpoints of the sandbox, independent of HTTP plumbing.
+
+Each handler takes a :class:`Request` and returns a :class:`Response`; Girder-style
+errors are raised as :class:`RestError` and rendered the way Girder renders them
+(``{"message", "type"[, "field"]}`` with Girder's status codes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from mirror.sources.sandbox import blobs
+from mirror.sources.sandbox.data import PRIVATE_DATASETS, USERS, Archive, iso, templates
+
+OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
+TRUE = {"true", "on", "1", "yes"}
+SANDBOX_LOGIN = "sandbox-user"
+SANDBOX_PASSWORD = "sandbox-pass"
+SANDBOX_USER = {
+    "_accessLevel": 2, "_id": "5b0e1a7f1165976c0a1f00aa", "_modelType": "user",
+    "acceptTerms": True, "admin": False, "created": "2018-05-30T10:00:00+00:00",
+    "email": "sandbox-user@example.org", "emailVerified": True, "firstName": "Sandbox",
+    "groupInvites": [], "groups": [], "lastName": "User", "login": SANDBOX_LOGIN, "otp": False,
+    "permissions": {"acceptTerms": True, "adminStudy": False, "createDataset": False,
+                    "reviewDataset": False, "segmentationSkill": None},
+    "public": False, "size": 0, "status": "enabled",
+}
+
+
+class RestError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "rest", **extra):
+        super().__init__(message)
+        self.status, self.body = status, {"message": message, "type": kind, **extra}
+
+
+@dataclass
+class Request:
+    method: str
+    parts: list[str]  # path segments after /api/v1, percent-decoded one by one
+    params: dict[str, str]
+    user: dict | None
+    basic_auth: str | None = None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, value: object, status: int = 200) -> Response:
+        data = json.dumps(value, sort_keys=True, allow_nan=False).encode()
+        return cls(status, data, {"Content-Type": "application/json"})
+
+    @classmethod
+    def file(cls, data: bytes, content_type: str, filename: str | None = None,
+             disposition: str | None = "attachment") -> Response:
+        headers = {"Content-Type": content_type, "Accept-Ranges": "bytes"}
+        if filename and disposition:
+            headers["Content-Disposition"] = f'{disposition}; filename="{filename}"'
+        return cls(200, data, headers)
+
+
+def split_path(raw_path: str) -> list[str]:
+    """Split on '/' first, then decode each segment (so %2F stays inside a feature id)."""
+    return [unquote(p) for p in raw_path.split("/") if p]
+
+
+def _bool(params: dict, key: str) -> bool:
+    return params.get(key, "").strip().lower() in TRUE
+
+
+def _paging(params: dict, default_sort: str, default_dir: int = 1) -> tuple[int, int, str, int]:
+    try:
+        limit, offset = int(params.get("limit", 50)), int(params.get("offset", 0))
+        sortdir = int(params.get("sortdir", default_dir))
+    except ValueError:
+        raise RestError(400, "Invalid value for offset, limit, or sortdir parameter.") from None
+    if sortdir not in (1, -1):
+        raise RestError(400, "Invalid value for sortdir parameter.")
+    if limit < 0 or offset < 0:
+        raise RestError(400, "Invalid value for offset, limit, or sortdir parameter.")
+    return limit, offset, params.get("sort", default_sort).strip(), sortdir
+
+
+def _page(items: list, limit: int, offset: int) -> list:
+    return items[offset:offset + limit] if limit else items[offset:]
+
+
+def _object_id(value: str, field_name: str = "id") -> str:
+    if not OBJECT_ID.match(value):
+        raise RestError(400, f"Invalid ObjectId: {value}", "validation", field=field_name)
+    return value
+
+
+def _require(params: dict, key: str) -> str:
+    if key not in params:
+        raise RestError(400, f'Parameter "{key}" is required.')
+    return params[key]
+
+
+class SandboxAPI:
+    """Routes ``/api/v1/...`` requests to handlers over one :class:`Archive`."""
+
+    def __init__(self, archive: Archive):
+        self.archive = archive
+        self.tokens: set[str] = set()
+        self.routes: list[tuple[str, tuple[str, ...], Callable[..., Response]]] = [
+            ("image", (), self.list_images),
+            ("image", ("{id}",), self.get_image),
+            ("image", ("{id}", "download"), self.download_image),
+            ("image", ("{id}", "thumbnail"), self.image_thumbnail),
+            ("image", ("{id}", "superpixels"), self.image_superpixels),
+            ("segmentation", (), self.list_segmentations),
+            ("segmentation", ("{id}",), self.get_segmentation),
+            ("segmentation", ("{id}", "mask"), self.segmentation_mask),
+            ("dataset", (), self.list_datasets),
+            ("dataset", ("{id}",), self.get_dataset),
+            ("study", (), self.list_studies),
+            ("study", ("{id}",), self.get_study),
+            ("annotation", (), self.list_annotations),
+            ("annotation", ("{id}",), self.get_annotation),
+            ("annotation", ("{id}", "markup", "{f}", "superpixels"), self.markup_values),
+            ("annotation", ("{id}", "markup", "{f}"), self.markup_mask),
+            ("annotation", ("{id}", "{f}", "mask"), self.markup_mask),
+            ("annotation", ("{id}", "{f}"), self.markup_values),
+            ("user", ("authentication",), self.authenticate),
+            ("user", ("me",), self.me),
+        ]
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def route(self, request: Request) -> tuple[str, Response]:
+        """(route pattern for statistics, response)."""
+        resource, rest = request.parts[0], request.parts[1:]
+        for name, shape, handler in self.routes:
+            if name != resource or len(shape) != len(rest) or request.method != "GET":
+                continue
+            args = [v for s, v in zip(shape, rest, strict=True) if s.startswith("{")]
+            if all(s.startswith("{") or s == v for s, v in zip(shape, rest, strict=True)):
+                pattern = "GET /" + "/".join((name, *shape))
+                return pattern, handler(request, *args)
+        raise RestError(400, f'No matching route for "{request.method} {"/".join(rest)}"')
+
+    def resources(self) -> set[str]:
+        return {name for name, _, _ in self.routes}
+
+    def user_for_token(self, token: str | None) -> dict | None:
+        return SANDBOX_USER if token and token in self.tokens else None  # unknown: anonymous
+
+    # -- images ------------------------------------------------------------------------------
+
+    def _visible(self, i: int, user: dict | None) -> bool:
+        return user is not None or not self.archive.is_private(i)
+
+    def _image(self, image_id: str, user: dict | None) -> int:
+        _object_id(image_id)
+        i = self.archive.image_index(image_id)
+        if i is None:
+            raise RestError(400, f"Invalid item id ({image_id}).")
+        if not self._visible(i, user):
+            raise RestError(401, f"Read access denied for item {image_id} (user None).",
+                            "access")
+        return i
+
+    def list_images(self, req: Request) -> Response:
+        p = req.params
+        limit, offset, sort, sortdir = _paging(p, "name")
+        if sort not in ("_id", "name", "created"):
+            raise RestError(400, 'Sort may only be done on "_id", "name", or "created" fields.')
+        if sum(k in p for k in ("name", "filter", "imageIds")) > 1:
+            raise RestError(400, 'Only one of "name", "filter", or "imageIds" may be given.')
+        if "filter" in p:
+            raise RestError(400, "The sandbox does not implement the filter query language.")
+        indices = [i for i in self.archive.listed() if self._visible(i, req.user)]
+        if "name" in p:
+            indices = [i for i in indices if f"ISIC_{i:07d}" == p["name"]]
+        if "imageIds" in p:
+            wanted = self._image_ids(p["imageIds"])
+            indices = [i for i in indices if self.archive.image_id(i) in wanted]
+        if sortdir == -1:
+            indices.reverse()  # id, name and created all follow the image number
+        page = _page(indices, limit, offset)
+        render = self.archive.image_detail if _bool(p, "detail") else self.archive.image_summary
+        return Response.json([render(i) for i in page])
+
+    @staticmethod
+    def _image_ids(raw: str) -> set[str]:
+        try:
+            ids = json.loads(raw)
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list) or len(ids) > 300 or not all(
+                isinstance(x, str) and OBJECT_ID.match(x) for x in ids):
+            raise RestError(400, "Invalid value for imageIds: a JSON list of at most 300 "
+                            "ObjectIds is required.", "validation", field="imageIds")
+        return set(ids)
+
+    def get_image(self, req: Request, image_id: str) -> Response:
+        return Response.json(self.archive.image_detail(self._image(image_id, req.user)))
+
+    def download_image(self, req: Request, image_id: str) -> Response:
+        i = self._image(image_id, req.user)
+        disposition = req.params.get("contentDisposition", "attachment")
+        if disposition not in ("inline", "attachment"):
+            raise RestError(400, f'Unallowed contentDisposition type "{disposition}".',
+                            "validation", field="contentDisposition")
+        return Response.file(blobs.image_jpeg(self.archive, i), "image/jpeg",
+                             f"ISIC_{i:07d}.jpg", disposition)
+
+    def image_thumbnail(self, req: Request, image_id: str) -> Response:
+        i = self._image(image_id, req.user)
+        try:
+            box = min(int(req.params.get("width", 256)), int(req.params.get("height", 256)))
+        except ValueError:
+            raise RestError(400, "Invalid value for width or height.") from None
+        return Response.file(blobs.thumbnail_jpeg(self.archive, i, max(1, box)), "image/jpeg")
+
+    def image_superpixels(self, req: Request, image_id: str) -> Response:
+        i = self._image(image_id, req.user)
+        return Response.file(blobs.superpixels_png(self.archive, i), "image/png",
+                             f"ISIC_{i:07d}_superpixels_v3.0.png")
+
+    # -- segmentations -------------------------------------------------------------------------
+
+    def list_segmentations(self, req: Request) -> Response:
+        image_id = _object_id(_require(req.params, "imageId"), "imageId")
+        i = self._image(image_id, req.user)
+        limit, offset, sort, sortdir = _paging(req.params, "created", -1)
+        items = [self.archive.segmentation_summary(i, j)
+                 for j in range(self.archive.segmentation_count(i))]
+        items.sort(key=lambda s: (s.get(sort) is None, s.get(sort)), reverse=sortdir == -1)
+        return Response.json(_page(items, limit, offset))
+
+    def _segmentation(self, seg_id: str, user: dict | None) -> tuple[int, int]:
+        _object_id(seg_id)
+        found = self.archive.segmentation_index(seg_id)
+        if found is None:
+            raise RestError(400, f"Invalid segmentation id ({seg_id}).")
+        if not self._visible(found[0], user):
+            raise RestError(401, f"Read access denied for item {self.archive.image_id(found[0])}"
+                            " (user None).", "access")
+        return found
+
+    def get_segmentation(self, req: Request, seg_id: str) -> Response:
+        return Response.json(self.archive.segmentation_detail(*self._segmentation(seg_id,
+                                                                                   req.user)))
+
+    def segmentation_mask(self, req: Request, seg_id: str) -> Response:
+        i, j = self._segmentation(seg_id, req.user)
+        if self.archive.segmentation_failed(i, j):
+            raise RestError(410, "This segmentation is failed, and thus has no mask.")
+        return Response.file(blobs.mask_png(self.archive, i, j), "image/png",
+                             f"ISIC_{i:07d}_segmentation.png")
+
+    # -- datasets ------------------------------------------------------------------------------
+
+    def _datasets(self, user: dict | None) -> list[dict]:
+        public = sorted(templates()["datasets"].values(), key=lambda d: d["name"])
+        return public + (PRIVATE_DATASETS if user else [])
+
+    def _dataset_detail(self, summary: dict) -> dict:
+        count = sum(1 for i in self.archive.listed()
+                    if self.archive.dataset_summary(i)["_id"] == summary["_id"])
+        return {**summary, "_modelType": "dataset", "attribution": "Anonymous",
+                "count": count, "created": summary["updated"], "creator": USERS[0]}
+
+    def list_datasets(self, req: Request) -> Response:
+        limit, offset, sort, sortdir = _paging(req.params, "name")
+        items = sorted(self._datasets(req.user), key=lambda d: str(d.get(sort, "")),
+                       reverse=sortdir == -1)
+        page = _page(items, limit, offset)
+        detail = _bool(req.params, "detail")
+        return Response.json([self._dataset_detail(d) if detail else d for d in page])
+
+    def get_dataset(self, req: Request, dataset_id: str) -> Response:
+        _object_id(dataset_id)
+        for summary in self._datasets(None) + PRIVATE_DATASETS:
+            if summary["_id"] == dataset_id:
+                if summary in PRIVATE_DATASETS and req.user is None:
+                    raise RestError(401, f"Read access denied for folder {dataset_id} "
+                                    "(user None).", "access")
+                return Response.json(self._dataset_detail(summary))
+        raise RestError(400, f"Invalid dataset id ({dataset_id}).")
+
+    # -- studies and annotations -----------------------------------------------------------------
+
+    def _study(self, study_id: str, user: dict | None) -> int:
+        _object_id(study_id)
+        k = self.archive.study_index(study_id)
+        if k is None:
+            raise RestError(400, f"Invalid folder id ({study_id}).")
+        if not self.archive.study_public(k) and user is None:
+            raise RestError(401, f"Read access denied for folder {study_id} (user None).",
+                            "access")
+        return k
+
+    def list_studies(self, req: Request) -> Response:
+        p = req.params
+        limit, offset, sort, sortdir = _paging(p, "lowerName")
+        state = p.get("state")
+        if state is not None and state not in ("active", "complete"):
+            raise RestError(400, 'Value for state must be one of ["active", "complete"].',
+                            "validation", field="state")
+        user_id = SANDBOX_USER["_id"] if p.get("userId") == "me" and req.user else p.get("userId")
+        visible = [k for k in range(len(self.archive.study_ids()))
+                   if self.archive.study_public(k) or req.user]
+        docs = [self.archive.study_detail(k) for k in visible]
+        if state or user_id:
+            docs = [d for d in docs if self._has_annotation(d, state, user_id)]
+        docs.sort(key=lambda d: d["name"].lower() if sort == "lowerName" else str(d.get(sort)),
+                  reverse=sortdir == -1)
+        page = _page(docs, limit, offset)
+        keys = ("_id", "description", "name", "updated")
+        return Response.json(page if _bool(p, "detail") else [{k: d[k] for k in keys}
+                                                               for d in page])
+
+    def _has_annotation(self, study: dict, state: str | None, user_id: str | None) -> bool:
+        k = self.archive.study_index(study["_id"])
+        return any((state is None or a["state"] == state) and
+                   (user_id is None or a["userId"] == user_id)
+                   for a in self._annotations(k))
+
+    def get_study(self, req: Request, study_id: str) -> Response:
+        if req.params.get("format", "json") != "json":
+            raise RestError(400, "The sandbox serves studies as JSON only.")
+        return Response.json(self.archive.study_detail(self._study(study_id, req.user)))
+
+    def _annotations(self, k: int) -> list[dict]:
+        return [self.archive.annotation_summary(k, pos, u)
+                for pos in range(len(self.archive.study_images(k))) for u in range(2)]
+
+    def list_annotations(self, req: Request) -> Response:
+        p = req.params
+        k = self._study(_object_id(_require(p, "studyId"), "studyId"), req.user)
+        items = self._annotations(k)
+        for key, name in (("userId", "userId"), ("imageId", "imageId"), ("state", "state")):
+            if key in p:
+                items = [a for a in items if a[name] == p[key]]
+        if _bool(p, "detail"):
+            items = [self.archive.annotation_detail(*self.archive.annotation_index(a["_id"]))
+                     for a in items]
+        return Response.json(items)
+
+    def _annotation(self, annotation_id: str, user: dict | None) -> tuple[int, int, int]:
+        _object_id(annotation_id)
+        found = self.archive.annotation_index(annotation_id)
+        if found is None:
+            raise RestError(400, f"Invalid annotation id ({annotation_id}).")
+        self._study(self.archive.study_id(found[0]), user)
+        return found
+
+    def get_annotation(self, req: Request, annotation_id: str) -> Response:
+        found = self._annotation(annotation_id, req.user)
+        return Response.json(self.archive.annotation_detail(*found))
+
+    def _markup(self, req: Request, annotation_id: str, feature: str) -> tuple:
+        found = self._annotation(annotation_id, req.user)
+        detail = self.archive.annotation_detail(*found)
+        if detail["state"] != "complete":
+            raise RestError(400, "Annotation is incomplete.")
+        if feature not in self.archive.study_features(found[0]):
+            raise RestError(400, f'Feature "{feature}" is not in this study.')
+        return found, self.archive.markup_values(*found, feature)
+
+    def markup_values(self, req: Request, annotation_id: str, feature: str) -> Response:
+        return Response.json(self._markup(req, annotation_id, feature)[1])
+
+    def markup_mask(self, req: Request, annotation_id: str, feature: str) -> Response:
+        (k, pos, _), values = self._markup(req, annotation_id, feature)
+        i = self.archive.study_images(k)[pos]
+        name = feature.replace(" : ", " ; ").replace("/", ",")
+        return Response.file(blobs.markup_png(self.archive, i, values), "image/png",
+                             f"annotation_{annotation_id}_{name}.png", "inline")
+
+    # -- users ---------------------------------------------------------------------------------
+
+    def authenticate(self, req: Request) -> Response:
+        if not req.basic_auth:
+            raise RestError(401, "Use HTTP Basic Authentication")
+        try:
+            login, _, password = base64.b64decode(req.basic_auth).decode().partition(":")
+        except ValueError:
+            raise RestError(401, "Login failed.", "access") from None
+        if login != SANDBOX_LOGIN or not secrets.compare_digest(password, SANDBOX_PASSWORD):
+            raise RestError(401, "Login failed.", "access")
+        token = "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                       "0123456789") for _ in range(64))
+        self.tokens.add(token)
+        expires = iso(time.time() + 180 * 86400)
+        return Response.json({"authToken": {"expires": expires, "scope": ["core.user_auth"],
+                                            "token": token},
+                              "message": "Login succeeded.", "user": SANDBOX_USER})
+
+    def me(self, req: Request) -> Response:
+        return Response.json(req.user)

@@ -1,0 +1,154 @@
+"""Superpixel index images: decode the archive's PNGs, build the pixel map, cache as .npz.
+
+The archive stores each image's ~1,000 SLIC superpixels as an RGB PNG of the image's
+size in which a pixel's *label* is ``R + 256*G + 65536*B``. Labels are 0-based and
+contiguous (0..max).
+
+The *map* has the isicarchive package's layout: an int32 matrix of shape
+``(max+1, maxcount+1)`` whose row ``k`` lists the flat (row-major) pixel indices of
+label ``k`` in ascending order, zero-padded, with the pixel count in the last
+column. For a 2x3 image with labels ``[[0, 0, 1], [1, 1, 1]]``::
+
+    map = [[0, 1, 0, 0, 2],     # label 0: pixels 0 and 1, count 2
+           [2, 3, 4, 5, 4]]     # label 1: pixels 2..5, count 4
+
+so ``map[k, :map[k, -1]]`` are the pixels of label ``k``. Everything is vectorised
+numpy (no numba): decode is one integer combine of the three planes, the map one
+stable argsort plus a scatter.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+NPZ_FORMAT = "mirror-spidx/1"
+MAX_LABELS = 1 << 24
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so equal arrays give equal bytes
+
+
+class SuperpixelError(ValueError):
+    """A superpixel PNG or npz that cannot be a valid label image."""
+
+
+def decode_rgb(rgb: np.ndarray) -> np.ndarray:
+    """int32 labels (H, W) from an (H, W, 3) uint8 array: R + 256*G + 65536*B."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise SuperpixelError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    planes = rgb.astype(np.int32)
+    return planes[..., 0] | (planes[..., 1] << 8) | (planes[..., 2] << 16)
+
+
+def _open_png(source: str | Path | bytes):
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
+        raise SuperpixelError(f"not a readable PNG ({exc})") from None
+    if image.format != "PNG":
+        raise SuperpixelError(f"expected a PNG, got {image.format}")
+    return image
+
+
+def decode_png(source: str | Path | bytes,
+               expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode and check a superpixel PNG; int32 labels of shape (H, W)."""
+    image = _open_png(source)
+    if image.mode == "RGBA":
+        rgba = np.asarray(image)
+        if not (rgba[..., 3] == 255).all():
+            raise SuperpixelError("superpixel PNG has transparent pixels; expected RGB")
+        rgb = np.ascontiguousarray(rgba[..., :3])
+    elif image.mode == "RGB":
+        rgb = np.asarray(image)
+    else:
+        raise SuperpixelError(f"superpixel PNG has mode {image.mode}; expected RGB "
+                              "(label = R + 256*G + 65536*B)")
+    idx = decode_rgb(rgb)
+    if expected_shape is not None and tuple(idx.shape) != tuple(expected_shape):
+        raise SuperpixelError(f"superpixel PNG is {idx.shape[1]}x{idx.shape[0]}, but the image "
+                              f"is {expected_shape[1]}x{expected_shape[0]}")
+    check_labels(idx)
+    return idx
+
+
+def check_labels(idx: np.ndarray) -> int:
+    """Labels must be 0..max with none missing; returns the label count."""
+    if idx.size == 0:
+        raise SuperpixelError("superpixel image is empty")
+    top = int(idx.max())
+    if int(idx.min()) < 0 or top >= MAX_LABELS or top + 1 > idx.size:
+        raise SuperpixelError(f"impossible superpixel labels (0..{top} in {idx.size} pixels)")
+    present = np.bincount(idx.ravel(), minlength=top + 1)
+    missing = np.flatnonzero(present == 0)
+    if missing.size:
+        raise SuperpixelError(f"superpixel labels are not contiguous: {missing.size} of 0..{top} "
+                              f"missing (first {int(missing[0])})")
+    return top + 1
+
+
+def superpixel_map(idx: np.ndarray) -> np.ndarray:
+    """The (max+1, maxcount+1) int32 pixel map described in the module docstring."""
+    flat = idx.ravel()
+    counts = np.bincount(flat)
+    order = np.argsort(flat, kind="stable").astype(np.int32)  # pixels grouped by label
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    column = np.arange(flat.size) - np.repeat(starts, counts)
+    result = np.zeros((counts.size, int(counts.max()) + 1), np.int32)
+    result[flat[order], column] = order
+    result[:, -1] = counts
+    return result
+
+
+def encode_npz(idx: np.ndarray) -> bytes:
+    """A deterministic .npz holding ``idx`` (int32) and a format marker."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in (("idx", np.ascontiguousarray(idx, np.int32)),
+                            ("format", np.array(NPZ_FORMAT))):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array, allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue(), compresslevel=1)
+    return out.getvalue()
+
+
+def load_npz(source: str | Path | bytes) -> np.ndarray:
+    """The label image from an .npz written by :func:`encode_npz`."""
+    try:
+        with np.load(io.BytesIO(source) if isinstance(source, bytes) else source,
+                     allow_pickle=False) as data:
+            idx = data["idx"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise SuperpixelError(f"not a superpixel npz ({exc})") from None
+    if idx.ndim != 2 or idx.dtype != np.int32:
+        raise SuperpixelError(f"superpixel npz holds {idx.dtype} {idx.shape}; expected int32 2-D")
+    return idx
+
+
+def encode_png(idx: np.ndarray) -> bytes:
+    """RGB PNG bytes of a label image (the inverse of :func:`decode_png`)."""
+    from PIL import Image
+
+    check_labels(idx)
+    rgb = np.stack([idx & 0xFF, (idx >> 8) & 0xFF, (idx >> 16) & 0xFF], axis=-1).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def load_superpixels(png_path: str | Path, npz_path: str | Path | None = None) -> dict:
+    """``{"idx", "map", "max", "shp"}`` like isicarchive; from the npz when there is one."""
+    if npz_path is not None and Path(npz_path).exists():
+        idx = load_npz(npz_path)
+    else:
+        idx = decode_png(png_path)
+    return {"idx": idx, "map": superpixel_map(idx), "max": int(idx.max()),
+            "shp": tuple(idx.shape)}
