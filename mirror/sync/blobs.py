@@ -55,7 +55,7 @@ class BlobTask:
 
 def plan_blobs(session: Session, image_ids: set[str] | None, blobs: set[str]) -> list[BlobTask]:
     """Every wanted file the index does not have yet, in a stable order."""
-    have = set(session.execute(select(Blob.object_id, Blob.role)).tuples())
+    have = {tuple(r) for r in session.execute(select(Blob.object_id, Blob.role))}
     tasks: list[BlobTask] = []
     images = session.execute(select(Image.id, Image.name, Image.pixels_x, Image.pixels_y)
                              .where(Image.removed.is_(False)).order_by(Image.id)).all()
@@ -99,8 +99,8 @@ def check_disk_space(root, needed: int) -> int:
 
 def persist_plan(session: Session, tasks: list[BlobTask]) -> None:
     """Record the outstanding work so that a killed run can report and resume it."""
-    known = set(session.execute(select(SyncItem.kind, SyncItem.object_id, SyncItem.role))
-                .tuples())
+    known = {tuple(r) for r in session.execute(
+        select(SyncItem.kind, SyncItem.object_id, SyncItem.role))}
     session.add_all(SyncItem(kind=t.kind, object_id=t.object_id, role=t.role, state="pending",
                              attempts=0) for t in tasks
                     if (t.kind, t.object_id, t.role) not in known)

@@ -3,7 +3,8 @@
 A spec is a comma list of ``kind=rate`` pairs, e.g.
 ``500=0.05,502=0.01,503=0.01,429=0.02,reset=0.02,truncate=0.02,slow=0.01``, plus the
 options ``retry_after=SECONDS`` (sent with 429, default 1) and ``slow_seconds=S``
-(default 0.5). Draws come from an RNG seeded with the sandbox seed and the request's
+(default 0.5), and ``match=TEXT`` to limit faults to paths containing TEXT (e.g.
+``match=/download``). Draws come from an RNG seeded with the sandbox seed and the request's
 sequence number, so a run's fault pattern is reproducible.
 """
 
@@ -21,6 +22,7 @@ class FaultPlan:
     rates: dict[str, float] = field(default_factory=dict)
     retry_after: float = 1.0
     slow_seconds: float = 0.5
+    match: str = ""
     seed: int = 0
     _sequence: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -30,6 +32,9 @@ class FaultPlan:
         plan = cls(seed=seed)
         for part in filter(None, (p.strip() for p in (spec or "").split(","))):
             key, _, value = part.partition("=")
+            if key == "match":
+                plan.match = value
+                continue
             try:
                 number = float(value)
             except ValueError:
@@ -47,9 +52,9 @@ class FaultPlan:
             raise ValueError("fault rates add up to more than 1")
         return plan
 
-    def draw(self) -> str | None:
-        """The fault for the next request, or None."""
-        if not self.rates:
+    def draw(self, path: str = "") -> str | None:
+        """The fault for the next request to ``path``, or None."""
+        if not self.rates or self.match not in path:
             return None
         with self._lock:
             self._sequence += 1

@@ -89,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(self._control(url.path[len(CONTROL_ROOT):]))
         if not (url.path == API_ROOT or url.path.startswith(API_ROOT + "/")):
             return self._send(Response(404, NOT_FOUND_HTML, {"Content-Type": "text/html"}))
-        fault = self.sandbox.faults.draw()
+        fault = self.sandbox.faults.draw(url.path)
         if fault == "reset":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
