@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     root = Path(args.root)
-    with serve(images=args.images, seed=args.seed) as sandbox:
+    with serve(images=args.images, seed=args.seed, private_fraction=0.0) as sandbox:
         print(f"sandbox archive: {sandbox.url} ({args.images} images, seed {args.seed})")
         started = time.monotonic()
         summary = sync(root, sandbox.url, SyncOptions())
