@@ -142,7 +142,7 @@ class Archive:
 
     def image_dates(self, i: int) -> tuple[str, str]:
         rng = _rng(self.seed, "dates", i)
-        created = self.image_ts(i) + rng.choice((0, rng.randrange(1, 1000))) / 1000
+        created = self.image_ts(i) + rng.randrange(0, 1000) / 1000  # 0.1 % drop the fraction
         updated = created + rng.randrange(60, 400 * 86400) + rng.randrange(0, 1000) / 1000
         state = self.changed.get(i)
         if state and state.updated:
