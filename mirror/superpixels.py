@@ -38,8 +38,12 @@ def decode_rgb(rgb: np.ndarray) -> np.ndarray:
     """int32 labels (H, W) from an (H, W, 3) uint8 array: R + 256*G + 65536*B."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise SuperpixelError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
-    planes = rgb.astype(np.int32)
-    return planes[..., 0] | (planes[..., 1] << 8) | (planes[..., 2] << 16)
+    idx = rgb[..., 0].astype(np.int32)
+    idx |= rgb[..., 1].astype(np.int32) << 8
+    blue = rgb[..., 2]
+    if blue.any():  # zero for fewer than 65,536 labels: skip the third plane
+        idx |= blue.astype(np.int32) << 16
+    return idx
 
 
 def _open_png(source: str | Path | bytes):
@@ -96,11 +100,16 @@ def superpixel_map(idx: np.ndarray) -> np.ndarray:
     """The (max+1, maxcount+1) int32 pixel map described in the module docstring."""
     flat = idx.ravel()
     counts = np.bincount(flat)
+    labels, width = counts.size, int(counts.max()) + 1
     order = np.argsort(flat, kind="stable").astype(np.int32)  # pixels grouped by label
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    column = np.arange(flat.size) - np.repeat(starts, counts)
-    result = np.zeros((counts.size, int(counts.max()) + 1), np.int32)
-    result[flat[order], column] = order
+    # The n-th pixel in sorted order goes to row label, column n - start(label):
+    # flat position label*width - start(label) + n, one repeat and one add.
+    starts = np.cumsum(counts) - counts
+    offsets = np.arange(labels, dtype=np.int64) * width - starts
+    positions = np.repeat(offsets, counts) + np.arange(flat.size, dtype=np.int64)
+    result = np.zeros(labels * width, np.int32)
+    result[positions] = order
+    result = result.reshape(labels, width)
     result[:, -1] = counts
     return result
 

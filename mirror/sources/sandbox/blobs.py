@@ -10,6 +10,10 @@ label = R + 256*G + 65536*B in an RGB PNG of the image's size.
 from __future__ import annotations
 
 import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -18,6 +22,38 @@ from PIL import Image
 from mirror.sources.sandbox.data import Archive, _rng
 
 SCALE = 8
+CACHE_BYTES = int(os.environ.get("MIRROR_SANDBOX_CACHE_MB", "512")) * 1024 * 1024
+
+
+class _ByteCache:
+    """Least-recently-used cache of generated files, bounded by total bytes."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self.items: OrderedDict[tuple, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], bytes]) -> bytes:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        data = make()  # generated outside the lock: threads work in parallel
+        with self.lock:
+            if key not in self.items:
+                self.items[key] = data
+                self.used += len(data)
+            while self.used > self.budget and self.items:
+                self.used -= len(self.items.popitem(last=False)[1])
+        return data
+
+
+_cache = _ByteCache(CACHE_BYTES)
+
+
+def _key(archive: Archive, i: int, kind: str, *extra: int) -> tuple:
+    # Everything a file depends on: shared safely by sandboxes of the same seed.
+    return (kind, archive.seed, i, *archive.image_size(i), *extra)
 
 
 def _lesion_field(seed: int, i: int, width: int, height: int) -> np.ndarray:
@@ -49,28 +85,31 @@ def _render(seed: int, i: int, width: int, height: int) -> Image.Image:
     return small
 
 
-@lru_cache(maxsize=256)
 def image_jpeg(archive: Archive, i: int) -> bytes:
-    width, height = archive.image_size(i)
-    img = _render(archive.seed, i, width, height).resize((width, height), Image.BILINEAR)
-    return _encode(img, "JPEG", quality=85)
+    def make() -> bytes:
+        width, height = archive.image_size(i)
+        img = _render(archive.seed, i, width, height).resize((width, height), Image.BILINEAR)
+        return _encode(img, "JPEG", quality=85)
+    return _cache.get(_key(archive, i, "image"), make)
 
 
-@lru_cache(maxsize=256)
 def thumbnail_jpeg(archive: Archive, i: int, box: int = 256) -> bytes:
-    width, height = archive.image_size(i)
-    scale = min(box / width, box / height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    img = _render(archive.seed, i, width, height).resize(size, Image.BILINEAR)
-    return _encode(img, "JPEG", quality=85)
+    def make() -> bytes:
+        width, height = archive.image_size(i)
+        scale = min(box / width, box / height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        img = _render(archive.seed, i, width, height).resize(size, Image.BILINEAR)
+        return _encode(img, "JPEG", quality=85)
+    return _cache.get(_key(archive, i, "thumbnail", box), make)
 
 
-@lru_cache(maxsize=256)
 def mask_png(archive: Archive, i: int, j: int) -> bytes:
-    width, height = archive.image_size(i)
-    field = _lesion_field(archive.seed, i, width, height) + 0.05 * j
-    small = Image.fromarray(np.where(field > 0, 255, 0).astype(np.uint8), "L")
-    return _encode(small.resize((width, height), Image.NEAREST), "PNG")
+    def make() -> bytes:
+        width, height = archive.image_size(i)
+        field = _lesion_field(archive.seed, i, width, height) + 0.05 * j
+        small = Image.fromarray(np.where(field > 0, 255, 0).astype(np.uint8), "L")
+        return _encode(small.resize((width, height), Image.NEAREST), "PNG")
+    return _cache.get(_key(archive, i, "mask", j), make)
 
 
 def superpixel_labels(archive: Archive, i: int) -> np.ndarray:
@@ -92,11 +131,12 @@ def superpixel_labels(archive: Archive, i: int) -> np.ndarray:
     return labels
 
 
-@lru_cache(maxsize=128)
 def superpixels_png(archive: Archive, i: int) -> bytes:
-    labels = superpixel_labels(archive, i)
-    rgb = np.stack([labels & 0xFF, (labels >> 8) & 0xFF, (labels >> 16) & 0xFF], axis=-1)
-    return _encode(Image.fromarray(rgb.astype(np.uint8), "RGB"), "PNG", compress_level=1)
+    def make() -> bytes:
+        labels = superpixel_labels(archive, i)
+        rgb = np.stack([labels & 0xFF, (labels >> 8) & 0xFF, (labels >> 16) & 0xFF], axis=-1)
+        return _encode(Image.fromarray(rgb.astype(np.uint8), "RGB"), "PNG", compress_level=1)
+    return _cache.get(_key(archive, i, "superpixels"), make)
 
 
 def markup_png(archive: Archive, i: int, values: list[float]) -> bytes:
