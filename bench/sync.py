@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -76,6 +75,19 @@ def mirror_sync(base: str, root: Path, workers: int) -> tuple[float, int, int]:
     return time.perf_counter() - started, summary.bytes_downloaded, summary.requests
 
 
+# Runs the CLI and reports its own peak RSS (KiB) as the last line of stderr.
+RSS_WRAPPER = """
+import resource, sys
+from mirror.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    if exc.code:
+        raise
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
 def start_sandbox(images: int) -> tuple[subprocess.Popen, str]:
     """The sandbox in its own process, so that it does not share the client's GIL."""
     env = dict(os.environ, MIRROR_SANDBOX_CACHE_MB="4096")
@@ -92,12 +104,12 @@ def peak_rss_metadata_sync(images: int, workers: int) -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as tmp:
             env = dict(os.environ, MIRROR_STATE_DIR=f"{tmp}/state")
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "mirror", "sync", "--root", f"{tmp}/m",
-                            "--url", url, "--blobs", "", "--what", "images,datasets",
-                            "--quiet", "--workers", str(workers)], check=True, env=env)
+            done = subprocess.run([sys.executable, "-c", RSS_WRAPPER, "sync", "--root",
+                                   f"{tmp}/m", "--url", url, "--blobs", "", "--what",
+                                   "images,datasets", "--quiet", "--workers", str(workers)],
+                                  check=True, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - started
-        # Read before the sandbox is reaped: only the waited-for sync child counts.
-        rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            rss_kb = int(done.stderr.strip().splitlines()[-1])
     finally:
         sandbox.terminate()
         sandbox.wait()

@@ -117,3 +117,35 @@ def test_segmentation_details_match_real_shapes(recorded_segmentations):
     assert any(isinstance(s["meta"].get("startTime"), list) for s in ours)  # the 2017 quirk
     counts = Counter(archive.segmentation_count(i) for i in range(400))
     assert counts[1] > counts[2] > counts[3]
+
+
+def test_records_mode_serves_the_recorded_documents():
+    import io
+
+    import requests
+    from PIL import Image
+
+    from mirror.sources.sandbox import serve
+
+    images = json.load(gzip.open(RECORDED / "images-sample.json.gz"))
+    segs = json.load(gzip.open(RECORDED / "segmentations-sample.json.gz"))
+    with serve(records=str(RECORDED / "images-sample.json.gz"),
+               segmentations=str(RECORDED / "segmentations-sample.json.gz")) as sb:
+        listed = requests.get(f"{sb.url}/image", params={"limit": 0}, timeout=30).json()
+        assert len(listed) == len(images)
+        assert [i["name"] for i in listed] == sorted(d["name"] for d in images.values())
+        small = min(images.values(), key=lambda d: d["meta"]["acquisition"]["pixelsX"])
+        served = requests.get(f"{sb.url}/image/{small['_id']}", timeout=10).json()
+        assert served == small
+        blob = requests.get(f"{sb.url}/image/{small['_id']}/download", timeout=30).content
+        with Image.open(io.BytesIO(blob)) as img:
+            acq = small["meta"]["acquisition"]
+            assert img.size == (acq["pixelsX"], acq["pixelsY"])
+        seg_items = requests.get(f"{sb.url}/segmentation", params={"imageId": small["_id"]},
+                                 timeout=10).json()
+        for item in seg_items:
+            detail = requests.get(f"{sb.url}/segmentation/{item['_id']}", timeout=10).json()
+            assert detail == {k: v for k, v in segs[item["_id"]].items() if k != "skill"}
+        names = {d["name"] for d in requests.get(f"{sb.url}/dataset", params={"limit": 0},
+                                                   timeout=10).json()}
+        assert names == {d["dataset"]["name"] for d in images.values()}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from mirror.sources.sandbox import blobs
-from mirror.sources.sandbox.data import PRIVATE_DATASETS, USERS, Archive, iso, templates
+from mirror.sources.sandbox.data import PRIVATE_DATASETS, USERS, Archive, iso
 
 OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 TRUE = {"true", "on", "1", "yes"}
@@ -186,8 +186,7 @@ class SandboxAPI:
         if "imageIds" in p:
             wanted = self._image_ids(p["imageIds"])
             indices = [i for i in indices if self.archive.image_id(i) in wanted]
-        if sortdir == -1:
-            indices.reverse()  # id, name and created all follow the image number
+        indices.sort(key=lambda i: self.archive.sort_key(i, sort), reverse=sortdir == -1)
         page = _page(indices, limit, offset)
         render = self.archive.image_detail if _bool(p, "detail") else self.archive.image_summary
         return Response.json([render(i) for i in page])
@@ -264,8 +263,7 @@ class SandboxAPI:
     # -- datasets ------------------------------------------------------------------------------
 
     def _datasets(self, user: dict | None) -> list[dict]:
-        public = sorted(templates()["datasets"].values(), key=lambda d: d["name"])
-        return public + (PRIVATE_DATASETS if user else [])
+        return self.archive.datasets() + (PRIVATE_DATASETS if user else [])
 
     def _dataset_detail(self, summary: dict) -> dict:
         count = sum(1 for i in self.archive.listed()

@@ -121,6 +121,14 @@ class Archive:
         with self.lock:
             return [i for i in range(self.count) if i not in self.removed]
 
+    def sort_key(self, i: int, field: str) -> int:
+        """Generated images sort the same by _id, name and created: by number."""
+        return i
+
+    def datasets(self) -> list[dict]:
+        """Public dataset summaries, by name."""
+        return sorted(templates()["datasets"].values(), key=lambda d: d["name"])
+
     def is_private(self, i: int) -> bool:
         return _rng(self.seed, "private", i).random() < self.private_fraction
 
