@@ -96,13 +96,15 @@ def _tqdm_progress(quiet: bool):
 @click.option("--limit", type=int, help="Only the first N images (by id).")
 @click.option("--username", help="Log in as this user; password from MIRROR_PASSWORD or a prompt.")
 @click.option("--allow-mixed", is_flag=True, help="Allow mixing anonymous and logged-in syncs.")
+@click.option("--index-url", help="Keep the index in this database (e.g. postgresql://...); "
+              "only when creating a mirror.")
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
 @click.option("--dry-run", is_flag=True, help="List what changed and print the plan only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         lease_wait, dry_run, as_json, quiet) -> None:
+         index_url, lease_wait, dry_run, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import json
     import os
@@ -122,7 +124,7 @@ def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow
 
     options = SyncOptions(what=_csv_choice(what), blobs=_csv_choice(blobs), workers=workers,
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
-                          allow_mixed=allow_mixed,
+                          allow_mixed=allow_mixed, index_url=index_url,
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)

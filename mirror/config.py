@@ -83,12 +83,17 @@ def save_config(root: Path, config: MirrorConfig) -> None:
 
 
 def open_or_create(
-    root: Path, base_url: str | None, authenticated: bool, allow_mixed: bool = False
+    root: Path, base_url: str | None, authenticated: bool, allow_mixed: bool = False,
+    index_url: str | None = None,
 ) -> MirrorConfig:
     """Config of an existing mirror, checked against this run; or a new mirror's config."""
     root = Path(root)
     if (root / MARKER).exists():
         config = load_config(root)
+        if index_url and index_url != config.index_url:
+            raise MirrorModeError(
+                f"{root} keeps its index in {config.index_url or 'index/ (SQLite)'}; "
+                "--index-url can only be chosen when a mirror is created")
         if config.authenticated != authenticated and not allow_mixed:
             built = "with" if config.authenticated else "without"
             now = "with" if authenticated else "without"
@@ -101,10 +106,26 @@ def open_or_create(
             save_config(root, config)
         return config
     _refuse_foreign_folder(root)
+    if index_url:
+        _refuse_password_in_url(index_url)
     config = MirrorConfig(base_url=(base_url or DEFAULT_ISIC_URL).rstrip("/"),
-                          authenticated=authenticated)
+                          authenticated=authenticated, index_url=index_url)
     save_config(root, config)
     return config
+
+
+def _refuse_password_in_url(url: str) -> None:
+    # mirror.json is shared and plain text: a credential must never be written there.
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and others
+        raise MirrorModeError(f"--index-url is not a database URL ({type(exc).__name__}); "
+                              "use e.g. postgresql://user@host/dbname") from None
+    if parsed.password:
+        raise MirrorModeError("--index-url must not contain a password (it would be stored in "
+                              "mirror.json); use PGPASSWORD or ~/.pgpass instead")
 
 
 def _refuse_foreign_folder(root: Path) -> None:

@@ -53,6 +53,7 @@ class SyncOptions:
     limit: int | None = None
     dry_run: bool = False
     allow_mixed: bool = False
+    index_url: str | None = None  # e.g. postgresql://...; only when the mirror is created
     lease_wait: float | None = 0.0
     # progress(label, total) -> update(items, nbytes); the CLI passes tqdm bars
     progress: Callable[[str, int], Callable[[int, int], None]] | None = field(
@@ -75,7 +76,7 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     options = options or SyncOptions()
     root = Path(root)
     config = open_or_create(root, url, authenticated=username is not None,
-                            allow_mixed=options.allow_mixed)
+                            allow_mixed=options.allow_mixed, index_url=options.index_url)
     layout = layout_for(root, config)
     started = time.monotonic()
     summary = SyncSummary(dry_run=options.dry_run)

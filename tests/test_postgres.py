@@ -1,0 +1,89 @@
+"""The same mirror with its index in PostgreSQL (the answer for several writing hosts).
+
+A throwaway server is started with the machine's ``initdb``/``pg_ctl`` (as the
+``postgres`` user when running as root); without them the tests are skipped and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from mirror.errors import MirrorModeError
+from mirror.sources.sandbox import serve
+from mirror.status import mirror_status
+from mirror.sync import SyncOptions, sync
+from mirror.verify import verify_mirror
+
+PORT = 55433
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    if os.environ.get("MIRROR_TEST_POSTGRES_URL"):
+        yield os.environ["MIRROR_TEST_POSTGRES_URL"].rstrip("/")
+        return
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    # Not under pytest's tmp folder: that one is private to root, and the server runs as
+    # the postgres user.
+    folder = Path(tempfile.mkdtemp(prefix="mirror-pg-"))
+    os.chmod(folder, 0o777)
+    data = folder / "data"
+    subprocess.run(_as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "mirror"]),
+                   check=True, capture_output=True)
+    options = f"-p {PORT} -k {folder} -c listen_addresses=127.0.0.1"
+    subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-o", options, "-l",
+                                 str(folder / "log"), "-w", "start"]), check=True,
+                   capture_output=True)
+    try:
+        yield f"postgresql://mirror@127.0.0.1:{PORT}"
+    finally:
+        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def database(postgres_server):
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{postgres_server}/{name}"
+
+
+def test_sync_verify_and_status_with_a_postgres_index(tmp_path, database):
+    root = tmp_path / "m"
+    with serve(images=8, seed=12, private_fraction=0.0) as sb:
+        summary = sync(root, sb.url, SyncOptions(workers=4, index_url=database))
+        assert summary.ok, summary.failures
+        again = sync(root, options=SyncOptions(workers=4))
+        assert again.ok and again.requests <= 5 and again.bytes_downloaded == 0
+    assert summary.generation == 0  # no SQLite generations: PostgreSQL is the index
+    assert not (root / "isic" / "index").exists()
+    status = mirror_status(root)
+    assert status["objects"]["image"]["current"] == 8
+    assert verify_mirror(root).ok
+    with create_engine(database).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM images")).scalar() == 8
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_a_password_in_the_index_url_is_refused(tmp_path):
+    with pytest.raises(MirrorModeError, match="PGPASSWORD"):
+        sync(tmp_path / "m", "http://127.0.0.1:9/api/v1",
+             SyncOptions(index_url="postgresql://user:secret@db/mirror"))
+    assert not (tmp_path / "m" / "mirror.json").exists()
