@@ -71,6 +71,9 @@ class Sandbox:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and
+    # the client's delayed ACK add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     server_version = "CherryPy/18.6.1"  # what the real archive's Girder ran on
     sandbox: Sandbox  # set on the subclass made per server
 
