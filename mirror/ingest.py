@@ -1,13 +1,18 @@
 """Turn stored documents and blobs into index rows.
 
 Both the sync engine and ``mirror reindex`` go through these functions, so an
-index rebuilt from the store is the index the sync would have written.
+index rebuilt from the store is the index the sync would have written. Rows are
+written with one bulk ``INSERT ... ON CONFLICT DO UPDATE`` per batch (SQLite and
+PostgreSQL both have it): per-row ORM merges cost a SELECT and an INSERT each,
+which dominated a 100,000-image sync.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from mirror.index import (
@@ -104,37 +109,77 @@ COLUMNS_OF = {"dataset": dataset_columns, "image": image_columns,
               "annotation": annotation_columns}
 
 
+def upsert(session: Session, model: type, rows: list[dict]) -> None:
+    """Insert ``rows`` into ``model``'s table, replacing rows with the same primary key."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = model.__table__
+    keys = [c.name for c in table.primary_key]
+    statement = insert(table)
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    if updates:
+        statement = statement.on_conflict_do_update(index_elements=keys, set_=updates)
+    else:  # a link table: the row is all key
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    session.execute(statement, rows)
+
+
+def ingest_documents(session: Session, kind: str,
+                     items: Iterable[tuple[dict, str, str, int]], fetched_at: str,
+                     **extra: Any) -> None:
+    """Record each ``(doc, sha256, path, size)`` as the current version of its object."""
+    versions, objects = [], []
+    for doc, sha256, path, size in items:
+        versions.append({"kind": kind, "object_id": doc["_id"], "sha256": sha256, "path": path,
+                         "size": size, "fetched_at": fetched_at})
+        objects.append({"id": doc["_id"], "doc_sha256": sha256, "doc": doc, "removed": False,
+                        "removed_at": None, "synced_at": fetched_at,
+                        **COLUMNS_OF[kind](doc), **extra})
+    upsert(session, DocumentVersion, versions)
+    upsert(session, MODEL_OF[kind], objects)
+    if kind == "study":
+        for row in objects:
+            _ingest_study_links(session, row["doc"])
+
+
 def ingest_document(session: Session, kind: str, doc: dict, sha256: str, path: str, size: int,
                     fetched_at: str, **extra: Any) -> None:
-    """Record ``doc`` as the current version of its object (and as a kept version)."""
-    object_id = doc["_id"]
-    session.merge(DocumentVersion(kind=kind, object_id=object_id, sha256=sha256, path=path,
-                                  size=size, fetched_at=fetched_at))
-    values = COLUMNS_OF[kind](doc) | extra
-    row = MODEL_OF[kind](id=object_id, doc_sha256=sha256, doc=doc, removed=False,
-                         removed_at=None, synced_at=fetched_at, **values)
-    session.merge(row)
-    if kind == "study":
-        _ingest_study_links(session, doc)
+    """One document: see :func:`ingest_documents`."""
+    ingest_documents(session, kind, [(doc, sha256, path, size)], fetched_at, **extra)
 
 
 def _ingest_study_links(session: Session, doc: dict) -> None:
     study_id = doc["_id"]
-    session.query(StudyImage).filter_by(study_id=study_id).delete()
-    session.query(Feature).filter_by(study_id=study_id).delete()
+    session.execute(delete(StudyImage).where(StudyImage.study_id == study_id))
+    session.execute(delete(Feature).where(Feature.study_id == study_id))
     image_ids = {img["_id"] for img in doc.get("images") or [] if isinstance(img, dict)}
-    session.add_all(StudyImage(study_id=study_id, image_id=i) for i in sorted(image_ids))
+    upsert(session, StudyImage, [{"study_id": study_id, "image_id": i}
+                                 for i in sorted(image_ids)])
     features = {f["id"] for f in doc.get("features") or [] if isinstance(f, dict) and "id" in f}
-    session.add_all(Feature(study_id=study_id, feature_id=f) for f in sorted(features))
+    upsert(session, Feature, [{"study_id": study_id, "feature_id": f} for f in sorted(features)])
 
 
-def ingest_blob(session: Session, object_id: str, role: str, path: str, sha256: str, size: int,
-                content_type: str | None, fetched_at: str, source_sha256: str | None = None
-                ) -> None:
-    """Record a verified blob file."""
-    session.merge(Blob(object_id=object_id, role=role, path=path, sha256=sha256, size=size,
-                       content_type=content_type, fetched_at=fetched_at,
-                       source_sha256=source_sha256))
+def blob_row(object_id: str, role: str, path: str, sha256: str, size: int,
+             content_type: str | None, fetched_at: str, source_sha256: str | None = None
+             ) -> dict:
+    return {"object_id": object_id, "role": role, "path": path, "sha256": sha256, "size": size,
+            "content_type": content_type, "fetched_at": fetched_at,
+            "source_sha256": source_sha256}
+
+
+def ingest_blobs(session: Session, rows: list[dict]) -> None:
+    """Record verified blob files (rows from :func:`blob_row`)."""
+    upsert(session, Blob, rows)
+
+
+def ingest_blob(session: Session, *args: Any, **kwargs: Any) -> None:
+    """One verified blob file: the arguments of :func:`blob_row`."""
+    upsert(session, Blob, [blob_row(*args, **kwargs)])
 
 
 def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) -> int:

@@ -302,3 +302,58 @@ def test_cli_json_summary_and_exit_code(tmp_path):
     assert data["ok"] is True and data["failures"] == []
     assert data["objects"]["image"]["new"] == 4
     assert data["requests"] > 0
+
+
+def test_files_are_durable_before_the_index_rows_that_name_them(tmp_path, monkeypatch):
+    """Recorder: a row naming a file is committed only after a flush that followed its link."""
+    import itertools
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from mirror.store import ObjectStore
+
+    import mirror.ingest
+
+    clock = itertools.count()
+    linked: dict[str, int] = {}
+    flushes: list[int] = [-1]
+    pending: list[str] = []  # paths named by rows written since the last commit
+    checked: list[str] = []
+    lock = threading.Lock()
+    real_link, real_flush, real_commit = os.link, ObjectStore.flush, Session.commit
+    real_upsert = mirror.ingest.upsert
+
+    def link(src, dst, *a, **kw):
+        result = real_link(src, dst, *a, **kw)
+        with lock:
+            linked[str(dst)] = next(clock)
+        return result
+
+    def flush(self):
+        with lock:
+            stamp = next(clock)
+        result = real_flush(self)
+        flushes.append(stamp)
+        return result
+
+    def upsert(session, model, rows):
+        pending.extend(r["path"] for r in rows if "path" in r)
+        return real_upsert(session, model, rows)
+
+    def commit(self):
+        for path in pending:
+            full = str(tmp_path / "m" / "isic" / path)
+            if full in linked:  # written by this run (not an unchanged document)
+                assert linked[full] < flushes[-1], f"{path} committed before its fsync"
+                checked.append(path)
+        pending.clear()
+        return real_commit(self)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(ObjectStore, "flush", flush)
+    monkeypatch.setattr(Session, "commit", commit)
+    monkeypatch.setattr(mirror.ingest, "upsert", upsert)
+    with serve(images=6, seed=13, private_fraction=0.0) as sb:
+        assert sync(tmp_path / "m", sb.url, SyncOptions(workers=3)).ok
+    assert len(checked) > 20

@@ -110,7 +110,7 @@ def _run(layout, config: MirrorConfig, source: IsicSource, options: SyncOptions,
                 session.expunge_all()
 
             docs = DocumentSync(source, store, session, pool, summary, commit,
-                                public=not config.authenticated)
+                                public=not config.authenticated, window=4 * options.workers)
             scope = _sync_documents(docs, options, summary)
             tasks = plan_blobs(session, scope, set(options.blobs))
             needed = estimate_bytes(session, tasks)
@@ -124,7 +124,7 @@ def _run(layout, config: MirrorConfig, source: IsicSource, options: SyncOptions,
             persist_plan(session, tasks)
             commit()
             BlobFetcher(source, store, session, pool, summary, commit,
-                        _progress(options, len(tasks))).run(tasks)
+                        _progress(options, len(tasks)), window=4 * options.workers).run(tasks)
             run = session.merge(run)
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
             commit()

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 from mirror.config import utc_now
 from mirror.errors import MirrorError
 from mirror.index import Blob, Image, Segmentation, SyncItem
-from mirror.ingest import ingest_blob
+from mirror.ingest import blob_row, ingest_blobs
 from mirror.sources.isic import BLOB_KINDS, IsicSource
 from mirror.store import ObjectStore, StoredFile, blob_relpath, extension_for
+from mirror.sync.pool import completed
 from mirror.sync.summary import SyncSummary
 
 log = logging.getLogger("mirror.sync")
@@ -111,16 +112,18 @@ class BlobFetcher:
 
     def __init__(self, source: IsicSource, store: ObjectStore, session: Session,
                  executor: Executor, summary: SyncSummary, commit: Callable[[], None],
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, window: int = 32):
         self.source, self.store, self.session = source, store, session
-        self.executor, self.summary, self.commit = executor, summary, commit
+        self.executor, self.summary, self._commit = executor, summary, commit
         self.progress = progress or (lambda items, nbytes: None)
+        self.window = window
+        self.rows: list[dict] = []  # blob rows waiting for the next commit
+        self.done: list[BlobTask] = []
 
     def run(self, tasks: list[BlobTask]) -> None:
-        futures: dict[Future, BlobTask] = {self.executor.submit(self.fetch, t): t for t in tasks}
         last_commit = time.monotonic()
-        for n, future in enumerate(as_completed(futures), 1):
-            task = futures[future]
+        for n, (task, future) in enumerate(
+                completed(self.executor, self.fetch, tasks, self.window), 1):
             try:
                 results = future.result()
             except Exception as exc:  # noqa: BLE001 - recorded and retried next run
@@ -131,6 +134,18 @@ class BlobFetcher:
                 self.commit()
                 last_commit = time.monotonic()
         self.commit()
+
+    def commit(self) -> None:
+        """Write the buffered rows in bulk, then make files and rows durable, in that order."""
+        ingest_blobs(self.session, self.rows)
+        by_kind = sorted(self.done, key=lambda t: (t.kind, t.role))
+        for kind, group in itertools.groupby(by_kind, lambda t: (t.kind, t.role)):
+            ids = [t.object_id for t in group]
+            self.session.execute(delete(SyncItem).where(
+                SyncItem.kind == kind[0], SyncItem.role == kind[1],
+                SyncItem.object_id.in_(ids)))
+        self.rows, self.done = [], []
+        self._commit()
 
     def fetch(self, task: BlobTask) -> list[tuple[str, StoredFile, str, str | None, bool]]:
         """Download (or adopt an already published file) and derive; runs in a worker."""
@@ -193,16 +208,14 @@ class BlobFetcher:
     def _record_success(self, task: BlobTask, results) -> None:
         now = utc_now()
         for role, stored, content_type, source_sha, fetched in results:
-            ingest_blob(self.session, task.object_id, role, stored.relpath, stored.sha256,
-                        stored.size, content_type, now, source_sha256=source_sha)
+            self.rows.append(blob_row(task.object_id, role, stored.relpath, stored.sha256,
+                                      stored.size, content_type, now, source_sha))
             outcome = "fetched" if fetched else "derived" if role == "spidx" else "adopted"
             self.summary.blobs[(role, outcome)] += 1
             if fetched and role != "spidx":
                 self.summary.bytes_downloaded += stored.size
                 self.progress(1, stored.size)
-        self.session.execute(delete(SyncItem).where(
-            SyncItem.kind == task.kind, SyncItem.object_id == task.object_id,
-            SyncItem.role == task.role))
+        self.done.append(task)
 
     def _record_failure(self, task: BlobTask, exc: Exception) -> None:
         log.warning("%s %s %s: %s", task.kind, task.object_id, task.role, exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 from mirror.config import utc_now
 from mirror.errors import MirrorError
 from mirror.index import Image, Listing, Segmentation, Study
-from mirror.ingest import MODEL_OF, ingest_blob, ingest_document, mark_removed
+from mirror.ingest import MODEL_OF, ingest_blob, ingest_documents, mark_removed
 from mirror.sources.isic import IMAGE_IDS_PER_REQUEST, IsicSource
 from mirror.store import ObjectStore, StoredFile
+from mirror.sync.pool import completed
 from mirror.sync.summary import SyncSummary
 
 log = logging.getLogger("mirror.sync")
@@ -33,10 +34,11 @@ class DocumentSync:
 
     def __init__(self, source: IsicSource, store: ObjectStore, session: Session,
                  executor: Executor, summary: SyncSummary, commit: Callable[[], None],
-                 public: bool):
+                 public: bool, window: int = 32):
         self.source, self.store, self.session = source, store, session
         self.executor, self.summary, self.commit = executor, summary, commit
         self.public = public
+        self.window = window  # tasks in flight: bounds memory, keeps workers busy
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -49,14 +51,14 @@ class DocumentSync:
         ids = [doc["_id"] for doc, _ in stored]
         known = dict(self.session.execute(
             select(model.id, model.doc_sha256).where(model.id.in_(ids))).all()) if ids else {}
-        now = utc_now()
         for doc, info in stored:
             before = known.get(doc["_id"])
             outcome = ("new" if before is None
                        else "unchanged" if before == info.sha256 else "changed")
             self.summary.count(kind, outcome)
-            ingest_document(self.session, kind, doc, info.sha256, info.relpath, info.size, now,
-                            **extra)
+        ingest_documents(self.session, kind,
+                         [(doc, info.sha256, info.relpath, info.size) for doc, info in stored],
+                         utc_now(), **extra)
 
     def remove_missing(self, kind: str, listed: set[str]) -> None:
         model = MODEL_OF[kind]
@@ -94,9 +96,8 @@ class DocumentSync:
         """Fetch, store and index details of ``todo``; returns the ids kept."""
         batches = [todo[i:i + IMAGE_IDS_PER_REQUEST]
                    for i in range(0, len(todo), IMAGE_IDS_PER_REQUEST)]
-        futures = [self.executor.submit(self._fetch_images, batch) for batch in batches]
         kept: list[str] = []
-        for future in as_completed(futures):
+        for _, future in completed(self.executor, self._fetch_images, batches, self.window):
             try:
                 stored = future.result()
             except Exception as exc:  # noqa: BLE001 - recorded, retried next run
@@ -124,10 +125,9 @@ class DocumentSync:
                       if i in image_ids and listed.get(f"segmentation:{i}") != (updated or ""))
 
     def sync_segmentations(self, image_ids: list[str]) -> None:
-        futures = {self.executor.submit(self._fetch_segmentations, i): i for i in image_ids}
         updated = dict(self.session.execute(select(Image.id, Image.updated)).all())
-        for n, future in enumerate(as_completed(futures), 1):
-            image_id = futures[future]
+        work = completed(self.executor, self._fetch_segmentations, image_ids, self.window)
+        for n, (image_id, future) in enumerate(work, 1):
             try:
                 stored = future.result()
             except Exception as exc:  # noqa: BLE001
@@ -194,9 +194,9 @@ class DocumentSync:
         """Per-feature superpixel values of complete annotations, one JSON file each."""
         wanted = [a for a in annotations
                   if a.get("state") == "complete" and any((a.get("markups") or {}).values())]
-        futures = {self.executor.submit(self._fetch_markups, a): a["_id"] for a in wanted}
-        for future in as_completed(futures):
-            annotation_id = futures[future]
+        for annotation, future in completed(self.executor, self._fetch_markups, wanted,
+                                            self.window):
+            annotation_id = annotation["_id"]
             try:
                 info = future.result()
             except Exception as exc:  # noqa: BLE001
