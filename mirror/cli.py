@@ -47,6 +47,8 @@ def main(verbose: int) -> None:
 @click.option("--segmentations", type=click.Path(exists=True, dir_okay=False),
               help="Serve segmentation detail records from this JSON(.gz) file.")
 @click.option("--hostile", is_flag=True, help="Serve hostile data (reliability tests).")
+@click.option("--latency", default=0.0, show_default=True,
+              help="Seconds added to every API response, like a network round trip.")
 def sandbox(**options) -> None:
     """Serve a local imitation of the ISIC Archive API v1 until interrupted."""
     from mirror.sources.sandbox.server import run_forever

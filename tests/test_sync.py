@@ -311,9 +311,8 @@ def test_files_are_durable_before_the_index_rows_that_name_them(tmp_path, monkey
 
     from sqlalchemy.orm import Session
 
-    from mirror.store import ObjectStore
-
     import mirror.ingest
+    from mirror.store import ObjectStore
 
     clock = itertools.count()
     linked: dict[str, int] = {}

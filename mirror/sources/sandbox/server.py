@@ -35,8 +35,9 @@ NOT_FOUND_HTML = (b"<!DOCTYPE html><html><head><title>404 Not Found</title></hea
 class Sandbox:
     """One running sandbox archive: its URL, statistics and controls."""
 
-    def __init__(self, archive: Archive, faults: FaultPlan):
+    def __init__(self, archive: Archive, faults: FaultPlan, latency: float = 0.0):
         self.archive = archive
+        self.latency = latency  # seconds added to every API response: a network's round trip
         self.api = SandboxAPI(archive)
         self.faults = faults
         self._stats: Counter[str] = Counter()
@@ -92,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(self._control(url.path[len(CONTROL_ROOT):]))
         if not (url.path == API_ROOT or url.path.startswith(API_ROOT + "/")):
             return self._send(Response(404, NOT_FOUND_HTML, {"Content-Type": "text/html"}))
+        if self.sandbox.latency:
+            time.sleep(self.sandbox.latency)
         fault = self.sandbox.faults.draw(url.path)
         if fault == "reset":
             self.close_connection = True
@@ -180,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_sandbox(images: int = 100, seed: int = 0, faults: str = "",
                  private_fraction: float = 0.1, records: str | None = None,
-                 segmentations: str | None = None) -> Sandbox:
+                 segmentations: str | None = None, latency: float = 0.0) -> Sandbox:
     """A sandbox over generated data, or over recorded records when ``records`` is given."""
     if records:
         from mirror.sources.sandbox.records import RecordArchive
@@ -188,7 +191,7 @@ def make_sandbox(images: int = 100, seed: int = 0, faults: str = "",
         archive: Archive = RecordArchive.load(records, segmentations, seed=seed)
     else:
         archive = Archive(images, seed=seed, private_fraction=private_fraction)
-    return Sandbox(archive, FaultPlan.parse(faults, seed))
+    return Sandbox(archive, FaultPlan.parse(faults, seed), latency)
 
 
 def start(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> threading.Thread:
@@ -204,9 +207,10 @@ def start(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> threading
 @contextmanager
 def serve(images: int = 100, seed: int = 0, faults: str = "", private_fraction: float = 0.1,
           records: str | None = None, segmentations: str | None = None,
-          host: str = "127.0.0.1", port: int = 0) -> Iterator[Sandbox]:
+          host: str = "127.0.0.1", port: int = 0, latency: float = 0.0) -> Iterator[Sandbox]:
     """Run a sandbox in a background thread for the duration of a ``with`` block."""
-    sandbox = make_sandbox(images, seed, faults, private_fraction, records, segmentations)
+    sandbox = make_sandbox(images, seed, faults, private_fraction, records, segmentations,
+                           latency)
     start(sandbox, host, port)
     try:
         yield sandbox
@@ -217,12 +221,14 @@ def serve(images: int = 100, seed: int = 0, faults: str = "", private_fraction: 
 
 def run_forever(host: str = "127.0.0.1", port: int = 0, images: int = 100, seed: int = 0,
                 faults: str = "", private_fraction: float = 0.1, records: str | None = None,
-                segmentations: str | None = None, hostile: bool = False) -> None:
+                segmentations: str | None = None, hostile: bool = False,
+                latency: float = 0.0) -> None:
     """``mirror sandbox``: serve until SIGINT or SIGTERM; the URL is the first stdout line."""
     if hostile:
         log.warning("hostile mode is not implemented yet; serving well-formed data")
     try:
-        sandbox = make_sandbox(images, seed, faults, private_fraction, records, segmentations)
+        sandbox = make_sandbox(images, seed, faults, private_fraction, records, segmentations,
+                               latency)
     except ValueError as exc:
         from mirror.errors import MirrorError
 
