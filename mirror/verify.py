@@ -5,6 +5,8 @@ Problems found:
 - ``missing``: an index row names a file that is not there;
 - ``corrupt``: a file's SHA-256 or size differs from its row (for documents, of the
   decompressed payload; a damaged zstd frame fails its checksum);
+- ``malformed``: a superpixel PNG that cannot be this image's label image (wrong mode,
+  size or labels), however well its hash matches;
 - ``orphaned``: a published file no row names (files newer than the current index
   generation are a sync in progress, not orphans);
 - ``temp``: leftover temp files of an interrupted writer (cleaned by the next writer).
@@ -27,7 +29,7 @@ from mirror.store import ObjectStore
 
 @dataclass
 class Problem:
-    problem: str  # missing, corrupt, orphaned, temp
+    problem: str  # missing, corrupt, malformed, orphaned, temp
     path: str
     detail: str = ""
 
@@ -57,12 +59,17 @@ def verify_mirror(root: Path | str, fast: bool = False) -> VerifyReport:
         with engine.connect() as conn:
             rows = [(r.path, r.sha256, r.size) for r in conn.execute(select(Blob))]
             rows += [(r.path, r.sha256, r.size) for r in conn.execute(select(DocumentVersion))]
+            shapes = {r.path: (r.pixels_y, r.pixels_x) for r in conn.execute(
+                select(Blob.path, Image.pixels_y, Image.pixels_x)
+                .join(Image, Image.id == Blob.object_id).where(Blob.role == "superpixels"))}
     finally:
         engine.dispose()
     report = VerifyReport()
     for relpath, sha256, size in sorted(rows):
         report.checked += 1
         problem = _check_file(store, relpath, sha256, size, fast)
+        if problem is None and relpath in shapes and not fast:
+            problem = _check_superpixels(store, relpath, shapes[relpath])
         if problem:
             report.problems.append(problem)
     _find_strays(store, layout, {r[0] for r in rows}, report)
@@ -87,6 +94,16 @@ def _check_file(store: ObjectStore, relpath: str, sha256: str, size: int,
         return Problem("corrupt", relpath,
                        f"sha256 {actual_sha[:12]}… size {actual_size}, "
                        f"expected {sha256[:12]}… size {size}")
+    return None
+
+
+def _check_superpixels(store: ObjectStore, relpath: str, shape: tuple) -> Problem | None:
+    from mirror.superpixels import SuperpixelError, decode_png
+
+    try:
+        decode_png(store.path(relpath), expected_shape=shape if all(shape) else None)
+    except SuperpixelError as exc:
+        return Problem("malformed", relpath, str(exc))
     return None
 
 
@@ -117,7 +134,8 @@ def repair_mirror(root: Path | str, report: VerifyReport) -> VerifyReport:
     root = Path(root)
     config = load_config(root)
     layout = layout_for(root, config)
-    bad = sorted(p.path for p in report.problems if p.problem in ("missing", "corrupt"))
+    bad = sorted(p.path for p in report.problems
+                 if p.problem in ("missing", "corrupt", "malformed"))
     with WriterLease(layout, command="repair"):
         writer = IndexWriter(layout, config.index_url)
         try:

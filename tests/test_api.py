@@ -47,7 +47,7 @@ def test_unknown_names_and_missing_files_say_what_to_do(m, tmp_path):
         img = meta_only.image("ISIC_0000000")
         assert img.meta  # metadata is there
         with pytest.raises(MissingObjectError, match="image file .* not mirrored.*--blobs"):
-            img.path
+            _ = img.path
 
 
 def test_superpixels_come_from_the_npz_with_isicarchive_map(m):

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from mirror.config import layout_for, load_config
 from mirror.gc import collect_garbage
 from mirror.index import Blob, DocumentVersion, Image, Segmentation, Study
-from mirror.index.database import open_reader
+from mirror.index.database import IndexWriter, open_reader
+from mirror.ingest import ingest_blob
 from mirror.reindex import reindex_mirror
 from mirror.sources.sandbox import serve
 from mirror.status import mirror_status
@@ -172,3 +177,24 @@ def test_gc_never_removes_what_a_snapshot_pins(tmp_path):
         assert sync(root, options=SyncOptions(blobs=frozenset())).ok
     collect_garbage(root, grace=0)
     assert all((_base(root) / v.path).exists() for v in pinned)
+
+
+def test_verify_reports_a_malformed_superpixel_png(mirror_copy):
+    blob = next(b for b in _table(mirror_copy, Blob) if b.role == "superpixels")
+    image = next(i for i in _table(mirror_copy, Image) if i.id == blob.object_id)
+    wrong = io.BytesIO()  # a valid PNG, one pixel too narrow, correctly hashed in the index
+    PILImage.fromarray(np.zeros((image.pixels_y, image.pixels_x - 1, 3), np.uint8)).save(
+        wrong, "PNG")
+    path = _base(mirror_copy) / blob.path
+    os.chmod(path, 0o644)
+    path.write_bytes(wrong.getvalue())
+    writer = IndexWriter(layout_for(mirror_copy, load_config(mirror_copy)))
+    with writer.session() as s:
+        ingest_blob(s, blob.object_id, "superpixels", blob.path,
+                    hashlib.sha256(wrong.getvalue()).hexdigest(), len(wrong.getvalue()),
+                    "image/png", "2026-01-01T00:00:00+00:00")
+    writer.publish()
+    writer.close()
+    problems = verify_mirror(mirror_copy).problems
+    assert [(p.problem, p.path) for p in problems] == [("malformed", blob.path)]
+    assert "but the image is" in problems[0].detail
