@@ -255,8 +255,17 @@ class MirrorStudy:
         return [MirrorAnnotation(self._mirror, row) for row in rows]
 
     def load_annotations(self) -> dict[str, dict[str, np.ndarray]]:
-        """Every complete annotation's markups at once: ``{annotation id: {feature: values}}``."""
-        return {a.id: a.markups for a in self.annotations if a.state == "complete"}
+        """Every complete annotation's markups at once: ``{annotation id: {feature: values}}``.
+
+        Read from the study's single markup file (like isicarchive's ``stann_`` cache) when
+        the sync wrote one, else annotation by annotation.
+        """
+        bundle = self._mirror._blob_json(self.id, "markups")
+        if bundle is not None:
+            return {aid: {f: np.asarray(v, np.float32) for f, v in features.items()}
+                    for aid, features in bundle["annotations"].items()}
+        return {a.id: a.markups for a in self.annotations
+                if a.state == "complete" and a.markups}
 
     def __iter__(self) -> Iterator[MirrorAnnotation]:
         return iter(self.annotations)

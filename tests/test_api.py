@@ -85,8 +85,11 @@ def test_dataset_carries_license_and_images(m):
 def test_study_annotations_markups_and_masks(m):
     study = m.study(m.studies()[0])
     assert study.images and study.features and study.questions
-    bulk = study.load_annotations()
-    assert bulk
+    bulk = study.load_annotations()  # one file for the whole study
+    assert bulk and m._blob_json(study.id, "markups") is not None
+    one_by_one = {a.id: a.markups for a in study.annotations if a.markups}
+    assert bulk.keys() == one_by_one.keys()
+    assert all(np.array_equal(bulk[a][f], one_by_one[a][f]) for a in bulk for f in bulk[a])
     annotation = next(a for a in study.annotations if a.id in bulk and bulk[a.id])
     feature, values = next(iter(annotation.markups.items()))
     img = annotation.image

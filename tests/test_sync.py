@@ -356,3 +356,18 @@ def test_files_are_durable_before_the_index_rows_that_name_them(tmp_path, monkey
     with serve(images=6, seed=13, private_fraction=0.0) as sb:
         assert sync(tmp_path / "m", sb.url, SyncOptions(workers=3)).ok
     assert len(checked) > 20
+
+
+def test_changed_study_refetches_annotations_but_not_unchanged_markups(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=10, seed=6, private_fraction=0.0) as sb:
+        assert sync(root, sb.url, SyncOptions(blobs=frozenset())).ok
+        study_image = sb.archive.image_id(sb.archive.study_images(0)[0])
+        sb.mutate(update_ids=[study_image])  # the study's image list shows the new `updated`
+        sb.reset_stats()
+        summary = sync(root, options=SyncOptions(blobs=frozenset()))
+        stats = sb.stats()
+    assert summary.ok
+    assert summary.as_dict()["objects"]["study"].get("changed", 0) >= 1
+    assert stats.get("GET /annotation", 0) >= 1
+    assert not any("markup" in key for key in stats), stats

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from mirror.config import utc_now
 from mirror.errors import MirrorError
-from mirror.index import Image, Listing, Segmentation, Study
+from mirror.index import Annotation, Blob, Image, Listing, Segmentation, Study
 from mirror.ingest import MODEL_OF, ingest_blob, ingest_documents, mark_removed
 from mirror.sources.isic import IMAGE_IDS_PER_REQUEST, IsicSource
 from mirror.store import ObjectStore, StoredFile
@@ -182,35 +182,62 @@ class DocumentSync:
             except Exception as exc:  # noqa: BLE001
                 self.summary.fail("annotation", study["_id"], "json", exc)
                 continue
+            unchanged = self._unchanged_markups(stored)
             self.record("annotation", stored)
+            complete = True
             if markups:
-                self._sync_markups([d for d, _ in stored])
-            self.session.merge(Listing(key=f"annotation:{study['_id']}",
-                                       digest=study.get("updated", ""), count=len(docs),
-                                       fetched_at=utc_now()))
+                values, complete = self._sync_markups([d for d, _ in stored], unchanged)
+                if complete:
+                    self._store_study_markups(study["_id"], values)
+            if complete:  # else the next run fetches this study's annotations again
+                self.session.merge(Listing(key=f"annotation:{study['_id']}",
+                                           digest=study.get("updated", ""), count=len(docs),
+                                           fetched_at=utc_now()))
             self.commit()
 
-    def _sync_markups(self, annotations: list[dict]) -> None:
+    def _unchanged_markups(self, stored: list[Stored]) -> dict[str, str]:
+        """Markup files of annotations whose document did not change: no need to refetch."""
+        known = dict(self.session.execute(select(Annotation.id, Annotation.doc_sha256).where(
+            Annotation.id.in_([doc["_id"] for doc, _ in stored]))).all())
+        same = [doc["_id"] for doc, info in stored if known.get(doc["_id"]) == info.sha256]
+        return dict(self.session.execute(select(Blob.object_id, Blob.path).where(
+            Blob.object_id.in_(same), Blob.role == "markups")).all())
+
+    def _sync_markups(self, annotations: list[dict], unchanged: dict[str, str]
+                      ) -> tuple[dict[str, dict], bool]:
         """Per-feature superpixel values of complete annotations, one JSON file each."""
         wanted = [a for a in annotations
                   if a.get("state") == "complete" and any((a.get("markups") or {}).values())]
-        for annotation, future in completed(self.executor, self._fetch_markups, wanted,
+        values = {a["_id"]: self.store.read_json(unchanged[a["_id"]])["markups"]
+                  for a in wanted if a["_id"] in unchanged}
+        complete = True
+        todo = [a for a in wanted if a["_id"] not in unchanged]
+        for annotation, future in completed(self.executor, self._fetch_markups, todo,
                                             self.window):
             annotation_id = annotation["_id"]
             try:
-                info = future.result()
+                info, values[annotation_id] = future.result()
             except Exception as exc:  # noqa: BLE001
                 self.summary.fail("annotation", annotation_id, "markups", exc)
+                complete = False
                 continue
             ingest_blob(self.session, annotation_id, "markups", info.relpath, info.sha256,
                         info.size, "application/json", utc_now())
             self.summary.blobs[("markups", "fetched")] += 1
+        return values, complete
 
-    def _fetch_markups(self, annotation: dict) -> StoredFile:
+    def _fetch_markups(self, annotation: dict) -> tuple[StoredFile, dict]:
         features = sorted(f for f, present in annotation["markups"].items() if present)
         values = {f: self.source.markup_superpixels(annotation["_id"], f) for f in features}
-        return self.store.put_json("markup", annotation["_id"],
+        info = self.store.put_json("markup", annotation["_id"],
                                    {"_id": annotation["_id"], "markups": values})
+        return info, values
+
+    def _store_study_markups(self, study_id: str, values: dict[str, dict]) -> None:
+        """All of a study's markups in one file, so they load in one read (isicarchive's stann)."""
+        info = self.store.put_json("markup", study_id, {"_id": study_id, "annotations": values})
+        ingest_blob(self.session, study_id, "markups", info.relpath, info.sha256, info.size,
+                    "application/json", utc_now())
 
 
 def dataset_filter(docs: list[dict], wanted: str | None) -> Callable[[dict], bool]:
