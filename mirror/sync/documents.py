@@ -196,10 +196,19 @@ class DocumentSync:
             self.commit()
 
     def _unchanged_markups(self, stored: list[Stored]) -> dict[str, str]:
-        """Markup files of annotations whose document did not change: no need to refetch."""
-        known = dict(self.session.execute(select(Annotation.id, Annotation.doc_sha256).where(
+        """Markup files still valid: same features marked, same submission (``stopTime``).
+
+        Other changes to an annotation document (its image's ``updated``, say) leave the
+        superpixel values alone, so they are not fetched again.
+        """
+        known = dict(self.session.execute(select(Annotation.id, Annotation.doc).where(
             Annotation.id.in_([doc["_id"] for doc, _ in stored]))).all())
-        same = [doc["_id"] for doc, info in stored if known.get(doc["_id"]) == info.sha256]
+
+        def unchanged(new: dict, old: dict | None) -> bool:
+            return old is not None and all(new.get(k) == old.get(k)
+                                           for k in ("markups", "stopTime", "state"))
+
+        same = [doc["_id"] for doc, _ in stored if unchanged(doc, known.get(doc["_id"]))]
         return dict(self.session.execute(select(Blob.object_id, Blob.path).where(
             Blob.object_id.in_(same), Blob.role == "markups")).all())
 
