@@ -115,10 +115,17 @@ def superpixel_map(idx: np.ndarray) -> np.ndarray:
 
 
 def encode_npz(idx: np.ndarray) -> bytes:
-    """A deterministic .npz holding ``idx`` (int32) and a format marker."""
+    """A deterministic .npz holding ``idx`` and a format marker.
+
+    ``idx`` is stored as uint16 when it has fewer than 65,536 labels (always, for the
+    archive's ~1,000): half the bytes to inflate, so loading is about twice as fast as
+    int32, and several times faster than decoding the PNG. :func:`load_npz` returns int32.
+    """
+    narrow = int(idx.max()) < 65536 if idx.size else True
+    stored = np.ascontiguousarray(idx, np.uint16 if narrow else np.int32)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for name, array in (("idx", np.ascontiguousarray(idx, np.int32)),
+        for name, array in (("idx", stored),
                             ("format", np.array(NPZ_FORMAT))):
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, array, allow_pickle=False)
@@ -137,9 +144,10 @@ def load_npz(source: str | Path | bytes) -> np.ndarray:
             idx = data["idx"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise SuperpixelError(f"not a superpixel npz ({exc})") from None
-    if idx.ndim != 2 or idx.dtype != np.int32:
-        raise SuperpixelError(f"superpixel npz holds {idx.dtype} {idx.shape}; expected int32 2-D")
-    return idx
+    if idx.ndim != 2 or idx.dtype not in (np.uint16, np.int32):
+        raise SuperpixelError(f"superpixel npz holds {idx.dtype} {idx.shape}; expected a 2-D "
+                              "uint16 or int32 array")
+    return idx.astype(np.int32, copy=False)
 
 
 def encode_png(idx: np.ndarray) -> bytes:
