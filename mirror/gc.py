@@ -15,12 +15,10 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from mirror.config import layout_for, load_config
 from mirror.index import Blob, DocumentVersion
-from mirror.index.database import IndexWriter
 from mirror.ingest import MODEL_OF
-from mirror.lease import WriterLease
 from mirror.store import ObjectStore
+from mirror.writer import writing
 
 GRACE_SECONDS = 3600.0
 
@@ -48,21 +46,14 @@ def _collect_hashes(node: object, out: set[str]) -> None:
 def collect_garbage(root: Path | str, dry_run: bool = False,
                     grace: float = GRACE_SECONDS) -> dict:
     """Remove unreferenced files (or, with ``dry_run``, only list them)."""
-    root = Path(root)
-    config = load_config(root)
-    layout = layout_for(root, config)
-    store = ObjectStore(layout)
-    with WriterLease(layout, command="gc"):
-        writer = IndexWriter(layout, config.index_url)
-        try:
-            with writer.session() as session:
-                doomed = _doomed(session, store, pinned_hashes(layout.snapshots), grace)
-                if not dry_run:
-                    _remove(session, store, doomed)
-            generation = None if dry_run else writer.publish()
-            removed_temp = [] if dry_run else store.clean_temp(max_age=grace)
-        finally:
-            writer.close()
+    with writing(root, "gc") as w:
+        store = w.store
+        with w.index.session() as session:
+            doomed = _doomed(session, store, pinned_hashes(w.layout.snapshots), grace)
+            if not dry_run:
+                _remove(session, store, doomed)
+        generation = None if dry_run else w.index.publish()
+        removed_temp = [] if dry_run else store.clean_temp(max_age=grace)
     return {"dry_run": dry_run, "generation": generation,
             "files": sorted(p for p, _ in doomed), "temp_files": [str(p) for p in removed_temp],
             "bytes": sum(_size(store, p) for p, _ in doomed)}

@@ -15,12 +15,11 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
-from mirror.config import layout_for, load_config, utc_now
+from mirror.config import utc_now
 from mirror.index import Base, Blob, DocumentVersion
-from mirror.index.database import IndexWriter
 from mirror.ingest import KINDS, ingest_blob, ingest_document
-from mirror.lease import WriterLease
 from mirror.store import ObjectStore
+from mirror.writer import writing
 
 DOC_NAME = re.compile(r"^(?P<kind>[a-z]+)_(?P<id>[^._/]+)\.(?P<sha>[0-9a-f]{16})\.json\.zst$")
 BLOB_NAME = re.compile(
@@ -33,20 +32,12 @@ CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "bmp": "image/bmp", "g
 
 def reindex_mirror(root: Path | str) -> dict:
     """Rebuild the index of ``root`` from its files; returns counts of what was indexed."""
-    root = Path(root)
-    config = load_config(root)
-    layout = layout_for(root, config)
-    store = ObjectStore(layout)
-    with WriterLease(layout, command="reindex"):
-        writer = IndexWriter(layout, config.index_url)
-        try:
-            with writer.session() as session:
-                for table in reversed(Base.metadata.sorted_tables):
-                    session.execute(delete(table))
-                counts = _ingest_store(session, store, public=not config.authenticated)
-            generation = writer.publish()
-        finally:
-            writer.close()
+    with writing(root, "reindex") as w:
+        with w.index.session() as session:
+            for table in reversed(Base.metadata.sorted_tables):
+                session.execute(delete(table))
+            counts = _ingest_store(session, w.store, public=not w.config.authenticated)
+        generation = w.index.publish()
     return {"generation": generation, **counts}
 
 

@@ -228,7 +228,7 @@ class ObjectStore:
         with self._lock:
             touched, self._touched = sorted(self._touched), set()
         for folder in touched:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         return [str(f) for f in touched]
 
     def _ensure_dir(self, folder: Path) -> None:
@@ -238,7 +238,7 @@ class ObjectStore:
                 os.chmod(folder, 0o2775)
             except OSError:
                 pass  # not ours (a shared NAS folder): leave its mode alone
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
 
     @staticmethod
     def _check_space(folder: Path, needed: int) -> None:
@@ -335,7 +335,8 @@ def _sha256_file(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (new or renamed files) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -22,9 +22,9 @@ from sqlalchemy import delete, select, update
 
 from mirror.config import layout_for, load_config
 from mirror.index import Blob, DocumentVersion, Image, Listing, Segmentation, Study
-from mirror.index.database import IndexWriter, open_reader
-from mirror.lease import WriterLease
+from mirror.index.database import open_reader
 from mirror.store import ObjectStore
+from mirror.writer import writing
 
 
 @dataclass
@@ -131,19 +131,12 @@ def repair_mirror(root: Path | str, report: VerifyReport) -> VerifyReport:
     """Forget bad files, fetch them again with a sync, and verify once more."""
     from mirror.sync import sync
 
-    root = Path(root)
-    config = load_config(root)
-    layout = layout_for(root, config)
     bad = sorted(p.path for p in report.problems
                  if p.problem in ("missing", "corrupt", "malformed"))
-    with WriterLease(layout, command="repair"):
-        writer = IndexWriter(layout, config.index_url)
-        try:
-            with writer.session() as session:
-                _forget(session, ObjectStore(layout), bad)
-            writer.publish()
-        finally:
-            writer.close()
+    with writing(root, "repair") as w:
+        with w.index.session() as session:
+            _forget(session, w.store, bad)
+        w.index.publish()
     sync(root)
     return verify_mirror(root)
 

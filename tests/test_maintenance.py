@@ -120,30 +120,24 @@ def test_repair_fetches_bad_files_again(mirror_copy):
     assert {b.sha256 for b in _table(mirror_copy, Blob)} == {b.sha256 for b in blobs}
 
 
-def test_reindex_reproduces_the_index(mirror_copy):
-    def strip(rows, *fields):
-        return [tuple(getattr(r, f) for f in fields) for r in rows]
+def _index_contents(root) -> dict:
+    """What the index says, minus our own timestamps."""
+    columns = {Image: ("id", "name", "doc_sha256", "diagnosis", "pixels_x", "pixels_y",
+                       "dataset_id"),
+               Blob: ("object_id", "role", "path", "sha256", "size"),
+               DocumentVersion: ("kind", "object_id", "sha256"),
+               Segmentation: ("id", "image_id", "failed"),
+               Study: ("id", "name", "doc_sha256")}
+    return {model.__name__: [tuple(getattr(r, f) for f in fields) for r in _table(root, model)]
+            for model, fields in columns.items()}
 
-    before = {
-        "images": strip(_table(mirror_copy, Image), "id", "name", "doc_sha256", "diagnosis",
-                        "pixels_x", "pixels_y", "dataset_id"),
-        "blobs": strip(_table(mirror_copy, Blob), "object_id", "role", "path", "sha256", "size"),
-        "versions": strip(_table(mirror_copy, DocumentVersion), "kind", "object_id", "sha256"),
-        "segs": strip(_table(mirror_copy, Segmentation), "id", "image_id", "failed"),
-        "studies": strip(_table(mirror_copy, Study), "id", "name", "doc_sha256"),
-    }
+
+def test_reindex_reproduces_the_index(mirror_copy):
+    before = _index_contents(mirror_copy)
     shutil.rmtree(os.environ["MIRROR_STATE_DIR"])  # the writer's database is lost
     result = reindex_mirror(mirror_copy)
     assert result["documents"] > 0
-    after = {
-        "images": strip(_table(mirror_copy, Image), "id", "name", "doc_sha256", "diagnosis",
-                        "pixels_x", "pixels_y", "dataset_id"),
-        "blobs": strip(_table(mirror_copy, Blob), "object_id", "role", "path", "sha256", "size"),
-        "versions": strip(_table(mirror_copy, DocumentVersion), "kind", "object_id", "sha256"),
-        "segs": strip(_table(mirror_copy, Segmentation), "id", "image_id", "failed"),
-        "studies": strip(_table(mirror_copy, Study), "id", "name", "doc_sha256"),
-    }
-    assert after == before
+    assert _index_contents(mirror_copy) == before
 
 
 def test_gc_keeps_current_and_removes_superseded_versions(tmp_path):

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mirror.errors import MirrorError
 from mirror.index.models import Meta
 from mirror.layout import Layout
+from mirror.store import fsync_dir
 
 KEEP_GENERATIONS = 3
 
@@ -167,7 +168,7 @@ class IndexWriter:
             except FileExistsError:
                 raise IndexFenceError(f"index generation {number} already exists: another "
                                       "writer got there first; run the command again") from None
-            _fsync_dir(index_dir)
+            fsync_dir(index_dir)
             self._fence()
             _write_current(index_dir, final.name)
         finally:
@@ -224,12 +225,4 @@ def _write_current(index_dir: Path, name: str) -> None:
         os.fsync(fh.fileno())
     os.chmod(tmp, 0o444)
     os.replace(tmp, index_dir / "CURRENT")
-    _fsync_dir(index_dir)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(index_dir)
