@@ -129,6 +129,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.03,
                         help="sandbox round trip per request, seconds (a real archive's RTT)")
     args = parser.parse_args()
+    if args.images == 0:  # only the memory figure
+        rss, seconds = peak_rss_metadata_sync(args.rss_images, args.workers)
+        print(f"metadata-only sync of {args.rss_images} images: {seconds:.1f} s, "
+              f"peak RSS {rss:.0f} MB (target < 300)")
+        return
     sandbox, url = start_sandbox(args.images, args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -180,12 +180,14 @@ class SandboxAPI:
             raise RestError(400, 'Only one of "name", "filter", or "imageIds" may be given.')
         if "filter" in p:
             raise RestError(400, "The sandbox does not implement the filter query language.")
-        indices = [i for i in self.archive.listed() if self._visible(i, req.user)]
+        if "imageIds" in p:  # look the ids up: never scan the whole archive per batch
+            found = (self.archive.image_index(x) for x in self._image_ids(p["imageIds"]))
+            indices = [i for i in found if i is not None]
+        else:
+            indices = self.archive.listed()
+        indices = [i for i in indices if self._visible(i, req.user)]
         if "name" in p:
-            indices = [i for i in indices if f"ISIC_{i:07d}" == p["name"]]
-        if "imageIds" in p:
-            wanted = self._image_ids(p["imageIds"])
-            indices = [i for i in indices if self.archive.image_id(i) in wanted]
+            indices = [i for i in indices if self.archive.image_summary(i)["name"] == p["name"]]
         indices.sort(key=lambda i: self.archive.sort_key(i, sort), reverse=sortdir == -1)
         page = _page(indices, limit, offset)
         render = self.archive.image_detail if _bool(p, "detail") else self.archive.image_summary
