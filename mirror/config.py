@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ class MirrorConfig:
     base_url: str = DEFAULT_ISIC_URL
     authenticated: bool = False
     index_url: str | None = None
+    id: str = ""  # random, set once at creation: tells this mirror from one made anew here
     format: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: utc_now())
 
@@ -109,7 +111,7 @@ def open_or_create(
     if index_url:
         _refuse_password_in_url(index_url)
     config = MirrorConfig(base_url=(base_url or DEFAULT_ISIC_URL).rstrip("/"),
-                          authenticated=authenticated, index_url=index_url)
+                          authenticated=authenticated, index_url=index_url, id=uuid.uuid4().hex)
     save_config(root, config)
     return config
 

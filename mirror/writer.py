@@ -31,7 +31,7 @@ def writing(root: Path | str, command: str) -> Iterator[Writing]:
     config = load_config(root)
     layout = layout_for(root, config)
     with WriterLease(layout, command=command):
-        index = IndexWriter(layout, config.index_url)
+        index = IndexWriter(layout, config.index_url, mirror_id=config.id)
         try:
             yield Writing(config, layout, ObjectStore(layout), index)
         finally:

@@ -150,3 +150,28 @@ def test_readers_during_publishes_always_see_a_consistent_generation(layout):
         t.join()
     writer.close()
     assert errors == []
+
+
+def test_working_database_of_another_mirror_is_dropped(layout):
+    writer = IndexWriter(layout, mirror_id="a" * 32)
+    _add_datasets(writer, 3)
+    writer.close()
+    same = IndexWriter(layout, mirror_id="a" * 32)  # a crash before publishing: resume
+    assert _count(same.engine) == 3
+    same.close()
+    other = IndexWriter(layout, mirror_id="b" * 32)  # made anew at the same path
+    assert _count(other.engine) == 0
+    other.close()
+
+
+def test_working_database_ahead_of_current_is_replaced_by_it(layout):
+    writer = IndexWriter(layout)
+    _add_datasets(writer, 2)
+    writer.publish()
+    _add_datasets(writer, 1, start=2)
+    with writer.session() as s:  # as if it had published generation 2, now gone
+        s.merge(Meta(key="generation", value="2"))
+    writer.close()
+    again = IndexWriter(layout)
+    assert _count(again.engine) == 2  # the published truth, generation 1
+    again.close()

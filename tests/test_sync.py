@@ -371,3 +371,17 @@ def test_changed_study_refetches_annotations_but_not_unchanged_markups(tmp_path)
     assert summary.as_dict()["objects"]["study"].get("changed", 0) >= 1
     assert stats.get("GET /annotation", 0) >= 1
     assert not any("markup" in key for key in stats), stats
+
+
+def test_a_mirror_deleted_and_made_anew_at_the_same_path_starts_clean(tmp_path):
+    """The writer's local database of the old mirror must not leak into the new one."""
+    import shutil
+
+    root = tmp_path / "m"
+    with serve(images=5, seed=14, private_fraction=0.0) as sb:
+        assert sync(root, sb.url, SyncOptions(workers=2)).ok
+        shutil.rmtree(root)
+        again = sync(root, sb.url, SyncOptions(workers=2))
+    assert again.ok, again.failures
+    assert again.as_dict()["objects"]["image"] == {"new": 5}
+    assert verify_mirror(root).ok

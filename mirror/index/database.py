@@ -95,7 +95,7 @@ def open_reader(layout: Layout, url: str | None = None) -> Engine:
 class IndexWriter:
     """The single writer's view of the index: a local working database plus publishing."""
 
-    def __init__(self, layout: Layout, url: str | None = None):
+    def __init__(self, layout: Layout, url: str | None = None, mirror_id: str = ""):
         self.layout = layout
         self.url = url
         self.started_from = current_generation(layout)
@@ -104,21 +104,35 @@ class IndexWriter:
         else:
             self.path = layout.state_dir() / "work.sqlite"
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._seed_from_published()
+            self._prepare_work_db(mirror_id)
             self.engine = _sqlite_engine(self.path)
         upgrade_to_head(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if mirror_id:
+            with self.session() as session:
+                session.merge(Meta(key="mirror_id", value=mirror_id))
 
-    def _seed_from_published(self) -> None:
-        """Start from the newest published generation when ours is missing or older."""
-        if self.started_from is None:
+    def _prepare_work_db(self, mirror_id: str) -> None:
+        """Keep the working database only if it belongs to this mirror at this generation.
+
+        It is kept after a crash (same generation: its unpublished rows are the resume
+        point). It is replaced by a copy of the current generation when another writer
+        published since, and dropped when it belongs to another mirror (one that was
+        deleted and made anew at the same path, say), so that no stale row survives.
+        """
+        if not self.path.exists():
+            local_generation, local_id = None, None
+        else:
+            local_generation, local_id = self._local_meta()
+        other_mirror = bool(mirror_id and local_id and local_id != mirror_id)
+        if self.path.exists() and local_generation == self.started_from and not other_mirror:
             return
-        if self.path.exists() and (self._local_generation() or 0) >= self.started_from:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        if self.started_from is None:
             return
         published = self.layout.generation_path(self.started_from)
         source = sqlite3.connect(f"file:{published}?mode=ro&immutable=1", uri=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         target = sqlite3.connect(self.path)
         try:
             source.backup(target)
@@ -126,15 +140,18 @@ class IndexWriter:
             target.close()
             source.close()
 
-    def _local_generation(self) -> int | None:
+    def _local_meta(self) -> tuple[int | None, str | None]:
+        """(generation, mirror id) recorded in the working database."""
         conn = sqlite3.connect(self.path)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+            rows = dict(conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('generation', 'mirror_id')"))
         except sqlite3.Error:
-            return None
+            return None, None
         finally:
             conn.close()
-        return int(row[0]) if row else None
+        generation = rows.get("generation")
+        return (int(generation) if generation else None), rows.get("mirror_id")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -98,7 +98,7 @@ def _run(layout, config: MirrorConfig, source: IsicSource, options: SyncOptions,
          summary: SyncSummary) -> None:
     store = ObjectStore(layout)
     store.clean_temp()
-    writer = IndexWriter(layout, config.index_url)
+    writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
     try:
         with writer.session() as session, ThreadPoolExecutor(options.workers) as pool:
             run = SyncRun(command="sync", started_at=utc_now())

@@ -34,7 +34,8 @@ class SyncSummary:
         return not self.failures
 
     def count(self, kind: str, outcome: str, n: int = 1) -> None:
-        self.objects[(kind, outcome)] += n
+        if n:
+            self.objects[(kind, outcome)] += n
 
     def fail(self, kind: str, object_id: str, role: str, error: object) -> None:
         self.failures.append(Failure(kind, object_id, role, _one_line(error)))
