@@ -110,8 +110,9 @@ class DocumentSync:
         return kept
 
     def _fetch_images(self, ids: list[str]) -> list[Stored]:
+        asked = set(ids)  # never store a document we did not ask for
         docs = self.source.image_details(ids)
-        return self.store_docs("image", [d for d in docs if d.get("_id") in set(ids)])
+        return self.store_docs("image", [d for d in docs if d.get("_id") in asked])
 
     # -- segmentations ----------------------------------------------------------------------
 
