@@ -297,3 +297,15 @@ def test_cli_prints_the_url_first_and_stops_on_sigterm():
     finally:
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=10) == 0
+
+
+def test_a_large_archive_starts_at_once_and_is_generated_lazily():
+    import time
+
+    started = time.monotonic()
+    with serve(images=100_000, seed=9, private_fraction=0.0) as big:
+        first = get(big, "image", limit=5).json()
+        last = get(big, "image", limit=1, sortdir=-1).json()[0]
+        detail = get(big, f"image/{last['_id']}").json()
+    assert time.monotonic() - started < 20
+    assert first[0]["name"] == "ISIC_0000000" and detail["name"] == "ISIC_0099999"
