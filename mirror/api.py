@@ -122,17 +122,21 @@ class Mirror:
     def studies(self) -> list[str]:
         return [r[0] for r in self._all(select(Study.name).order_by(Study.name))]
 
-    def _blob(self, object_id: str, role: str, what: str) -> Path:
+    def _blob_relpath(self, object_id: str, role: str) -> str | None:
         row = self._one(select(Blob.path).where(Blob.object_id == object_id, Blob.role == role))
-        if row is None:
+        return None if row is None else row[0]
+
+    def _blob(self, object_id: str, role: str, what: str) -> Path:
+        relpath = self._blob_relpath(object_id, role)
+        if relpath is None:
             raise MissingObjectError(
                 f"the {what} of {object_id} is not mirrored; run 'mirror sync --root "
                 f"{self.root}' with --blobs including it")
-        return self.store.path(row[0])
+        return self.store.path(relpath)
 
     def _blob_json(self, object_id: str, role: str) -> dict | None:
-        row = self._one(select(Blob.path).where(Blob.object_id == object_id, Blob.role == role))
-        return None if row is None else self.store.read_json(row[0])
+        relpath = self._blob_relpath(object_id, role)
+        return None if relpath is None else self.store.read_json(relpath)
 
 
 class MirrorImage:

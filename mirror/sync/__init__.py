@@ -111,7 +111,7 @@ def _run(layout, config: MirrorConfig, source: IsicSource, options: SyncOptions,
 
             docs = DocumentSync(source, store, session, pool, summary, commit,
                                 public=not config.authenticated, window=4 * options.workers)
-            scope = _sync_documents(docs, options, summary)
+            scope = _sync_documents(docs, options)
             tasks = plan_blobs(session, scope, set(options.blobs))
             needed = estimate_bytes(session, tasks)
             free = check_disk_space(layout.root, needed)
@@ -133,8 +133,7 @@ def _run(layout, config: MirrorConfig, source: IsicSource, options: SyncOptions,
         writer.close()
 
 
-def _sync_documents(docs: DocumentSync, options: SyncOptions, summary: SyncSummary
-                    ) -> set[str] | None:
+def _sync_documents(docs: DocumentSync, options: SyncOptions) -> set[str] | None:
     """Phase 1. Returns the image ids in scope for files (None = every image)."""
     what = options.what
     datasets = docs.sync_datasets() if {"datasets", "images"} & what else []
@@ -156,8 +155,7 @@ def _sync_documents(docs: DocumentSync, options: SyncOptions, summary: SyncSumma
         scope = _scope(docs, listed, keep, options)
         docs.commit()
     if "segmentations" in what:
-        docs.sync_segmentations(docs.images_needing_segmentations(
-            scope if scope is not None else _all_image_ids(docs)))
+        docs.sync_segmentations(docs.images_needing_segmentations(scope))
     return scope
 
 
@@ -173,14 +171,10 @@ def _study_image_ids(docs: DocumentSync, study: str) -> set[str]:
     row = docs.session.execute(select(Study.id).where(
         (Study.name == study) | (Study.id == study))).scalar()
     if row is None:
-        raise MirrorError(f"no study named {study!r} in the archive; list them with "
-                          "'mirror query --kind study' after a sync")
+        names = ", ".join(sorted(docs.session.scalars(select(Study.name)))) or "none"
+        raise MirrorError(f"no study named {study!r}; the mirror knows: {names}")
     return set(docs.session.scalars(select(StudyImage.image_id).where(
         StudyImage.study_id == row)))
-
-
-def _all_image_ids(docs: DocumentSync) -> set[str]:
-    return set(docs.session.scalars(select(Image.id).where(Image.removed.is_(False))))
 
 
 def _progress(options: SyncOptions, total: int):

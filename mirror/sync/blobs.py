@@ -152,9 +152,6 @@ class BlobFetcher:
         kind = BLOB_KINDS[task.option]
         url = self.source.blob_url(kind, task.object_id)
         http = self.source.http
-        adopted = self._adopt_published(task)
-        if adopted is not None:
-            return adopted
 
         def attempt() -> tuple[StoredFile, str, bool]:
             response = http.get(url, stream=True)
@@ -172,13 +169,18 @@ class BlobFetcher:
                     expected_size=int(length) if length is not None else None, magic=kind.magic)
                 return stored, content_type, True
 
-        stored, content_type, fetched = http.retrying(attempt, f"{task.role} of {task.object_id}")
+        adopted = self._adopt_published(task)
+        if adopted is not None:
+            stored, content_type, fetched = *adopted, False
+        else:
+            stored, content_type, fetched = http.retrying(
+                attempt, f"{task.role} of {task.object_id}")
         results = [(task.role, stored, content_type, None, fetched)]
         if task.role == "superpixels":
             results.append(self._derive_spidx(task, stored))
         return results
 
-    def _adopt_published(self, task: BlobTask):
+    def _adopt_published(self, task: BlobTask) -> tuple[StoredFile, str] | None:
         """A file published by a run that was killed before indexing it: hash it, keep it.
 
         Files are only ever published complete and verified, so an existing final path
@@ -188,12 +190,8 @@ class BlobFetcher:
             relpath = blob_relpath(task.role, task.object_id, name=task.name, ext=ext)
             if self.store.exists(relpath):
                 sha256, size = self.store.hash(relpath)
-                stored = StoredFile(relpath, sha256, size)
                 content_type = "image/" + ext.lstrip(".").replace("jpg", "jpeg")
-                results = [(task.role, stored, content_type, None, False)]
-                if task.role == "superpixels":
-                    results.append(self._derive_spidx(task, stored))
-                return results
+                return StoredFile(relpath, sha256, size), content_type
         return None
 
     def _derive_spidx(self, task: BlobTask, png: StoredFile):

@@ -116,14 +116,15 @@ class DocumentSync:
 
     # -- segmentations ----------------------------------------------------------------------
 
-    def images_needing_segmentations(self, image_ids: set[str]) -> list[str]:
-        """Images whose segmentation list was never fetched for their current version."""
+    def images_needing_segmentations(self, image_ids: set[str] | None) -> list[str]:
+        """Images (of ``image_ids``; None: all) whose segmentation list was never fetched
+        for their current version."""
         rows = self.session.execute(select(Image.id, Image.updated).where(
             Image.removed.is_(False))).all()
         listed = dict(self.session.execute(select(Listing.key, Listing.digest).where(
             Listing.key.like("segmentation:%"))).all())
-        return sorted(i for i, updated in rows
-                      if i in image_ids and listed.get(f"segmentation:{i}") != (updated or ""))
+        return sorted(i for i, updated in rows if (image_ids is None or i in image_ids)
+                      and listed.get(f"segmentation:{i}") != (updated or ""))
 
     def sync_segmentations(self, image_ids: list[str]) -> None:
         updated = dict(self.session.execute(select(Image.id, Image.updated)).all())
@@ -164,12 +165,12 @@ class DocumentSync:
             docs = [d for d in docs if only in (d.get("name"), d["_id"])]
         known = dict(self.session.execute(select(Study.id, Study.doc_sha256)).all())
         stored = self.store_docs("study", docs)
-        changed = [doc["_id"] for doc, info in stored if known.get(doc["_id"]) != info.sha256]
+        changed = {doc["_id"] for doc, info in stored if known.get(doc["_id"]) != info.sha256}
         self.record("study", stored)
         if only is None:
             self.remove_missing("study", {d["_id"] for d in docs})
         self.commit()
-        return [d for d in docs if d["_id"] in set(changed) or self._annotations_missing(d)]
+        return [d for d in docs if d["_id"] in changed or self._annotations_missing(d)]
 
     def _annotations_missing(self, study: dict) -> bool:
         row = self.session.get(Listing, f"annotation:{study['_id']}")
