@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from mirror.errors import MirrorError
@@ -224,11 +224,6 @@ class IndexWriter:
             number = int(path.stem.removeprefix("index-"))
             if number <= newest - KEEP_GENERATIONS:
                 path.unlink(missing_ok=True)
-
-    def generation_of_work_db(self) -> int | None:
-        with self.session() as session:
-            value = session.scalar(select(Meta.value).where(Meta.key == "generation"))
-        return int(value) if value else None
 
     def close(self) -> None:
         self.engine.dispose()
