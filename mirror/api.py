@@ -25,8 +25,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mirror import query
 from mirror.config import layout_for, load_config
-from mirror.errors import MissingObjectError
+from mirror.errors import MirrorError, MissingObjectError
 from mirror.index import (
     Annotation,
     Blob,
@@ -53,7 +54,7 @@ class Mirror:
         self.layout = layout_for(self.root, self.config)
         self.store = ObjectStore(self.layout)
         self._engine = open_reader(self.layout, self.config.index_url)
-        self.image_selection: list[str] = []
+        self.image_selection: ImageSelection | None = None
 
     def __repr__(self) -> str:
         return f"Mirror({str(self.root)!r})"
@@ -111,6 +112,38 @@ class Mirror:
             query = query.where(Image.removed.is_(False))
         return [r[0] for r in self._all(query)]
 
+    def select_images(self, criteria: Any = None, sub_select: bool = False,
+                      dataset: str | None = None, study: str | None = None,
+                      limit: int | None = None) -> ImageSelection:
+        """Images whose documents meet ``criteria``, selected in SQL (see :mod:`mirror.query`).
+
+        ``criteria`` is ``[field, op, value]`` or a list of them (all must hold), e.g.
+        ``[["meta.clinical.diagnosis", "==", "melanoma"], ["dataset.name", "ni", "HAM"]]``.
+        With ``sub_select=True`` the previous selection (kept as ``m.image_selection``) is
+        refined. The result is also stored as ``m.image_selection``.
+        """
+        items = query.criteria(criteria)
+        previous = self.image_selection if sub_select else None
+        if previous is not None:
+            items = previous.criteria + items
+            dataset, study = dataset or previous.dataset, study or previous.study
+        with self._engine.connect() as conn:
+            rows = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
+        self.image_selection = ImageSelection(self, items, rows, dataset, study)
+        return self.image_selection
+
+    def images_frame(self, criteria: Any = None, columns: list[str] | None = None, **scope: Any):
+        """A pandas DataFrame, one row per selected image (needs ``pip install mirror[pandas]``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise MirrorError("images_frame needs pandas: pip install 'mirror[pandas]'") from None
+        from mirror.export import metadata_table
+
+        selection = self.select_images(criteria, **scope)
+        header, rows = metadata_table(self, selection, columns)
+        return pandas.DataFrame(list(rows), columns=header)
+
     def dataset(self, key: str) -> MirrorDataset:
         """The dataset named ``key`` or with ``_id`` ``key``."""
         return MirrorDataset(self, self._find(Dataset, key, "dataset"))
@@ -137,6 +170,29 @@ class Mirror:
     def _blob_json(self, object_id: str, role: str) -> dict | None:
         relpath = self._blob_relpath(object_id, role)
         return None if relpath is None else self.store.read_json(relpath)
+
+
+class ImageSelection:
+    """The images a selection found: ids and names in name order, images opened lazily."""
+
+    def __init__(self, mirror: Mirror, criteria: list, rows: list[tuple[str, str]],
+                 dataset: str | None = None, study: str | None = None):
+        self.mirror, self.criteria, self.dataset, self.study = mirror, criteria, dataset, study
+        self.ids = [r[0] for r in rows]
+        self.names = [r[1] for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[MirrorImage]:
+        return (self.mirror.image(i) for i in self.ids)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.ids or key in self.names
+
+    def __repr__(self) -> str:
+        shown = " and ".join(str(c) for c in self.criteria) or "all images"
+        return f"<ImageSelection {len(self)} images: {shown}>"
 
 
 class MirrorImage:

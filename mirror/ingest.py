@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from mirror.fields import field_rows
 from mirror.index import (
     Annotation,
     Blob,
@@ -22,6 +23,7 @@ from mirror.index import (
     DocumentVersion,
     Feature,
     Image,
+    ImageField,
     Segmentation,
     Study,
     StudyImage,
@@ -145,6 +147,20 @@ def ingest_documents(session: Session, kind: str,
     if kind == "study":
         for row in objects:
             _ingest_study_links(session, row["doc"])
+    elif kind == "image":
+        _ingest_image_fields(session, [row["doc"] for row in objects])
+
+
+def _ingest_image_fields(session: Session, docs: list[dict]) -> None:
+    """Replace the queryable field rows of ``docs`` (see :mod:`mirror.fields`)."""
+    docs = list({doc["_id"]: doc for doc in docs}.values())  # a repeated id: the last wins
+    ids = [doc["_id"] for doc in docs]
+    for start in range(0, len(ids), 500):
+        session.execute(delete(ImageField).where(ImageField.image_id.in_(ids[start:start + 500])))
+    rows = [{**row, "seq": seq} for doc in docs
+            for seq, row in enumerate(field_rows(doc["_id"], doc))]
+    for start in range(0, len(rows), 5000):
+        session.execute(ImageField.__table__.insert(), rows[start:start + 5000])
 
 
 def ingest_document(session: Session, kind: str, doc: dict, sha256: str, path: str, size: int,

@@ -8,6 +8,7 @@ from mirror.index.models import (
     DocumentVersion,
     Feature,
     Image,
+    ImageField,
     Listing,
     Meta,
     Segmentation,
@@ -18,6 +19,7 @@ from mirror.index.models import (
 )
 
 __all__ = [
-    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "Listing",
+    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "ImageField",
+    "Listing",
     "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
 ]

@@ -9,7 +9,7 @@ store identical values.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -47,6 +47,23 @@ class Image(_Document, Base):
     pixels_x: Mapped[int | None] = mapped_column(Integer)
     pixels_y: Mapped[int | None] = mapped_column(Integer)
     public: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+# Byte-order text comparison on PostgreSQL, as SQLite's default and Python's ``<`` do.
+_BINARY_TEXT = Text().with_variant(Text(collation="C"), "postgresql")
+
+
+class ImageField(Base):
+    """One queryable field of an image document (see :mod:`mirror.fields`)."""
+
+    __tablename__ = "image_fields"
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    path: Mapped[str] = mapped_column(String(512))
+    elem: Mapped[bool] = mapped_column(Boolean)
+    kind: Mapped[str] = mapped_column(String(1))
+    num: Mapped[float | None] = mapped_column(Float)
+    txt: Mapped[str | None] = mapped_column(_BINARY_TEXT)
 
 
 class Dataset(_Document, Base):
@@ -166,4 +183,6 @@ class Meta(Base):
 
 
 Index("ix_images_updated", Image.updated)
+Index("ix_image_fields_num", ImageField.path, ImageField.kind, ImageField.num)
+Index("ix_image_fields_txt", ImageField.path, ImageField.kind, ImageField.txt)
 Index("ix_blobs_sha256", Blob.sha256)

@@ -1,0 +1,261 @@
+"""Exports for people and training scripts: a metadata table and a plain folder of files.
+
+Both read only the index and the store. Every export carries provenance: ``attribution``
+and ``copyright_license`` columns in the table, and an ``attribution.txt`` that lists each
+dataset with its license, attribution and image count (the official isic-cli writes one
+for its downloads; we write one for every export).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from mirror import query
+from mirror.errors import MirrorError
+from mirror.files import place, remove_stale_temps, write_bytes_atomic
+from mirror.index import Blob, Dataset, Image, ImageField, Segmentation
+from mirror.store import UnsafeNameError, safe_name
+
+if TYPE_CHECKING:
+    from mirror.api import ImageSelection, Mirror
+
+FIXED_COLUMNS = ["isic_id", "attribution", "copyright_license", "dataset"]
+_DEFAULT_GROUPS = ("meta.acquisition.", "meta.clinical.")
+CHUNK = 500
+FILE_ROLES = {"full": "image", "thumbnail": "thumbnail", "superpixels": "superpixels",
+              "masks": "mask"}
+
+
+def field_value(doc: Any, path: str) -> Any:
+    """The value at dotted ``path`` in ``doc``, or None when any step is missing."""
+    for key in path.split("."):
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def cell(value: Any) -> str:
+    """A CSV cell: empty for null, ``true``/``false``, compact JSON for lists and objects."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+# -- the metadata table --------------------------------------------------------------------
+
+def _conditions(conn, selection: ImageSelection) -> list:
+    return query.selection_conditions(conn, selection.criteria, selection.dataset,
+                                      selection.study)
+
+
+def default_columns(mirror: Mirror, selection: ImageSelection) -> list[str]:
+    """``isic_id, attribution, copyright_license, dataset`` plus every acquisition and
+    clinical field any selected image has, sorted (the columns isic-cli writes)."""
+    with mirror._engine.connect() as conn:
+        ids = select(Image.id).where(*_conditions(conn, selection))
+        paths = conn.execute(select(ImageField.path).distinct().where(
+            ImageField.elem.is_(False), ImageField.image_id.in_(ids),
+            ImageField.kind.not_in(["o", "a"]),
+            ImageField.path.like("meta.%"))).scalars().all()
+    fields = [p for p in paths if p.startswith(_DEFAULT_GROUPS) and p.count(".") == 2]
+    return FIXED_COLUMNS + sorted(fields, key=lambda p: (p.split(".")[2], p))
+
+
+def _header(columns: list[str]) -> list[str]:
+    """Short names (``age_approx``) for meta fields unless two groups share one."""
+    short = [c.split(".")[-1] if c.startswith(_DEFAULT_GROUPS) else c for c in columns]
+    return [s if short.count(s) == 1 else c for s, c in zip(short, columns, strict=True)]
+
+
+def _special(column: str, name: str, dataset: tuple | None) -> Any:
+    ds_name, license_, attribution = dataset or (None, None, None)
+    return {"isic_id": name, "attribution": attribution, "copyright_license": license_,
+            "dataset": ds_name}[column]
+
+
+def metadata_rows(mirror: Mirror, selection: ImageSelection, columns: list[str]
+                  ) -> Iterator[list[Any]]:
+    """One list of values per selected image, in the selection's order, read in chunks."""
+    with mirror._engine.connect() as conn:
+        for start in range(0, len(selection.ids), CHUNK):
+            chunk = selection.ids[start:start + CHUNK]
+            found = {row[0]: row for row in conn.execute(
+                select(Image.id, Image.name, Image.doc, Dataset.name, Dataset.license,
+                       Dataset.attribution)
+                .outerjoin(Dataset, Dataset.id == Image.dataset_id)
+                .where(Image.id.in_(chunk)))}
+            for image_id in chunk:
+                _, name, doc, *dataset = found[image_id]
+                doc = json.loads(doc) if isinstance(doc, str) else doc
+                yield [_special(c, name, dataset) if c in FIXED_COLUMNS else field_value(doc, c)
+                       for c in columns]
+
+
+def metadata_table(mirror: Mirror, selection: ImageSelection,
+                   columns: list[str] | None = None) -> tuple[list[str], Iterator[list[Any]]]:
+    """The header and the rows of the metadata table of ``selection``."""
+    columns = columns or default_columns(mirror, selection)
+    return _header(columns), metadata_rows(mirror, selection, columns)
+
+
+def csv_bytes(header: list[str], rows: Iterator[list[Any]]) -> Iterator[bytes]:
+    """Deterministic UTF-8 CSV (``\\n`` line ends, minimal quoting), in chunks."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for count, row in enumerate(rows, 1):
+        writer.writerow([cell(v) for v in row])
+        if count % 1000 == 0:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+def write_parquet(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
+    """The table as Parquet; a column of mixed types is written as text."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MirrorError("Parquet export needs pyarrow: pip install 'mirror[parquet]'") from None
+    data = list(zip(*rows, strict=True)) or [[] for _ in header]
+    arrays = [_arrow_column(pa, list(values)) for values in data]
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(arrays, names=header), buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _arrow_column(pa, values: list[Any]):
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {int, float}:
+        return pa.array([None if v is None else float(v) for v in values])
+    if len(kinds) == 1 and kinds <= {bool, str, int, float}:
+        return pa.array(values)
+    return pa.array([None if v is None else cell(v) for v in values], type=pa.string())
+
+
+# -- attribution ---------------------------------------------------------------------------
+
+def attribution_rows(mirror: Mirror, selection: ImageSelection) -> list[tuple]:
+    """``(count, dataset, license, attribution)`` per dataset, most images first."""
+    with mirror._engine.connect() as conn:
+        counts = conn.execute(
+            select(Image.dataset_id, func.count()).where(*_conditions(conn, selection))
+            .group_by(Image.dataset_id)).all()
+        datasets = {row[0]: row[1:] for row in conn.execute(
+            select(Dataset.id, Dataset.name, Dataset.license, Dataset.attribution))}
+    rows = [(n, *datasets.get(ds, (ds or "unknown dataset", None, None))) for ds, n in counts]
+    return sorted(rows, key=lambda r: (-r[0], str(r[1])))
+
+
+def attribution_text(rows: list[tuple]) -> str:
+    lines = ["Images in this export, by dataset (count, dataset, license, attribution):", ""]
+    for count, name, license_, attribution in rows:
+        lines.append(f"{count}\t{name}\t{license_ or 'license not recorded'}\t"
+                     f"{attribution or 'Anonymous'}")
+    return "\n".join(lines) + "\n"
+
+
+def export_metadata(mirror: Mirror, out: Path, selection: ImageSelection,
+                    columns: list[str] | None = None) -> dict:
+    """Write ``out`` (``.csv`` or ``.parquet``) and ``attribution.txt`` beside it."""
+    out = Path(out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise MirrorError(f"cannot tell the format of {out.name}: name it .csv or .parquet")
+    header, rows = metadata_table(mirror, selection, columns)
+    if out.suffix == ".parquet":
+        write_parquet(out, header, rows)
+    else:
+        write_bytes_atomic(out, csv_bytes(header, rows))
+    write_bytes_atomic(out.parent / "attribution.txt",
+                       attribution_text(attribution_rows(mirror, selection)).encode())
+    return {"images": len(selection), "columns": len(header), "path": str(out)}
+
+
+# -- a folder of files ---------------------------------------------------------------------
+
+def _blob_paths(conn, ids: list[str], roles: list[str]) -> dict[tuple[str, str], str]:
+    rows = conn.execute(select(Blob.object_id, Blob.role, Blob.path)
+                        .where(Blob.object_id.in_(ids), Blob.role.in_(roles)))
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def _masks(conn, ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    rows = conn.execute(select(Segmentation.image_id, Segmentation.id, Blob.path)
+                        .join(Blob, (Blob.object_id == Segmentation.id) & (Blob.role == "mask"))
+                        .where(Segmentation.image_id.in_(ids), Segmentation.removed.is_(False))
+                        .order_by(Segmentation.id))
+    out: dict[str, list[tuple[str, str]]] = {}
+    for image_id, seg_id, path in rows:
+        out.setdefault(image_id, []).append((seg_id, path))
+    return out
+
+
+def _targets(name: str, image_id: str, blobs: list[str], paths: dict, masks: dict
+             ) -> Iterator[tuple[str, str | None]]:
+    """``(file name in DEST, store relpath or None when not mirrored, kind)`` per file."""
+    for kind in blobs:
+        if kind == "masks":
+            for seg_id, relpath in masks.get(image_id, []):
+                yield f"{name}_mask_{safe_name(seg_id)}.png", relpath, kind
+            continue
+        relpath = paths.get((image_id, FILE_ROLES[kind]))
+        ext = Path(relpath).suffix if relpath else ""
+        suffix = {"full": "", "thumbnail": "_thumbnail", "superpixels": "_superpixels"}[kind]
+        yield f"{name}{suffix}{ext}", relpath, kind
+
+
+def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
+                 blobs: list[str], link: str = "hard") -> dict:
+    """``DEST/<name>.jpg`` (and masks, superpixels beside it), ``metadata.csv`` and
+    ``attribution.txt``. Files not mirrored are counted and listed, never invented."""
+    unknown = [b for b in blobs if b not in FILE_ROLES]
+    if unknown:
+        raise MirrorError(f"unknown blob kind {unknown[0]!r}; use {', '.join(FILE_ROLES)}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest)
+    summary: dict[str, Any] = {"images": len(selection), "files": 0, "linked": {},
+                               "missing": [], "skipped_names": []}
+    with mirror._engine.connect() as conn:
+        for start in range(0, len(selection.ids), CHUNK):
+            ids = selection.ids[start:start + CHUNK]
+            names = selection.names[start:start + CHUNK]
+            paths = _blob_paths(conn, ids, [FILE_ROLES[b] for b in blobs])
+            masks = _masks(conn, ids) if "masks" in blobs else {}
+            for image_id, name in zip(ids, names, strict=True):
+                _export_image(mirror, dest, image_id, name, blobs, paths, masks, link, summary)
+    header, rows = metadata_table(mirror, selection)
+    write_bytes_atomic(dest / "metadata.csv", csv_bytes(header, rows))
+    write_bytes_atomic(dest / "attribution.txt",
+                       attribution_text(attribution_rows(mirror, selection)).encode())
+    return summary
+
+
+def _export_image(mirror: Mirror, dest: Path, image_id: str, name: str, blobs: list[str],
+                  paths: dict, masks: dict, link: str, summary: dict) -> None:
+    try:
+        targets = list(_targets(safe_name(name), image_id, blobs, paths, masks))
+    except UnsafeNameError:
+        summary["skipped_names"].append(image_id)
+        return
+    for file_name, relpath, kind in targets:
+        if relpath is None:
+            summary["missing"].append(f"{name} ({kind})")
+            continue
+        done = place(mirror.store.path(relpath), dest / file_name, link)
+        summary["linked"][done] = summary["linked"].get(done, 0) + 1
+        summary["files"] += 1
