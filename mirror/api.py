@@ -128,8 +128,8 @@ class Mirror:
             items = previous.criteria + items
             dataset, study = dataset or previous.dataset, study or previous.study
         with self._engine.connect() as conn:
-            rows = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
-        self.image_selection = ImageSelection(self, items, rows, dataset, study)
+            ids = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
+        self.image_selection = ImageSelection(self, items, ids, dataset, study)
         return self.image_selection
 
     def images_frame(self, criteria: Any = None, columns: list[str] | None = None, **scope: Any):
@@ -173,13 +173,18 @@ class Mirror:
 
 
 class ImageSelection:
-    """The images a selection found: ids and names in name order, images opened lazily."""
+    """The images a selection found, in ``_id`` order; names and images are read on demand."""
 
-    def __init__(self, mirror: Mirror, criteria: list, rows: list[tuple[str, str]],
+    def __init__(self, mirror: Mirror, criteria: list, ids: list[str],
                  dataset: str | None = None, study: str | None = None):
         self.mirror, self.criteria, self.dataset, self.study = mirror, criteria, dataset, study
-        self.ids = [r[0] for r in rows]
-        self.names = [r[1] for r in rows]
+        self.ids = ids
+
+    @cached_property
+    def names(self) -> list[str]:
+        """The ISIC names, in the order of :attr:`ids`."""
+        with self.mirror._engine.connect() as conn:
+            return query.names_of(conn, self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -188,7 +193,11 @@ class ImageSelection:
         return (self.mirror.image(i) for i in self.ids)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.ids or key in self.names
+        return key in self._members or key in set(self.names)
+
+    @cached_property
+    def _members(self) -> set[str]:
+        return set(self.ids)
 
     def __repr__(self) -> str:
         shown = " and ".join(str(c) for c in self.criteria) or "all images"

@@ -202,6 +202,87 @@ def reindex(root, as_json) -> None:
                  f"published generation {data['generation']}"], as_json)
 
 
+def _selection_options(f):
+    """--where (repeatable), --dataset, --study: what the selection commands share."""
+    f = click.option("--study", help="Only images of this study (name or id).")(f)
+    f = click.option("--dataset", help="Only images of this dataset (name or id).")(f)
+    return click.option("--where", "wheres", multiple=True, metavar="'FIELD OP VALUE'",
+                        help="A criterion, e.g. 'meta.clinical.diagnosis == melanoma'; "
+                        "repeat to require several (see docs/query.md).")(f)
+
+
+def _select(root, wheres, dataset, study, limit=None):
+    from mirror.api import Mirror
+
+    mirror = Mirror(root)
+    return mirror, mirror.select_images(list(wheres), dataset=dataset, study=study, limit=limit)
+
+
+@main.command()
+@_root_option
+@_selection_options
+@click.option("--columns", help="Comma list of dotted fields (default: isic_id, attribution, "
+              "license, dataset and every acquisition and clinical field).")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "csv", "json", "jsonl", "ids"]))
+@click.option("--limit", type=int, help="At most N images (in _id order).")
+@click.option("--count", is_flag=True, help="Print only the number of images selected.")
+def query(root, wheres, dataset, study, columns, fmt, limit, count) -> None:
+    """Select images by their metadata, offline, and print them."""
+    from mirror.export import formatted, metadata_table
+
+    mirror, selection = _select(root, wheres, dataset, study, limit)
+    if count:
+        click.echo(len(selection))
+        return
+    header, rows = metadata_table(mirror, selection, _csv_list(columns))
+    for piece in formatted(header, rows, fmt, ids=selection.ids):
+        click.echo(piece, nl=False)
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@main.group()
+def export() -> None:
+    """Write a metadata table or a folder of files for a selection."""
+
+
+@export.command("metadata")
+@_root_option
+@click.argument("out", type=click.Path(dir_okay=False))
+@_selection_options
+@click.option("--columns", help="Comma list of dotted fields instead of the default columns.")
+def export_metadata_command(root, out, wheres, dataset, study, columns) -> None:
+    """Write OUT.csv or OUT.parquet (one row per image) and attribution.txt beside it."""
+    from mirror.export import export_metadata
+
+    mirror, selection = _select(root, wheres, dataset, study)
+    data = export_metadata(mirror, out, selection, _csv_list(columns))
+    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}")
+
+
+@export.command("files")
+@_root_option
+@click.argument("dest", type=click.Path(file_okay=False))
+@_selection_options
+@click.option("--link", default="hard", show_default=True,
+              type=click.Choice(["hard", "sym", "copy"]),
+              help="How files get into DEST (hard links share the store's read-only bytes).")
+@click.option("--blobs", default="full,masks", show_default=True,
+              help="Files per image: full, thumbnail, superpixels, masks.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def export_files_command(root, dest, wheres, dataset, study, link, blobs, as_json) -> None:
+    """DEST/<name>.jpg (masks and superpixels beside), metadata.csv, attribution.txt."""
+    from mirror.export import export_files, export_files_lines
+
+    mirror, selection = _select(root, wheres, dataset, study)
+    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link)
+    _emit(data, export_files_lines(data, dest), as_json)
+    sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
+
+
 @main.group()
 def lock() -> None:
     """Inspect or break the writer lease."""

@@ -55,18 +55,18 @@ def cell(value: Any) -> str:
 
 # -- the metadata table --------------------------------------------------------------------
 
-def _conditions(conn, selection: ImageSelection) -> list:
-    return query.selection_conditions(conn, selection.criteria, selection.dataset,
-                                      selection.study)
+def _ids(conn, selection: ImageSelection):
+    """The selection again, as a subquery (it may hold more ids than a statement can bind)."""
+    return query.selection_statement(conn, selection.criteria, selection.dataset,
+                                     selection.study).subquery()
 
 
 def default_columns(mirror: Mirror, selection: ImageSelection) -> list[str]:
     """``isic_id, attribution, copyright_license, dataset`` plus every acquisition and
     clinical field any selected image has, sorted (the columns isic-cli writes)."""
     with mirror._engine.connect() as conn:
-        ids = select(Image.id).where(*_conditions(conn, selection))
         paths = conn.execute(select(ImageField.path).distinct().where(
-            ImageField.elem.is_(False), ImageField.image_id.in_(ids),
+            ImageField.elem.is_(False), ImageField.image_id.in_(select(_ids(conn, selection))),
             ImageField.kind.not_in(["o", "a"]),
             ImageField.path.like("meta.%"))).scalars().all()
     fields = [p for p in paths if p.startswith(_DEFAULT_GROUPS) and p.count(".") == 2]
@@ -105,9 +105,37 @@ def metadata_rows(mirror: Mirror, selection: ImageSelection, columns: list[str]
 
 def metadata_table(mirror: Mirror, selection: ImageSelection,
                    columns: list[str] | None = None) -> tuple[list[str], Iterator[list[Any]]]:
-    """The header and the rows of the metadata table of ``selection``."""
-    columns = columns or default_columns(mirror, selection)
+    """The header and the rows of the metadata table of ``selection``.
+
+    Without ``columns``: :func:`default_columns`, meta fields named by their last part."""
+    if columns:
+        return list(columns), metadata_rows(mirror, selection, columns)
+    columns = default_columns(mirror, selection)
     return _header(columns), metadata_rows(mirror, selection, columns)
+
+
+FORMATS = ("table", "csv", "json", "jsonl", "ids")
+
+
+def formatted(header: list[str], rows: Iterator[list[Any]], fmt: str,
+              ids: list[str] | None = None) -> Iterator[str]:
+    """The table as text in ``fmt`` (one of :data:`FORMATS`), in pieces to print."""
+    if fmt == "ids":
+        yield from (f"{i}\n" for i in ids or [])
+    elif fmt == "csv":
+        yield from (chunk.decode() for chunk in csv_bytes(header, rows))
+    elif fmt == "jsonl":
+        yield from (json.dumps(dict(zip(header, row, strict=True)), ensure_ascii=False) + "\n"
+                    for row in rows)
+    elif fmt == "json":
+        objects = [dict(zip(header, row, strict=True)) for row in rows]
+        yield json.dumps(objects, indent=2, ensure_ascii=False) + "\n"
+    elif fmt == "table":
+        from tabulate import tabulate
+
+        yield tabulate([[cell(v) for v in row] for row in rows], headers=header) + "\n"
+    else:
+        raise MirrorError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 def csv_bytes(header: list[str], rows: Iterator[list[Any]]) -> Iterator[bytes]:
@@ -153,8 +181,8 @@ def attribution_rows(mirror: Mirror, selection: ImageSelection) -> list[tuple]:
     """``(count, dataset, license, attribution)`` per dataset, most images first."""
     with mirror._engine.connect() as conn:
         counts = conn.execute(
-            select(Image.dataset_id, func.count()).where(*_conditions(conn, selection))
-            .group_by(Image.dataset_id)).all()
+            select(Image.dataset_id, func.count())
+            .where(Image.id.in_(select(_ids(conn, selection)))).group_by(Image.dataset_id)).all()
         datasets = {row[0]: row[1:] for row in conn.execute(
             select(Dataset.id, Dataset.name, Dataset.license, Dataset.attribution))}
     rows = [(n, *datasets.get(ds, (ds or "unknown dataset", None, None))) for ds, n in counts]
@@ -259,3 +287,19 @@ def _export_image(mirror: Mirror, dest: Path, image_id: str, name: str, blobs: l
         done = place(mirror.store.path(relpath), dest / file_name, link)
         summary["linked"][done] = summary["linked"].get(done, 0) + 1
         summary["files"] += 1
+
+
+def export_files_lines(summary: dict, dest: Path) -> list[str]:
+    """What ``mirror export files`` prints."""
+    how = ", ".join(f"{n} {mode}" for mode, n in sorted(summary["linked"].items())) or "none"
+    lines = [f"exported {summary['files']} file(s) of {summary['images']} image(s) to {dest} "
+             f"({how}), with metadata.csv and attribution.txt"]
+    if summary["missing"]:
+        shown = ", ".join(summary["missing"][:5])
+        lines.append(f"not mirrored, so not exported: {len(summary['missing'])} file(s) "
+                     f"({shown}{', ...' if len(summary['missing']) > 5 else ''}); "
+                     "run 'mirror sync' with --blobs including them")
+    if summary["skipped_names"]:
+        lines.append(f"skipped {len(summary['skipped_names'])} image(s) whose names are unsafe "
+                     "as file names")
+    return lines

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-TEXT, NUMBER, BOOL, LIST, OBJECT, NULL = "t", "n", "b", "a", "o", "z"
+TEXT, LONG_TEXT, NUMBER, BOOL, LIST, OBJECT, NULL = "t", "T", "n", "b", "a", "o", "z"
 
-# Text longer than this is stored without its value (``txt`` NULL) and compared against the
-# document itself: dataset descriptions repeat in every image and would double the index.
+# Text longer than this is stored without its value (kind ``T``, ``txt`` NULL) and compared
+# against the document itself: dataset descriptions repeat in every image and would double
+# the index. Element text is always stored.
 MAX_INDEXED_TEXT = 200
 
 
@@ -45,7 +46,9 @@ def _row(image_id: str, path: str, value: object, elem: bool) -> dict:
         row["num"] = float(value)
     elif kind == BOOL:
         row["num"] = 1.0 if value else 0.0
-    elif kind == TEXT and (elem or len(value) <= MAX_INDEXED_TEXT):
+    elif kind == TEXT and not elem and len(value) > MAX_INDEXED_TEXT:
+        row["kind"] = LONG_TEXT
+    elif kind == TEXT:
         row["txt"] = value
     return row
 

@@ -199,11 +199,15 @@ def ingest_blob(session: Session, *args: Any, **kwargs: Any) -> None:
 
 
 def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) -> int:
-    """Flag objects the archive no longer lists; their files stay for snapshots."""
+    """Flag objects the archive no longer lists; their files stay for snapshots.
+
+    A removed image loses its query rows, so selections never return it."""
     model = MODEL_OF[kind]
     count = 0
     for chunk_start in range(0, len(object_ids), 500):
         chunk = object_ids[chunk_start:chunk_start + 500]
+        if kind == "image":
+            session.execute(delete(ImageField).where(ImageField.image_id.in_(chunk)))
         count += session.query(model).filter(model.id.in_(chunk)).update(
             {"removed": True, "removed_at": when}, synchronize_session=False)
     return count

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, not_, or_, select
+from sqlalchemy import and_, false, func, not_, or_, select, true
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from mirror.errors import MirrorError
-from mirror.fields import BOOL, LIST, NULL, NUMBER, TEXT
+from mirror.fields import BOOL, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
@@ -162,139 +163,201 @@ def parse_value(text: str) -> Any:
 
 # -- compiling -----------------------------------------------------------------------------
 
+@dataclass
+class _Rows:
+    """Images with a field row at ``path`` (an element row when ``elem``) meeting ``test``;
+    ``test`` takes an aliased ``image_fields`` table and returns a condition on it."""
+
+    path: str
+    elem: bool
+    test: Any
+
+
+@dataclass
+class _Match:
+    """True for an image when any of ``rows`` matches, or (``absent``) the field is None."""
+
+    rows: list[_Rows]
+    absent: bool = False
+
+
 class _Compiler:
-    """Turns criteria into SQLAlchemy conditions on ``images`` for one SQL dialect."""
+    """Turns criteria into SQL over ``image_fields``, on one connection.
 
-    def __init__(self, dialect: str):
-        self.dialect = dialect
+    It asks the index which kinds of value a field holds (one indexed ``EXISTS`` each) and
+    leaves out branches that cannot match, so most criteria become a single index range.
+    """
 
-    def condition(self, item: Criterion) -> ColumnElement[bool]:
-        base = _NEGATION.get(item.op)
-        if base:
-            return not_(self._positive(item.field, base, item.value))
-        return self._positive(item.field, item.op, item.value)
+    def __init__(self, conn):
+        self.conn = conn
+        self.dialect = conn.dialect.name
+        self._kinds: dict[tuple[str, bool, str], bool] = {}
 
-    def _positive(self, path: str, op: str, value: Any) -> ColumnElement[bool]:
-        if op == "==" or op == "is":
-            return self._absent(path) if value is None else self._has(path, self._eq(path, value))
+    def has_kind(self, path: str, elem: bool, kind: str) -> bool:
+        key = (path, elem, kind)
+        if key not in self._kinds:
+            probe = select(ImageField.image_id).where(
+                ImageField.path == path, ImageField.elem == elem, ImageField.kind == kind)
+            self._kinds[key] = self.conn.execute(probe.limit(1)).first() is not None
+        return self._kinds[key]
+
+    def driver(self, item: Criterion) -> _Rows | None:
+        """The criterion as one indexed row range, when it is one."""
+        if item.op in _NEGATION:
+            return None
+        match = self._positive(item.field, item.op, item.value)
+        return match.rows[0] if len(match.rows) == 1 and not match.absent else None
+
+    def condition(self, item: Criterion, key) -> ColumnElement[bool]:
+        """A condition on the image id column ``key`` that is true when ``item`` holds."""
+        match = self._positive(item.field, _NEGATION.get(item.op, item.op), item.value)
+        parts = [self.member(key, rows) for rows in match.rows]
+        if match.absent:
+            parts.append(not_(self.member(key, _Rows(item.field, False,
+                                                     lambda t: t.kind != NULL))))
+        expr = or_(*parts) if parts else false()
+        return not_(expr) if item.op in _NEGATION else expr
+
+    def member(self, key, rows: _Rows) -> ColumnElement[bool]:
+        table = aliased(ImageField)
+        return key.in_(select(table.image_id).where(
+            table.path == rows.path, table.elem == rows.elem, rows.test(table)))
+
+    def guard(self, item: Criterion) -> _Rows | None:
+        """For ``not ni`` and ``!~``: the field must be of a type the operator reads."""
+        text = [TEXT, LONG_TEXT] if isinstance(item.value, str) else []
+        if item.op == "not ni":
+            return _Rows(item.field, False, lambda t: t.kind.in_([LIST, *text]))
+        if item.op == "!~":
+            return _Rows(item.field, False, lambda t: t.kind.in_(text))
+        return None
+
+    # -- operators -------------------------------------------------------------------------
+
+    def _positive(self, path: str, op: str, value: Any) -> _Match:
+        if op in ("==", "is"):
+            return _Match([], absent=True) if value is None else self._in(path, [value])
         if op == "in":
             return self._in(path, value)
         if op == "ni":
             return self._contains(path, value)
         if op == "~":
-            return self._has(path, self._text(path, lambda col: col.regexp_match(value)))
+            return _Match(self._text(path, lambda col: col.regexp_match(value)))
         return self._order(path, op, value)
 
-    def _has(self, path: str, condition: ColumnElement[bool], elem: bool = False
-             ) -> ColumnElement[bool]:
-        """Images with a field row at ``path`` that meets ``condition``."""
-        rows = select(ImageField.image_id).where(
-            ImageField.path == path, ImageField.elem == elem, condition)
-        return Image.id.in_(rows)
+    def _in(self, path: str, values: list, elem: bool = False) -> _Match:
+        """The field equals one of ``values`` (``None`` meaning absent)."""
+        rows = []
+        numbers = [float(v) for v in values if isinstance(v, (int, float))
+                   and not isinstance(v, bool)]
+        flags = [1.0 if v else 0.0 for v in values if isinstance(v, bool)]
+        for kind, nums in ((NUMBER, numbers), (BOOL, flags)):
+            if nums and self.has_kind(path, elem, kind):
+                rows.append(_Rows(path, elem, lambda t, k=kind, n=nums: and_(
+                    t.kind == k, t.num == n[0] if len(n) == 1 else t.num.in_(n))))
+        texts = [v for v in values if isinstance(v, str)]
+        if texts:
+            rows += self._text(path, lambda col: col == texts[0] if len(texts) == 1
+                               else col.in_(texts), elem=elem,
+                               long=any(len(v) > MAX_INDEXED_TEXT for v in texts))
+        return _Match(rows, absent=None in values)
 
-    def _absent(self, path: str) -> ColumnElement[bool]:
-        return not_(self._has(path, ImageField.kind != NULL))
+    def _text(self, path: str, test, elem: bool = False, long: bool = True) -> list[_Rows]:
+        """Row ranges for a text test; long text is read from the document itself."""
+        rows = []
+        if self.has_kind(path, elem, TEXT):
+            rows.append(_Rows(path, elem, lambda t: and_(t.kind == TEXT, test(t.txt))))
+        if long and not elem and self.has_kind(path, elem, LONG_TEXT):
+            keys = tuple(path.split("."))
 
-    def _eq(self, path: str, value: Any) -> ColumnElement[bool]:
-        if isinstance(value, bool):
-            return and_(ImageField.kind == BOOL, ImageField.num == (1.0 if value else 0.0))
-        if isinstance(value, (int, float)):
-            return and_(ImageField.kind == NUMBER, ImageField.num == float(value))
-        return self._text(path, lambda col: col == value)
+            def in_document(t):
+                stored = (select(Image.doc[keys].as_string()).where(Image.id == t.image_id)
+                          .scalar_subquery())
+                return and_(t.kind == LONG_TEXT, test(stored))
+            rows.append(_Rows(path, elem, in_document))
+        return rows
 
-    def _text(self, path: str, test) -> ColumnElement[bool]:
-        """A text test; long text is not in ``txt`` and is read from the document."""
-        stored = self._document_text(path)
-        return and_(ImageField.kind == TEXT, or_(
-            and_(ImageField.txt.is_not(None), test(ImageField.txt)),
-            and_(ImageField.txt.is_(None), test(stored))))
-
-    def _document_text(self, path: str):
-        keys = tuple(path.split("."))
-        return (select(Image.doc[keys].as_string()).where(Image.id == ImageField.image_id)
-                .scalar_subquery())
-
-    def _in(self, path: str, values: list) -> ColumnElement[bool]:
-        options = [self._eq(path, v) for v in values if v is not None]
-        found = self._has(path, or_(*options)) if options else false()
-        return or_(found, self._absent(path)) if None in values else found
-
-    def _contains(self, path: str, value: Any) -> ColumnElement[bool]:
+    def _contains(self, path: str, value: Any) -> _Match:
         """``value`` is an element of the list at ``path``, or a substring of its text."""
-        in_list = self._has(path, self._eq(path, value), elem=True)
-        if not isinstance(value, str):
-            return in_list
-        position = func.strpos if self.dialect == "postgresql" else func.instr
-        in_text = self._has(path, self._text(path, lambda col: position(col, value) > 0))
-        return or_(in_list, in_text)
+        rows = self._in(path, [value], elem=True).rows
+        if isinstance(value, str):
+            position = func.strpos if self.dialect == "postgresql" else func.instr
+            rows += self._text(path, lambda col: position(col, value) > 0)
+        return _Match(rows)
 
-    def _order(self, path: str, op: str, value: Any) -> ColumnElement[bool]:
+    def _order(self, path: str, op: str, value: Any) -> _Match:
         compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
                    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}[op]
         if isinstance(value, str):
-            return self._has(path, self._text(path, lambda col: compare(col, value)))
-        return self._has(path, and_(ImageField.kind == NUMBER,
-                                    compare(ImageField.num, float(value))))
-
-    def applicable(self, item: Criterion) -> ColumnElement[bool] | None:
-        """For negated ``ni``/``~``: the field must be of a type the operator reads."""
-        if item.op == "not ni":
-            kinds = [LIST, TEXT] if isinstance(item.value, str) else [LIST]
-            return self._has(item.field, ImageField.kind.in_(kinds))
-        if item.op == "!~":
-            return self._has(item.field, ImageField.kind == TEXT)
-        return None
-
-
-def image_conditions(items: Iterable[Criterion], dialect: str) -> list[ColumnElement[bool]]:
-    """SQL conditions on ``images`` that select what ``items`` select."""
-    compiler = _Compiler(dialect)
-    out = []
-    for item in items:
-        out.append(compiler.condition(item))
-        guard = compiler.applicable(item)
-        if guard is not None:
-            out.append(guard)
-    return out
+            return _Match(self._text(path, lambda col: compare(col, value)))
+        if not self.has_kind(path, False, NUMBER):
+            return _Match([])
+        return _Match([_Rows(path, False, lambda t: and_(t.kind == NUMBER,
+                                                          compare(t.num, float(value))))])
 
 
 # -- running -------------------------------------------------------------------------------
 
-def _scope(conn, dataset: str | None, study: str | None) -> list[ColumnElement[bool]]:
-    out = []
+def _scope(conn, dataset: str | None, study: str | None) -> tuple[list[Criterion], list]:
+    """A dataset as a criterion on ``dataset._id``; a study as a list of its image ids."""
+    items, studies = [], []
     if dataset:
         found = conn.execute(select(Dataset.id).where(
             (Dataset.id == dataset) | (Dataset.name == dataset))).scalars().all()
         if not found:
-            raise QueryError(f"no dataset {dataset!r} in this mirror; 'mirror query "
-                             "--list-datasets' shows the names")
-        out.append(Image.dataset_id.in_(found))
+            raise QueryError(f"no dataset {dataset!r} in this mirror; 'mirror status' lists "
+                             "what is mirrored")
+        items.append(Criterion("dataset._id", "in", list(found)))
     if study:
-        found = conn.execute(select(Study.id).where(
+        studies = conn.execute(select(Study.id).where(
             (Study.id == study) | (Study.name == study))).scalars().all()
-        if not found:
+        if not studies:
             raise QueryError(f"no study {study!r} in this mirror; sync studies with "
                              "'mirror sync --what studies,annotations'")
-        out.append(Image.id.in_(select(StudyImage.image_id).where(StudyImage.study_id.in_(found))))
-    return out
+    return items, studies
 
 
-def selection_conditions(conn, items: Any = None, dataset: str | None = None,
-                         study: str | None = None, include_removed: bool = False
-                         ) -> list[ColumnElement[bool]]:
-    """Conditions on ``images`` for criteria plus an optional dataset or study scope."""
-    conditions = image_conditions(criteria(items), conn.dialect.name)
-    conditions += _scope(conn, dataset, study)
-    if not include_removed:
-        conditions.append(Image.removed.is_(False))
-    return conditions
+def selection_statement(conn, items: Any = None, dataset: str | None = None,
+                        study: str | None = None):
+    """``SELECT image_id`` of the current images the criteria select, in ``_id`` order.
+
+    The first criterion that is a plain indexed lookup drives the query; the others
+    filter its rows. Removed images have no field rows, so they are never selected.
+    """
+    compiler = _Compiler(conn)
+    scope, studies = _scope(conn, dataset, study)
+    items = scope + criteria(items)
+    driver = next((i for i in items if compiler.driver(i) is not None), None)
+    rows = compiler.driver(driver) if driver else _Rows("_id", False, lambda t: true())
+    base = aliased(ImageField)
+    key = base.image_id
+    conditions = [base.path == rows.path, base.elem == rows.elem, rows.test(base)]
+    for item in items:
+        if item is not driver:
+            conditions.append(compiler.condition(item, key))
+        guard = compiler.guard(item)
+        if guard is not None:
+            conditions.append(compiler.member(key, guard))
+    if studies:
+        conditions.append(key.in_(select(StudyImage.image_id)
+                                  .where(StudyImage.study_id.in_(studies))))
+    statement = select(key).where(*conditions).order_by(key)
+    return statement.distinct() if rows.elem else statement
 
 
 def select_ids(conn, items: Any = None, dataset: str | None = None, study: str | None = None,
-               limit: int | None = None, include_removed: bool = False) -> list[tuple[str, str]]:
-    """``(id, name)`` of every image the criteria select, sorted by name."""
-    conditions = selection_conditions(conn, items, dataset, study, include_removed)
-    statement = select(Image.id, Image.name).where(*conditions).order_by(Image.name)
+               limit: int | None = None) -> list[str]:
+    """The ``_id`` of every current image the criteria select, sorted."""
+    statement = selection_statement(conn, items, dataset, study)
     if limit is not None:
         statement = statement.limit(limit)
-    return [(row[0], row[1]) for row in conn.execute(statement)]
+    return list(conn.execute(statement).scalars())
+
+
+def names_of(conn, ids: list[str]) -> list[str]:
+    """The names of ``ids``, in the same order."""
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found.update(conn.execute(select(Image.id, Image.name).where(Image.id.in_(chunk))).all())
+    return [found[i] for i in ids]

@@ -35,8 +35,10 @@ def upgrade() -> None:
     sa.Column('txt', binary_text, nullable=True),
     sa.PrimaryKeyConstraint('image_id', 'seq')
     )
-    op.create_index('ix_image_fields_num', 'image_fields', ['path', 'kind', 'num'])
-    op.create_index('ix_image_fields_txt', 'image_fields', ['path', 'kind', 'txt'])
+    op.create_index('ix_image_fields_num', 'image_fields',
+                    ['path', 'elem', 'kind', 'num', 'image_id'])
+    op.create_index('ix_image_fields_txt', 'image_fields',
+                    ['path', 'elem', 'kind', 'txt', 'image_id'])
     _backfill(fields)
 
 

@@ -183,6 +183,9 @@ class Meta(Base):
 
 
 Index("ix_images_updated", Image.updated)
-Index("ix_image_fields_num", ImageField.path, ImageField.kind, ImageField.num)
-Index("ix_image_fields_txt", ImageField.path, ImageField.kind, ImageField.txt)
+# Covering indexes: a selection reads image ids from the index alone, never the table.
+Index("ix_image_fields_num", ImageField.path, ImageField.elem, ImageField.kind, ImageField.num,
+      ImageField.image_id)
+Index("ix_image_fields_txt", ImageField.path, ImageField.elem, ImageField.kind, ImageField.txt,
+      ImageField.image_id)
 Index("ix_blobs_sha256", Blob.sha256)

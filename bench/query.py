@@ -1,0 +1,181 @@
+"""Selections over a 100,000-image index against isicarchive's in-memory scan.
+
+    .venv/bin/python bench/query.py [--images 100000] [--small 10000] [--runs 10]
+
+Builds a metadata-only mirror of the sandbox archive (image details and datasets, no
+files), then times ten typical selections two ways, each the median of ``--runs``:
+
+* ``mirror``: ``Mirror.select_images`` (SQL over the published index);
+* ``in-memory``: a faithful re-implementation of isicarchive 0.4.11's ``select_images``:
+  every image document held in a dict, a Python loop that walks the dotted path of each
+  criterion for each image (``func.getxattr``) and applies the operator (``func.selected``),
+  an exception meaning "not selected". The load of the documents is not timed.
+
+Memory: the peak Python allocation (``tracemalloc``) of each ``mirror`` selection on a
+``--small`` index and on the full one. The target is that it does not grow with the
+archive beyond the ids it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from mirror import Mirror
+from mirror.config import open_or_create, utc_now
+from mirror.ingest import ingest_documents
+from mirror.sources.sandbox.data import Archive
+from mirror.store import canonical_json
+from mirror.writer import writing
+
+SELECTIONS = {
+    "diagnosis == melanoma": [["meta.clinical.diagnosis", "==", "melanoma"]],
+    "age >= 60": [["meta.clinical.age_approx", ">=", 60]],
+    "pixelsX >= 2048, dermoscopic, not nevus": [
+        ["meta.acquisition.pixelsX", ">=", 2048],
+        ["meta.acquisition.image_type", "==", "dermoscopic"],
+        ["meta.clinical.diagnosis", "!=", "nevus"]],
+    "dataset._accessLevel == 0": [["dataset._accessLevel", "==", 0]],
+    "tags ni 'Challenge 2019: Training'": [["notes.tags", "ni", "Challenge 2019: Training"]],
+    "melanocytic is True": [["meta.clinical.melanocytic", "is", True]],
+    "sex in [female, null]": [["meta.clinical.sex", "in", ["female", None]]],
+    "dataset.name ~ ^HAM": [["dataset.name", "~", "^HAM"]],
+    "name < ISIC_0001000": [["name", "<", "ISIC_0001000"]],
+    "female, 40-60, malignant": [
+        ["meta.clinical.sex", "==", "female"], ["meta.clinical.age_approx", ">=", 40],
+        ["meta.clinical.age_approx", "<", 60],
+        ["meta.clinical.benign_malignant", "==", "malignant"]],
+}
+
+
+# -- isicarchive's approach, re-implemented faithfully ---------------------------------------
+
+def getxattr(obj, name: str, default=None):
+    """isicarchive ``func.getxattr`` for plain dotted paths: walk one key at a time."""
+    for part in name.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            return default
+    return obj
+
+
+def selected(item: dict, criteria: list) -> bool:
+    """isicarchive ``func.selected``: all criteria hold; an exception means not selected."""
+    for field, op, value in criteria:
+        val = getxattr(item, field)
+        try:
+            if op == "==":
+                ok = val == value
+            elif op == "!=":
+                ok = val != value
+            elif op == "<":
+                ok = val < value
+            elif op == "<=":
+                ok = val <= value
+            elif op == ">":
+                ok = val > value
+            elif op == ">=":
+                ok = val >= value
+            elif op == "in":
+                ok = val in value
+            elif op == "ni":
+                ok = value in val
+            elif op == "~":
+                ok = re.search(value, val) is not None
+            elif op == "is":
+                ok = val is value
+            else:
+                raise ValueError(op)
+        except TypeError:
+            return False
+        if not ok:
+            return False
+    return True
+
+
+def in_memory_select(images: dict, criteria: list) -> list[str]:
+    return [image_id for image_id, doc in images.items() if selected(doc, criteria)]
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+def build(root: Path, archive: Archive) -> None:
+    open_or_create(root, "http://sandbox.invalid/api/v1", authenticated=False)
+    now = utc_now()
+    with writing(root, "bench") as w:
+        with w.index.session() as session:
+            datasets = [(d, hashlib.sha256(canonical_json(d)).hexdigest(), "x", 0)
+                        for d in archive.datasets()]
+            ingest_documents(session, "dataset", datasets, now, public=True)
+        for start in range(0, archive.count, 2000):
+            items = []
+            for i in range(start, min(archive.count, start + 2000)):
+                doc = archive.image_detail(i)
+                items.append((doc, hashlib.sha256(canonical_json(doc)).hexdigest(), "x", 0))
+            with w.index.session() as session:
+                ingest_documents(session, "image", items, now, public=True)
+        w.index.publish()
+
+
+def median_ms(fn, runs: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), result
+
+
+def peak_kb(mirror: Mirror, criteria: list) -> float:
+    tracemalloc.start()
+    mirror.select_images(criteria)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MIRROR_STATE_DIR"] = f"{tmp}/state"
+        mirrors = {}
+        for n in (args.small, args.images):
+            started = time.perf_counter()
+            build(Path(tmp) / f"m{n}", Archive(n, seed=0, private_fraction=0.0))
+            print(f"built a {n}-image index in {time.perf_counter() - started:.0f} s")
+            mirrors[n] = Mirror(Path(tmp) / f"m{n}")
+        archive = Archive(args.images, seed=0, private_fraction=0.0)
+        docs = {d["_id"]: d for d in (archive.image_detail(i) for i in range(args.images))}
+        report(mirrors[args.small], mirrors[args.images], docs, args)
+
+
+def report(small: Mirror, big: Mirror, docs: dict, args) -> None:
+    print(f"\n{args.images} images; median of {args.runs} runs; peak memory of one selection"
+          f" at {args.small} and {args.images} images")
+    print(f"{'selection':42} {'found':>6} {'mirror':>9} {'in-memory':>10} {'ratio':>7}"
+          f" {'mem small':>10} {'mem big':>9}")
+    worst = 0.0
+    for name, criteria in SELECTIONS.items():
+        ours, selection = median_ms(lambda c=criteria: big.select_images(c), args.runs)
+        theirs, ids = median_ms(lambda c=criteria: in_memory_select(docs, c), args.runs)
+        assert sorted(ids) == sorted(selection.ids), f"{name}: the two approaches disagree"
+        worst = max(worst, ours)
+        print(f"{name:42} {len(ids):6} {ours:7.1f}ms {theirs:8.1f}ms {theirs / ours:6.1f}x"
+              f" {peak_kb(small, criteria):8.0f}KB {peak_kb(big, criteria):7.0f}KB")
+    print(f"\nslowest selection: {worst:.1f} ms (target < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
