@@ -28,7 +28,7 @@ from sqlalchemy import and_, false, func, not_, or_, select, true
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, MissingObjectError
 from mirror.fields import BOOL, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage
 
@@ -305,15 +305,15 @@ def _scope(conn, dataset: str | None, study: str | None) -> tuple[list[Criterion
         found = conn.execute(select(Dataset.id).where(
             (Dataset.id == dataset) | (Dataset.name == dataset))).scalars().all()
         if not found:
-            raise QueryError(f"no dataset {dataset!r} in this mirror; 'mirror status' lists "
-                             "what is mirrored")
+            raise MissingObjectError(f"no dataset {dataset!r} in this mirror; "
+                                     "'mirror status' lists what is mirrored")
         items.append(Criterion("dataset._id", "in", list(found)))
     if study:
         studies = conn.execute(select(Study.id).where(
             (Study.id == study) | (Study.name == study))).scalars().all()
         if not studies:
-            raise QueryError(f"no study {study!r} in this mirror; sync studies with "
-                             "'mirror sync --what studies,annotations'")
+            raise MissingObjectError(f"no study {study!r} in this mirror; sync studies with "
+                                     "'mirror sync --what studies,annotations'")
     return items, studies
 
 

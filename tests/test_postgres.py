@@ -90,3 +90,29 @@ def test_a_password_in_the_index_url_is_refused(tmp_path):
         sync(tmp_path / "m", "http://127.0.0.1:9/api/v1",
              SyncOptions(index_url="postgresql://user:secret@db/mirror"))
     assert not (tmp_path / "m" / "mirror.json").exists()
+
+
+QUERIES = [
+    [["meta.clinical.diagnosis", "==", "melanoma"]],
+    [["meta.clinical.age_approx", ">=", 40], ["meta.clinical.sex", "!=", "male"]],
+    [["notes.tags", "ni", "Challenge 2019: Training"]],
+    [["dataset.description", "~", "Vienna"]],  # long text, read from the document
+    [["dataset.name", "ni", "HAM"]],
+    [["name", "<", "ISIC_0000007"], ["meta.clinical.melanocytic", "is not", None]],
+    [["meta.clinical.sex", "in", ["female", None]]],
+    [["meta.clinical.diagnosis", "!~", "^n"]],
+]
+
+
+def test_selections_agree_between_sqlite_and_postgres(tmp_path, database):
+    from mirror import Mirror
+
+    with serve(images=25, seed=4, private_fraction=0.0) as sb:
+        options = {"what": frozenset({"images", "datasets"}), "blobs": frozenset()}
+        assert sync(tmp_path / "lite", sb.url, SyncOptions(**options)).ok
+        assert sync(tmp_path / "pg", sb.url, SyncOptions(index_url=database, **options)).ok
+    with Mirror(tmp_path / "lite") as lite, Mirror(tmp_path / "pg") as pg:
+        for query in QUERIES:
+            expected = lite.select_images(query).ids
+            assert pg.select_images(query).ids == expected, query
+        assert any(lite.select_images(q).ids for q in QUERIES[2:5])  # not all empty
