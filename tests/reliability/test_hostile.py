@@ -54,6 +54,7 @@ class Outcome:
     sandbox: Sandbox
     root: Path
     names: set[str]  # image and dataset names in the index after the hostile run
+    decoy_hits: list[dict]  # requests the redirect decoy saw (should be none)
 
     def failed_ids(self, role: str | None = None) -> set[str]:
         return {f.object_id for f in self.summary.failures if role in (None, f.role)}
@@ -88,9 +89,11 @@ def hostile_run(tmp_path: Path, case: str, options: SyncOptions) -> Outcome:
         except MirrorError as exc:
             summary, error = None, exc
         names = {r.name for model in (Image, Dataset) for r in _rows(root, model)}
-        outcome = Outcome(summary, error, victims,
-                          [v for v in victims if v not in old_victims], sb, root, names)
+        decoy = sb.hostile.decoy
+        outcome = Outcome(summary, error, victims, [v for v in victims if v not in old_victims],
+                          sb, root, names, list(decoy.hits) if decoy else [])
         _check_invariants(outcome, before, neighbours, tmp_path)
+        sb.hostile.close()
         sb.hostile = None  # the archive mends its ways (and says so): the next sync completes
         sb.mutate(update_ids=victims)
         again = sync(root, sb.url, options)
@@ -221,6 +224,7 @@ def test_redirects_to_other_hosts_are_not_followed(tmp_path):
     out = hostile_run(tmp_path, "redirect", FULL)
     assert out.failed_ids("image") == set(out.new_victims)
     assert all("redirect" in f.error for f in out.summary.failures)
+    assert out.decoy_hits == []  # never asked: no bytes from, no token to, another host
 
 
 def test_cli_against_every_case_at_once_exits_non_zero_and_lists_failures(tmp_path):
