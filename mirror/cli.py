@@ -46,7 +46,10 @@ def main(verbose: int) -> None:
               help="Serve image detail records from this JSON(.gz) file.")
 @click.option("--segmentations", type=click.Path(exists=True, dir_okay=False),
               help="Serve segmentation detail records from this JSON(.gz) file.")
-@click.option("--hostile", is_flag=True, help="Serve hostile data (reliability tests).")
+@click.option("--hostile", is_flag=False, flag_value="all", default=None, metavar="[CASES]",
+              help="Serve hostile data (reliability tests): alone, every case; or a comma "
+                   "list of names, paging, ids, json, html, length, endless, superpixels, "
+                   "redirect.")
 @click.option("--latency", default=0.0, show_default=True,
               help="Seconds added to every API response, like a network round trip.")
 def sandbox(**options) -> None:

@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -47,6 +47,10 @@ BLOB_PREFIX = {"image": "image", "thumbnail": "thumb", "superpixels": "spimg", "
                "mask": "mask"}
 MAGIC_EXT = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF8", ".gif"),
              (b"BM", ".bmp"), (b"PK\x03\x04", ".npz"))
+JPEG_EOI, PNG_IEND = b"\xff\xd9", b"IEND\xaeB`\x82"
+# A JPEG may carry padding or a maker's trailer after its end-of-image marker: look for
+# the marker this far from the end. (It cannot occur inside entropy-coded data.)
+JPEG_TAIL = 4096
 TYPE_EXT = {"image/jpeg": ".jpg", "image/jpg": ".jpg", "image/png": ".png", "image/gif": ".gif",
             "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp"}
 
@@ -160,19 +164,32 @@ class ObjectStore:
 
     def put_stream(self, relpath: str, chunks: Iterable[bytes], *,
                    expected_size: int | None = None,
-                   magic: bytes | tuple[bytes, ...] | None = None) -> StoredFile:
-        """Stream ``chunks`` into ``relpath`` atomically, verifying size and magic bytes."""
+                   magic: bytes | tuple[bytes, ...] | None = None,
+                   max_size: int | None = None, whole: bool = False,
+                   validate: Callable[[Path], object] | None = None) -> StoredFile:
+        """Stream ``chunks`` into ``relpath`` atomically, verifying what was promised.
+
+        ``expected_size`` (Content-Length) must match; more than ``max_size`` bytes (or
+        than ``expected_size``) stops the stream at once, so an endless body cannot fill
+        the disk; ``magic`` checks the first bytes; ``whole`` checks that a JPEG or PNG
+        ends as one does (a body cut short under a short Content-Length has the right
+        size); ``validate`` sees the complete temp file and raises to refuse it. Nothing
+        is published unless every check passes.
+        """
         final = self.path(relpath)
         folder = final.parent
         self._ensure_dir(folder)
         if expected_size is not None:
             self._check_space(folder, expected_size)
+            max_size = expected_size if max_size is None else min(max_size, expected_size)
         tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}"
         try:
-            digest, size = self._write_temp(tmp, chunks, magic)
+            digest, size = self._write_temp(tmp, chunks, magic, max_size, whole)
             if expected_size is not None and size != expected_size:
                 raise IntegrityError(f"{relpath}: received {size} bytes, expected "
                                      f"{expected_size} (Content-Length)")
+            if validate is not None:
+                validate(tmp)
             self._publish(tmp, final, digest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -193,18 +210,26 @@ class ObjectStore:
         return StoredFile(relpath, digest, len(payload))
 
     def _write_temp(self, tmp: Path, chunks: Iterable[bytes],
-                    magic: bytes | tuple[bytes, ...] | None) -> tuple[str, int]:
-        hasher, size = hashlib.sha256(), 0
+                    magic: bytes | tuple[bytes, ...] | None, max_size: int | None = None,
+                    whole: bool = False) -> tuple[str, int]:
+        hasher, size, head, tail = hashlib.sha256(), 0, b"", b""
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 if size == 0 and magic is not None and chunk:
                     _check_magic(chunk, magic)
+                if max_size is not None and size + len(chunk) > max_size:
+                    raise IntegrityError(f"body larger than {max_size} bytes (declared "
+                                         "length or size limit); refusing the rest")
+                head = head or chunk[:16]
+                tail = (tail + chunk[-JPEG_TAIL:])[-JPEG_TAIL:]
                 hasher.update(chunk)
                 fh.write(chunk)
                 size += len(chunk)
             if size == 0 and magic is not None:
                 raise IntegrityError("received an empty body")
+            if whole:
+                _check_whole(head, tail)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o444)
@@ -325,6 +350,14 @@ def _check_magic(first: bytes, magic: bytes | tuple[bytes, ...]) -> None:
         looks = "HTML" if first.lstrip()[:1] == b"<" else "unexpected"
         raise IntegrityError(f"expected a file starting {magics[0]!r} but got {looks} bytes "
                              f"{first[:16]!r}")
+
+
+def _check_whole(head: bytes, tail: bytes) -> None:
+    """A PNG ends with its IEND chunk, a JPEG with an end-of-image marker near its end."""
+    if head.startswith(b"\x89PNG") and not tail.endswith(PNG_IEND):
+        raise IntegrityError("the PNG is incomplete (it does not end with IEND)")
+    if head.startswith(b"\xff\xd8\xff") and JPEG_EOI not in tail:
+        raise IntegrityError("the JPEG is incomplete (no end-of-image marker at its end)")
 
 
 def _sha256_file(path: Path) -> str:

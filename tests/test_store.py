@@ -144,6 +144,47 @@ def test_short_body_and_html_instead_of_image_leave_nothing(store):
     assert not store.exists(relpath) and store.temp_files() == []
 
 
+def test_bodies_beyond_the_limit_or_the_declared_length_stop_at_once(store):
+    relpath = blob_relpath("image", "5436e3abbae478396759f0cf", ext=".jpg")
+    read = []
+
+    def endless():
+        yield JPEG
+        while True:
+            read.append(1)
+            yield bytes(1024)
+
+    with pytest.raises(IntegrityError, match="larger than 4096"):
+        store.put_stream(relpath, endless(), magic=b"\xff\xd8\xff", max_size=4096)
+    assert len(read) <= 4  # refused as it arrived, not after the whole body
+    with pytest.raises(IntegrityError, match="larger than 10"):
+        store.put_stream(relpath, [JPEG], expected_size=10, magic=b"\xff\xd8\xff")
+    assert not store.exists(relpath) and store.temp_files() == []
+
+
+def test_whole_refuses_a_jpeg_or_png_cut_short_at_the_declared_length(store):
+    jpeg, png = JPEG + b"\xff\xd9", PNG + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    for name, data in (("a.jpg", jpeg), ("b.png", png)):
+        relpath = blob_relpath("image", "5436e3abbae478396759f0cf", name=name[0], ext=name[1:])
+        with pytest.raises(IntegrityError, match="incomplete"):
+            store.put_stream(relpath, [data[:-5]], expected_size=len(data) - 5, whole=True)
+        assert not store.exists(relpath)
+        assert store.put_stream(relpath, [data], expected_size=len(data), whole=True).size
+    assert store.temp_files() == []
+
+
+def test_validate_refuses_before_publishing(store):
+    relpath = blob_relpath("superpixels", "5436e3abbae478396759f0cf", ext=".png")
+
+    def refuse(path):
+        assert path.read_bytes() == PNG  # the complete temp file
+        raise ValueError("wrong size")
+
+    with pytest.raises(ValueError, match="wrong size"):
+        store.put_bytes(relpath, PNG, validate=refuse)
+    assert not store.exists(relpath) and store.temp_files() == []
+
+
 def test_same_bytes_twice_is_fine_different_bytes_is_a_collision(store):
     relpath = blob_relpath("superpixels", "5436e3abbae478396759f0cf", ext=".png")
     store.put_bytes(relpath, PNG)

@@ -68,8 +68,15 @@ class HttpClient:
         with self._lock:
             self.requests_made += 1
         kwargs.setdefault("timeout", self.timeout)
+        # The archive streams its files itself and never redirects; following a redirect
+        # would send the Girder-Token to whatever host the Location names.
+        kwargs.setdefault("allow_redirects", False)
         log.info("GET %s %s", url, kwargs.get("params") or "")
         response = self.session.get(url, **kwargs)
+        if response.is_redirect:
+            location = response.headers.get("Location", "")
+            response.close()
+            raise ArchiveError(f"refusing to follow a redirect from {url} to {location[:200]!r}")
         if response.status_code in RETRY_STATUSES:
             retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             response.close()

@@ -81,8 +81,8 @@ class IsicSource:
             if response.status_code != 200:
                 raise ArchiveError(f"GET {path} failed: HTTP {response.status_code} "
                                    f"{_message(response)}")
-            try:
-                return response.json()
+            try:  # strict UTF-8: requests' .json() would replace bad bytes with U+FFFD
+                return json.loads(response.content)
             except ValueError as exc:
                 raise requests.exceptions.ContentDecodingError(
                     f"invalid JSON from {path}: {exc}") from exc
@@ -90,16 +90,30 @@ class IsicSource:
         return self.http.retrying(fetch, f"GET {path}")
 
     def iter_pages(self, path: str, page: int, **params) -> Iterator[list[dict]]:
-        """Pages of a list endpoint, sorted by ``_id``, until a short page."""
-        offset = 0
+        """Pages of a list endpoint, sorted by ``_id``, until a short page.
+
+        Pages overlap by one item: each must start with the previous page's last item.
+        Anything else means items were repeated or skipped between pages (the listing
+        shifted, or the archive pages wrongly), and a listing with a hole would make a
+        sync mark the skipped images removed; so that is an error, not a page.
+        """
+        if page < 2:
+            raise ValueError("pages overlap by one item: page must be at least 2")
+        offset, last = 0, None
         while True:
-            items = self.get_json(path, limit=page, offset=offset, sort="_id", sortdir=1,
-                                  **params)
-            _require_list(items, path)
-            yield items
+            items = _require_list(self.get_json(path, limit=page, offset=offset, sort="_id",
+                                                sortdir=1, **params), path)
+            if last is not None:
+                if not items or _id_of(items[0]) != last:
+                    raise ArchiveError(f"{path} listing is inconsistent: items repeated or "
+                                       f"skipped between pages at offset {offset}; run "
+                                       "'mirror sync' again later")
+                yield items[1:]
+            else:
+                yield items
             if len(items) < page:
                 return
-            offset += page
+            last, offset = _id_of(items[-1]), offset + page - 1
 
     def image_summaries(self) -> Iterator[dict]:
         """Every listed image as ``{_id, name, updated}``."""
@@ -156,6 +170,10 @@ def _require_list(items: object, what: str) -> list:
     if not isinstance(items, list):
         raise ArchiveError(f"{what}: expected a JSON array, got {type(items).__name__}")
     return items
+
+
+def _id_of(item: object) -> object:
+    return item.get("_id") if isinstance(item, dict) else None
 
 
 def _require_doc(doc: object, object_id: str) -> dict:

@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mirror.config import utc_now
-from mirror.errors import MirrorError
+from mirror.errors import ArchiveError, MirrorError
 from mirror.index import Blob, Image, Segmentation, SyncItem
 from mirror.ingest import blob_row, ingest_blobs
 from mirror.sources.isic import BLOB_KINDS, IsicSource
@@ -36,6 +36,10 @@ CHUNK = 256 * 1024
 BYTES_PER_PIXEL = {"image": 0.35, "superpixels": 0.12, "thumbnail": 0.0, "mask": 0.01}
 FIXED_BYTES = {"thumbnail": 20_000}
 COMMIT_EVERY = 200
+# The most bytes a file may have: far above any real encoding of its pixels (raw RGB is 3
+# bytes a pixel), but finite, so that an endless or absurd body is cut off, not stored.
+MAX_BYTES_PER_PIXEL, MAX_OVERHEAD = 8, 16 * 2**20
+MAX_BYTES_UNKNOWN_SHAPE = 2**30
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class BlobTask:
     @property
     def pixels(self) -> int:
         return self.shape[0] * self.shape[1] if self.shape else 0
+
+    @property
+    def max_bytes(self) -> int:
+        """The size limit of this file (see ``MAX_BYTES_PER_PIXEL``)."""
+        if not self.pixels:
+            return MAX_BYTES_UNKNOWN_SHAPE
+        return MAX_OVERHEAD + MAX_BYTES_PER_PIXEL * self.pixels
 
 
 def plan_blobs(session: Session, image_ids: set[str] | None, blobs: set[str]) -> list[BlobTask]:
@@ -107,6 +118,18 @@ def persist_plan(session: Session, tasks: list[BlobTask]) -> None:
                     if (t.kind, t.object_id, t.role) not in known)
 
 
+def _content_length(value: str | None, task: BlobTask, url: str) -> int | None:
+    """The declared length; refused up front when malformed or beyond the file's limit."""
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ArchiveError(f"malformed Content-Length {value[:40]!r} from {url}")
+    if int(value) > task.max_bytes:
+        raise ArchiveError(f"{url} declares {int(value)} bytes, more than the "
+                           f"{task.max_bytes} a {task.role} of this size can need")
+    return int(value)
+
+
 class BlobFetcher:
     """Runs the blob plan on a worker pool; the calling thread alone writes the index."""
 
@@ -153,20 +176,23 @@ class BlobFetcher:
         url = self.source.blob_url(kind, task.object_id)
         http = self.source.http
 
+        decoded: dict = {}  # the superpixel labels, decoded once to check the PNG
+
         def attempt() -> tuple[StoredFile, str, bool]:
             response = http.get(url, stream=True)
             with response:
                 if response.status_code != 200:
                     raise MirrorError(f"HTTP {response.status_code} for {url}")
                 content_type = response.headers.get("Content-Type", "")
-                length = response.headers.get("Content-Length")
+                length = _content_length(response.headers.get("Content-Length"), task, url)
                 chunks = response.iter_content(CHUNK)
                 first = next(chunks, b"")
                 ext = extension_for(content_type, first)
                 relpath = blob_relpath(task.role, task.object_id, name=task.name, ext=ext)
                 stored = self.store.put_stream(
-                    relpath, itertools.chain([first], chunks),
-                    expected_size=int(length) if length is not None else None, magic=kind.magic)
+                    relpath, itertools.chain([first], chunks), expected_size=length,
+                    magic=kind.magic, max_size=task.max_bytes, whole=True,
+                    validate=self._validator(task, decoded))
                 return stored, content_type, True
 
         adopted = self._adopt_published(task)
@@ -177,8 +203,21 @@ class BlobFetcher:
                 attempt, f"{task.role} of {task.object_id}")
         results = [(task.role, stored, content_type, None, fetched)]
         if task.role == "superpixels":
-            results.append(self._derive_spidx(task, stored))
+            results.append(self._derive_spidx(task, stored, decoded.get("labels")))
         return results
+
+    @staticmethod
+    def _validator(task: BlobTask, decoded: dict) -> Callable | None:
+        """For superpixels: decode and check the PNG before it is published (a wrong size
+        or mode must not become a stray file, nor be adopted by the next run)."""
+        if task.role != "superpixels":
+            return None
+        from mirror.superpixels import decode_png
+
+        def validate(path) -> None:
+            decoded["labels"] = decode_png(path, expected_shape=task.shape)
+
+        return validate
 
     def _adopt_published(self, task: BlobTask) -> tuple[StoredFile, str] | None:
         """A file published by a run that was killed before indexing it: hash it, keep it.
@@ -194,11 +233,12 @@ class BlobFetcher:
                 return StoredFile(relpath, sha256, size), content_type
         return None
 
-    def _derive_spidx(self, task: BlobTask, png: StoredFile):
-        """Decode the superpixel PNG once and keep the index array as ``spidx_<id>.npz``."""
+    def _derive_spidx(self, task: BlobTask, png: StoredFile, idx=None):
+        """Keep the superpixel labels (decoded here unless given) as ``spidx_<id>.npz``."""
         from mirror.superpixels import decode_png, encode_npz
 
-        idx = decode_png(self.store.path(png.relpath), expected_shape=task.shape)
+        if idx is None:  # an adopted file
+            idx = decode_png(self.store.path(png.relpath), expected_shape=task.shape)
         relpath = blob_relpath("spidx", task.object_id, ext=".npz")
         stored = self.store.put_bytes(relpath, encode_npz(idx))
         return ("spidx", stored, "application/x-npz", png.sha256, False)

@@ -21,7 +21,7 @@ from mirror.errors import MirrorError
 from mirror.index import Annotation, Blob, Image, Listing, Segmentation, Study
 from mirror.ingest import MODEL_OF, ingest_blob, ingest_documents, mark_removed
 from mirror.sources.isic import IMAGE_IDS_PER_REQUEST, IsicSource
-from mirror.store import ObjectStore, StoredFile
+from mirror.store import HEX_ID, ObjectStore, StoredFile
 from mirror.sync.pool import completed
 from mirror.sync.summary import SyncSummary
 
@@ -79,7 +79,9 @@ class DocumentSync:
     def plan_images(self, restrict_to: set[str] | None, limit: int | None
                     ) -> tuple[list[str], set[str], bool]:
         """Ids whose detail must be fetched, the ids listed, and whether the listing is whole."""
-        summaries = list(self.source.image_summaries())
+        summaries, bad = checked_listing(self.source.image_summaries())
+        for shown in bad:
+            self.summary.fail("image", shown, "listing", "not an ObjectId; skipped")
         complete = restrict_to is None and limit is None
         if restrict_to is not None:
             summaries = [s for s in summaries if s["_id"] in restrict_to]
@@ -131,11 +133,16 @@ class DocumentSync:
         work = completed(self.executor, self._fetch_segmentations, image_ids, self.window)
         for n, (image_id, future) in enumerate(work, 1):
             try:
-                stored = future.result()
+                stored, bad = future.result()
             except Exception as exc:  # noqa: BLE001
                 self.summary.fail("segmentation", image_id, "json", exc)
                 continue
             self.record("segmentation", stored)
+            for shown in bad:
+                self.summary.fail("segmentation", shown, "listing",
+                                  f"not an ObjectId (listed for image {image_id}); skipped")
+            if bad:  # the list is suspect: fetch it again next run, remove nothing
+                continue
             self._remove_stale_segmentations(image_id, {d["_id"] for d, _ in stored})
             self.session.merge(Listing(key=f"segmentation:{image_id}",
                                        digest=updated.get(image_id) or "", count=len(stored),
@@ -144,10 +151,11 @@ class DocumentSync:
                 self.commit()
         self.commit()
 
-    def _fetch_segmentations(self, image_id: str) -> list[Stored]:
-        items = self.source.segmentations(image_id)
+    def _fetch_segmentations(self, image_id: str) -> tuple[list[Stored], list[str]]:
+        """The image's segmentation documents, and the listed ids that are not ObjectIds."""
+        items, bad = checked_listing(self.source.segmentations(image_id))
         docs = [self.source.segmentation(item["_id"]) for item in items]
-        return self.store_docs("segmentation", docs)
+        return self.store_docs("segmentation", docs), bad
 
     def _remove_stale_segmentations(self, image_id: str, listed: set[str]) -> None:
         old = self.session.scalars(select(Segmentation.id).where(
@@ -249,6 +257,23 @@ class DocumentSync:
         info = self.store.put_json("markup", study_id, {"_id": study_id, "annotations": values})
         ingest_blob(self.session, study_id, "markups", info.relpath, info.sha256, info.size,
                     "application/json", utc_now())
+
+
+def checked_listing(items: Iterable[object]) -> tuple[list[dict], list[str]]:
+    """Listed items with an ObjectId ``_id``, each once; and the others, shown safely.
+
+    Ids go into URLs, file names and batch requests (one bad id makes the archive
+    refuse a whole batch of 300), so only 24 lower-case hex digits pass.
+    """
+    good: dict[str, dict] = {}
+    bad: list[str] = []
+    for item in items:
+        object_id = item.get("_id") if isinstance(item, dict) else None
+        if isinstance(object_id, str) and HEX_ID.match(object_id):
+            good.setdefault(object_id, item)  # a repeated id counts once
+        else:
+            bad.append(ascii(object_id)[:60])  # printable: the summary goes to a terminal
+    return list(good.values()), bad
 
 
 def dataset_filter(docs: list[dict], wanted: str | None) -> Callable[[dict], bool]:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 from mirror.sources.sandbox.api import Request, Response, RestError, SandboxAPI, split_path
 from mirror.sources.sandbox.data import Archive
 from mirror.sources.sandbox.faults import FaultPlan
+from mirror.sources.sandbox.hostile import Hostile, RawReply
 
 log = logging.getLogger("mirror.sandbox")
 API_ROOT = "/api/v1"
@@ -35,8 +36,10 @@ NOT_FOUND_HTML = (b"<!DOCTYPE html><html><head><title>404 Not Found</title></hea
 class Sandbox:
     """One running sandbox archive: its URL, statistics and controls."""
 
-    def __init__(self, archive: Archive, faults: FaultPlan, latency: float = 0.0):
+    def __init__(self, archive: Archive, faults: FaultPlan, latency: float = 0.0,
+                 hostile: Hostile | None = None):
         self.archive = archive
+        self.hostile = hostile  # None: well-formed data; see hostile.py
         self.latency = latency  # seconds added to every API response: a network's round trip
         self.api = SandboxAPI(archive)
         self.faults = faults
@@ -68,6 +71,13 @@ class Sandbox:
 
     def mutate(self, **changes) -> dict:
         return self.archive.mutate(**changes)
+
+    def stop(self) -> None:
+        """Stop serving (and the hostile decoy server, if any)."""
+        self.server.shutdown()
+        self.server.server_close()
+        if self.hostile is not None:
+            self.hostile.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,7 +114,15 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.sandbox.faults.slow_seconds)
         if fault in ("500", "502", "503", "429"):
             return self._send(self._fault_response(fault))
-        response = self._api(url.path[len(API_ROOT):], url.query)
+        path, query, hostile = url.path[len(API_ROOT):], url.query, self.sandbox.hostile
+        if hostile is not None:
+            query = hostile.rewrite_query(path, query)
+        response = self._api(path, query)
+        if hostile is not None:
+            reply = hostile.respond(path, query, response)
+            if isinstance(reply, RawReply):  # its headers lie: written by hand
+                return reply.write(self)
+            response = reply
         self._send(response, truncate=fault == "truncate")
 
     def _api(self, path: str, query: str) -> Response:
@@ -183,15 +201,20 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_sandbox(images: int = 100, seed: int = 0, faults: str = "",
                  private_fraction: float = 0.1, records: str | None = None,
-                 segmentations: str | None = None, latency: float = 0.0) -> Sandbox:
-    """A sandbox over generated data, or over recorded records when ``records`` is given."""
+                 segmentations: str | None = None, latency: float = 0.0,
+                 hostile: str | bool | None = None) -> Sandbox:
+    """A sandbox over generated data, or over recorded records when ``records`` is given.
+
+    ``hostile`` is ``"all"``/``True`` or a comma list of :data:`hostile.CASES`.
+    """
     if records:
         from mirror.sources.sandbox.records import RecordArchive
 
         archive: Archive = RecordArchive.load(records, segmentations, seed=seed)
     else:
         archive = Archive(images, seed=seed, private_fraction=private_fraction)
-    return Sandbox(archive, FaultPlan.parse(faults, seed), latency)
+    faults_plan = FaultPlan.parse(faults, seed)
+    return Sandbox(archive, faults_plan, latency, Hostile.parse(hostile, archive, seed))
 
 
 def start(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> threading.Thread:
@@ -207,28 +230,26 @@ def start(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> threading
 @contextmanager
 def serve(images: int = 100, seed: int = 0, faults: str = "", private_fraction: float = 0.1,
           records: str | None = None, segmentations: str | None = None,
-          host: str = "127.0.0.1", port: int = 0, latency: float = 0.0) -> Iterator[Sandbox]:
+          host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
+          hostile: str | bool | None = None) -> Iterator[Sandbox]:
     """Run a sandbox in a background thread for the duration of a ``with`` block."""
     sandbox = make_sandbox(images, seed, faults, private_fraction, records, segmentations,
-                           latency)
+                           latency, hostile)
     start(sandbox, host, port)
     try:
         yield sandbox
     finally:
-        sandbox.server.shutdown()
-        sandbox.server.server_close()
+        sandbox.stop()
 
 
 def run_forever(host: str = "127.0.0.1", port: int = 0, images: int = 100, seed: int = 0,
                 faults: str = "", private_fraction: float = 0.1, records: str | None = None,
-                segmentations: str | None = None, hostile: bool = False,
+                segmentations: str | None = None, hostile: str | bool | None = None,
                 latency: float = 0.0) -> None:
     """``mirror sandbox``: serve until SIGINT or SIGTERM; the URL is the first stdout line."""
-    if hostile:
-        log.warning("hostile mode is not implemented yet; serving well-formed data")
     try:
         sandbox = make_sandbox(images, seed, faults, private_fraction, records, segmentations,
-                               latency)
+                               latency, hostile)
     except ValueError as exc:
         from mirror.errors import MirrorError
 
@@ -241,9 +262,10 @@ def run_forever(host: str = "127.0.0.1", port: int = 0, images: int = 100, seed:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if sandbox.hostile is not None:
+        print(f"hostile cases: {', '.join(sorted(sandbox.hostile.cases))}", flush=True)
     stop.wait()
-    sandbox.server.shutdown()
-    sandbox.server.server_close()
+    sandbox.stop()
     sys.stdout.flush()
 
 
