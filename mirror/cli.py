@@ -5,6 +5,7 @@ Commands only parse arguments and print; every behaviour lives in a library modu
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -111,7 +112,6 @@ def _tqdm_progress(quiet: bool):
 def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow_mixed,
          index_url, lease_wait, dry_run, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
-    import json
     import os
 
     from mirror.sync import SyncOptions
@@ -142,7 +142,6 @@ def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow
 
 
 def _emit(data: dict, lines: list[str], as_json: bool) -> None:
-    import json
 
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -284,6 +283,121 @@ def export_files_command(root, dest, wheres, dataset, study, link, blobs, as_jso
     data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link)
     _emit(data, export_files_lines(data, dest), as_json)
     sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
+
+
+@main.group()
+def snapshot() -> None:
+    """Pin, export, rebuild and verify reproducible snapshots."""
+
+
+@snapshot.command("create")
+@_root_option
+@click.argument("name")
+@_selection_options
+@click.option("--blobs", default="full,masks,superpixels", show_default=True,
+              help="Files to pin per image: full, thumbnail, superpixels, masks.")
+def snapshot_create(root, name, wheres, dataset, study, blobs) -> None:
+    """Pin the current versions of the selected images as snapshot NAME."""
+    from mirror.snapshots import create_snapshot
+
+    snap = create_snapshot(root, name, list(wheres), dataset, study,
+                           tuple(sorted(_csv_choice(blobs))))
+    files = sum(len(o.get("files", [])) for o in snap.objects)
+    click.echo(f"snapshot {name}: {len(snap.of_kind('image'))} image(s), "
+               f"{len(snap.objects)} document(s), {files} file(s); "
+               f"id {snap.manifest['snapshot_id'][:16]}")
+
+
+@snapshot.command("list")
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshot_list(root, as_json) -> None:
+    """Every snapshot of the mirror, oldest first."""
+    from mirror.snapshots import list_snapshots
+
+    rows = list_snapshots(root)
+    _emit({"snapshots": rows}, [f"{r['name']}\t{r['created']}\t{r['images']} image(s)\t"
+                                f"{r['files']} file(s)\t{r['snapshot_id'][:16]}" for r in rows]
+          or ["no snapshots"], as_json)
+
+
+@snapshot.command("show")
+@_root_option
+@click.argument("name")
+def snapshot_show(root, name) -> None:
+    """Print the manifest of NAME (the file docs/snapshots.md describes)."""
+    from mirror.snapshots import open_snapshot
+
+    click.echo(json.dumps(open_snapshot(root, name).manifest, indent=2, sort_keys=True))
+
+
+@snapshot.command("diff")
+@_root_option
+@click.argument("first")
+@click.argument("second")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshot_diff(root, first, second, as_json) -> None:
+    """Objects added, removed and changed (with the metadata fields that changed)."""
+    from mirror.snapshots import diff_lines, diff_snapshots
+
+    data = diff_snapshots(root, first, second)
+    _emit(data, diff_lines(data), as_json)
+
+
+@snapshot.command("export")
+@_root_option
+@click.argument("name")
+@click.argument("dest", type=click.Path())
+@click.option("--format", "fmt", default="dir", show_default=True,
+              type=click.Choice(["dir", "tar", "bagit"]))
+def snapshot_export(root, name, dest, fmt) -> None:
+    """Write NAME as a self-contained dataset at DEST, byte-identical on every run."""
+    from mirror.snapshots import export
+
+    data = export(root, name, dest, fmt)
+    click.echo(f"exported {data['files']} file(s), {data['bytes'] / 1e6:.1f} MB, to "
+               f"{data['path']} ({fmt})")
+
+
+@snapshot.command("verify")
+@_root_option
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshot_verify(root, name, as_json) -> None:
+    """Re-hash everything NAME pins; exit 1 if anything is missing or damaged."""
+    from mirror.snapshots import verify_snapshot
+
+    data = verify_snapshot(root, name)
+    lines = data["problems"] + [f"{name}: {data['checked']} pinned item(s) verified, "
+                                f"{len(data['problems'])} problem(s)"]
+    _emit(data, lines, as_json)
+    sys.exit(0 if data["ok"] else 1)
+
+
+@snapshot.command("build")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@_root_option
+@click.option("--url", help="Archive API root (default: the one in the manifest).")
+@click.option("--username", help="Log in as this user; password from MIRROR_PASSWORD or a prompt.")
+@click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshot_build(manifest, root, url, username, workers, as_json) -> None:
+    """Fetch exactly what MANIFEST pins into a mirror and check every hash."""
+    import os
+
+    from mirror.snapshots.build import build_snapshot
+
+    password = None
+    if username:
+        password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
+            f"Password for {username}", hide_input=True, err=True)
+    data = build_snapshot(manifest, root, url, username, password, workers)
+    lines = [f"changed: {c}" for c in data["changed"]] + [f"gone: {g}" for g in data["gone"]]
+    lines.append(f"{data['name']}: {data['verified']} pinned item(s) verified, "
+                 f"{len(data['changed'])} changed, {len(data['gone'])} gone"
+                 + ("; registered in the mirror" if data["ok"] else ""))
+    _emit(data, lines, as_json)
+    sys.exit(0 if data["ok"] else 1)
 
 
 @main.group()

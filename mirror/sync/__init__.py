@@ -51,6 +51,7 @@ class SyncOptions:
     dataset: str | None = None
     study: str | None = None
     limit: int | None = None
+    image_ids: frozenset[str] | None = None  # only these images (a snapshot build)
     dry_run: bool = False
     allow_mixed: bool = False
     index_url: str | None = None  # e.g. postgresql://...; only when the mirror is created
@@ -145,9 +146,13 @@ def _sync_documents(docs: DocumentSync, options: SyncOptions) -> set[str] | None
             study_images = _study_image_ids(docs, options.study)
         if "annotations" in what:
             docs.sync_annotations(changed, markups=True)
-    scope = study_images
+    restrict = study_images
+    if options.image_ids is not None:
+        restrict = set(options.image_ids) & (restrict if restrict is not None
+                                             else set(options.image_ids))
+    scope = restrict
     if "images" in what:
-        todo, listed, complete = docs.plan_images(study_images, options.limit)
+        todo, listed, complete = docs.plan_images(restrict, options.limit)
         keep = dataset_filter(datasets, options.dataset)
         docs.sync_images(todo, keep)
         if complete and options.dataset is None:
@@ -161,7 +166,8 @@ def _sync_documents(docs: DocumentSync, options: SyncOptions) -> set[str] | None
 
 def _scope(docs: DocumentSync, listed: set[str], keep, options: SyncOptions) -> set[str] | None:
     """Image ids whose files this run fetches: all, or the listed ones that were kept."""
-    if options.dataset is None and options.limit is None and options.study is None:
+    if (options.dataset is None and options.limit is None and options.study is None
+            and options.image_ids is None):
         return None
     rows = docs.session.execute(select(Image.id, Image.dataset_id)).all()
     return {i for i, d in rows if i in listed and keep({"dataset": {"_id": d}})}

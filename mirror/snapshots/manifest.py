@@ -1,0 +1,230 @@
+"""Snapshot manifests: pin the exact versions of a selection of objects.
+
+A manifest (``snapshot.json``, format ``mirror-snapshot/1``, described field by field in
+``docs/snapshots.md``) names every pinned object by kind and id, with the SHA-256 of the
+exact JSON version (canonical JSON bytes, as ``store.canonical_json`` writes them) and of
+each file (the bytes as served). It lives at ``<root>/isic/snapshots/<name>/snapshot.json``,
+is written once and never changed; ``mirror gc`` keeps every file whose hash it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from mirror import __version__, query
+from mirror.config import MirrorConfig, layout_for, load_config, utc_now
+from mirror.errors import MirrorError, MissingObjectError
+from mirror.files import write_bytes_atomic
+from mirror.index import Blob, Dataset, DocumentVersion, Image, Segmentation
+from mirror.index.database import open_reader
+from mirror.layout import Layout
+from mirror.lease import WriterLease
+from mirror.store import UnsafeNameError, safe_name
+
+FORMAT = "mirror-snapshot/1"
+BLOB_ROLES = {"full": "image", "thumbnail": "thumbnail", "superpixels": "superpixels",
+              "masks": "mask"}
+DEFAULT_BLOBS = ("full", "masks", "superpixels")
+
+
+def canonical(document: dict) -> bytes:
+    """The manifest's bytes: sorted keys, compact, UTF-8, one trailing newline."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode() + b"\n"
+
+
+def snapshot_id(manifest: dict) -> str:
+    """SHA-256 of the canonical manifest without its ``snapshot_id`` field."""
+    body = {k: v for k, v in manifest.items() if k != "snapshot_id"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+@dataclass
+class Snapshot:
+    """A loaded manifest, with lookups by object."""
+
+    manifest: dict
+    path: Path | None = None
+    by_key: dict[tuple[str, str], dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.manifest.get("format") != FORMAT:
+            raise MirrorError(f"{self.path or 'manifest'} is not a {FORMAT} manifest "
+                              f"(format {self.manifest.get('format')!r})")
+        self.by_key = {(o["kind"], o["id"]): o for o in self.manifest["objects"]}
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def objects(self) -> list[dict]:
+        return self.manifest["objects"]
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+
+def load_manifest(path: Path | str) -> Snapshot:
+    """Read a manifest file and check its identity."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingObjectError(f"no snapshot manifest at {path}") from None
+    except ValueError as exc:
+        raise MirrorError(f"{path} is not a JSON manifest ({exc})") from None
+    snap = Snapshot(manifest, path)
+    if manifest.get("snapshot_id") != snapshot_id(manifest):
+        raise MirrorError(f"{path} has been edited: its snapshot_id does not match its content")
+    return snap
+
+
+def snapshot_dir(layout: Layout, name: str) -> Path:
+    try:
+        return layout.snapshots / safe_name(name)
+    except UnsafeNameError:
+        raise MirrorError(f"bad snapshot name {name!r}: use letters, digits, '.', '_' and '-'"
+                          ) from None
+
+
+def open_snapshot(root: Path | str, name: str) -> Snapshot:
+    """The snapshot ``name`` of the mirror at ``root``."""
+    config = load_config(Path(root))
+    path = snapshot_dir(layout_for(Path(root), config), name) / "snapshot.json"
+    if not path.exists():
+        raise MissingObjectError(f"no snapshot {name!r} in {root}; 'mirror snapshot list' "
+                                 "shows the names")
+    return load_manifest(path)
+
+
+def list_snapshots(root: Path | str) -> list[dict]:
+    """Name, creation time, id and counts of every snapshot, oldest first."""
+    layout = layout_for(Path(root), load_config(Path(root)))
+    out = []
+    for path in sorted(layout.snapshots.glob("*/snapshot.json")):
+        snap = load_manifest(path)
+        out.append({"name": snap.name, "created": snap.manifest["created"],
+                    "snapshot_id": snap.manifest["snapshot_id"],
+                    "images": len(snap.of_kind("image")),
+                    "files": sum(len(o.get("files", [])) for o in snap.objects)})
+    return sorted(out, key=lambda s: (s["created"], s["name"]))
+
+
+# -- creating ------------------------------------------------------------------------------
+
+def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str | None = None,
+                    study: str | None = None, blobs: tuple[str, ...] = DEFAULT_BLOBS) -> Snapshot:
+    """Pin the current versions of the selected images, their datasets and segmentations."""
+    root = Path(root)
+    config = load_config(root)
+    layout = layout_for(root, config)
+    bad = [b for b in blobs if b not in BLOB_ROLES]
+    if bad:
+        raise MirrorError(f"unknown blob kind {bad[0]!r}; use {', '.join(BLOB_ROLES)}")
+    folder = snapshot_dir(layout, name)
+    with WriterLease(layout, command="snapshot create"):  # gc must not run meanwhile
+        if folder.exists():
+            raise MirrorError(f"a snapshot named {name!r} exists and snapshots never change; "
+                              "choose another name")
+        engine = open_reader(layout, config.index_url)
+        try:
+            with engine.connect() as conn:
+                items = query.criteria(where)
+                ids = query.select_ids(conn, items, dataset=dataset, study=study)
+                objects = _pinned_objects(conn, ids, [BLOB_ROLES[b] for b in blobs])
+        finally:
+            engine.dispose()
+        manifest = _manifest(config, name, items, dataset, study, blobs, objects)
+        save_manifest(folder, manifest)
+    return Snapshot(manifest, folder / "snapshot.json")
+
+
+def save_manifest(folder: Path, manifest: dict) -> None:
+    """Write a new snapshot's manifest, read-only (call under the writer lease)."""
+    folder.mkdir(parents=True)
+    write_bytes_atomic(folder / "snapshot.json", canonical(manifest))
+    os.chmod(folder / "snapshot.json", 0o444)
+
+
+def _manifest(config: MirrorConfig, name: str, items: list, dataset: str | None,
+              study: str | None, blobs: tuple[str, ...], objects: list[dict]) -> dict:
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "created": utc_now(),
+        "tool": {"name": "mirror", "version": __version__},
+        "source": {"archive": "isic", "api": "v1", "base_url": config.base_url,
+                   "authenticated": config.authenticated},
+        "selection": {"where": [c.as_list() for c in items], "dataset": dataset,
+                      "study": study, "blobs": sorted(blobs),
+                      "images": sum(1 for o in objects if o["kind"] == "image")},
+        "objects": objects,
+    }
+    manifest["snapshot_id"] = snapshot_id(manifest)
+    return manifest
+
+
+def _pinned_objects(conn, image_ids: list[str], roles: list[str]) -> list[dict]:
+    """Manifest entries of the images, their datasets and segmentations, sorted."""
+    objects: list[dict] = []
+    dataset_ids: set[str] = set()
+    for start in range(0, len(image_ids), 500):
+        chunk = image_ids[start:start + 500]
+        files = _files(conn, chunk, roles)
+        for image_id, name, sha, dataset_id, updated in conn.execute(
+                select(Image.id, Image.name, Image.doc_sha256, Image.dataset_id, Image.updated)
+                .where(Image.id.in_(chunk))):
+            objects.append(_entry(conn, "image", image_id, sha, name, updated,
+                                  files.get(image_id, [])))
+            dataset_ids.add(dataset_id)
+        objects += _segmentations(conn, chunk, "mask" in roles)
+    for ds_id, name, sha, updated in conn.execute(
+            select(Dataset.id, Dataset.name, Dataset.doc_sha256, Dataset.updated)
+            .where(Dataset.id.in_(sorted(d for d in dataset_ids if d)))):
+        objects.append(_entry(conn, "dataset", ds_id, sha, name, updated, []))
+    return sorted(objects, key=lambda o: (o["kind"], o["id"]))
+
+
+def _entry(conn, kind: str, object_id: str, sha: str, name: str | None, updated: str | None,
+           files: list[dict]) -> dict:
+    size = conn.execute(select(DocumentVersion.size).where(
+        DocumentVersion.kind == kind, DocumentVersion.object_id == object_id,
+        DocumentVersion.sha256 == sha)).scalar()
+    entry = {"kind": kind, "id": object_id, "name": name, "updated": updated,
+             "document": {"sha256": sha, "size": size}}
+    if files:
+        entry["files"] = files
+    return entry
+
+
+def _files(conn, ids: list[str], roles: list[str]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for object_id, role, path, sha, size in conn.execute(
+            select(Blob.object_id, Blob.role, Blob.path, Blob.sha256, Blob.size)
+            .where(Blob.object_id.in_(ids), Blob.role.in_(roles))
+            .order_by(Blob.object_id, Blob.role)):
+        out.setdefault(object_id, []).append({"role": role, "sha256": sha, "size": size,
+                                              "ext": Path(path).suffix})
+    return out
+
+
+def _segmentations(conn, image_ids: list[str], masks: bool) -> list[dict]:
+    rows = conn.execute(select(Segmentation.id, Segmentation.image_id, Segmentation.doc_sha256,
+                               Segmentation.created)
+                        .where(Segmentation.image_id.in_(image_ids),
+                               Segmentation.removed.is_(False))).all()
+    files = _files(conn, [r[0] for r in rows], ["mask"]) if masks else {}
+    out = []
+    for seg_id, image_id, sha, created in rows:
+        entry = _entry(conn, "segmentation", seg_id, sha, None, created, files.get(seg_id, []))
+        entry["image_id"] = image_id
+        out.append(entry)
+    return out
