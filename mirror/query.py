@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, not_, or_, select, true
+from sqlalchemy import and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,6 +36,7 @@ OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
 ALIASES = {"match": "~", "not match": "!~", "not is": "is not"}
 _NEGATION = {"!=": "==", "not in": "in", "not ni": "ni", "!~": "~", "is not": "is"}
+MAX_DISTINCT = 5000  # regex over distinct values up to this many, else per row
 _FIELD = re.compile(r"^[^\x00-\x1f\"]+$")  # no control characters, no double quotes
 
 
@@ -192,6 +193,19 @@ class _Compiler:
         self.conn = conn
         self.dialect = conn.dialect.name
         self._kinds: dict[tuple[str, bool, str], bool] = {}
+        self._counts: dict[str, int] = {}
+        self.correlated = False  # check memberships per driving row instead of as sets
+
+    def count(self, path: str) -> int:
+        """Images with a row (any kind) at ``path`` (an index-only count)."""
+        if path not in self._counts:
+            self._counts[path] = self.conn.execute(select(func.count()).where(
+                ImageField.path == path, ImageField.elem.is_(False))).scalar()
+        return self._counts[path]
+
+    def everywhere(self, path: str) -> bool:
+        """Every current image has ``path`` (maybe null): then "absent" is just "null"."""
+        return self.count(path) == self.count("_id")
 
     def has_kind(self, path: str, elem: bool, kind: str) -> bool:
         key = (path, elem, kind)
@@ -205,12 +219,27 @@ class _Compiler:
         """The criterion as one indexed row range, when it is one."""
         if item.op in _NEGATION:
             return None
-        match = self._positive(item.field, item.op, item.value)
+        match = self._normal(item.field, self._positive(item.field, item.op, item.value))
         return match.rows[0] if len(match.rows) == 1 and not match.absent else None
+
+    def _normal(self, path: str, match: _Match) -> _Match:
+        """One row test for the field's own row (each image has at most one), absorbing
+        "absent" when every image has the field."""
+        own = [r.test for r in match.rows if not r.elem]
+        absent = match.absent
+        if absent and self.everywhere(path):
+            own.append(lambda t: t.kind == NULL)
+            absent = False
+        rows = [r for r in match.rows if r.elem]
+        if own:
+            rows.append(_Rows(path, False, own[0] if len(own) == 1 else
+                              lambda t: or_(*(test(t) for test in own))))
+        return _Match(rows, absent)
 
     def condition(self, item: Criterion, key) -> ColumnElement[bool]:
         """A condition on the image id column ``key`` that is true when ``item`` holds."""
-        match = self._positive(item.field, _NEGATION.get(item.op, item.op), item.value)
+        match = self._normal(item.field, self._positive(
+            item.field, _NEGATION.get(item.op, item.op), item.value))
         parts = [self.member(key, rows) for rows in match.rows]
         if match.absent:
             parts.append(not_(self.member(key, _Rows(item.field, False,
@@ -218,10 +247,14 @@ class _Compiler:
         expr = or_(*parts) if parts else false()
         return not_(expr) if item.op in _NEGATION else expr
 
-    def member(self, key, rows: _Rows) -> ColumnElement[bool]:
+    def member(self, key, rows: _Rows, correlated: bool | None = None) -> ColumnElement[bool]:
+        """``key`` has a row in ``rows``: as a set (``IN``, built once) or, ``correlated``,
+        one primary-key seek per candidate (cheaper when the candidates are few)."""
         table = aliased(ImageField)
-        return key.in_(select(table.image_id).where(
-            table.path == rows.path, table.elem == rows.elem, rows.test(table)))
+        where = [table.path == rows.path, table.elem == rows.elem, rows.test(table)]
+        if self.correlated if correlated is None else correlated:
+            return exists().where(table.image_id == key, *where)
+        return key.in_(select(table.image_id).where(*where))
 
     def guard(self, item: Criterion) -> _Rows | None:
         """For ``not ni`` and ``!~``: the field must be of a type the operator reads."""
@@ -242,8 +275,26 @@ class _Compiler:
         if op == "ni":
             return self._contains(path, value)
         if op == "~":
-            return _Match(self._text(path, lambda col: col.regexp_match(value)))
+            return self._regex(path, value)
         return self._order(path, op, value)
+
+    def _regex(self, path: str, pattern: str) -> _Match:
+        """Python's ``re.search`` over the field's distinct short values (few, for most
+        fields), then an indexed ``IN``; a per-row regex only for many distinct values."""
+        rows = self._text(path, lambda col: col.regexp_match(pattern), short=False)
+        if not self.has_kind(path, False, TEXT):
+            return _Match(rows)
+        values = self.conn.execute(select(ImageField.txt).distinct().where(
+            ImageField.path == path, ImageField.elem.is_(False), ImageField.kind == TEXT)
+            .limit(MAX_DISTINCT + 1)).scalars().all()
+        if len(values) > MAX_DISTINCT:
+            return _Match(rows + self._text(path, lambda col: col.regexp_match(pattern),
+                                            long=False))
+        regex = re.compile(pattern)
+        found = [v for v in values if regex.search(v)]
+        if found:
+            rows.append(_Rows(path, False, lambda t: and_(t.kind == TEXT, t.txt.in_(found))))
+        return _Match(rows)
 
     def _in(self, path: str, values: list, elem: bool = False) -> _Match:
         """The field equals one of ``values`` (``None`` meaning absent)."""
@@ -262,10 +313,11 @@ class _Compiler:
                                long=any(len(v) > MAX_INDEXED_TEXT for v in texts))
         return _Match(rows, absent=None in values)
 
-    def _text(self, path: str, test, elem: bool = False, long: bool = True) -> list[_Rows]:
+    def _text(self, path: str, test, elem: bool = False, long: bool = True,
+              short: bool = True) -> list[_Rows]:
         """Row ranges for a text test; long text is read from the document itself."""
         rows = []
-        if self.has_kind(path, elem, TEXT):
+        if short and self.has_kind(path, elem, TEXT):
             rows.append(_Rows(path, elem, lambda t: and_(t.kind == TEXT, test(t.txt))))
         if long and not elem and self.has_kind(path, elem, LONG_TEXT):
             keys = tuple(path.split("."))
@@ -317,41 +369,92 @@ def _scope(conn, dataset: str | None, study: str | None) -> tuple[list[Criterion
     return items, studies
 
 
-def selection_statement(conn, items: Any = None, dataset: str | None = None,
-                        study: str | None = None):
-    """``SELECT image_id`` of the current images the criteria select, in ``_id`` order.
+def _driving_sets(compiler: _Compiler, items: list[Criterion]) -> tuple[list[_Rows], list]:
+    """Plain row-range criteria (same-field ones merged: ``age >= 40`` and ``age < 60`` are
+    one range) and the other criteria."""
+    merged: dict[str, list] = {}
+    sets, others = [], []
+    for item in items:
+        rows = compiler.driver(item)
+        if rows is None:
+            others.append(item)
+        elif rows.elem:  # element rows: two tests may hold on different elements
+            sets.append(rows)
+        else:
+            merged.setdefault(rows.path, []).append(rows.test)
+    for path, tests in merged.items():
+        sets.append(_Rows(path, False, lambda t, tests=tests: and_(*(x(t) for x in tests))))
+    return sets, others
 
-    The first criterion that is a plain indexed lookup drives the query; the others
-    filter its rows. Removed images have no field rows, so they are never selected.
-    """
+
+def _estimate(conn, rows: _Rows) -> int:
+    """How many field rows a range covers (an index-only count)."""
+    table = aliased(ImageField)
+    return conn.execute(select(func.count()).select_from(table).where(
+        table.path == rows.path, table.elem == rows.elem, rows.test(table))).scalar()
+
+
+# Below this many driving rows, other criteria are checked per row (a seek each) rather
+# than built into sets first.
+SEEK_LIMIT = 20_000
+
+
+def _plan(conn, items: Any, dataset: str | None, study: str | None):
+    """The selection statement, and whether its ids can repeat (an element-row driver)."""
     compiler = _Compiler(conn)
     scope, studies = _scope(conn, dataset, study)
     items = scope + criteria(items)
-    driver = next((i for i in items if compiler.driver(i) is not None), None)
-    rows = compiler.driver(driver) if driver else _Rows("_id", False, lambda t: true())
+    sets, others = _driving_sets(compiler, items)
+    sizes = {id(rows): _estimate(conn, rows) for rows in sets} if len(sets) > 1 or others \
+        else {}
+    sets.sort(key=lambda rows: sizes.get(id(rows), 0))
+    driver = sets.pop(0) if sets else _Rows("_id", False, lambda t: true())
+    driving = sizes.get(id(driver), compiler.count("_id") if driver.path == "_id" else 0)
+    compiler.correlated = driving <= SEEK_LIMIT
     base = aliased(ImageField)
     key = base.image_id
-    conditions = [base.path == rows.path, base.elem == rows.elem, rows.test(base)]
-    for item in items:
-        if item is not driver:
-            conditions.append(compiler.condition(item, key))
-        guard = compiler.guard(item)
-        if guard is not None:
-            conditions.append(compiler.member(key, guard))
+    conditions = [base.path == driver.path, base.elem == driver.elem, driver.test(base)]
+    conditions += [compiler.member(key, rows, sizes[id(rows)] > driving) for rows in sets]
+    conditions += [compiler.condition(item, key) for item in others]
+    conditions += [compiler.member(key, guard) for guard in map(compiler.guard, items) if guard]
     if studies:
         conditions.append(key.in_(select(StudyImage.image_id)
                                   .where(StudyImage.study_id.in_(studies))))
-    statement = select(key).where(*conditions).order_by(key)
-    return statement.distinct() if rows.elem else statement
+    return select(key).where(*conditions), driver.elem
+
+
+def selection_statement(conn, items: Any = None, dataset: str | None = None,
+                        study: str | None = None):
+    """``SELECT image_id`` of the current images the criteria select (unordered, may repeat).
+
+    The smallest plain row range drives the query; the other criteria filter its ids.
+    Removed images have no field rows, so they are never selected.
+    """
+    return _plan(conn, items, dataset, study)[0]
+
+
+_SEPARATOR = "\x1f"  # never in an id (ids are checked to be [A-Za-z0-9-])
 
 
 def select_ids(conn, items: Any = None, dataset: str | None = None, study: str | None = None,
                limit: int | None = None) -> list[str]:
     """The ``_id`` of every current image the criteria select, sorted."""
-    statement = selection_statement(conn, items, dataset, study)
+    statement, repeats = _plan(conn, items, dataset, study)
     if limit is not None:
-        statement = statement.limit(limit)
-    return list(conn.execute(statement).scalars())
+        column = statement.selected_columns[0]
+        return list(conn.execute(statement.distinct().order_by(column).limit(limit)).scalars())
+    # One row holding every id, split in Python: far cheaper than a row per id when a
+    # selection returns tens of thousands of images.
+    inner = statement.subquery()
+    aggregate = (func.string_agg if conn.dialect.name == "postgresql" else func.group_concat)
+    joined = conn.execute(select(aggregate(inner.c.image_id, _SEPARATOR))).scalar()
+    if not joined:
+        return []
+    ids = joined.split(_SEPARATOR)
+    if repeats:
+        return sorted(set(ids))
+    ids.sort()  # usually sorted runs already (the index orders ids within a value)
+    return ids
 
 
 def names_of(conn, ids: list[str]) -> list[str]:

@@ -131,7 +131,7 @@ def check(index, items):
 
 # -- tests ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("item", [
+OPERATOR_CASES = [
     ["a", "==", "melanoma"], ["a", "==", 60], ["a", "==", 60.0], ["a", "==", True],
     ["a", "==", None], ["a", "!=", "melanoma"], ["a", "!=", None], ["a", "<", 10],
     ["a", ">=", "m"], ["a", "<=", "nevus"], ["a", ">", -3], ["b.c", "in", ["nevus", 0, None]],
@@ -141,9 +141,22 @@ def check(index, items):
     ["a", "is", True], ["a", "is", None], ["a", "is not", None], ["b", "==", None],
     ["missing.path", "==", None], ["missing.path", "!=", 1], ["s", "==", LONG],
     ["s", ">", "x"], ["name", "<", "ISIC_0000010"], ["b.d", "in", []],
-])
+]
+
+
+@pytest.mark.parametrize("item", OPERATOR_CASES)
 def test_every_operator_agrees_with_the_python_reference(index, item):
     check(index, [item])
+
+
+@pytest.mark.parametrize("seek_limit", [0, 10**9])
+def test_sets_and_per_row_seeks_agree(index, seek_limit, monkeypatch):
+    import mirror.query
+
+    monkeypatch.setattr(mirror.query, "SEEK_LIMIT", seek_limit)
+    for first, second in zip(OPERATOR_CASES, OPERATOR_CASES[5:] + OPERATOR_CASES[:5],
+                             strict=True):
+        check(index, [first, second])
 
 
 def test_the_examples_hold(index):
@@ -249,3 +262,21 @@ def test_injection_attempts_are_just_values(index, attack):
             continue
         assert select_ids(conn, parsed) == brute(docs, parsed)
     assert conn.execute(Image.__table__.select()).first() is not None  # still there
+
+
+@pytest.mark.parametrize("item", [["s", "~", "^mel"], ["a", "!~", "a"], ["s", "~", "oma$"]])
+def test_regex_on_many_distinct_values_agrees_too(index, item, monkeypatch):
+    import mirror.query
+
+    monkeypatch.setattr(mirror.query, "MAX_DISTINCT", 1)  # force the per-row regex
+    check(index, [item])
+
+
+def test_same_field_ranges_merge_but_list_elements_do_not(index):
+    check(index, [["b.c", ">=", 0], ["b.c", "<", 61]])
+    check(index, [["tags", "ni", 1], ["tags", "ni", True]])  # two different elements
+    conn, docs = index
+    both = [d["_id"] for d in docs
+            if isinstance(d.get("tags"), list) and any(eq(e, 1) for e in d["tags"])
+            and any(eq(e, True) for e in d["tags"])]
+    assert docs[0]["_id"] in both

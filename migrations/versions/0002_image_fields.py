@@ -33,7 +33,8 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=1), nullable=False),
     sa.Column('num', sa.Float(), nullable=True),
     sa.Column('txt', binary_text, nullable=True),
-    sa.PrimaryKeyConstraint('image_id', 'seq')
+    sa.PrimaryKeyConstraint('image_id', 'path', 'elem', 'seq'),
+    sqlite_with_rowid=False,
     )
     op.create_index('ix_image_fields_num', 'image_fields',
                     ['path', 'elem', 'kind', 'num', 'image_id'])

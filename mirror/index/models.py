@@ -54,13 +54,17 @@ _BINARY_TEXT = Text().with_variant(Text(collation="C"), "postgresql")
 
 
 class ImageField(Base):
-    """One queryable field of an image document (see :mod:`mirror.fields`)."""
+    """One queryable field of an image document (see :mod:`mirror.fields`).
+
+    Clustered by ``(image_id, path)`` (SQLite: WITHOUT ROWID), so checking one field of one
+    image is a single seek; the covering indexes below serve ranges of values."""
 
     __tablename__ = "image_fields"
+    __table_args__ = {"sqlite_with_rowid": False}
     image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    elem: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    path: Mapped[str] = mapped_column(String(512))
-    elem: Mapped[bool] = mapped_column(Boolean)
     kind: Mapped[str] = mapped_column(String(1))
     num: Mapped[float | None] = mapped_column(Float)
     txt: Mapped[str | None] = mapped_column(_BINARY_TEXT)

@@ -97,7 +97,7 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
 
 def _run(layout, config: MirrorConfig, source: IsicSource, options: SyncOptions,
          summary: SyncSummary) -> None:
-    store = ObjectStore(layout)
+    store = ObjectStore(layout, batch_durability=True)
     store.clean_temp()
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
     try:

@@ -195,7 +195,7 @@ class BlobFetcher:
                     validate=self._validator(task, decoded))
                 return stored, content_type, True
 
-        adopted = self._adopt_published(task)
+        adopted = self._adopt_published(task, decoded)
         if adopted is not None:
             stored, content_type, fetched = *adopted, False
         else:
@@ -219,18 +219,31 @@ class BlobFetcher:
 
         return validate
 
-    def _adopt_published(self, task: BlobTask) -> tuple[StoredFile, str] | None:
-        """A file published by a run that was killed before indexing it: hash it, keep it.
+    def _adopt_published(self, task: BlobTask, decoded: dict
+                         ) -> tuple[StoredFile, str] | None:
+        """A file published by a run that stopped before indexing it: check it, keep it.
 
-        Files are only ever published complete and verified, so an existing final path
-        needs no new download (this is what makes resume after ``kill -9`` cheap).
+        Files are published only complete and verified, so an existing final path needs no
+        new download (this is what makes resume after ``kill -9`` cheap). It is checked
+        again all the same, because a power cut can leave a file published but not yet
+        flushed (see ``ObjectStore.batch_durability``): a bad one is removed and fetched.
         """
         for ext in (".jpg", ".png", ".bmp", ".gif"):
             relpath = blob_relpath(task.role, task.object_id, name=task.name, ext=ext)
-            if self.store.exists(relpath):
-                sha256, size = self.store.hash(relpath)
-                content_type = "image/" + ext.lstrip(".").replace("jpg", "jpeg")
-                return StoredFile(relpath, sha256, size), content_type
+            if not self.store.exists(relpath):
+                continue
+            try:
+                self.store.check_file(relpath, BLOB_KINDS[task.option].magic, whole=True)
+                validate = self._validator(task, decoded)
+                if validate is not None:
+                    validate(self.store.path(relpath))
+            except (MirrorError, ValueError, OSError) as exc:  # SuperpixelError is a ValueError
+                log.warning("refetching %s: the published file is bad (%s)", relpath, exc)
+                self.store.remove(relpath)
+                return None
+            sha256, size = self.store.hash(relpath)
+            content_type = "image/" + ext.lstrip(".").replace("jpg", "jpeg")
+            return StoredFile(relpath, sha256, size), content_type
         return None
 
     def _derive_spidx(self, task: BlobTask, png: StoredFile, idx=None):
