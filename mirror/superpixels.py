@@ -102,14 +102,10 @@ def superpixel_map(idx: np.ndarray) -> np.ndarray:
     counts = np.bincount(flat)
     labels, width = counts.size, int(counts.max()) + 1
     order = np.argsort(flat, kind="stable").astype(np.int32)  # pixels grouped by label
-    # The n-th pixel in sorted order goes to row label, column n - start(label):
-    # flat position label*width - start(label) + n, one repeat and one add.
-    starts = np.cumsum(counts) - counts
-    offsets = np.arange(labels, dtype=np.int64) * width - starts
-    positions = np.repeat(offsets, counts) + np.arange(flat.size, dtype=np.int64)
-    result = np.zeros(labels * width, np.int32)
-    result[positions] = order
-    result = result.reshape(labels, width)
+    result = np.zeros((labels, width), np.int32)
+    # Row-major boolean assignment fills row 0's first counts[0] cells, then row 1's...:
+    # exactly the label-grouped order, with the padding left zero.
+    result[:, :-1][np.arange(width - 1) < counts[:, None]] = order
     result[:, -1] = counts
     return result
 
