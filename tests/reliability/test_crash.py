@@ -30,9 +30,9 @@ def _assert_clean(tally) -> None:
 def test_sync_killed_at_random_moments_resumes_to_a_clean_mirror(tmp_path):
     root = tmp_path / "m"
     with serve(images=12, seed=31, private_fraction=0.0) as sb:
-        tally = crash_sync(root, sb, seed=31, kills=3, max_seconds=2.0, max_bytes=1_000_000)
+        tally = crash_sync(root, sb, seed=31, kills=2, max_seconds=1.5, max_bytes=1_000_000)
         _assert_clean(tally)
-        assert tally.killed >= 2  # the kills landed mid-run, not after the child finished
+        assert tally.killed >= 1  # the kills landed mid-run, not after the child finished
         # the crashed-and-resumed mirror holds what one uninterrupted sync would
         assert matches_clean_sync(root, tmp_path / "clean", sb.url) == []
 
@@ -65,6 +65,7 @@ def test_snapshot_export_killed_leaves_no_partial_dest(pinned_mirror, tmp_path, 
     _assert_clean(tally)
 
 
+@pytest.mark.slow  # the fast subset kills gc at its riskiest point in test_superseded.py
 def test_gc_killed_keeps_pinned_snapshot_and_verifies(pinned_mirror):
     root, sb = pinned_mirror
     sb.mutate(update=4, remove=2)  # superseded versions and removed objects: garbage
