@@ -25,6 +25,10 @@ class IntegrityError(MirrorError):
     """Bytes did not match what was promised (size, hash, magic bytes, JSON id)."""
 
 
+class DiskFullError(MirrorError):
+    """The disk (or quota) is full: the run stops; the next one resumes."""
+
+
 class WriterBusyError(MirrorError):
     """Another process holds the writer lease."""
 

@@ -49,19 +49,38 @@ def collect_garbage(root: Path | str, dry_run: bool = False,
     with writing(root, "gc") as w:
         store = w.store
         with w.index.session() as session:
-            doomed = _doomed(session, store, pinned_hashes(w.layout.snapshots), grace)
+            doomed = _doomed(session, store, pinned_hashes(w.layout.snapshots), grace,
+                             _published_at(w.layout.current))
             if not dry_run:
-                _remove(session, store, doomed)
+                _forget(session, [p for p, _ in doomed])
+        # Publish before deleting: a published index must never name a deleted file. A
+        # kill after the publish leaves files nothing names; the next gc removes them.
         generation = None if dry_run else w.index.publish()
+        size = sum(_size(store, p) for p, _ in doomed)
+        if not dry_run:
+            _remove_files(store, [p for p, _ in doomed])
         removed_temp = [] if dry_run else store.clean_temp(max_age=grace)
     return {"dry_run": dry_run, "generation": generation,
             "files": sorted(p for p, _ in doomed), "temp_files": [str(p) for p in removed_temp],
-            "bytes": sum(_size(store, p) for p, _ in doomed)}
+            "bytes": size}
 
 
-def _doomed(session, store: ObjectStore, pinned: set[str], grace: float
-            ) -> list[tuple[str, str]]:
-    """(relpath, reason) of every file gc may delete."""
+def _published_at(current: Path) -> float:
+    """When the current index generation was published (0 when none is)."""
+    try:
+        return current.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
+            published: float = 0.0) -> list[tuple[str, str]]:
+    """(relpath, reason) of every file gc may delete.
+
+    A file no row names is a stray once it is older than ``grace`` or than the current
+    index generation (``published``): the rule ``mirror verify`` uses for "orphaned",
+    so the two agree. Newer ones may belong to a sync in progress.
+    """
     doomed: list[tuple[str, str]] = []
     current: set[str] = set()
     removed: set[str] = set()
@@ -72,6 +91,11 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float
                 removed.add(object_id)
             else:
                 current.add(f"{object_id}:{sha}")
+    # A markup file's current version is the one its ``markups`` blob row names.
+    for object_id, sha in session.execute(
+            select(Blob.object_id, Blob.sha256).where(Blob.role == "markups")):
+        if object_id not in removed:
+            current.add(f"{object_id}:{sha}")
     for version in session.scalars(select(DocumentVersion)):
         if version.sha256 in pinned or f"{version.object_id}:{version.sha256}" in current:
             continue
@@ -81,23 +105,27 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float
             doomed.append((blob.path, "file of an object the archive removed"))
     indexed = set(session.scalars(select(Blob.path))) | set(
         session.scalars(select(DocumentVersion.path)))
-    cutoff = time.time() - grace
+    cutoff = max(time.time() - grace, published)
     for relpath in store.iter_files():
         if relpath not in indexed and os.stat(store.path(relpath)).st_mtime < cutoff:
             doomed.append((relpath, "not named by the index"))
     return doomed
 
 
-def _remove(session, store: ObjectStore, doomed: list[tuple[str, str]]) -> None:
-    paths = [p for p, _ in doomed]
+def _forget(session, paths: list[str]) -> None:
+    """Drop the rows naming ``paths`` (committed; published before any file goes)."""
     for start in range(0, len(paths), 500):
         chunk = paths[start:start + 500]
         session.execute(delete(Blob).where(Blob.path.in_(chunk)))
         session.execute(delete(DocumentVersion).where(DocumentVersion.path.in_(chunk)))
-    session.commit()  # rows go first: an index row must never name a deleted file
+    session.commit()
+
+
+def _remove_files(store: ObjectStore, paths: list[str]) -> None:
     for relpath in paths:
         if store.exists(relpath):
             store.remove(relpath)
+    store.flush()  # the removals are durable before gc reports them
 
 
 def _size(store: ObjectStore, relpath: str) -> int:

@@ -198,6 +198,21 @@ def ingest_blob(session: Session, *args: Any, **kwargs: Any) -> None:
     upsert(session, Blob, [blob_row(*args, **kwargs)])
 
 
+def ingest_markup(session: Session, object_id: str, relpath: str, sha256: str, size: int,
+                  fetched_at: str) -> None:
+    """A markup file: the current one (its ``markups`` blob row) and a version row.
+
+    Markup files are content-addressed documents like the others, so a changed study
+    or annotation leaves the older file on disk; its ``document_versions`` row keeps it
+    named (and hashed by ``mirror verify``) until ``mirror gc`` retires it.
+    """
+    ingest_blob(session, object_id, "markups", relpath, sha256, size, "application/json",
+                fetched_at)
+    upsert(session, DocumentVersion, [{"kind": "markup", "object_id": object_id,
+                                       "sha256": sha256, "path": relpath, "size": size,
+                                       "fetched_at": fetched_at}])
+
+
 def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) -> int:
     """Flag objects the archive no longer lists; their files stay for snapshots.
 

@@ -62,6 +62,10 @@ def _ingest_store(session, store: ObjectStore, public: bool) -> dict:
         else:
             counts["skipped"] += 1
     for (kind, _), (_, doc, sha256, relpath, size) in sorted(newest.items()):
+        if kind == "markup":
+            ingest_blob(session, doc["_id"], "markups", relpath, sha256, size,
+                        "application/json", now)
+            continue
         ingest_document(session, kind, doc, sha256, relpath, size, now,
                         **({"public": public} if kind in ("image", "dataset") else {}))
     _link_spidx_sources(session, spidx_sources)
@@ -72,14 +76,12 @@ def _collect_doc(session, store: ObjectStore, relpath: str, kind: str, now: str,
                  newest: dict, counts: dict) -> None:
     doc = store.read_json(relpath)
     sha256, size = store.hash(relpath)
-    if kind == "markup":
-        ingest_blob(session, doc["_id"], "markups", relpath, sha256, size, "application/json", now)
-        return
-    if kind not in KINDS:
+    if kind not in KINDS and kind != "markup":
         counts["skipped"] += 1
         return
     session.merge(DocumentVersion(kind=kind, object_id=doc["_id"], sha256=sha256, path=relpath,
                                   size=size, fetched_at=now))
+    # Markup documents carry no ``updated``: the newest file is the current one.
     rank = (doc.get("updated") or "", store.path(relpath).stat().st_mtime_ns)
     key = (kind, doc["_id"])
     if key not in newest or rank > newest[key][0]:

@@ -18,6 +18,7 @@ file. Published files are read-only.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from mirror.errors import IntegrityError, MirrorError, UnsafeNameError
+from mirror.errors import DiskFullError, IntegrityError, UnsafeNameError
 from mirror.layout import SHARDS, Layout
 
 HEX_ID = re.compile(r"^[0-9a-f]{24}$")
@@ -198,6 +199,10 @@ class ObjectStore:
             if validate is not None:
                 validate(tmp)
             self._publish(tmp, final, digest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(_disk_full(folder)) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         return StoredFile(relpath, digest, size)
@@ -297,8 +302,8 @@ class ObjectStore:
     def _check_space(folder: Path, needed: int) -> None:
         free = shutil.disk_usage(folder).free
         if needed > free:
-            raise MirrorError(f"disk full under {folder}: {needed} bytes needed, {free} free; "
-                              "free space, then run 'mirror sync' again")
+            raise DiskFullError(f"disk full under {folder}: {needed} bytes needed, {free} free; "
+                                "free space, then run 'mirror sync' again")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -319,17 +324,20 @@ class ObjectStore:
 
     def hash(self, relpath: str) -> tuple[str, int]:
         """SHA-256 and size of the payload (decompressed for documents), streaming."""
-        hasher, size = hashlib.sha256(), 0
-        with self.open(relpath) as raw:
-            stream: BinaryIO = raw
-            if relpath.endswith(".zst"):
-                stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
+        if relpath.endswith(".zst"):
+            # Whole-frame decompression: a stream reader returns the payload of a frame
+            # cut short after its data and never checks the missing checksum.
+            # (Documents are small.)
             try:
-                while chunk := stream.read(CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
+                payload = zstandard.ZstdDecompressor().decompress(self.read_bytes(relpath))
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"{relpath} is damaged ({exc})") from None
+            return hashlib.sha256(payload).hexdigest(), len(payload)
+        hasher, size = hashlib.sha256(), 0
+        with self.open(relpath) as stream:
+            while chunk := stream.read(CHUNK):
+                hasher.update(chunk)
+                size += len(chunk)
         return hasher.hexdigest(), size
 
     def iter_files(self) -> Iterator[str]:
@@ -370,6 +378,11 @@ class ObjectStore:
         self.path(relpath).unlink(missing_ok=True)
         with self._lock:
             self._touched.add(self.path(relpath).parent)
+
+
+def _disk_full(folder: Path) -> str:
+    return (f"disk full under {folder} (no space left on device); nothing partial was "
+            "kept: free space, then run 'mirror sync' again to resume")
 
 
 def _check_magic(first: bytes, magic: bytes | tuple[bytes, ...]) -> None:

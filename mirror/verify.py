@@ -154,7 +154,7 @@ def _forget(session, store: ObjectStore, bad: list[str]) -> None:
             image_id = session.scalar(select(Segmentation.image_id)
                                       .where(Segmentation.id == version.object_id))
             session.execute(delete(Listing).where(Listing.key == f"segmentation:{image_id}"))
-        elif version.kind == "annotation":
+        elif version.kind in ("annotation", "markup"):
             session.execute(delete(Listing).where(Listing.key.like("annotation:%")))
     session.execute(delete(DocumentVersion).where(DocumentVersion.path.in_(bad)))
     session.execute(delete(Blob).where(Blob.path.in_(bad)))

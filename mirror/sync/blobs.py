@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mirror.config import utc_now
-from mirror.errors import ArchiveError, MirrorError
+from mirror.errors import ArchiveError, DiskFullError, MirrorError
 from mirror.index import Blob, Image, Segmentation, SyncItem
 from mirror.ingest import blob_row, ingest_blobs
 from mirror.sources.isic import BLOB_KINDS, IsicSource
@@ -149,6 +149,9 @@ class BlobFetcher:
                 completed(self.executor, self.fetch, tasks, self.window), 1):
             try:
                 results = future.result()
+            except DiskFullError:
+                self.commit()  # keep what arrived: the next run resumes after it
+                raise
             except Exception as exc:  # noqa: BLE001 - recorded and retried next run
                 self._record_failure(task, exc)
                 continue

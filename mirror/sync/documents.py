@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from mirror.config import utc_now
 from mirror.errors import MirrorError
 from mirror.index import Annotation, Blob, Image, Listing, Segmentation, Study
-from mirror.ingest import MODEL_OF, ingest_blob, ingest_documents, mark_removed
+from mirror.ingest import MODEL_OF, ingest_documents, ingest_markup, mark_removed
 from mirror.sources.isic import IMAGE_IDS_PER_REQUEST, IsicSource
 from mirror.store import HEX_ID, ObjectStore, StoredFile
 from mirror.sync.pool import completed
@@ -240,8 +240,8 @@ class DocumentSync:
                 self.summary.fail("annotation", annotation_id, "markups", exc)
                 complete = False
                 continue
-            ingest_blob(self.session, annotation_id, "markups", info.relpath, info.sha256,
-                        info.size, "application/json", utc_now())
+            ingest_markup(self.session, annotation_id, info.relpath, info.sha256, info.size,
+                          utc_now())
             self.summary.blobs[("markups", "fetched")] += 1
         return values, complete
 
@@ -255,8 +255,7 @@ class DocumentSync:
     def _store_study_markups(self, study_id: str, values: dict[str, dict]) -> None:
         """All of a study's markups in one file, so they load in one read (isicarchive's stann)."""
         info = self.store.put_json("markup", study_id, {"_id": study_id, "annotations": values})
-        ingest_blob(self.session, study_id, "markups", info.relpath, info.sha256, info.size,
-                    "application/json", utc_now())
+        ingest_markup(self.session, study_id, info.relpath, info.sha256, info.size, utc_now())
 
 
 def checked_listing(items: Iterable[object]) -> tuple[list[dict], list[str]]:

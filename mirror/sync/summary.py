@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mirror.errors import DiskFullError
+
 
 @dataclass
 class Failure:
@@ -38,6 +40,9 @@ class SyncSummary:
             self.objects[(kind, outcome)] += n
 
     def fail(self, kind: str, object_id: str, role: str, error: object) -> None:
+        """Record one item's failure; a full disk instead stops the whole run."""
+        if isinstance(error, DiskFullError):
+            raise error  # it would fail every item alike: one clear error, not hundreds
         self.failures.append(Failure(kind, object_id, role, _one_line(error)))
 
     def as_dict(self) -> dict:
