@@ -6,31 +6,25 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from mirror.config import layout_for, load_config
 from mirror.index import Blob, DocumentVersion, SyncRun
-from mirror.index.database import current_generation, open_reader
+from mirror.index.database import current_generation
 from mirror.ingest import MODEL_OF
+from mirror.reader import reading
 
 
 def mirror_status(root: Path | str) -> dict:
     """Counts by kind and blob role, bytes, last sync and source of the mirror at ``root``."""
-    root = Path(root)
-    config = load_config(root)
-    layout = layout_for(root, config)
-    engine = open_reader(layout, config.index_url)
-    try:
-        with engine.connect() as conn:
-            objects = {}
-            for kind, model in MODEL_OF.items():
-                rows = dict(conn.execute(select(model.removed, func.count())
-                                         .group_by(model.removed)).all())
-                objects[kind] = {"current": rows.get(False, 0), "removed": rows.get(True, 0)}
-            blobs = {role: {"files": n, "bytes": int(size or 0)} for role, n, size in conn.execute(
-                select(Blob.role, func.count(), func.sum(Blob.size)).group_by(Blob.role))}
-            versions = conn.execute(select(func.count(), func.sum(DocumentVersion.size))).one()
-            last = conn.execute(select(SyncRun).order_by(SyncRun.id.desc()).limit(1)).first()
-    finally:
-        engine.dispose()
+    with reading(root) as r:
+        conn, config, layout = r.conn, r.config, r.layout
+        objects = {}
+        for kind, model in MODEL_OF.items():
+            rows = dict(conn.execute(select(model.removed, func.count())
+                                     .group_by(model.removed)).all())
+            objects[kind] = {"current": rows.get(False, 0), "removed": rows.get(True, 0)}
+        blobs = {role: {"files": n, "bytes": int(size or 0)} for role, n, size in conn.execute(
+            select(Blob.role, func.count(), func.sum(Blob.size)).group_by(Blob.role))}
+        versions = conn.execute(select(func.count(), func.sum(DocumentVersion.size))).one()
+        last = conn.execute(select(SyncRun).order_by(SyncRun.id.desc()).limit(1)).first()
     return {
         "root": str(root), "source": config.source, "base_url": config.base_url,
         "authenticated": config.authenticated, "generation": current_generation(layout),

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mirror.config import layout_for, load_config
 from mirror.errors import MirrorError
-from mirror.index.database import open_reader
+from mirror.reader import reading
 from mirror.snapshots.export import FORMATS, export_snapshot
 from mirror.snapshots.manifest import (
     Snapshot,
@@ -36,15 +35,8 @@ __all__ = ["FORMATS", "Snapshot", "create_snapshot", "diff_lines", "diff_snapsho
 @contextmanager
 def locating(root: Path | str) -> Iterator[Locator]:
     """A :class:`Locator` on the mirror at ``root`` (read-only, like every reader)."""
-    root = Path(root)
-    config = load_config(root)
-    layout = layout_for(root, config)
-    engine = open_reader(layout, config.index_url)
-    try:
-        with engine.connect() as conn:
-            yield Locator(ObjectStore(layout), conn)
-    finally:
-        engine.dispose()
+    with reading(root) as r:
+        yield Locator(ObjectStore(r.layout), r.conn)
 
 
 def export(root: Path | str, name: str, dest: Path | str, fmt: str = "dir") -> dict:

@@ -16,9 +16,9 @@ from sqlalchemy import select
 
 from mirror.config import layout_for, load_config
 from mirror.index import Blob, DocumentVersion
-from mirror.index.database import open_reader
 from mirror.ingest import MODEL_OF
 from mirror.lease import WriterLease
+from mirror.reader import reading
 from mirror.snapshots.manifest import Snapshot, load_manifest, save_manifest, snapshot_dir
 from mirror.sync import SyncOptions, sync
 
@@ -45,20 +45,15 @@ def build_snapshot(manifest_path: Path | str, root: Path | str, url: str | None 
 
 def compare(snap: Snapshot, root: Path) -> dict:
     """Each pinned object of ``snap``: verified, changed or gone in ``root`` (one line each)."""
-    config = load_config(root)
-    engine = open_reader(layout_for(root, config), config.index_url)
     verified, changed, gone = 0, [], []
-    try:
-        with engine.connect() as conn:
-            for entry in snap.objects:
-                state, text, good = _check_entry(conn, entry)
-                verified += good
-                if state == "changed":
-                    changed.append(text)
-                elif state == "gone":
-                    gone.append(text)
-    finally:
-        engine.dispose()
+    with reading(root) as r:
+        for entry in snap.objects:
+            state, text, good = _check_entry(r.conn, entry)
+            verified += good
+            if state == "changed":
+                changed.append(text)
+            elif state == "gone":
+                gone.append(text)
     return {"name": snap.name, "verified": verified, "changed": changed, "gone": gone,
             "ok": not changed and not gone}
 
