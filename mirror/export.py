@@ -21,6 +21,7 @@ from mirror import query
 from mirror.errors import MirrorError
 from mirror.files import place, remove_stale_temps, write_bytes_atomic
 from mirror.index import Blob, Dataset, Image, ImageField, Segmentation
+from mirror.sources.isic import BLOB_KINDS
 from mirror.store import UnsafeNameError, safe_name
 
 if TYPE_CHECKING:
@@ -29,8 +30,7 @@ if TYPE_CHECKING:
 FIXED_COLUMNS = ["isic_id", "attribution", "copyright_license", "dataset"]
 _DEFAULT_GROUPS = ("meta.acquisition.", "meta.clinical.")
 CHUNK = 500
-FILE_ROLES = {"full": "image", "thumbnail": "thumbnail", "superpixels": "superpixels",
-              "masks": "mask"}
+FILE_SUFFIX = {"image": "", "thumbnail": "_thumbnail", "superpixels": "_superpixels"}
 
 
 def field_value(doc: Any, path: str) -> Any:
@@ -51,6 +51,14 @@ def cell(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return str(value)
+
+
+def blob_roles(blobs: list[str] | tuple[str, ...]) -> list[str]:
+    """The store roles of ``--blobs`` choices (``full`` is role ``image``), or a clear error."""
+    unknown = [b for b in blobs if b not in BLOB_KINDS]
+    if unknown:
+        raise MirrorError(f"unknown blob kind {unknown[0]!r}; use {', '.join(BLOB_KINDS)}")
+    return [BLOB_KINDS[b].role for b in blobs]
 
 
 # -- the metadata table --------------------------------------------------------------------
@@ -240,19 +248,17 @@ def _targets(name: str, image_id: str, blobs: list[str], paths: dict, masks: dic
             for seg_id, relpath in masks.get(image_id, []):
                 yield f"{name}_mask_{safe_name(seg_id)}.png", relpath, kind
             continue
-        relpath = paths.get((image_id, FILE_ROLES[kind]))
+        role = BLOB_KINDS[kind].role
+        relpath = paths.get((image_id, role))
         ext = Path(relpath).suffix if relpath else ""
-        suffix = {"full": "", "thumbnail": "_thumbnail", "superpixels": "_superpixels"}[kind]
-        yield f"{name}{suffix}{ext}", relpath, kind
+        yield f"{name}{FILE_SUFFIX[role]}{ext}", relpath, kind
 
 
 def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
                  blobs: list[str], link: str = "hard") -> dict:
     """``DEST/<name>.jpg`` (and masks, superpixels beside it), ``metadata.csv`` and
     ``attribution.txt``. Files not mirrored are counted and listed, never invented."""
-    unknown = [b for b in blobs if b not in FILE_ROLES]
-    if unknown:
-        raise MirrorError(f"unknown blob kind {unknown[0]!r}; use {', '.join(FILE_ROLES)}")
+    roles = blob_roles(blobs)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dest)
@@ -262,7 +268,7 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
         for start in range(0, len(selection.ids), CHUNK):
             ids = selection.ids[start:start + CHUNK]
             names = selection.names[start:start + CHUNK]
-            paths = _blob_paths(conn, ids, [FILE_ROLES[b] for b in blobs])
+            paths = _blob_paths(conn, ids, roles)
             masks = _masks(conn, ids) if "masks" in blobs else {}
             for image_id, name in zip(ids, names, strict=True):
                 _export_image(mirror, dest, image_id, name, blobs, paths, masks, link, summary)

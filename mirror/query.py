@@ -400,9 +400,8 @@ def _plan(conn, items: Any, dataset: str | None, study: str | None):
     scope, studies = _scope(conn, dataset, study)
     items = scope + criteria(items)
     sets, others = _driving_sets(compiler, items)
-    sizes = {id(rows): _estimate(conn, rows) for rows in sets} if len(sets) > 1 or others \
-        else {}
-    sets.sort(key=lambda rows: sizes.get(id(rows), 0))
+    if len(sets) > 1:
+        sets.sort(key=lambda rows: _estimate(conn, rows))
     driver = sets.pop(0) if sets else _Rows("_id", False, lambda t: true())
     base = aliased(ImageField)
     key = base.image_id

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from mirror import __version__, query
 from mirror.config import MirrorConfig, layout_for, load_config, utc_now
 from mirror.errors import MirrorError, MissingObjectError
+from mirror.export import blob_roles
 from mirror.files import write_bytes_atomic
 from mirror.index import Blob, Dataset, DocumentVersion, Image, Segmentation
 from mirror.index.database import open_reader
@@ -29,8 +30,6 @@ from mirror.lease import WriterLease
 from mirror.store import UnsafeNameError, safe_name
 
 FORMAT = "mirror-snapshot/1"
-BLOB_ROLES = {"full": "image", "thumbnail": "thumbnail", "superpixels": "superpixels",
-              "masks": "mask"}
 DEFAULT_BLOBS = ("full", "masks", "superpixels")
 
 
@@ -126,9 +125,7 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
     root = Path(root)
     config = load_config(root)
     layout = layout_for(root, config)
-    bad = [b for b in blobs if b not in BLOB_ROLES]
-    if bad:
-        raise MirrorError(f"unknown blob kind {bad[0]!r}; use {', '.join(BLOB_ROLES)}")
+    roles = blob_roles(blobs)
     folder = snapshot_dir(layout, name)
     with WriterLease(layout, command="snapshot create"):  # gc must not run meanwhile
         if folder.exists():
@@ -139,7 +136,7 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
             with engine.connect() as conn:
                 items = query.criteria(where)
                 ids = query.select_ids(conn, items, dataset=dataset, study=study)
-                objects = _pinned_objects(conn, ids, [BLOB_ROLES[b] for b in blobs])
+                objects = _pinned_objects(conn, ids, roles)
         finally:
             engine.dispose()
         manifest = _manifest(config, name, items, dataset, study, blobs, objects)

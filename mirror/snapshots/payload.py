@@ -19,7 +19,7 @@ import zstandard
 from sqlalchemy import select
 
 from mirror.errors import IntegrityError, MissingObjectError
-from mirror.export import cell, field_value
+from mirror.export import FILE_SUFFIX, cell, field_value
 from mirror.index import Blob, DocumentVersion
 from mirror.snapshots.manifest import Snapshot, canonical
 from mirror.store import ObjectStore, UnsafeNameError, safe_name
@@ -90,15 +90,12 @@ def _file_name(entry: dict) -> str:
         return entry["id"]
 
 
-SUFFIX = {"image": "", "thumbnail": "_thumbnail", "superpixels": "_superpixels"}
-
-
 def file_member_path(snap: Snapshot, entry: dict, file: dict) -> str:
     """Where a pinned file goes in an export."""
     if entry["kind"] == "segmentation":
         image = snap.by_key.get(("image", entry["image_id"]), {"id": entry["image_id"]})
         return f"masks/{_file_name(image)}_{entry['id']}{file['ext']}"
-    return f"images/{_file_name(entry)}{SUFFIX[file['role']]}{file['ext']}"
+    return f"images/{_file_name(entry)}{FILE_SUFFIX[file['role']]}{file['ext']}"
 
 
 def stored_members(snap: Snapshot, locator: Locator) -> list[Member]:
@@ -133,22 +130,31 @@ def generated_members(snap: Snapshot, locator: Locator) -> list[Member]:
         for e in sorted(images, key=lambda e: (e.get("name") or "", e["id"])):
             yield json.loads(locator.document_bytes("image", e["id"], e["document"]["sha256"]))
 
-    return [_generated("metadata.csv", metadata_csv(docs, datasets)),
-            _generated("attribution.txt", attribution(images, docs, datasets)),
+    keys, counts = _survey(docs())
+    return [_generated("metadata.csv", metadata_csv(docs(), datasets, keys)),
+            _generated("attribution.txt", attribution(counts, datasets)),
             _generated("snapshot.json", canonical(snap.manifest))]
 
 
-def metadata_csv(docs: Callable[[], Iterator[dict]], datasets: dict[str, dict]) -> bytes:
-    """One row per image (two passes over the documents: the header is their union)."""
+def _survey(docs: Iterator[dict]) -> tuple[set[str], dict[Any, int]]:
+    """One pass: every acquisition and clinical field present, and images per dataset."""
     keys: set[str] = set()
-    for doc in docs():
+    counts: dict[Any, int] = {}
+    for doc in docs:
         for group in META_GROUPS:
             keys |= {f"meta.{group}.{k}" for k in (field_value(doc, f"meta.{group}") or {})}
+        dataset = field_value(doc, "dataset._id")
+        counts[dataset] = counts.get(dataset, 0) + 1
+    return keys, counts
+
+
+def metadata_csv(docs: Iterator[dict], datasets: dict[str, dict], keys: set[str]) -> bytes:
+    """One row per image; ``keys`` (from :func:`_survey`) are the meta columns."""
     columns = sorted(keys, key=lambda p: (p.split(".")[2], p))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(FIXED_COLUMNS + [c.split(".", 2)[2] for c in columns])
-    for doc in docs():
+    for doc in docs:
         ds = datasets.get(field_value(doc, "dataset._id"), {})
         writer.writerow([cell(v) for v in [doc.get("name"), doc["_id"], ds.get("attribution"),
                                            ds.get("license"), ds.get("name")]] +
@@ -156,12 +162,7 @@ def metadata_csv(docs: Callable[[], Iterator[dict]], datasets: dict[str, dict]) 
     return buffer.getvalue().encode()
 
 
-def attribution(images: list[dict], docs: Callable[[], Iterator[dict]],
-                datasets: dict[str, dict]) -> bytes:
-    counts: dict[Any, int] = {}
-    for doc in docs():
-        key = field_value(doc, "dataset._id")
-        counts[key] = counts.get(key, 0) + 1
+def attribution(counts: dict[Any, int], datasets: dict[str, dict]) -> bytes:
     lines = ["Images in this snapshot, by dataset (count, dataset, license, attribution):", ""]
     for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
         ds = datasets.get(key, {})
