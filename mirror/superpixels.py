@@ -13,8 +13,8 @@ column. For a 2x3 image with labels ``[[0, 0, 1], [1, 1, 1]]``::
            [2, 3, 4, 5, 4]]     # label 1: pixels 2..5, count 4
 
 so ``map[k, :map[k, -1]]`` are the pixels of label ``k``. Everything is vectorised
-numpy (no numba): decode is one integer combine of the three planes, the map one
-stable argsort plus a scatter.
+numpy (no numba): decode is one integer combine of the three planes; the map sorts the
+horizontal runs of each label (not the pixels) and expands them in one scatter.
 """
 
 from __future__ import annotations
@@ -81,6 +81,24 @@ def decode_png(source: str | Path | bytes,
     return idx
 
 
+def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal labels in a flat label array: (starts, lengths, labels).
+
+    Superpixels are compact regions, so a row-major scan meets each one as a few dozen
+    horizontal runs: ~25,000 runs for ~780,000 pixels. Counting and sorting runs instead
+    of pixels is what makes the map cheap without a compiled kernel.
+    """
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    lengths = np.diff(np.append(starts, flat.size))
+    return starts, lengths, flat[starts]
+
+
+def _label_counts(labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Pixels per label, from the runs."""
+    return np.bincount(labels, weights=lengths).astype(np.int64)
+
+
 def check_labels(idx: np.ndarray) -> int:
     """Labels must be 0..max with none missing; returns the label count."""
     if idx.size == 0:
@@ -88,7 +106,8 @@ def check_labels(idx: np.ndarray) -> int:
     top = int(idx.max())
     if int(idx.min()) < 0 or top >= MAX_LABELS or top + 1 > idx.size:
         raise SuperpixelError(f"impossible superpixel labels (0..{top} in {idx.size} pixels)")
-    present = np.bincount(idx.ravel(), minlength=top + 1)
+    _, _, labels = _runs(idx.ravel())
+    present = np.bincount(labels, minlength=top + 1)
     missing = np.flatnonzero(present == 0)
     if missing.size:
         raise SuperpixelError(f"superpixel labels are not contiguous: {missing.size} of 0..{top} "
@@ -99,9 +118,16 @@ def check_labels(idx: np.ndarray) -> int:
 def superpixel_map(idx: np.ndarray) -> np.ndarray:
     """The (max+1, maxcount+1) int32 pixel map described in the module docstring."""
     flat = idx.ravel()
-    counts = np.bincount(flat)
+    starts, lengths, run_labels = _runs(flat)
+    counts = _label_counts(run_labels, lengths)
     labels, width = counts.size, int(counts.max()) + 1
-    order = np.argsort(flat, kind="stable").astype(np.int32)  # pixels grouped by label
+    # Runs grouped by label, each label's runs in pixel order (stable sort of ~25k runs),
+    # then expanded: the pixels of sorted run j are starts[j] .. starts[j] + lengths[j] - 1.
+    by_label = np.argsort(run_labels, kind="stable")
+    starts, lengths = starts[by_label], lengths[by_label]
+    offsets = np.cumsum(lengths) - lengths  # where each sorted run begins in the output
+    order = np.repeat((starts - offsets).astype(np.int32), lengths)
+    order += np.arange(flat.size, dtype=np.int32)
     result = np.zeros((labels, width), np.int32)
     # Row-major boolean assignment fills row 0's first counts[0] cells, then row 1's...:
     # exactly the label-grouped order, with the padding left zero.
