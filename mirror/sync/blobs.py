@@ -130,6 +130,17 @@ def _content_length(value: str | None, task: BlobTask, url: str) -> int | None:
     return int(value)
 
 
+def _read_bounded(chunks, max_bytes: int) -> list[bytes]:
+    """The body in memory, read one chunk past ``max_bytes`` at most (the store refuses it)."""
+    body, size = [], 0
+    for chunk in chunks:
+        body.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            break
+    return body
+
+
 class BlobFetcher:
     """Runs the blob plan on a worker pool; the calling thread alone writes the index."""
 
@@ -181,9 +192,10 @@ class BlobFetcher:
 
         decoded: dict = {}  # the superpixel labels, decoded once to check the PNG
 
+        validate = self._validator(task, decoded)
+
         def attempt() -> tuple[StoredFile, str, bool]:
-            response = http.get(url, stream=True)
-            with response:
+            with http.fetching(url, stream=True) as response:
                 if response.status_code != 200:
                     raise MirrorError(f"HTTP {response.status_code} for {url}")
                 content_type = response.headers.get("Content-Type", "")
@@ -192,11 +204,12 @@ class BlobFetcher:
                 first = next(chunks, b"")
                 ext = extension_for(content_type, first)
                 relpath = blob_relpath(task.role, task.object_id, name=task.name, ext=ext)
-                stored = self.store.put_stream(
-                    relpath, itertools.chain([first], chunks), expected_size=length,
-                    magic=kind.magic, max_size=task.max_bytes, whole=True,
-                    validate=self._validator(task, decoded))
-                return stored, content_type, True
+                body = itertools.chain([first], chunks)
+                if validate is not None:  # small (a superpixel PNG): decode it after the slot
+                    body = _read_bounded(body, task.max_bytes)
+                else:
+                    return self._put(relpath, body, length, task, None), content_type, True
+            return self._put(relpath, body, length, task, validate), content_type, True
 
         adopted = self._adopt_published(task, decoded)
         if adopted is not None:
@@ -208,6 +221,12 @@ class BlobFetcher:
         if task.role == "superpixels":
             results.append(self._derive_spidx(task, stored, decoded.get("labels")))
         return results
+
+    def _put(self, relpath: str, body, length: int | None, task: BlobTask,
+             validate: Callable | None) -> StoredFile:
+        return self.store.put_stream(relpath, body, expected_size=length,
+                                     magic=BLOB_KINDS[task.option].magic,
+                                     max_size=task.max_bytes, whole=True, validate=validate)
 
     @staticmethod
     def _validator(task: BlobTask, decoded: dict) -> Callable | None:

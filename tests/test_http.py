@@ -1,0 +1,58 @@
+"""The HTTP client: environment proxies honoured, requests in flight bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from mirror.sources.http import HttpClient
+from mirror.sources.sandbox import serve
+
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with serve(images=4, seed=3, private_fraction=0.0) as sb:
+        yield sb
+
+
+def test_proxy_from_the_environment_is_used(sandbox, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", DEAD_PROXY)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = HttpClient()
+    with pytest.raises(requests.exceptions.ProxyError):
+        client.get(f"{sandbox.url}/dataset")
+
+
+def test_no_proxy_from_the_environment_bypasses_it(sandbox, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", DEAD_PROXY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    client = HttpClient()
+    assert client.get(f"{sandbox.url}/dataset").status_code == 200
+
+
+def test_fetching_keeps_at_most_pool_size_requests_in_flight(sandbox):
+    client = HttpClient(pool_size=3)
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+
+    def one(_):
+        with client.fetching(f"{sandbox.url}/dataset") as response:
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+            time.sleep(0.02)  # the body is being read
+            body = response.content
+            with lock:
+                in_flight[0] -= 1
+        return len(body)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(list(pool.map(one, range(24))))
+    assert peak[0] == 3
+    assert client.requests_made == 24
