@@ -28,6 +28,7 @@ from mirror.index import (
     Study,
     StudyImage,
 )
+from mirror.valuesets import mark_stale
 
 KINDS = ("dataset", "image", "segmentation", "study", "annotation")
 MODEL_OF = {"dataset": Dataset, "image": Image, "segmentation": Segmentation,
@@ -157,6 +158,7 @@ def _ingest_image_fields(session: Session, docs: list[dict]) -> None:
     ids = [doc["_id"] for doc in docs]
     for start in range(0, len(ids), 500):
         session.execute(delete(ImageField).where(ImageField.image_id.in_(ids[start:start + 500])))
+    mark_stale(session)
     rows = [{**row, "seq": seq} for doc in docs
             for seq, row in enumerate(field_rows(doc["_id"], doc))]
     for start in range(0, len(rows), 5000):
@@ -223,6 +225,7 @@ def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) 
         chunk = object_ids[chunk_start:chunk_start + 500]
         if kind == "image":
             session.execute(delete(ImageField).where(ImageField.image_id.in_(chunk)))
+            mark_stale(session)
         count += session.query(model).filter(model.id.in_(chunk)).update(
             {"removed": True, "removed_at": when}, synchronize_session=False)
     return count

@@ -30,7 +30,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from mirror.errors import MirrorError, MissingObjectError
 from mirror.fields import BOOL, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
-from mirror.index import Dataset, Image, ImageField, Study, StudyImage
+from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
+from mirror.valuesets import ANY, covered, fresh_count, ids_at, mask_of
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
@@ -172,6 +173,7 @@ class _Rows:
     path: str
     elem: bool
     test: Any
+    document: bool = False  # the test reads the stored document (long text)
 
 
 @dataclass
@@ -326,7 +328,7 @@ class _Compiler:
                 stored = (select(Image.doc[keys].as_string()).where(Image.id == t.image_id)
                           .scalar_subquery())
                 return and_(t.kind == LONG_TEXT, test(stored))
-            rows.append(_Rows(path, elem, in_document))
+            rows.append(_Rows(path, elem, in_document, document=True))
         return rows
 
     def _contains(self, path: str, value: Any) -> _Match:
@@ -426,11 +428,25 @@ def selection_statement(conn, items: Any = None, dataset: str | None = None,
 
 
 _SEPARATOR = "\x1f"  # never in an id (ids are checked to be [A-Za-z0-9-])
+METHODS = ("auto", "sql", "sets")
 
 
 def select_ids(conn, items: Any = None, dataset: str | None = None, study: str | None = None,
-               limit: int | None = None) -> list[str]:
-    """The ``_id`` of every current image the criteria select, sorted."""
+               limit: int | None = None, method: str = "auto") -> list[str]:
+    """The ``_id`` of every current image the criteria select, sorted.
+
+    ``method`` is for tests and benchmarks: ``"sets"`` insists on value sets
+    (:mod:`mirror.valuesets`), ``"sql"`` on ``image_fields``; ``"auto"`` uses value sets
+    when they are fresh and can answer, which is almost always."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    if method != "sql":
+        ids = _select_with_sets(conn, items, dataset, study, limit)
+        if ids is not None:
+            return ids
+        if method == "sets":
+            raise QueryError("value sets cannot answer this selection (stale, a study scope, "
+                             "or a test on long text)")
     statement, repeats = _plan(conn, items, dataset, study)
     if limit is not None:
         column = statement.selected_columns[0]
@@ -447,6 +463,91 @@ def select_ids(conn, items: Any = None, dataset: str | None = None, study: str |
         return sorted(set(ids))
     ids.sort()  # usually sorted runs already (the index orders ids within a value)
     return ids
+
+
+class _PerDocument(Exception):
+    """A criterion that value sets cannot answer: it reads the documents (long text), or
+    its field has too many distinct values to have value sets."""
+
+
+class _Sets:
+    """Criteria evaluated over value sets: each row range is the union of the stored sets
+    of the values it covers, as a bool array over image positions."""
+
+    def __init__(self, compiler: _Compiler, count: int):
+        self.compiler, self.conn, self.count = compiler, compiler.conn, count
+        self._covered: dict[str, bool] = {}
+
+    def check_covered(self, path: str) -> None:
+        if path not in self._covered:
+            self._covered[path] = covered(self.conn, path)
+        if not self._covered[path]:
+            raise _PerDocument(path)
+
+    def item(self, item: Criterion):
+        """Positions of the images ``item`` selects."""
+        op = _NEGATION.get(item.op, item.op)
+        if op == "~":
+            mask = self._regex(item.field, item.value)
+        else:
+            match = self.compiler._positive(item.field, op, item.value)
+            mask = self.empty()
+            for rows in match.rows:
+                mask |= self.rows(rows)
+            if match.absent:
+                mask |= ~self.rows(_Rows(item.field, False, lambda t: t.kind == ANY))
+        guard = self.compiler.guard(item)
+        if item.op in _NEGATION:
+            mask = ~mask
+        return mask & self.rows(guard) if guard else mask
+
+    def empty(self):
+        import numpy as np
+
+        return np.zeros(self.count, bool)
+
+    def rows(self, rows: _Rows):
+        if rows.document:
+            raise _PerDocument(rows.path)
+        self.check_covered(rows.path)
+        return mask_of(self.conn, self.count, and_(
+            ValueSet.path == rows.path, ValueSet.elem == rows.elem, rows.test(ValueSet)))
+
+    def _regex(self, path: str, pattern: str):
+        """Python's ``re.search`` over the field's distinct values (one value set each)."""
+        if self.compiler.has_kind(path, False, LONG_TEXT):
+            raise _PerDocument(path)
+        self.check_covered(path)
+        regex = re.compile(pattern)
+        values = self.conn.execute(select(ValueSet.txt).where(
+            ValueSet.path == path, ValueSet.elem.is_(False), ValueSet.kind == TEXT)).scalars()
+        found = [v for v in values if regex.search(v)]
+        mask = self.empty()
+        for start in range(0, len(found), 1000):  # bound the statement's parameters
+            chunk = found[start:start + 1000]
+            mask |= self.rows(_Rows(path, False, lambda t, c=chunk: and_(t.kind == TEXT,
+                                                                         t.txt.in_(c))))
+        return mask
+
+
+def _select_with_sets(conn, items: Any, dataset: str | None, study: str | None,
+                      limit: int | None) -> list[str] | None:
+    """The selection from value sets, or None when they cannot answer it."""
+    import numpy as np
+
+    count = None if study else fresh_count(conn)
+    if count is None:
+        return None
+    items = _scope(conn, dataset, None)[0] + criteria(items)
+    sets = _Sets(_Compiler(conn), count)
+    mask = np.ones(sets.count, bool)
+    try:
+        for item in items:
+            mask &= sets.item(item)
+    except _PerDocument:
+        return None
+    positions = np.flatnonzero(mask)
+    return ids_at(conn, positions if limit is None else positions[:limit])
 
 
 def names_of(conn, ids: list[str]) -> list[str]:

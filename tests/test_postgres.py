@@ -106,13 +106,19 @@ QUERIES = [
 
 def test_selections_agree_between_sqlite_and_postgres(tmp_path, database):
     from mirror import Mirror
+    from mirror.query import select_ids
+    from mirror.valuesets import is_fresh
 
     with serve(images=25, seed=4, private_fraction=0.0) as sb:
         options = {"what": frozenset({"images", "datasets"}), "blobs": frozenset()}
         assert sync(tmp_path / "lite", sb.url, SyncOptions(**options)).ok
         assert sync(tmp_path / "pg", sb.url, SyncOptions(index_url=database, **options)).ok
     with Mirror(tmp_path / "lite") as lite, Mirror(tmp_path / "pg") as pg:
+        with pg._engine.connect() as conn:
+            assert is_fresh(conn)  # published: selections read value sets
         for query in QUERIES:
             expected = lite.select_images(query).ids
             assert pg.select_images(query).ids == expected, query
+            with pg._engine.connect() as conn:  # and image_fields alone agrees
+                assert select_ids(conn, query, method="sql") == expected, query
         assert any(lite.select_images(q).ids for q in QUERIES[2:5])  # not all empty

@@ -16,6 +16,7 @@ from mirror.index.database import IndexWriter
 from mirror.ingest import ingest_documents, mark_removed
 from mirror.layout import Layout
 from mirror.query import OPERATORS, Criterion, QueryError, criteria, parse_where, select_ids
+from mirror.valuesets import is_fresh, refresh
 
 LONG = "x" * (MAX_INDEXED_TEXT + 10)
 WORDS = ["melanoma", "nevus", "Nevus", "mel", "", "a b", "ISBI 2017: Training", LONG,
@@ -104,8 +105,10 @@ def make_doc(rng, i):
     return doc
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory):
+@pytest.fixture(scope="module", params=["image_fields", "value_sets"])
+def index(tmp_path_factory, request):
+    """The same documents, queried through image_fields alone (value sets stale, as in a
+    writer's working database) and through fresh value sets (as in a published index)."""
     rng = random.Random(7)
     docs = [make_doc(rng, i) for i in range(400)]
     docs[0].update(a="melanoma", tags=["ISBI 2017: Training", 1, True])
@@ -114,7 +117,11 @@ def index(tmp_path_factory):
     writer = IndexWriter(Layout(root / "mirror"))
     with writer.session() as session:
         ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+    if request.param == "value_sets":
+        with writer.session() as session:
+            assert refresh(session)
     with writer.engine.connect() as conn:
+        assert is_fresh(conn) == (request.param == "value_sets")
         yield conn, docs
     writer.close()
 
@@ -189,15 +196,22 @@ def test_random_criteria_agree_with_the_python_reference(index, items):
         check(index, valid)
 
 
-def test_removed_images_are_not_selected(tmp_path):
+@pytest.mark.parametrize("method", ["sql", "sets"])
+def test_removed_images_are_not_selected(tmp_path, method):
     writer = IndexWriter(Layout(tmp_path / "m"))
     docs = [{"_id": f"{i:024x}", "name": f"ISIC_{i}", "a": 1} for i in range(3)]
     with writer.session() as session:
         ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+    with writer.session() as session:
+        refresh(session)
         mark_removed(session, "image", [docs[1]["_id"]], utc_now())
     with writer.engine.connect() as conn:
-        assert select_ids(conn, [["a", "==", 1]]) == [docs[0]["_id"], docs[2]["_id"]]
-        assert select_ids(conn, [["a", "!=", 2]]) == [docs[0]["_id"], docs[2]["_id"]]
+        assert not is_fresh(conn)  # the removal made the sets stale
+    with writer.session() as session:
+        assert refresh(session)
+    with writer.engine.connect() as conn:
+        for where in ([["a", "==", 1]], [["a", "!=", 2]]):
+            assert select_ids(conn, where, method=method) == [docs[0]["_id"], docs[2]["_id"]]
     with writer.session() as session:  # the image is still in the index, for snapshots
         assert session.get(Image, docs[1]["_id"]).removed
         assert not session.query(ImageField).filter_by(image_id=docs[1]["_id"]).count()
@@ -276,3 +290,68 @@ def test_same_field_ranges_merge_but_list_elements_do_not(index):
             if isinstance(d.get("tags"), list) and any(eq(e, 1) for e in d["tags"])
             and any(eq(e, True) for e in d["tags"])]
     assert docs[0]["_id"] in both
+
+
+def test_value_sets_answer_without_image_fields(index):
+    """Fresh value sets answer alone (no fallback) and agree with the reference; only a
+    text test on a field holding long text, which needs the documents, falls back."""
+    conn, docs = index
+    if not is_fresh(conn):
+        pytest.skip("value sets are stale in this variant")
+    long_text = {p for p in PATHS for d in docs
+                 if isinstance(get(d, p), str) and len(get(d, p)) > MAX_INDEXED_TEXT}
+    answered = 0
+    for item in OPERATOR_CASES + [["s", "<", 10], ["tags", "ni", "mel"]]:
+        parsed = criteria([item])
+        try:
+            got = select_ids(conn, parsed, method="sets")
+        except QueryError as exc:
+            assert "value sets cannot answer" in str(exc)
+            assert item[0] in long_text and isinstance(item[2], (str, list)), item
+            continue
+        assert got == brute(docs, parsed), item
+        assert select_ids(conn, parsed, method="sets", limit=3) == brute(docs, parsed)[:3]
+        answered += 1
+    assert answered >= 20
+
+
+def test_value_sets_span_blocks_and_ids_of_any_width(tmp_path, monkeypatch):
+    """Positions map back to the right ids across many blocks, with ids of equal width
+    (sliced out of a block) and of varying width (split)."""
+    import mirror.valuesets
+
+    monkeypatch.setattr(mirror.valuesets, "BLOCK", 4)
+    monkeypatch.setattr(mirror.valuesets, "MIN_MAX_VALUES", 10)  # _id gets no value sets
+    docs = [{"_id": "id" + "x" * (i % 3) + str(i), "n": i % 5, "t": ["a", "b"][i % 2]}
+            for i in range(41)]
+    writer = IndexWriter(Layout(tmp_path / "m"))
+    with writer.session() as session:
+        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+    with writer.session() as session:
+        assert refresh(session)
+    with writer.engine.connect() as conn:
+        for where in ([["n", "==", 3]], [["n", ">=", 1]], [["t", "==", "a"], ["n", "<", 2]],
+                      [["n", "!=", 0]]):
+            parsed = criteria(where)
+            expected = brute(docs, parsed)
+            assert select_ids(conn, parsed, method="sets") == expected, where
+            assert select_ids(conn, parsed, method="sql") == expected, where
+        for where in ([["_id", "~", "^idx"]], [["n", "==", 1], ["_id", ">", "idx"]]):
+            parsed = criteria(where)  # a path with too many values: image_fields answers
+            with pytest.raises(QueryError, match="value sets cannot answer"):
+                select_ids(conn, parsed, method="sets")
+            assert select_ids(conn, parsed) == brute(docs, parsed), where
+    writer.close()
+
+
+def test_ids_are_picked_from_blocks_of_fixed_and_varying_width():
+    import numpy as np
+
+    from mirror.valuesets import _block, _pick
+
+    for ids in ([f"{i:024x}" for i in range(1000)], [f"id{i}" for i in range(1000)]):
+        block = _block(0, ids)
+        assert bool(block["width"]) == (len(ids[0]) == 24)
+        for offsets in ([0], [5, 17, 999], list(range(0, 1000, 3)), list(range(1000))):
+            picked = _pick(block["ids"], block["width"], np.array(offsets))
+            assert picked.decode().split("\x1f")[:-1] == [ids[o] for o in offsets]

@@ -8,6 +8,7 @@ from mirror.index.models import (
     DocumentVersion,
     Feature,
     Image,
+    ImageBlock,
     ImageField,
     Listing,
     Meta,
@@ -16,10 +17,11 @@ from mirror.index.models import (
     StudyImage,
     SyncItem,
     SyncRun,
+    ValueSet,
 )
 
 __all__ = [
-    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "ImageField",
-    "Listing",
-    "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
+    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "ImageBlock",
+    "ImageField", "Listing", "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
+    "ValueSet",
 ]

@@ -167,7 +167,14 @@ class IndexWriter:
             session.close()
 
     def publish(self) -> int:
-        """Publish the working database as the next read-only generation; returns its number."""
+        """Publish the working database as the next read-only generation; returns its number.
+
+        Derived query tables (:mod:`mirror.valuesets`) are brought up to date first, on
+        PostgreSQL too, where the live database is what readers see."""
+        from mirror.valuesets import refresh
+
+        with self.session() as session:
+            refresh(session)
         if self.url:
             return 0
         self._fence()

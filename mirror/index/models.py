@@ -9,7 +9,17 @@ store identical values.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -68,6 +78,35 @@ class ImageField(Base):
     kind: Mapped[str] = mapped_column(String(1))
     num: Mapped[float | None] = mapped_column(Float)
     txt: Mapped[str | None] = mapped_column(_BINARY_TEXT)
+
+
+class ValueSet(Base):
+    """The current images holding one value at one field path (see :mod:`mirror.valuesets`).
+
+    Derived from ``image_fields`` whenever a writer publishes the index: ``positions`` are
+    image positions in ``image_blocks`` order, as a bitmap (``dense``) or as sorted uint32.
+    Kind ``*`` is every image with a non-null value at the path."""
+
+    __tablename__ = "value_sets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    elem: Mapped[bool] = mapped_column(Boolean)
+    kind: Mapped[str] = mapped_column(String(1))
+    num: Mapped[float | None] = mapped_column(Float)
+    txt: Mapped[str | None] = mapped_column(_BINARY_TEXT)
+    count: Mapped[int] = mapped_column(Integer)
+    dense: Mapped[bool] = mapped_column(Boolean)
+    positions: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImageBlock(Base):
+    """The ids of the current images in sorted order, ``BLOCK`` per row: position ``p`` is
+    id ``p % BLOCK`` of block ``p // BLOCK`` (UTF-8, each id followed by U+001F)."""
+
+    __tablename__ = "image_blocks"
+    block: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    width: Mapped[int] = mapped_column(Integer)  # of every id, or 0 when they differ
+    ids: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Dataset(_Document, Base):
@@ -192,4 +231,6 @@ Index("ix_image_fields_num", ImageField.path, ImageField.elem, ImageField.kind, 
       ImageField.image_id)
 Index("ix_image_fields_txt", ImageField.path, ImageField.elem, ImageField.kind, ImageField.txt,
       ImageField.image_id)
+Index("ix_value_sets_num", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.num)
+Index("ix_value_sets_txt", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.txt)
 Index("ix_blobs_sha256", Blob.sha256)

@@ -1,0 +1,209 @@
+"""Value sets: for each value of each field, the set of images holding it.
+
+``image_fields`` answers "which images have diagnosis = melanoma" with an index range, but
+a broad selection (tens of thousands of images) then makes the database walk tens of
+thousands of index entries and build sets of text ids to intersect. Value sets store that
+answer ready-made: each current image gets a *position* (its rank in ``_id`` order), and
+each ``(path, elem, kind, value)`` of ``image_fields`` gets one ``value_sets`` row holding
+the positions of its images, as a bitmap when that is smaller (common values) or as sorted
+uint32 positions (rare values: names, dates). A selection then reads a few rows, combines
+them with numpy (or, and, not), and turns positions back into ids from ``image_blocks``.
+
+The tables are derived data, like a search engine's inverted index: every writer that
+changes ``image_fields`` marks them stale (``meta`` key ``value_sets``) in the same
+transaction, and :func:`refresh` rebuilds them before the index is published. A reader
+that finds them stale (or absent, in an index older than this module) uses
+``image_fields`` instead, with the same answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from mirror.fields import BOOL, NULL, NUMBER
+from mirror.index import ImageBlock, ImageField, Meta, ValueSet
+
+BLOCK = 1024  # ids per image_blocks row: a narrow selection reads few blocks
+ANY = "*"  # the kind of the row holding every image with a non-null value at a path
+UNCOVERED = "!"  # the kind of the one row of a path with too many distinct values
+MIN_MAX_VALUES = 1000
+META_KEY, FRESH, STALE = "value_sets", "fresh", "stale"
+SEPARATOR = "\x1f"  # never in an id (ids are checked to be [A-Za-z0-9-])
+_SEP = SEPARATOR.encode()
+_INSERT_BATCH = 5000
+
+
+def mark_stale(session: Session) -> None:
+    """Record that ``image_fields`` changed (call in the transaction that changes them)."""
+    session.merge(Meta(key=META_KEY, value=STALE))
+
+
+def fresh_count(conn: Connection) -> int | None:
+    """The number of image positions when the value sets describe the current
+    ``image_fields``; None when they are stale (or the index predates them)."""
+    state = conn.execute(select(Meta.value).where(Meta.key == META_KEY)).scalar()
+    if not state or not state.startswith(FRESH + ":"):
+        return None
+    return int(state.partition(":")[2])
+
+
+def is_fresh(conn: Connection) -> bool:
+    """True when the value sets describe the current ``image_fields``."""
+    return fresh_count(conn) is not None
+
+
+def refresh(session: Session) -> bool:
+    """Rebuild the value sets when they are stale; True when it did."""
+    if fresh_count(session.connection()) is not None:
+        return False
+    count = rebuild(session.connection())
+    session.merge(Meta(key=META_KEY, value=f"{FRESH}:{count}"))
+    return True
+
+
+def rebuild(conn: Connection) -> int:
+    """Replace both tables with sets computed from ``image_fields``; returns the number of
+    images (positions)."""
+    conn.execute(delete(ValueSet))
+    conn.execute(delete(ImageBlock))
+    ids = conn.execute(select(ImageField.image_id).where(
+        ImageField.path == "_id", ImageField.elem.is_(False))).scalars().all()
+    ids.sort()  # Python's order is the one positions follow, whatever the collation
+    blocks = [_block(b, ids[start:start + BLOCK])
+              for b, start in enumerate(range(0, len(ids), BLOCK))]
+    for batch in _batches(blocks, 50):
+        conn.execute(insert(ImageBlock), batch)
+    sorted_ids = np.array(ids, dtype=str)
+    paths = conn.execute(select(ImageField.path).distinct()).scalars().all()
+    rows = itertools.chain.from_iterable(_path_sets(conn, path, sorted_ids) for path in paths)
+    for batch in _batches(rows, _INSERT_BATCH):
+        conn.execute(insert(ValueSet), batch)
+    return len(ids)
+
+
+def _block(number: int, ids: list[str]) -> dict:
+    """An image_blocks row: the ids as UTF-8, each followed by the separator. ``width`` is
+    the byte length of every id when they are all equal (ObjectIds: 24), so that numpy can
+    pick records out of the block without splitting it."""
+    encoded = [i.encode() for i in ids]
+    widths = {len(i) for i in encoded}
+    return {"block": number, "ids": b"".join(i + _SEP for i in encoded),
+            "width": widths.pop() if len(widths) == 1 else 0}
+
+
+def max_values(images: int) -> int:
+    """Distinct values beyond which a path gets no value sets (names, dates, ids): one row
+    per image would cost more than it saves, and ``image_fields`` serves such paths well."""
+    return max(MIN_MAX_VALUES, images // 50)
+
+
+def _path_sets(conn: Connection, path: str, sorted_ids: np.ndarray) -> list[dict]:
+    """The value set rows of one path: one grouped pass over each covering index, the ids
+    of each value aggregated by the database (no Python object per field row)."""
+    n, out, limit = sorted_ids.size, [], max_values(sorted_ids.size)
+    aggregate = func.string_agg if conn.dialect.name == "postgresql" else func.group_concat
+    present = np.zeros(n, bool)
+    numeric = ImageField.kind.in_([NUMBER, BOOL])
+    for column, kinds in ((ImageField.num, numeric), (ImageField.txt, ~numeric)):
+        groups = conn.execute(
+            select(ImageField.elem, ImageField.kind, column,
+                   aggregate(ImageField.image_id, SEPARATOR))
+            .where(ImageField.path == path, kinds)
+            .group_by(ImageField.elem, ImageField.kind, column).limit(limit + 1)).all()
+        if len(out) + len(groups) > limit:
+            return [{"path": path, "elem": False, "kind": UNCOVERED, "num": None, "txt": None,
+                     "count": 0, "dense": False, "positions": b""}]
+        for elem, kind, value, joined in groups:
+            image_ids = np.array(joined.split(SEPARATOR), dtype=str)
+            positions = np.sort(np.searchsorted(sorted_ids, image_ids))
+            if elem:  # a list may hold a value twice
+                positions = positions[np.append(True, positions[1:] != positions[:-1])]
+            if not elem and kind != NULL:
+                present[positions] = True
+            out.append(_row(path, elem, kind, {column.key: value}, positions, n))
+    if present.any():
+        out.append(_row(path, False, ANY, {}, np.flatnonzero(present), n))
+    return out
+
+
+def _row(path: str, elem: bool, kind: str, value: dict, positions: np.ndarray, n: int) -> dict:
+    dense = positions.size * 32 >= n  # a bitmap is n/8 bytes, a list 4 bytes an image
+    if dense:
+        bits = np.zeros(n, bool)
+        bits[positions] = True
+        blob = np.packbits(bits, bitorder="little").tobytes()
+    else:
+        blob = np.sort(positions).astype("<u4").tobytes()
+    return {"path": path, "elem": bool(elem), "kind": kind, "num": None, "txt": None, **value,
+            "count": int(positions.size), "dense": dense, "positions": blob}
+
+
+def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+class NotCovered(Exception):
+    """The path has no value sets (too many distinct values); use ``image_fields``."""
+
+
+def covered(conn: Connection, path: str) -> bool:
+    """False for a path with too many distinct values to have value sets."""
+    return conn.execute(select(ValueSet.id).where(
+        ValueSet.path == path, ValueSet.kind == UNCOVERED).limit(1)).first() is None
+
+
+def mask_of(conn: Connection, count: int, where) -> np.ndarray:
+    """The union of the value sets ``where`` selects, as a bool array over positions."""
+    dense, sparse = [], []
+    for is_dense, blob in conn.execute(select(ValueSet.dense, ValueSet.positions).where(where)):
+        (dense if is_dense else sparse).append(blob)
+    if dense:  # or the packed bitmaps first: 8 images a byte
+        packed = np.bitwise_or.reduce([np.frombuffer(b, np.uint8) for b in dense])
+        mask = np.unpackbits(packed, count=count, bitorder="little").view(bool)
+    else:
+        mask = np.zeros(count, bool)
+    if sparse:
+        mask[np.frombuffer(b"".join(sparse), "<u4")] = True
+    return mask
+
+
+def ids_at(conn: Connection, positions: np.ndarray) -> list[str]:
+    """The ids at sorted ``positions``, reading only the blocks that hold them.
+
+    The chosen records of each block are gathered as bytes and the result is decoded and
+    split once: creating the Python strings is most of the cost, so nothing else is."""
+    if positions.size == 0:
+        return []
+    per_block = np.bincount(positions // BLOCK)
+    blocks = np.flatnonzero(per_block).tolist()
+    starts = np.concatenate(([0], np.cumsum(per_block)))  # block b: positions[starts[b]:...]
+    wanted = select(ImageBlock.block, ImageBlock.width, ImageBlock.ids).order_by(ImageBlock.block)
+    if len(blocks) < 200:  # else read them all: one range instead of a long IN list
+        wanted = wanted.where(ImageBlock.block.in_(blocks))
+    chunks: list[bytes] = []
+    for block, width, records in conn.execute(wanted):
+        if block < per_block.size and per_block[block]:
+            here = positions[starts[block]:starts[block + 1]] - block * BLOCK
+            chunks.append(_pick(records, width, here))
+    ids = b"".join(chunks).decode().split(SEPARATOR)
+    ids.pop()  # the empty string after the last separator
+    return ids
+
+
+def _pick(records: bytes, width: int, offsets: np.ndarray) -> bytes:
+    """The records at ``offsets`` of one block (each id followed by the separator)."""
+    if width:
+        table = np.frombuffer(records, f"S{width + 1}")
+        return records if offsets.size == table.size else table[offsets].tobytes()
+    ids = records.split(_SEP)
+    return b"".join(ids[o] + _SEP for o in offsets.tolist())
