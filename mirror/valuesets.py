@@ -180,23 +180,28 @@ def mask_of(conn: Connection, count: int, where) -> np.ndarray:
 def ids_at(conn: Connection, positions: np.ndarray) -> list[str]:
     """The ids at sorted ``positions``, reading only the blocks that hold them.
 
-    The chosen records of each block are gathered as bytes and the result is decoded and
-    split once: creating the Python strings is most of the cost, so nothing else is."""
+    The chosen records of each block are picked as bytes (numpy), then decoded and split:
+    creating the Python strings is most of the cost, so nothing else is."""
     if positions.size == 0:
         return []
     per_block = np.bincount(positions // BLOCK)
     blocks = np.flatnonzero(per_block).tolist()
-    starts = np.concatenate(([0], np.cumsum(per_block)))  # block b: positions[starts[b]:...]
+    starts = np.concatenate(([0], np.cumsum(per_block))).tolist()  # block b's positions:
+    counts = per_block.tolist()  # positions[starts[b]:starts[b + 1]]
     wanted = select(ImageBlock.block, ImageBlock.width, ImageBlock.ids).order_by(ImageBlock.block)
     if len(blocks) < 200:  # else read them all: one range instead of a long IN list
         wanted = wanted.where(ImageBlock.block.in_(blocks))
-    chunks: list[bytes] = []
+    ids: list[str] = []
     for block, width, records in conn.execute(wanted):
-        if block < per_block.size and per_block[block]:
+        if block >= len(counts) or not counts[block]:
+            continue
+        if not (width and counts[block] * (width + 1) == len(records)):  # not the whole block
             here = positions[starts[block]:starts[block + 1]] - block * BLOCK
-            chunks.append(_pick(records, width, here))
-    ids = b"".join(chunks).decode().split(SEPARATOR)
-    ids.pop()  # the empty string after the last separator
+            records = _pick(records, width, here)
+        # Block by block, not joined first: buffers this small are reused, not mapped anew
+        part = records.decode().split(SEPARATOR)
+        part.pop()  # the empty string after the last separator
+        ids += part
     return ids
 
 
