@@ -152,6 +152,24 @@ def test_incremental_sync_after_add_update_remove(tmp_path):
     assert kept and all((store / b.path).exists() for b in kept)  # snapshots still resolve
     for image_id in changes["updated"]:
         assert images[image_id].removed is False
+    _selections_reflect(root, added=changes["added"], gone=gone)
+
+
+def _selections_reflect(root, added, gone):
+    """The published index's value sets were rebuilt: selections see new images, not the
+    removed one, and agree with image_fields."""
+    from mirror import Mirror
+    from mirror.query import select_ids
+    from mirror.valuesets import is_fresh
+
+    with Mirror(root) as m, m._engine.connect() as conn:
+        assert is_fresh(conn)
+        every = select_ids(conn, [["_id", "is not", None]], method="sets")
+        assert set(added) <= set(every) and gone not in every
+        assert every == sorted(r.id for r in _rows(root, Image) if not r.removed)
+        for where in ([["meta.clinical.benign_malignant", "==", "benign"]],
+                      [["meta.clinical.age_approx", ">=", 50], ["dataset.name", "ni", "a"]]):
+            assert select_ids(conn, where) == select_ids(conn, where, method="sql")
 
 
 def test_sync_through_faults_completes_verified(tmp_path):
