@@ -7,8 +7,10 @@ document (``meta.clinical.diagnosis``, ``dataset.name``, ``notes.tags``, ``name`
     >>> select_ids(conn, [["meta.clinical.diagnosis", "==", "melanoma"],
     ...                   ["meta.clinical.age_approx", ">=", 60]])
 
-The criteria compile to SQL over ``image_fields`` (see :mod:`mirror.fields`), with every
-field name and value a bound parameter, so no input can change the statement. A field
+The criteria are answered from value sets (:mod:`mirror.valuesets`: the images of each
+value, combined with numpy) when the index has them, else compiled to SQL over
+``image_fields`` (see :mod:`mirror.fields`); both give the same answers. Every field name
+and value is a bound parameter, so no input can change a statement. A field
 that is missing and one that is ``null`` are the same (``None``). As in isicarchive, an
 operator that cannot apply to a value (``<`` on a string field against a number, ``~`` on
 a number) does not select the image; ``!=``, ``not in`` and ``is not`` are the exact
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import and_, false, func, not_, or_, select, true
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -31,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from mirror.errors import MirrorError, MissingObjectError
 from mirror.fields import BOOL, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
-from mirror.valuesets import ANY, covered, fresh_count, ids_at, mask_of
+from mirror.valuesets import ANY, SEPARATOR, covered, fresh_count, ids_at, mask_of
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
@@ -427,7 +430,6 @@ def selection_statement(conn, items: Any = None, dataset: str | None = None,
     return _plan(conn, items, dataset, study)[0]
 
 
-_SEPARATOR = "\x1f"  # never in an id (ids are checked to be [A-Za-z0-9-])
 METHODS = ("auto", "sql", "sets")
 
 
@@ -446,7 +448,7 @@ def select_ids(conn, items: Any = None, dataset: str | None = None, study: str |
             return ids
         if method == "sets":
             raise QueryError("value sets cannot answer this selection (stale, a study scope, "
-                             "or a test on long text)")
+                             "a text test on long text, or a field with too many values)")
     statement, repeats = _plan(conn, items, dataset, study)
     if limit is not None:
         column = statement.selected_columns[0]
@@ -455,19 +457,19 @@ def select_ids(conn, items: Any = None, dataset: str | None = None, study: str |
     # selection returns tens of thousands of images.
     inner = statement.subquery()
     aggregate = (func.string_agg if conn.dialect.name == "postgresql" else func.group_concat)
-    joined = conn.execute(select(aggregate(inner.c.image_id, _SEPARATOR))).scalar()
+    joined = conn.execute(select(aggregate(inner.c.image_id, SEPARATOR))).scalar()
     if not joined:
         return []
-    ids = joined.split(_SEPARATOR)
+    ids = joined.split(SEPARATOR)
     if repeats:
         return sorted(set(ids))
     ids.sort()  # usually sorted runs already (the index orders ids within a value)
     return ids
 
 
-class _PerDocument(Exception):
-    """A criterion that value sets cannot answer: it reads the documents (long text), or
-    its field has too many distinct values to have value sets."""
+class _NoValueSets(Exception):
+    """A criterion value sets cannot answer: it reads the documents (long text), or its
+    field has too many distinct values to have value sets."""
 
 
 class _Sets:
@@ -482,10 +484,10 @@ class _Sets:
         if path not in self._covered:
             self._covered[path] = covered(self.conn, path)
         if not self._covered[path]:
-            raise _PerDocument(path)
+            raise _NoValueSets(path)
 
-    def item(self, item: Criterion):
-        """Positions of the images ``item`` selects."""
+    def item(self, item: Criterion) -> np.ndarray:
+        """A bool array over image positions: the images ``item`` selects."""
         op = _NEGATION.get(item.op, item.op)
         if op == "~":
             mask = self._regex(item.field, item.value)
@@ -501,22 +503,20 @@ class _Sets:
             mask = ~mask
         return mask & self.rows(guard) if guard else mask
 
-    def empty(self):
-        import numpy as np
-
+    def empty(self) -> np.ndarray:
         return np.zeros(self.count, bool)
 
-    def rows(self, rows: _Rows):
+    def rows(self, rows: _Rows) -> np.ndarray:
         if rows.document:
-            raise _PerDocument(rows.path)
+            raise _NoValueSets(rows.path)
         self.check_covered(rows.path)
         return mask_of(self.conn, self.count, and_(
             ValueSet.path == rows.path, ValueSet.elem == rows.elem, rows.test(ValueSet)))
 
-    def _regex(self, path: str, pattern: str):
+    def _regex(self, path: str, pattern: str) -> np.ndarray:
         """Python's ``re.search`` over the field's distinct values (one value set each)."""
         if self.compiler.has_kind(path, False, LONG_TEXT):
-            raise _PerDocument(path)
+            raise _NoValueSets(path)
         self.check_covered(path)
         regex = re.compile(pattern)
         values = self.conn.execute(select(ValueSet.txt).where(
@@ -533,8 +533,6 @@ class _Sets:
 def _select_with_sets(conn, items: Any, dataset: str | None, study: str | None,
                       limit: int | None) -> list[str] | None:
     """The selection from value sets, or None when they cannot answer it."""
-    import numpy as np
-
     count = None if study else fresh_count(conn)
     if count is None:
         return None
@@ -544,7 +542,7 @@ def _select_with_sets(conn, items: Any, dataset: str | None, study: str | None,
     try:
         for item in items:
             mask &= sets.item(item)
-    except _PerDocument:
+    except _NoValueSets:
         return None
     positions = np.flatnonzero(mask)
     return ids_at(conn, positions if limit is None else positions[:limit])

@@ -6,8 +6,11 @@ thousands of index entries and build sets of text ids to intersect. Value sets s
 answer ready-made: each current image gets a *position* (its rank in ``_id`` order), and
 each ``(path, elem, kind, value)`` of ``image_fields`` gets one ``value_sets`` row holding
 the positions of its images, as a bitmap when that is smaller (common values) or as sorted
-uint32 positions (rare values: names, dates). A selection then reads a few rows, combines
-them with numpy (or, and, not), and turns positions back into ids from ``image_blocks``.
+uint32 positions (rare values). A selection then reads a few rows, combines them with numpy
+(or, and, not), and turns positions back into ids from ``image_blocks``. A path with more
+distinct values than :func:`max_values` (names, dates, ids) gets one ``UNCOVERED`` marker
+row instead: a criterion on it is answered by ``image_fields``, which serves such narrow
+ranges well.
 
 The tables are derived data, like a search engine's inverted index: every writer that
 changes ``image_fields`` marks them stale (``meta`` key ``value_sets``) in the same
@@ -32,7 +35,7 @@ from mirror.index import ImageBlock, ImageField, Meta, ValueSet
 BLOCK = 1024  # ids per image_blocks row: a narrow selection reads few blocks
 ANY = "*"  # the kind of the row holding every image with a non-null value at a path
 UNCOVERED = "!"  # the kind of the one row of a path with too many distinct values
-MIN_MAX_VALUES = 1000
+MIN_MAX_VALUES = 1000  # see max_values
 META_KEY, FRESH, STALE = "value_sets", "fresh", "stale"
 SEPARATOR = "\x1f"  # never in an id (ids are checked to be [A-Za-z0-9-])
 _SEP = SEPARATOR.encode()
