@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 TEXT, LONG_TEXT, NUMBER, BOOL, LIST, OBJECT, NULL = "t", "T", "n", "b", "a", "o", "z"
+KINDS = (TEXT, LONG_TEXT, NUMBER, BOOL, LIST, OBJECT, NULL)
 
 # Text longer than this is stored without its value (kind ``T``, ``txt`` NULL) and compared
 # against the document itself: dataset descriptions repeat in every image and would double

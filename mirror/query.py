@@ -32,9 +32,9 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from mirror.errors import MirrorError, MissingObjectError
-from mirror.fields import BOOL, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
+from mirror.fields import BOOL, KINDS, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
-from mirror.valuesets import ANY, SEPARATOR, covered, fresh_count, ids_at, mask_of
+from mirror.valuesets import ANY, SEPARATOR, fresh_count, ids_at, kinds_at, mask_of
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
@@ -481,14 +481,21 @@ class _Sets:
         self._covered: dict[str, bool] = {}
 
     def check_covered(self, path: str) -> None:
+        """Raises when ``path`` has no value sets; else answers the compiler's ``has_kind``
+        questions about it from one query, instead of one index probe each."""
         if path not in self._covered:
-            self._covered[path] = covered(self.conn, path)
+            pairs = kinds_at(self.conn, path)
+            self._covered[path] = pairs is not None
+            for elem in (False, True):
+                for kind in KINDS:
+                    self.compiler._kinds[(path, elem, kind)] = (elem, kind) in (pairs or ())
         if not self._covered[path]:
             raise _NoValueSets(path)
 
     def item(self, item: Criterion) -> np.ndarray:
         """A bool array over image positions: the images ``item`` selects."""
         op = _NEGATION.get(item.op, item.op)
+        self.check_covered(item.field)
         if op == "~":
             mask = self._regex(item.field, item.value)
         else:

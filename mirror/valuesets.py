@@ -159,10 +159,12 @@ class NotCovered(Exception):
     """The path has no value sets (too many distinct values); use ``image_fields``."""
 
 
-def covered(conn: Connection, path: str) -> bool:
-    """False for a path with too many distinct values to have value sets."""
-    return conn.execute(select(ValueSet.id).where(
-        ValueSet.path == path, ValueSet.kind == UNCOVERED).limit(1)).first() is None
+def kinds_at(conn: Connection, path: str) -> set[tuple[bool, str]] | None:
+    """The ``(elem, kind)`` pairs that have value sets at ``path`` (one index range);
+    None for a path with too many distinct values to have value sets."""
+    pairs = {(bool(e), k) for e, k in conn.execute(
+        select(ValueSet.elem, ValueSet.kind).distinct().where(ValueSet.path == path))}
+    return None if (False, UNCOVERED) in pairs else pairs
 
 
 def mask_of(conn: Connection, count: int, where) -> np.ndarray:
