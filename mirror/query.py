@@ -34,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from mirror.errors import MirrorError, MissingObjectError
 from mirror.fields import BOOL, KINDS, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
-from mirror.valuesets import ANY, SEPARATOR, fresh_count, ids_at, kinds_at, mask_of
+from mirror.valuesets import ANY, SEPARATOR, fresh_count, ids_at, joined_ids, kinds_at, mask_of
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
@@ -453,11 +453,8 @@ def select_ids(conn, items: Any = None, dataset: str | None = None, study: str |
     if limit is not None:
         column = statement.selected_columns[0]
         return list(conn.execute(statement.distinct().order_by(column).limit(limit)).scalars())
-    # One row holding every id, split in Python: far cheaper than a row per id when a
-    # selection returns tens of thousands of images.
     inner = statement.subquery()
-    aggregate = (func.string_agg if conn.dialect.name == "postgresql" else func.group_concat)
-    joined = conn.execute(select(aggregate(inner.c.image_id, SEPARATOR))).scalar()
+    joined = conn.execute(select(joined_ids(conn, inner.c.image_id))).scalar()
     if not joined:
         return []
     ids = joined.split(SEPARATOR)

@@ -100,6 +100,13 @@ def _block(number: int, ids: list[str]) -> dict:
             "width": widths.pop() if len(widths) == 1 else 0}
 
 
+def joined_ids(conn: Connection, column):
+    """The aggregate that joins ``column``'s ids into one string (SQLite or PostgreSQL):
+    one row to split in Python is far cheaper than a row per id."""
+    aggregate = func.string_agg if conn.dialect.name == "postgresql" else func.group_concat
+    return aggregate(column, SEPARATOR)
+
+
 def max_values(images: int) -> int:
     """Distinct values beyond which a path gets no value sets (names, dates, ids): one row
     per image would cost more than it saves, and ``image_fields`` serves such paths well."""
@@ -110,13 +117,12 @@ def _path_sets(conn: Connection, path: str, sorted_ids: np.ndarray) -> list[dict
     """The value set rows of one path: one grouped pass over each covering index, the ids
     of each value aggregated by the database (no Python object per field row)."""
     n, out, limit = sorted_ids.size, [], max_values(sorted_ids.size)
-    aggregate = func.string_agg if conn.dialect.name == "postgresql" else func.group_concat
     present = np.zeros(n, bool)
     numeric = ImageField.kind.in_([NUMBER, BOOL])
     for column, kinds in ((ImageField.num, numeric), (ImageField.txt, ~numeric)):
         groups = conn.execute(
             select(ImageField.elem, ImageField.kind, column,
-                   aggregate(ImageField.image_id, SEPARATOR))
+                   joined_ids(conn, ImageField.image_id))
             .where(ImageField.path == path, kinds)
             .group_by(ImageField.elem, ImageField.kind, column).limit(limit + 1)).all()
         if len(out) + len(groups) > limit:
@@ -142,7 +148,7 @@ def _row(path: str, elem: bool, kind: str, value: dict, positions: np.ndarray, n
         bits[positions] = True
         blob = np.packbits(bits, bitorder="little").tobytes()
     else:
-        blob = np.sort(positions).astype("<u4").tobytes()
+        blob = positions.astype("<u4").tobytes()  # sorted by the caller
     return {"path": path, "elem": bool(elem), "kind": kind, "num": None, "txt": None, **value,
             "count": int(positions.size), "dense": dense, "positions": blob}
 
@@ -154,10 +160,6 @@ def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 
 # -- reading ---------------------------------------------------------------------------------
-
-class NotCovered(Exception):
-    """The path has no value sets (too many distinct values); use ``image_fields``."""
-
 
 def kinds_at(conn: Connection, path: str) -> set[tuple[bool, str]] | None:
     """The ``(elem, kind)`` pairs that have value sets at ``path`` (one index range);
