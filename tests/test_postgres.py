@@ -122,3 +122,29 @@ def test_selections_agree_between_sqlite_and_postgres(tmp_path, database):
             with pg._engine.connect() as conn:  # and image_fields alone agrees
                 assert select_ids(conn, query, method="sql") == expected, query
         assert any(lite.select_images(q).ids for q in QUERIES[2:5])  # not all empty
+
+
+def test_a_reader_keeps_one_snapshot_while_a_writer_publishes(tmp_path, database):
+    """A selection reads value sets and id blocks in several statements; a publish in
+    between (here: the blocks replaced) must not mix two versions of the index."""
+    import numpy as np
+
+    from mirror.config import layout_for, load_config
+    from mirror.index.database import open_reader
+    from mirror.valuesets import fresh_count, ids_at
+
+    root = tmp_path / "m"
+    with serve(images=6, seed=2, private_fraction=0.0) as sb:
+        options = {"what": frozenset({"images", "datasets"}), "blobs": frozenset()}
+        assert sync(root, sb.url, SyncOptions(index_url=database, **options)).ok
+    reader = open_reader(layout_for(root, load_config(root)), database)
+    try:
+        with reader.connect() as conn:
+            count = fresh_count(conn)  # the reader's snapshot starts here
+            with create_engine(database).begin() as writer:
+                writer.execute(text("DELETE FROM image_blocks"))
+            assert len(ids_at(conn, np.arange(count))) == count == 6
+        with reader.connect() as conn:  # a new transaction sees the writer's change
+            assert ids_at(conn, np.arange(count)) == []
+    finally:
+        reader.dispose()

@@ -76,9 +76,13 @@ def _sqlite_engine(path: Path) -> Engine:
 
 
 def open_reader(layout: Layout, url: str | None = None) -> Engine:
-    """A read-only engine on the current generation (or on ``url``)."""
+    """A read-only engine on the current generation (or on ``url``).
+
+    On PostgreSQL each reader transaction is one snapshot (REPEATABLE READ): a selection
+    reads value sets and id blocks in several statements, and a sync may publish new ones
+    in between; a generation file gives SQLite readers the same guarantee."""
     if url:
-        return create_engine(url)
+        return create_engine(url, isolation_level="REPEATABLE READ")
     generation = current_generation(layout)
     if generation is None:
         raise MirrorError(f"no index published yet under {layout.root}; "
