@@ -86,6 +86,37 @@ def test_export_is_byte_identical_and_self_checking(root, tmp_path):
         export(root, "s1", tmp_path / "c.tar.gz", "tar")
 
 
+def test_an_export_clears_what_a_killed_export_left_beside_it(root, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import uuid
+
+    from mirror.files import TMP_PREFIX
+
+    create_snapshot(root, "s1", WHERE)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+
+    def temp(pid, owner, dest_name, folder=True):
+        path = tmp_path / f"{TMP_PREFIX}{uuid.uuid4().hex}.{pid}.{owner}-{dest_name}"
+        if folder:
+            (path / "images").mkdir(parents=True)
+        else:
+            path.write_bytes(b"partial tar")
+        return path
+
+    killed_dir, killed_tar = temp(dead, host, "out"), temp(dead, host, "out", folder=False)
+    running = temp(os.getpid(), host, "out")  # an export still running: kept
+    elsewhere = temp(dead, "another-host", "out")  # its pid means nothing here: kept
+    other_dest = temp(dead, host, "other")  # beside another DEST: not this export's
+    export(root, "s1", tmp_path / "out", "dir")
+    assert not killed_dir.exists() and not killed_tar.exists()
+    assert running.exists() and elsewhere.exists() and other_dest.exists()
+    assert (tmp_path / "out" / "SHA256SUMS").exists()
+
+
 def test_bagit_output_validates_with_an_independent_validator(root, tmp_path):
     create_snapshot(root, "s1", WHERE)
     export(root, "s1", tmp_path / "bag", "bagit")

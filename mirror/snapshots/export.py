@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -48,7 +50,38 @@ def _checked(member: Member, extra: list | tuple = ()) -> Iterator[bytes]:
 
 
 def _temp_beside(dest: Path) -> Path:
-    return dest.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{dest.name}")
+    """Where an export is built: beside DEST, named after its owner (pid and host), so
+    that a later export can tell a killed one's leftovers from one still running."""
+    return dest.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}.{socket.gethostname()}"
+                          f"-{dest.name}")
+
+
+def remove_dead_temps(dest: Path) -> int:
+    """Delete what killed exports to ``dest`` left beside it: temps of processes of this
+    host that no longer run. Another host's temps are left alone (its pids mean nothing
+    here); so are temps of exports still running."""
+    pattern = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{32}}\.(\d+)\.(.*)-"
+                         rf"{re.escape(dest.name)}")
+    removed = 0
+    for path in dest.parent.glob(f"{TMP_PREFIX}*"):
+        match = pattern.fullmatch(path.name)
+        if match and match[2] == socket.gethostname() and not _running(int(match[1])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _write_tree(folder: Path, members: list[Member], hashers: dict | None = None) -> None:
@@ -172,6 +205,7 @@ def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str)
         raise MirrorError(f"{dest} exists; export into a new path (an export never "
                           "overwrites one)")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(dest)
     WRITERS[fmt](snap, members, dest)
     return {"files": len(members), "bytes": sum(m.size for m in members), "path": str(dest),
             "format": fmt}
