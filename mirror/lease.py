@@ -60,7 +60,8 @@ def break_lease(layout: Layout) -> bool:
     return existed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` of this host runs (or belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,7 +124,7 @@ class WriterLease:
         """A holder on this host whose process is gone: its lease is stale, take it."""
         holder = lease_holder(self.layout)
         if holder and holder.get("host") == socket.gethostname() and holder.get("pid") \
-                and not _pid_alive(int(holder["pid"])):
+                and not pid_alive(int(holder["pid"])):
             break_lease(self.layout)
             return True
         return False

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mirror.errors import IntegrityError, MirrorError
 from mirror.files import TMP_PREFIX
+from mirror.lease import pid_alive
 from mirror.snapshots.manifest import Snapshot
 from mirror.snapshots.payload import Member
 
@@ -65,23 +66,13 @@ def remove_dead_temps(dest: Path) -> int:
     removed = 0
     for path in dest.parent.glob(f"{TMP_PREFIX}*"):
         match = pattern.fullmatch(path.name)
-        if match and match[2] == socket.gethostname() and not _running(int(match[1])):
+        if match and match[2] == socket.gethostname() and not pid_alive(int(match[1])):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _write_tree(folder: Path, members: list[Member], hashers: dict | None = None) -> None:
