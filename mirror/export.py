@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from mirror import query
 from mirror.errors import MirrorError
-from mirror.files import place, remove_stale_temps, write_bytes_atomic
+from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob, Dataset, Image, ImageField, Segmentation
 from mirror.sources.isic import BLOB_KINDS
 from mirror.store import UnsafeNameError, safe_name
@@ -261,7 +261,7 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
     roles = blob_roles(blobs)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dest)
+    remove_dead_temps(dest)
     summary: dict[str, Any] = {"images": len(selection), "files": 0, "linked": {},
                                "missing": [], "skipped_names": []}
     with mirror._engine.connect() as conn:

@@ -3,33 +3,67 @@
 Readers of an export folder (a training script, a second export) must never see a
 half-written file, so every file is written under a temporary name in the same folder and
 renamed into place; a killed export leaves only ``.mirror-tmp-*`` files behind, which the
-next export of the same folder removes.
+next export of the same folder removes (when their process is dead: see
+:func:`remove_dead_temps`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
 from mirror.errors import MirrorError
+from mirror.lease import pid_alive
 
 TMP_PREFIX = ".mirror-tmp-"
 LINK_MODES = ("hard", "sym", "copy")
 
 
-def _temp_beside(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+# .mirror-tmp-<uuid>.<pid>@<host>~<name>: a host name has no "~", so the name can be anything
+_OWNED_TEMP = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{32}}\.(\d+)@([^~]*)~(.*)",
+                         re.DOTALL)
+
+
+def temp_beside(path: Path) -> Path:
+    """A temporary name beside ``path`` that names its owner (pid and host), so that a
+    later run can tell a killed process's leftovers from those of one still running."""
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}@"
+                          f"{socket.gethostname()}~{path.name}")
+
+
+def remove_dead_temps(folder: Path, name: str | None = None) -> int:
+    """Delete the temps that killed processes of this host left in ``folder`` (only those
+    beside ``name``, when given). Temps of running processes and of other hosts (whose
+    pids mean nothing here) are kept; unowned ones, from versions before owners were
+    named, are deleted."""
+    count, host = 0, socket.gethostname()
+    for path in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else ():
+        owned = _OWNED_TEMP.fullmatch(path.name)
+        if owned is None:
+            dead = name is None or path.name.endswith(f"-{name}")
+        else:
+            dead = (name is None or owned[3] == name) and owned[2] == host \
+                and not pid_alive(int(owned[1]))
+        if dead:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            count += 1
+    return count
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None], mode: int = 0o644) -> None:
     """Create ``path`` with what ``write(file)`` writes, atomically and durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -58,7 +92,7 @@ def place(source: Path, dest: Path, link: str) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if link == "hard" and dest.exists() and os.path.samefile(source, dest):
         return "hard"
-    tmp = _temp_beside(dest)
+    tmp = temp_beside(dest)
     try:
         done = _place_temp(source, tmp, link)
         os.replace(tmp, dest)
@@ -81,13 +115,3 @@ def _place_temp(source: Path, tmp: Path, link: str) -> str:
     shutil.copyfile(source, tmp)
     os.chmod(tmp, 0o644)
     return "copy"
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files a killed export left in ``folder`` (not recursive)."""
-    count = 0
-    if folder.is_dir():
-        for path in folder.glob(f"{TMP_PREFIX}*"):
-            path.unlink(missing_ok=True)
-            count += 1
-    return count

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
 
 from mirror import Mirror
 from mirror.cli import main
+from mirror.files import temp_beside
 from mirror.sources.sandbox import serve
 from mirror.sync import SyncOptions, sync
 
@@ -108,9 +110,13 @@ def test_export_files_links_the_stored_bytes(m, root, tmp_path):
     table = list(csv.DictReader(open(dest / "metadata.csv", encoding="utf-8")))
     assert [r["isic_id"] for r in table] == selection.names
     assert (dest / "attribution.txt").exists()
+    dead = temp_beside(dest / "x.jpg").name.replace(f".{os.getpid()}@", ".999999999@")
+    (dest / dead).write_bytes(b"a killed export's partial file")
+    running = temp_beside(dest / "y.jpg")  # a concurrent export's file in progress
+    running.write_bytes(b"being written")
     again = export_files(m, dest, selection, ["full"], link="copy")  # replaces in place
     assert again["linked"] == {"copy": len(selection)}
-    assert not list(dest.glob(".mirror-tmp-*"))
+    assert [p.name for p in dest.glob(".mirror-tmp-*")] == [running.name]
 
 
 def test_query_cli_formats(root):

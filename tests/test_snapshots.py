@@ -100,7 +100,7 @@ def test_an_export_clears_what_a_killed_export_left_beside_it(root, tmp_path):
     host = socket.gethostname()
 
     def temp(pid, owner, dest_name, folder=True):
-        path = tmp_path / f"{TMP_PREFIX}{uuid.uuid4().hex}.{pid}.{owner}-{dest_name}"
+        path = tmp_path / f"{TMP_PREFIX}{uuid.uuid4().hex}.{pid}@{owner}~{dest_name}"
         if folder:
             (path / "images").mkdir(parents=True)
         else:
@@ -111,8 +111,10 @@ def test_an_export_clears_what_a_killed_export_left_beside_it(root, tmp_path):
     running = temp(os.getpid(), host, "out")  # an export still running: kept
     elsewhere = temp(dead, "another-host", "out")  # its pid means nothing here: kept
     other_dest = temp(dead, host, "other")  # beside another DEST: not this export's
+    legacy = tmp_path / f"{TMP_PREFIX}{uuid.uuid4().hex}-out"  # unowned (older versions)
+    legacy.write_bytes(b"partial")
     export(root, "s1", tmp_path / "out", "dir")
-    assert not killed_dir.exists() and not killed_tar.exists()
+    assert not killed_dir.exists() and not killed_tar.exists() and not legacy.exists()
     assert running.exists() and elsewhere.exists() and other_dest.exists()
     assert (tmp_path / "out" / "SHA256SUMS").exists()
 

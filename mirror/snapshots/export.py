@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
-import socket
 import tarfile
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from mirror.errors import IntegrityError, MirrorError
-from mirror.files import TMP_PREFIX
-from mirror.lease import pid_alive
+from mirror.files import remove_dead_temps, temp_beside
 from mirror.snapshots.manifest import Snapshot
 from mirror.snapshots.payload import Member
 
@@ -50,31 +46,6 @@ def _checked(member: Member, extra: list | tuple = ()) -> Iterator[bytes]:
                              "run 'mirror snapshot verify'")
 
 
-def _temp_beside(dest: Path) -> Path:
-    """Where an export is built: beside DEST, named after its owner (pid and host), so
-    that a later export can tell a killed one's leftovers from one still running."""
-    return dest.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}.{socket.gethostname()}"
-                          f"-{dest.name}")
-
-
-def remove_dead_temps(dest: Path) -> int:
-    """Delete what killed exports to ``dest`` left beside it: temps of processes of this
-    host that no longer run. Another host's temps are left alone (its pids mean nothing
-    here); so are temps of exports still running."""
-    pattern = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{32}}\.(\d+)\.(.*)-"
-                         rf"{re.escape(dest.name)}")
-    removed = 0
-    for path in dest.parent.glob(f"{TMP_PREFIX}*"):
-        match = pattern.fullmatch(path.name)
-        if match and match[2] == socket.gethostname() and not pid_alive(int(match[1])):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def _write_tree(folder: Path, members: list[Member], hashers: dict | None = None) -> None:
     for member in members:
         path = folder / member.path
@@ -95,7 +66,7 @@ def _publish_folder(tmp: Path, dest: Path) -> None:
 
 
 def export_dir(snap: Snapshot, members: list[Member], dest: Path) -> None:
-    tmp = _temp_beside(dest)
+    tmp = temp_beside(dest)
     try:
         _write_tree(tmp, members)
         _publish_folder(tmp, dest)
@@ -107,7 +78,7 @@ def export_tar(snap: Snapshot, members: list[Member], dest: Path) -> None:
     if dest.suffix != ".tar":
         raise MirrorError(f"name the tar export *.tar (got {dest.name}): compressed tar "
                           "output depends on the zlib build, so it is not byte-identical")
-    tmp = _temp_beside(dest)
+    tmp = temp_beside(dest)
     mtime = _epoch(snap)
     try:
         with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w",
@@ -150,7 +121,7 @@ def _bag_path(path: str) -> str:
 
 
 def export_bagit(snap: Snapshot, members: list[Member], dest: Path) -> None:
-    tmp = _temp_beside(dest)
+    tmp = temp_beside(dest)
     try:
         hashers: dict = {}
         _write_tree(tmp / "data", members, hashers)
@@ -196,7 +167,7 @@ def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str)
         raise MirrorError(f"{dest} exists; export into a new path (an export never "
                           "overwrites one)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(dest)
+    remove_dead_temps(dest.parent, dest.name)
     WRITERS[fmt](snap, members, dest)
     return {"files": len(members), "bytes": sum(m.size for m in members), "path": str(dest),
             "format": fmt}
