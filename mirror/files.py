@@ -34,8 +34,12 @@ _OWNED_TEMP = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{32}}\.(\d+)@([^~]*)
 def temp_beside(path: Path) -> Path:
     """A temporary name beside ``path`` that names its owner (pid and host), so that a
     later run can tell a killed process's leftovers from those of one still running."""
-    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}@"
-                          f"{socket.gethostname()}~{path.name}")
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}@{_host()}~{path.name}")
+
+
+def _host() -> str:
+    """This host's name as temps record it (bounded: a file name has 255 bytes)."""
+    return socket.gethostname().replace("~", "")[:64]
 
 
 def remove_dead_temps(folder: Path, name: str | None = None) -> int:
@@ -43,7 +47,7 @@ def remove_dead_temps(folder: Path, name: str | None = None) -> int:
     beside ``name``, when given). Temps of running processes and of other hosts (whose
     pids mean nothing here) are kept; unowned ones, from versions before owners were
     named, are deleted."""
-    count, host = 0, socket.gethostname()
+    count, host = 0, _host()
     for path in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else ():
         owned = _OWNED_TEMP.fullmatch(path.name)
         if owned is None:
