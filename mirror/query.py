@@ -518,10 +518,10 @@ class _Sets:
             ValueSet.path == rows.path, ValueSet.elem == rows.elem, rows.test(ValueSet)))
 
     def _regex(self, path: str, pattern: str) -> np.ndarray:
-        """Python's ``re.search`` over the field's distinct values (one value set each)."""
+        """Python's ``re.search`` over the field's distinct values (one value set each);
+        :meth:`item` has checked that the path has value sets."""
         if self.compiler.has_kind(path, False, LONG_TEXT):
             raise _NoValueSets(path)
-        self.check_covered(path)
         regex = re.compile(pattern)
         values = self.conn.execute(select(ValueSet.txt).where(
             ValueSet.path == path, ValueSet.elem.is_(False), ValueSet.kind == TEXT)).scalars()
