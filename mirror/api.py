@@ -16,7 +16,7 @@ Everything is read from the published index generation and the object store.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from mirror.index import (
 )
 from mirror.index.database import open_reader
 from mirror.store import ObjectStore
+from mirror.valuesets import IdList
 
 
 class Mirror:
@@ -173,9 +174,13 @@ class Mirror:
 
 
 class ImageSelection:
-    """The images a selection found, in ``_id`` order; names and images are read on demand."""
+    """The images a selection found, in ``_id`` order; names and images are read on demand.
 
-    def __init__(self, mirror: Mirror, criteria: list, ids: list[str],
+    :attr:`ids` is a read-only sequence of ``_id`` strings (often a
+    :class:`mirror.valuesets.IdList`, which makes each string when it is read);
+    ``list(selection.ids)`` gives a plain list."""
+
+    def __init__(self, mirror: Mirror, criteria: list, ids: Sequence[str],
                  dataset: str | None = None, study: str | None = None):
         self.mirror, self.criteria, self.dataset, self.study = mirror, criteria, dataset, study
         self.ids = ids
@@ -196,8 +201,8 @@ class ImageSelection:
         return key in self._members or key in set(self.names)
 
     @cached_property
-    def _members(self) -> set[str]:
-        return set(self.ids)
+    def _members(self) -> Container[str]:
+        return self.ids if isinstance(self.ids, IdList) else set(self.ids)  # IdList: bisects
 
     def __repr__(self) -> str:
         shown = " and ".join(str(c) for c in self.criteria) or "all images"

@@ -434,8 +434,9 @@ METHODS = ("auto", "sql", "sets")
 
 
 def select_ids(conn, items: Any = None, dataset: str | None = None, study: str | None = None,
-               limit: int | None = None, method: str = "auto") -> list[str]:
-    """The ``_id`` of every current image the criteria select, sorted.
+               limit: int | None = None, method: str = "auto") -> Sequence[str]:
+    """The ``_id`` of every current image the criteria select, sorted: a list, or an
+    :class:`~mirror.valuesets.IdList` that makes the strings as they are read.
 
     ``method`` is for tests and benchmarks: ``"sets"`` insists on value sets
     (:mod:`mirror.valuesets`), ``"sql"`` on ``image_fields``; ``"auto"`` uses value sets
@@ -535,7 +536,7 @@ class _Sets:
 
 
 def _select_with_sets(conn, items: Any, dataset: str | None, study: str | None,
-                      limit: int | None) -> list[str] | None:
+                      limit: int | None) -> Sequence[str] | None:
     """The selection from value sets, or None when they cannot answer it."""
     count = None if study else fresh_count(conn)
     if count is None:

@@ -22,7 +22,7 @@ that finds them stale (or absent, in an index older than this module) uses
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select
@@ -184,11 +184,12 @@ def mask_of(conn: Connection, count: int, where) -> np.ndarray:
     return mask
 
 
-def ids_at(conn: Connection, positions: np.ndarray) -> list[str]:
+def ids_at(conn: Connection, positions: np.ndarray) -> Sequence[str]:
     """The ids at sorted ``positions``, reading only the blocks that hold them.
 
-    The chosen records of each block are picked as bytes (numpy), then decoded and split:
-    creating the Python strings is most of the cost, so nothing else is."""
+    The chosen records of each block are picked as bytes (numpy) in this transaction; the
+    Python strings, most of the cost of a broad selection, are made only when asked for
+    (see :class:`IdList`)."""
     if positions.size == 0:
         return []
     per_block = np.bincount(positions // BLOCK)
@@ -198,17 +199,19 @@ def ids_at(conn: Connection, positions: np.ndarray) -> list[str]:
     wanted = select(ImageBlock.block, ImageBlock.width, ImageBlock.ids).order_by(ImageBlock.block)
     if len(blocks) < 200:  # else read them all: one range instead of a long IN list
         wanted = wanted.where(ImageBlock.block.in_(blocks))
-    ids: list[str] = []
+    picked, widths = bytearray(), set()  # appended to: no second copy, as a join makes
     for block, width, records in conn.execute(wanted):
         if block >= len(counts) or not counts[block]:
             continue
         if not (width and counts[block] * (width + 1) == len(records)):  # not the whole block
             here = positions[starts[block]:starts[block + 1]] - block * BLOCK
             records = _pick(records, width, here)
-        # Block by block, not joined first: buffers this small are reused, not mapped anew
-        part = records.decode().split(SEPARATOR)
-        part.pop()  # the empty string after the last separator
-        ids += part
+        picked += records
+        widths.add(width)
+    if len(widths) == 1 and 0 not in widths:
+        return IdList(picked, widths.pop())
+    ids = picked.decode().split(SEPARATOR)
+    ids.pop()  # the empty string after the last separator
     return ids
 
 
@@ -219,3 +222,70 @@ def _pick(records: bytes, width: int, offsets: np.ndarray) -> bytes:
         return records if offsets.size == table.size else table[offsets].tobytes()
     ids = records.split(_SEP)
     return b"".join(ids[o] + _SEP for o in offsets.tolist())
+
+
+class IdList(Sequence[str]):
+    """A sorted, read-only list of ids of one width, kept as the bytes of ``image_blocks``.
+
+    A broad selection finds 100,000 images in a few milliseconds, and making 100,000 Python
+    strings would cost as much again, so they are made only when asked for: ``len`` and
+    ``in`` (a binary search) need none, an index or a slice decodes only what it covers,
+    and iterating decodes a block at a time. ``list(ids)`` gives a plain list."""
+
+    __slots__ = ("_records", "_width")
+    _DECODE = 4096  # ids decoded at once while iterating
+
+    def __init__(self, records: bytes | bytearray, width: int):
+        if width <= 0 or len(records) % (width + 1):
+            raise ValueError("records must be ids of one width, each followed by the separator")
+        self._records, self._width = records, width
+
+    def __len__(self) -> int:
+        return len(self._records) // (self._width + 1)
+
+    def __getitem__(self, index):
+        step = self._width + 1
+        if isinstance(index, slice):
+            start, stop, stride = index.indices(len(self))
+            if stride != 1:
+                return self.tolist()[index]
+            return IdList(self._records[start * step:max(start, stop) * step], self._width)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("IdList index out of range")
+        return self._records[index * step:index * step + self._width].decode()
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), self._DECODE):
+            yield from self[start:start + self._DECODE].tolist()
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str) or len(key) != self._width:
+            return False
+        needle = key.encode() + _SEP
+        table = np.frombuffer(self._records, f"S{self._width + 1}")
+        at = int(np.searchsorted(table, needle))
+        return at < table.size and table[at] == needle
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IdList):
+            return (self._width, self._records) == (other._width, other._records)
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(self) == len(other) and self.tolist() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def tolist(self) -> list[str]:
+        """All the ids as a plain list of strings."""
+        if not self._records:
+            return []
+        ids = self._records.decode().split(SEPARATOR)
+        ids.pop()  # the empty string after the last separator
+        return ids
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(i) for i in self[:3])
+        more = f", ... ({len(self)} ids)" if len(self) > 3 else ""
+        return f"IdList([{head}{more}])"

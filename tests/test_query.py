@@ -355,3 +355,38 @@ def test_ids_are_picked_from_blocks_of_fixed_and_varying_width():
         for offsets in ([0], [5, 17, 999], list(range(0, 1000, 3)), list(range(1000))):
             picked = _pick(block["ids"], block["width"], np.array(offsets))
             assert picked.decode().split("\x1f")[:-1] == [ids[o] for o in offsets]
+
+
+def id_list(ids: list[str]):
+    from mirror.valuesets import IdList
+
+    return IdList("".join(i + "\x1f" for i in ids).encode(), len(ids[0]) if ids else 24)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**40), unique=True, max_size=40).map(sorted),
+       st.integers(-45, 45), st.integers(-45, 45), st.integers(0, 2**40 + 1))
+def test_an_id_list_behaves_like_the_sorted_list_it_stands_for(numbers, a, b, probe):
+    """Selections hand out ids as an IdList (strings made on demand): every read a user
+    makes of a list of ids gives the same answer."""
+    ids = [f"{n:024x}" for n in numbers]
+    lazy = id_list(ids)
+    assert len(lazy) == len(ids) and list(lazy) == ids == lazy and lazy.tolist() == ids
+    assert lazy[a:b] == ids[a:b] and lazy[a::2] == ids[a::2] and list(lazy[a:][:b]) == ids[a:][:b]
+    if -len(ids) <= a < len(ids):
+        assert lazy[a] == ids[a]
+    else:
+        with pytest.raises(IndexError):
+            lazy[a]
+    for key in (f"{probe:024x}", *ids[:3], "short", 7, f"{probe:024x}"[:-1] + "\x1f"):
+        assert (key in lazy) == (key in ids)
+    assert lazy != ids + ["x"] and lazy != "".join(ids)
+    assert set(lazy) == set(ids) and sorted(reversed(lazy)) == ids
+
+
+def test_an_id_list_refuses_records_of_the_wrong_width():
+    from mirror.valuesets import IdList
+
+    with pytest.raises(ValueError, match="one width"):
+        IdList(b"abc\x1fabcd\x1f", 3)
+    assert repr(id_list([f"{i:024x}" for i in range(5)])).endswith("... (5 ids)])")
