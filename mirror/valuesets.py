@@ -266,7 +266,7 @@ class IdList(Sequence[str]):
         needle = key.encode() + _SEP
         table = np.frombuffer(self._records, f"S{self._width + 1}")
         at = int(np.searchsorted(table, needle))
-        return at < table.size and table[at] == needle
+        return bool(at < table.size and table[at] == needle)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, IdList):
