@@ -261,9 +261,10 @@ class IdList(Sequence[str]):
             yield from self[start:start + self._DECODE].tolist()
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str) or len(key) != self._width:
+        needle = key.encode() if isinstance(key, str) else b""
+        if len(needle) != self._width:
             return False
-        needle = key.encode() + _SEP
+        needle += _SEP
         table = np.frombuffer(self._records, f"S{self._width + 1}")
         at = int(np.searchsorted(table, needle))
         return bool(at < table.size and table[at] == needle)
