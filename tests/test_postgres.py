@@ -6,6 +6,7 @@ A throwaway server is started with the machine's ``initdb``/``pg_ctl`` (as the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -148,3 +149,61 @@ def test_a_reader_keeps_one_snapshot_while_a_writer_publishes(tmp_path, database
             assert ids_at(conn, np.arange(count)) == []
     finally:
         reader.dispose()
+
+
+def test_archive_text_of_any_length_and_character_is_indexed(tmp_path, database):
+    """PostgreSQL text can't hold U+0000 and VARCHAR(n) refuses longer values, where SQLite
+    takes both: a name with NUL or 305 characters must not stop a sync. The index holds
+    U+FFFD for NUL on PostgreSQL; the stored document keeps the original."""
+    from mirror import Mirror
+    from mirror.sources.sandbox.hostile import HOSTILE_DATASET_NAME, HOSTILE_NAMES, Hostile
+
+    root = tmp_path / "m"
+    options = SyncOptions(workers=4, what=frozenset({"images", "datasets"}), blobs=frozenset())
+    with serve(images=10, seed=3, private_fraction=0.0) as sb:
+        assert sync(root, sb.url, dataclasses.replace(options, index_url=database)).ok
+        sb.hostile = Hostile.parse("names", sb.archive, 3)
+        sb.mutate(add=30, update_ids=sb.hostile.victims("names"))
+        summary = sync(root, sb.url, options)  # no blobs: nothing refuses the names
+        assert summary.ok, summary.failures
+        sb.hostile.close()
+    with create_engine(database).connect() as conn:
+        names = set(conn.execute(text("SELECT name FROM images UNION SELECT name FROM datasets"))
+                    .scalars())
+    assert HOSTILE_DATASET_NAME.replace("\x00", "\ufffd") in names
+    assert {n for n in HOSTILE_NAMES if "\x00" not in n} & names  # long ones included
+    with Mirror(root) as m:
+        dataset = m.dataset(HOSTILE_DATASET_NAME.replace("\x00", "\ufffd"))
+        assert dataset.json["name"] == HOSTILE_DATASET_NAME  # the document is unchanged
+        assert len(m.select_images(["dataset.name", "==", HOSTILE_DATASET_NAME])) > 0
+    assert verify_mirror(root).ok
+
+
+def test_an_index_from_0003_widens_to_text_and_keeps_its_rows(database):
+    """The schema a PostgreSQL index gets by upgrading equals the models, and its rows stay."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    from mirror.index import Base
+    from mirror.index.database import upgrade_to_head
+
+    engine = create_engine(database)
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("mirror.migrations")))
+    config.attributes["connection_engine"] = engine
+    command.upgrade(config, "0003")
+    insert = text("INSERT INTO images (id, name, doc_sha256, doc, removed, synced_at, public) "
+                  "VALUES (:id, :name, :sha, '{}', false, '2026-01-01T00:00:00+00:00', true)")
+    with engine.begin() as conn:
+        conn.execute(insert, {"id": "5436e3abbae478396759f0cf", "name": "ISIC_0000000",
+                              "sha": "0" * 64})
+    upgrade_to_head(engine)
+    with engine.begin() as conn:
+        conn.execute(insert, {"id": "5436e3abbae478396759f0d0", "name": "ISIC_" + "A" * 300,
+                              "sha": "0" * 64})  # VARCHAR(64) refused this before 0004
+        names = conn.execute(text("SELECT name FROM images ORDER BY id")).scalars().all()
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert names == ["ISIC_0000000", "ISIC_" + "A" * 300]
+    engine.dispose()

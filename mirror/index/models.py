@@ -20,11 +20,46 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class ArchiveText(TypeDecorator):
+    """Text the archive chose (names, field values, dates, ...): any length, any character.
+
+    SQLite stores it as it is, whatever the declared length. PostgreSQL refuses a longer
+    value in a ``VARCHAR(n)`` and any U+0000 in text, so there the column is ``TEXT``
+    (migration 0004) and U+0000 is bound as U+FFFD: in the index only, as the stored
+    document keeps the original. A criterion's values are bound the same way, so they still
+    match. ``collate_c``: byte-order comparison on PostgreSQL, as SQLite and Python compare.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None, collate_c: bool = False):
+        super().__init__()
+        self.length, self.collate_c = length, collate_c
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine:
+        # Not passed through dialect.type_descriptor: psycopg's adapts Text to a VARCHAR,
+        # and DDL (and Alembic's comparison) would then say VARCHAR
+        if dialect.name == "postgresql":
+            return Text(collation="C") if self.collate_c else Text()
+        return String(self.length) if self.length else Text()
+
+    def bind_processor(self, dialect: Dialect):
+        # Overridden, not process_bind_param: no Python call per value where none is needed
+        return _without_nul if dialect.name == "postgresql" else None
+
+
+def _without_nul(value: object) -> object:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
 class _Document:
@@ -42,25 +77,22 @@ class Image(_Document, Base):
     """One image: the flattened common fields plus the full detail document."""
 
     __tablename__ = "images"
-    name: Mapped[str] = mapped_column(String(64), index=True)
-    dataset_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    created: Mapped[str | None] = mapped_column(String(40))
-    updated: Mapped[str | None] = mapped_column(String(40))
-    diagnosis: Mapped[str | None] = mapped_column(String(128), index=True)
-    benign_malignant: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(ArchiveText(64), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(ArchiveText(64), index=True)
+    created: Mapped[str | None] = mapped_column(ArchiveText(40))
+    updated: Mapped[str | None] = mapped_column(ArchiveText(40))
+    diagnosis: Mapped[str | None] = mapped_column(ArchiveText(128), index=True)
+    benign_malignant: Mapped[str | None] = mapped_column(ArchiveText(64))
     age_approx: Mapped[int | None] = mapped_column(Integer)
-    sex: Mapped[str | None] = mapped_column(String(32))
-    anatom_site_general: Mapped[str | None] = mapped_column(String(128))
+    sex: Mapped[str | None] = mapped_column(ArchiveText(32))
+    anatom_site_general: Mapped[str | None] = mapped_column(ArchiveText(128))
     melanocytic: Mapped[bool | None] = mapped_column(Boolean)
-    diagnosis_confirm_type: Mapped[str | None] = mapped_column(String(128))
-    image_type: Mapped[str | None] = mapped_column(String(64))
+    diagnosis_confirm_type: Mapped[str | None] = mapped_column(ArchiveText(128))
+    image_type: Mapped[str | None] = mapped_column(ArchiveText(64))
     pixels_x: Mapped[int | None] = mapped_column(Integer)
     pixels_y: Mapped[int | None] = mapped_column(Integer)
     public: Mapped[bool] = mapped_column(Boolean, default=True)
 
-
-# Byte-order text comparison on PostgreSQL, as SQLite's default and Python's ``<`` do.
-_BINARY_TEXT = Text().with_variant(Text(collation="C"), "postgresql")
 
 
 class ImageField(Base):
@@ -72,12 +104,12 @@ class ImageField(Base):
     __tablename__ = "image_fields"
     __table_args__ = {"sqlite_with_rowid": False}
     image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    path: Mapped[str] = mapped_column(ArchiveText(512), primary_key=True)
     elem: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(1))
     num: Mapped[float | None] = mapped_column(Float)
-    txt: Mapped[str | None] = mapped_column(_BINARY_TEXT)
+    txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
 
 
 class ValueSet(Base):
@@ -89,11 +121,11 @@ class ValueSet(Base):
 
     __tablename__ = "value_sets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String(512))
+    path: Mapped[str] = mapped_column(ArchiveText(512))
     elem: Mapped[bool] = mapped_column(Boolean)
     kind: Mapped[str] = mapped_column(String(1))
     num: Mapped[float | None] = mapped_column(Float)
-    txt: Mapped[str | None] = mapped_column(_BINARY_TEXT)
+    txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
     count: Mapped[int] = mapped_column(Integer)
     dense: Mapped[bool] = mapped_column(Boolean)
     positions: Mapped[bytes] = mapped_column(LargeBinary)
@@ -111,52 +143,52 @@ class ImageBlock(Base):
 
 class Dataset(_Document, Base):
     __tablename__ = "datasets"
-    name: Mapped[str] = mapped_column(String(256), index=True)
-    license: Mapped[str | None] = mapped_column(String(64))
-    attribution: Mapped[str | None] = mapped_column(Text)
-    description: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(ArchiveText(256), index=True)
+    license: Mapped[str | None] = mapped_column(ArchiveText(64))
+    attribution: Mapped[str | None] = mapped_column(ArchiveText())
+    description: Mapped[str | None] = mapped_column(ArchiveText())
     access_level: Mapped[int | None] = mapped_column(Integer)
     public: Mapped[bool] = mapped_column(Boolean, default=True)
-    created: Mapped[str | None] = mapped_column(String(40))
-    updated: Mapped[str | None] = mapped_column(String(40))
+    created: Mapped[str | None] = mapped_column(ArchiveText(40))
+    updated: Mapped[str | None] = mapped_column(ArchiveText(40))
     count: Mapped[int | None] = mapped_column(Integer)
 
 
 class Study(_Document, Base):
     __tablename__ = "studies"
-    name: Mapped[str] = mapped_column(String(256), index=True)
-    description: Mapped[str | None] = mapped_column(Text)
-    created: Mapped[str | None] = mapped_column(String(40))
-    updated: Mapped[str | None] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(ArchiveText(256), index=True)
+    description: Mapped[str | None] = mapped_column(ArchiveText())
+    created: Mapped[str | None] = mapped_column(ArchiveText(40))
+    updated: Mapped[str | None] = mapped_column(ArchiveText(40))
 
 
 class StudyImage(Base):
     __tablename__ = "study_images"
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
-    image_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    image_id: Mapped[str] = mapped_column(ArchiveText(64), primary_key=True, index=True)
 
 
 class Feature(Base):
     __tablename__ = "features"
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
-    feature_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    feature_id: Mapped[str] = mapped_column(ArchiveText(256), primary_key=True)
 
 
 class Segmentation(_Document, Base):
     __tablename__ = "segmentations"
-    image_id: Mapped[str] = mapped_column(String(64), index=True)
-    created: Mapped[str | None] = mapped_column(String(40))
+    image_id: Mapped[str] = mapped_column(ArchiveText(64), index=True)
+    created: Mapped[str | None] = mapped_column(ArchiveText(40))
     failed: Mapped[bool] = mapped_column(Boolean, default=False)
-    skill: Mapped[str | None] = mapped_column(String(32))
+    skill: Mapped[str | None] = mapped_column(ArchiveText(32))
 
 
 class Annotation(_Document, Base):
     __tablename__ = "annotations"
     study_id: Mapped[str] = mapped_column(String(64), index=True)
-    image_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    user_id: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str | None] = mapped_column(String(32))
-    status: Mapped[str | None] = mapped_column(String(32))
+    image_id: Mapped[str | None] = mapped_column(ArchiveText(64), index=True)
+    user_id: Mapped[str | None] = mapped_column(ArchiveText(64))
+    state: Mapped[str | None] = mapped_column(ArchiveText(32))
+    status: Mapped[str | None] = mapped_column(ArchiveText(32))
 
 
 class Blob(Base):
@@ -168,7 +200,7 @@ class Blob(Base):
     path: Mapped[str] = mapped_column(String(512), unique=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
-    content_type: Mapped[str | None] = mapped_column(String(128))
+    content_type: Mapped[str | None] = mapped_column(ArchiveText(128))
     source_sha256: Mapped[str | None] = mapped_column(String(64))  # input of a derived blob
     fetched_at: Mapped[str] = mapped_column(String(40))
 
@@ -204,7 +236,7 @@ class SyncItem(Base):
     role: Mapped[str] = mapped_column(String(32), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(ArchiveText())
 
 
 class SyncRun(Base):
