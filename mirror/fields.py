@@ -15,6 +15,7 @@ these rows from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 TEXT, LONG_TEXT, NUMBER, BOOL, LIST, OBJECT, NULL = "t", "T", "n", "b", "a", "o", "z"
@@ -39,12 +40,22 @@ def kind_of(value: object) -> str:
     return LIST if isinstance(value, list) else OBJECT
 
 
+def as_float(number: int | float) -> float:
+    """A JSON number as the index stores it. Integers beyond a float's range (JSON allows
+    any length) become -inf or inf, which still order correctly against every other
+    number; exact equality with such an integer is out of reach anyway."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
 def _row(image_id: str, path: str, value: object, elem: bool) -> dict:
     kind = kind_of(value)
     row = {"image_id": image_id, "path": path, "elem": elem, "kind": kind,
            "num": None, "txt": None}
     if kind == NUMBER:
-        row["num"] = float(value)
+        row["num"] = as_float(value)
     elif kind == BOOL:
         row["num"] = 1.0 if value else 0.0
     elif kind == TEXT and not elem and len(value) > MAX_INDEXED_TEXT:

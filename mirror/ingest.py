@@ -44,7 +44,11 @@ def _get(doc: dict, *path: str) -> Any:
 
 
 def _as_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer that fits the index's INTEGER columns (32 bits on PostgreSQL), else None:
+    the document and ``image_fields`` keep any other value."""
+    if isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31:
+        return value
+    return None
 
 
 def _as_bool(value: Any) -> bool | None:

@@ -21,6 +21,7 @@ negations of ``==``, ``in`` and ``is``, so they select images where the field is
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,17 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from mirror.errors import MirrorError, MissingObjectError
-from mirror.fields import BOOL, KINDS, LIST, LONG_TEXT, MAX_INDEXED_TEXT, NULL, NUMBER, TEXT
+from mirror.fields import (
+    BOOL,
+    KINDS,
+    LIST,
+    LONG_TEXT,
+    MAX_INDEXED_TEXT,
+    NULL,
+    NUMBER,
+    TEXT,
+    as_float,
+)
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
 from mirror.valuesets import ANY, SEPARATOR, fresh_count, ids_at, joined_ids, kinds_at, mask_of
 
@@ -81,6 +92,11 @@ def criterion(field: Any, op: Any, value: Any) -> Criterion:
 def _check_value(op: str, value: Any, shown: str) -> None:
     base = _NEGATION.get(op, op)
     scalar = (str, int, float, bool)
+    if any(isinstance(v, (int, float)) and not isinstance(v, bool)
+           and not math.isfinite(as_float(v)) for v in (value if isinstance(value, list)
+                                                      else [value])):
+        raise QueryError(f"a number in {shown} is NaN, infinite or beyond a float's range; "
+                         "use a finite number")
     if base in ("<", "<=", ">", ">=") and (not isinstance(value, (str, int, float))
                                            or isinstance(value, bool)):
         raise QueryError(f"{op} needs a number or a string in {shown}")

@@ -56,3 +56,20 @@ def test_fetching_keeps_at_most_pool_size_requests_in_flight(sandbox):
         assert all(list(pool.map(one, range(24))))
     assert peak[0] == 3
     assert client.requests_made == 24
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b'[{"_id": "a", "age": NaN}]', "NaN is not a JSON number"),
+    (b'[{"_id": "a", "age": -Infinity}]', "-Infinity is not a JSON number"),
+    (b'[{"_id": "a", "age": 1e400}]', "beyond the range of a float"),
+    (b'[{"_id": "a", "name": "\xff"}]', "utf-8"),
+])
+def test_json_the_api_never_sends_is_refused(body, problem):
+    """Python's json module accepts NaN, Infinity and 1e400 (as inf); the ISIC API encodes
+    with allow_nan=False, and the store could not write them back, so they are invalid."""
+    from mirror.sources.isic import parse_json
+
+    with pytest.raises(ValueError, match=problem):
+        parse_json(body)
+    assert parse_json(b'[{"age": 1e300, "n": 12345678901234567890123}]') == [
+        {"age": 1e300, "n": 12345678901234567890123}]

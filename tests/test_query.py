@@ -8,6 +8,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from mirror.config import utc_now
 from mirror.fields import MAX_INDEXED_TEXT
@@ -390,3 +391,32 @@ def test_an_id_list_refuses_records_of_the_wrong_width():
     with pytest.raises(ValueError, match="one width"):
         IdList(b"abc\x1fabcd\x1f", 3)
     assert repr(id_list([f"{i:024x}" for i in range(5)])).endswith("... (5 ids)])")
+
+
+@pytest.mark.parametrize("method", ["sql", "sets"])
+def test_integers_beyond_a_float_are_indexed_in_order(tmp_path, method):
+    """JSON integers have no size limit: one beyond a float's range is indexed as +-inf
+    (still ordered against every number), not a crash of the sync; its INTEGER column
+    copy is left empty (PostgreSQL's INTEGER is 32 bits)."""
+    big = 10**400
+    docs = [{"_id": f"{i:024x}", "age_approx": v, "meta": {"clinical": {"age_approx": v}}}
+            for i, v in enumerate([big, -big, 5, 3_000_000_000])]
+    writer = IndexWriter(Layout(tmp_path / "m"))
+    with writer.session() as session:
+        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        refresh(session)
+    with writer.engine.connect() as conn:
+        for where, expected in ([["age_approx", ">", 6]], [0, 3]), \
+                ([["age_approx", "<", 0]], [1]), ([["age_approx", "<=", 5]], [1, 2]):
+            got = select_ids(conn, criteria(where), method=method)
+            assert got == [docs[i]["_id"] for i in expected], where
+        ages = dict(conn.execute(select(Image.id, Image.age_approx)).all())
+    assert list(ages.values()) == [None, None, 5, None]
+    writer.close()
+
+
+@pytest.mark.parametrize("value", [10**400, float("inf"), float("nan"), [1, float("-inf")]])
+def test_numbers_no_index_can_hold_are_refused_in_criteria(value):
+    op = "in" if isinstance(value, list) else ">"
+    with pytest.raises(QueryError, match="NaN, infinite or beyond a float's range"):
+        criteria([["meta.clinical.age_approx", op, value]])

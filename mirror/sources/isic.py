@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -82,8 +83,8 @@ class IsicSource:
                     raise ArchiveError(f"GET {path} failed: HTTP {response.status_code} "
                                        f"{_message(response)}")
                 content = response.content
-            try:  # strict UTF-8: requests' .json() would replace bad bytes with U+FFFD
-                return json.loads(content)
+            try:
+                return parse_json(content)
             except ValueError as exc:
                 raise requests.exceptions.ContentDecodingError(
                     f"invalid JSON from {path}: {exc}") from exc
@@ -158,6 +159,25 @@ class IsicSource:
 
 def _quote(feature_id: str) -> str:
     return requests.utils.quote(feature_id, safe="")
+
+
+def parse_json(content: bytes) -> object:
+    """Strict JSON: UTF-8 (requests' ``.json()`` would replace bad bytes with U+FFFD), and
+    no ``NaN``/``Infinity`` or numbers beyond a float's range, which Python would accept
+    but the ISIC API never sends (it encodes with ``allow_nan=False``) and no index or
+    stored document could hold."""
+    return json.loads(content, parse_constant=_not_a_number, parse_float=_finite)
+
+
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond the range of a float")
+    return value
 
 
 def _message(response: requests.Response) -> str:
