@@ -45,7 +45,18 @@ from mirror.fields import (
     as_float,
 )
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
-from mirror.valuesets import ANY, SEPARATOR, fresh_count, ids_at, joined_ids, kinds_at, mask_of
+from mirror.valuesets import (
+    ANY,
+    SEPARATOR,
+    all_bits,
+    fresh_count,
+    ids_at,
+    joined_ids,
+    kinds_at,
+    mask_of,
+    no_bits,
+    positions_of,
+)
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
@@ -488,7 +499,7 @@ class _NoValueSets(Exception):
 
 class _Sets:
     """Criteria evaluated over value sets: each row range is the union of the stored sets
-    of the values it covers, as a bool array over image positions."""
+    of the values it covers, as a bitmap over image positions."""
 
     def __init__(self, compiler: _Compiler, count: int):
         self.compiler, self.conn, self.count = compiler, compiler.conn, count
@@ -507,7 +518,8 @@ class _Sets:
             raise _NoValueSets(path)
 
     def item(self, item: Criterion) -> np.ndarray:
-        """A bool array over image positions: the images ``item`` selects."""
+        """A bitmap over image positions (see :func:`~mirror.valuesets.no_bits`): the
+        images ``item`` selects."""
         op = _NEGATION.get(item.op, item.op)
         self.check_covered(item.field)
         if op == "~":
@@ -525,7 +537,7 @@ class _Sets:
         return mask & self.rows(guard) if guard else mask
 
     def empty(self) -> np.ndarray:
-        return np.zeros(self.count, bool)
+        return no_bits(self.count)
 
     def rows(self, rows: _Rows) -> np.ndarray:
         if rows.document:
@@ -559,13 +571,13 @@ def _select_with_sets(conn, items: Any, dataset: str | None, study: str | None,
         return None
     items = _scope(conn, dataset, None)[0] + criteria(items)
     sets = _Sets(_Compiler(conn), count)
-    mask = np.ones(sets.count, bool)
+    mask = all_bits(sets.count)
     try:
         for item in items:
             mask &= sets.item(item)
     except _NoValueSets:
         return None
-    positions = np.flatnonzero(mask)
+    positions = positions_of(mask, sets.count)
     return ids_at(conn, positions if limit is None else positions[:limit])
 
 

@@ -170,18 +170,59 @@ def kinds_at(conn: Connection, path: str) -> set[tuple[bool, str]] | None:
 
 
 def mask_of(conn: Connection, count: int, where) -> np.ndarray:
-    """The union of the value sets ``where`` selects, as a bool array over positions."""
-    dense, sparse = [], []
+    """The union of the value sets ``where`` selects, as a bitmap over positions (see
+    :func:`no_bits`): stored bitmaps are or-ed as they are, positions are set bit by bit."""
+    bits, sparse = no_bits(count), []
     for is_dense, blob in conn.execute(select(ValueSet.dense, ValueSet.positions).where(where)):
-        (dense if is_dense else sparse).append(blob)
-    if dense:  # or the packed bitmaps first: 8 images a byte
-        packed = np.bitwise_or.reduce([np.frombuffer(b, np.uint8) for b in dense])
-        mask = np.unpackbits(packed, count=count, bitorder="little").view(bool)
-    else:
-        mask = np.zeros(count, bool)
+        if is_dense:
+            bits |= np.frombuffer(blob, np.uint8)
+        else:
+            sparse.append(blob)
     if sparse:
-        mask[np.frombuffer(b"".join(sparse), "<u4")] = True
-    return mask
+        positions = np.frombuffer(b"".join(sparse), "<u4")
+        if len(sparse) > 1:  # each is sorted: a merge of sorted runs, which timsort sees
+            positions = np.sort(positions, kind="stable")
+        _set_bits(bits, positions)
+    return bits
+
+
+# A selection combines criteria as bitmaps packed 8 positions a byte (numpy's little bit
+# order, as stored), so its working memory is an eighth of a bool array's: 12.5 KB per
+# criterion at 100,000 images. Bits past ``count`` in the last byte mean nothing.
+
+def no_bits(count: int) -> np.ndarray:
+    """An empty bitmap of ``count`` positions."""
+    return np.zeros((count + 7) // 8, np.uint8)
+
+
+def all_bits(count: int) -> np.ndarray:
+    """A full bitmap of ``count`` positions."""
+    return np.full((count + 7) // 8, 0xFF, np.uint8)
+
+
+def _set_bits(bits: np.ndarray, positions: np.ndarray) -> None:
+    """Set the bits of sorted ``positions``, one or-reduction per byte they touch."""
+    if positions.size == 0:
+        return
+    byte = positions >> 3
+    bit = np.left_shift(np.uint8(1), (positions & 7).astype(np.uint8))
+    starts = np.flatnonzero(np.concatenate(([True], byte[1:] != byte[:-1])))
+    bits[byte[starts]] |= np.bitwise_or.reduceat(bit, starts)
+
+
+def positions_of(bits: np.ndarray, count: int) -> np.ndarray:
+    """The set positions of a bitmap, sorted, unpacked a slice at a time."""
+    found, step = [], 8192  # bytes: 65,536 positions, 64 KB unpacked
+    for start in range(0, bits.size, step):
+        piece = bits[start:start + step]
+        if piece.any():
+            flags = np.unpackbits(piece, count=min(step * 8, count - start * 8),
+                                  bitorder="little")
+            positions = np.flatnonzero(flags.view(bool))  # 5x faster on bool than on uint8
+            positions += start * 8
+            found.append(positions)
+    return np.concatenate(found) if len(found) > 1 else found[0] if found else \
+        np.empty(0, np.int64)
 
 
 def ids_at(conn: Connection, positions: np.ndarray) -> Sequence[str]:

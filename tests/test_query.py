@@ -420,3 +420,25 @@ def test_numbers_no_index_can_hold_are_refused_in_criteria(value):
     op = "in" if isinstance(value, list) else ">"
     with pytest.raises(QueryError, match="NaN, infinite or beyond a float's range"):
         criteria([["meta.clinical.age_approx", op, value]])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 70_000).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.lists(st.integers(0, n - 1), unique=True).map(sorted), max_size=4))))
+def test_packed_bitmaps_give_the_positions_set_and_ignore_their_padding(case):
+    """Selections combine criteria as bitmaps 8 positions a byte: setting positions, or-ing,
+    inverting (which flips the padding bits of the last byte too) and reading positions back
+    agree with numpy's set operations."""
+    import numpy as np
+
+    from mirror.valuesets import _set_bits, all_bits, no_bits, positions_of
+
+    n, runs = case
+    bits = no_bits(n)
+    merged = np.sort(np.concatenate([np.array(r, np.uint32) for r in runs] or
+                                    [np.empty(0, np.uint32)]), kind="stable")
+    _set_bits(bits, merged)
+    union = np.unique(merged)
+    assert positions_of(bits, n).tolist() == union.tolist()
+    assert positions_of(~bits, n).tolist() == np.setdiff1d(np.arange(n), union).tolist()
+    assert positions_of(all_bits(n) & ~bits, n).size == n - union.size
