@@ -221,8 +221,9 @@ def positions_of(bits: np.ndarray, count: int) -> np.ndarray:
             positions = np.flatnonzero(flags.view(bool))  # 5x faster on bool than on uint8
             positions += start * 8
             found.append(positions)
-    return np.concatenate(found) if len(found) > 1 else found[0] if found else \
-        np.empty(0, np.int64)
+    if not found:
+        return np.empty(0, np.int64)
+    return found[0] if len(found) == 1 else np.concatenate(found)
 
 
 def ids_at(conn: Connection, positions: np.ndarray) -> Sequence[str]:
@@ -302,7 +303,10 @@ class IdList(Sequence[str]):
             yield from self[start:start + self._DECODE].tolist()
 
     def __contains__(self, key: object) -> bool:
-        needle = key.encode() if isinstance(key, str) else b""
+        try:
+            needle = key.encode() if isinstance(key, str) else b""
+        except UnicodeEncodeError:  # a lone surrogate: no id holds one
+            return False
         if len(needle) != self._width:
             return False
         needle += _SEP

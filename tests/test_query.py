@@ -379,7 +379,8 @@ def test_an_id_list_behaves_like_the_sorted_list_it_stands_for(numbers, a, b, pr
     else:
         with pytest.raises(IndexError):
             lazy[a]
-    for key in (f"{probe:024x}", *ids[:3], "short", 7, f"{probe:024x}"[:-1] + "\x1f", "é" * 12):
+    for key in (f"{probe:024x}", *ids[:3], "short", 7, f"{probe:024x}"[:-1] + "\x1f", "é" * 12,
+                "\ud800" * 24):
         assert (key in lazy) == (key in ids)
     assert lazy != ids + ["x"] and lazy != "".join(ids)
     assert set(lazy) == set(ids) and sorted(reversed(lazy)) == ids
