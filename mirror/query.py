@@ -103,9 +103,9 @@ def criterion(field: Any, op: Any, value: Any) -> Criterion:
 def _check_value(op: str, value: Any, shown: str) -> None:
     base = _NEGATION.get(op, op)
     scalar = (str, int, float, bool)
-    if any(isinstance(v, (int, float)) and not isinstance(v, bool)
-           and not math.isfinite(as_float(v)) for v in (value if isinstance(value, list)
-                                                      else [value])):
+    numbers = [v for v in (value if isinstance(value, list) else [value])
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not all(math.isfinite(as_float(v)) for v in numbers):
         raise QueryError(f"a number in {shown} is NaN, infinite or beyond a float's range; "
                          "use a finite number")
     if base in ("<", "<=", ">", ">=") and (not isinstance(value, (str, int, float))
