@@ -3,7 +3,7 @@
     .venv/bin/python bench/query.py [--images 100000] [--small 10000] [--runs 10] [--keep DIR]
 
 Builds a metadata-only mirror of the sandbox archive (image details and datasets, no
-files), then times ten typical selections two ways, each the median of ``--runs``:
+files), then times eleven typical selections, each the median of ``--runs``:
 
 * ``mirror``: ``Mirror.select_images`` over the published index, which reads value sets
   (``mirror.valuesets``) and hands the ids out as an ``IdList`` (strings made on demand);
@@ -57,6 +57,7 @@ SELECTIONS = {
     "sex in [female, null]": [["meta.clinical.sex", "in", ["female", None]]],
     "dataset.name ~ ^HAM": [["dataset.name", "~", "^HAM"]],
     "name < ISIC_0001000": [["name", "<", "ISIC_0001000"]],
+    "created >= 2014-09-13": [["created", ">=", "2014-09-13"]],
     "female, 40-60, malignant": [
         ["meta.clinical.sex", "==", "female"], ["meta.clinical.age_approx", ">=", 40],
         ["meta.clinical.age_approx", "<", 60],

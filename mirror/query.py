@@ -45,6 +45,7 @@ from mirror.fields import (
     as_float,
 )
 from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
+from mirror.valueruns import Span, points, span_positions
 from mirror.valuesets import (
     ANY,
     SEPARATOR,
@@ -56,6 +57,7 @@ from mirror.valuesets import (
     mask_of,
     no_bits,
     positions_of,
+    set_bits,
 )
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
@@ -204,6 +206,8 @@ class _Rows:
     elem: bool
     test: Any
     document: bool = False  # the test reads the stored document (long text)
+    compares: bool = False  # the test compares numbers or text (not only kinds or booleans)
+    span: Span | None = None  # those values, for value runs; None: not a range or points
 
 
 @dataclass
@@ -337,20 +341,25 @@ class _Compiler:
         for kind, nums in ((NUMBER, numbers), (BOOL, flags)):
             if nums and self.has_kind(path, elem, kind):
                 rows.append(_Rows(path, elem, lambda t, k=kind, n=nums: and_(
-                    t.kind == k, t.num == n[0] if len(n) == 1 else t.num.in_(n))))
+                    t.kind == k, t.num == n[0] if len(n) == 1 else t.num.in_(n)),
+                    compares=kind == NUMBER,  # booleans have value sets on every path
+                    span=points(NUMBER, nums) if kind == NUMBER else None))
         texts = [v for v in values if isinstance(v, str)]
         if texts:
             rows += self._text(path, lambda col: col == texts[0] if len(texts) == 1
                                else col.in_(texts), elem=elem,
-                               long=any(len(v) > MAX_INDEXED_TEXT for v in texts))
+                               long=any(len(v) > MAX_INDEXED_TEXT for v in texts),
+                               span=points(TEXT, texts))
         return _Match(rows, absent=None in values)
 
     def _text(self, path: str, test, elem: bool = False, long: bool = True,
-              short: bool = True) -> list[_Rows]:
-        """Row ranges for a text test; long text is read from the document itself."""
+              short: bool = True, span: Span | None = None) -> list[_Rows]:
+        """Row ranges for a text test (``span``: the same test as a range or points, when it
+        is one); long text is read from the document itself."""
         rows = []
         if short and self.has_kind(path, elem, TEXT):
-            rows.append(_Rows(path, elem, lambda t: and_(t.kind == TEXT, test(t.txt))))
+            rows.append(_Rows(path, elem, lambda t: and_(t.kind == TEXT, test(t.txt)),
+                              compares=True, span=span))
         if long and not elem and self.has_kind(path, elem, LONG_TEXT):
             keys = tuple(path.split("."))
 
@@ -372,12 +381,17 @@ class _Compiler:
     def _order(self, path: str, op: str, value: Any) -> _Match:
         compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
                    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}[op]
-        if isinstance(value, str):
-            return _Match(self._text(path, lambda col: compare(col, value)))
+        kind = TEXT if isinstance(value, str) else NUMBER
+        bound = value if kind == TEXT else float(value)
+        span = (Span(kind, hi=bound, hi_incl=op == "<=") if op in ("<", "<=")
+                else Span(kind, lo=bound, lo_incl=op == ">="))
+        if kind == TEXT:
+            return _Match(self._text(path, lambda col: compare(col, value), span=span))
         if not self.has_kind(path, False, NUMBER):
             return _Match([])
         return _Match([_Rows(path, False, lambda t: and_(t.kind == NUMBER,
-                                                          compare(t.num, float(value))))])
+                                                          compare(t.num, bound)),
+                             compares=True, span=span)])
 
 
 # -- running -------------------------------------------------------------------------------
@@ -504,16 +518,20 @@ class _Sets:
     def __init__(self, compiler: _Compiler, count: int):
         self.compiler, self.conn, self.count = compiler, compiler.conn, count
         self._covered: dict[str, bool] = {}
+        self._ranged: set[str] = set()  # paths whose numbers and text are in value runs
 
     def check_covered(self, path: str) -> None:
-        """Raises when ``path`` has no value sets; else answers the compiler's ``has_kind``
-        questions about it from one query, instead of one index probe each."""
+        """Raises when ``path`` has neither value sets nor runs; else answers the compiler's
+        ``has_kind`` questions about it from one query, instead of one index probe each."""
         if path not in self._covered:
-            pairs = kinds_at(self.conn, path)
-            self._covered[path] = pairs is not None
+            found = kinds_at(self.conn, path)
+            self._covered[path] = found is not None
+            pairs, ranged = found or (set(), False)
+            if ranged:
+                self._ranged.add(path)
             for elem in (False, True):
                 for kind in KINDS:
-                    self.compiler._kinds[(path, elem, kind)] = (elem, kind) in (pairs or ())
+                    self.compiler._kinds[(path, elem, kind)] = (elem, kind) in pairs
         if not self._covered[path]:
             raise _NoValueSets(path)
 
@@ -543,13 +561,27 @@ class _Sets:
         if rows.document:
             raise _NoValueSets(rows.path)
         self.check_covered(rows.path)
+        if rows.compares and rows.path in self._ranged:
+            if rows.span is None:  # a substring or a regex: image_fields answers
+                raise _NoValueSets(rows.path)
+            return self._span(rows.path, rows.elem, rows.span)
         return mask_of(self.conn, self.count, and_(
             ValueSet.path == rows.path, ValueSet.elem == rows.elem, rows.test(ValueSet)))
+
+    def _span(self, path: str, elem: bool, span: Span) -> np.ndarray:
+        if self.conn.dialect.name == "postgresql":
+            span = span.without_nul()  # as the index stores text there
+        positions = span_positions(self.conn, path, elem, span)
+        if positions is None:
+            raise _NoValueSets(path)
+        bits = no_bits(self.count)
+        set_bits(bits, positions, self.count)
+        return bits
 
     def _regex(self, path: str, pattern: str) -> np.ndarray:
         """Python's ``re.search`` over the field's distinct values (one value set each);
         :meth:`item` has checked that the path has value sets."""
-        if self.compiler.has_kind(path, False, LONG_TEXT):
+        if path in self._ranged or self.compiler.has_kind(path, False, LONG_TEXT):
             raise _NoValueSets(path)
         regex = re.compile(pattern)
         values = self.conn.execute(select(ValueSet.txt).where(

@@ -8,9 +8,8 @@ each ``(path, elem, kind, value)`` of ``image_fields`` gets one ``value_sets`` r
 the positions of its images, as a bitmap when that is smaller (common values) or as sorted
 uint32 positions (rare values). A selection then reads a few rows, combines them with numpy
 (or, and, not), and turns positions back into ids from ``image_blocks``. A path with more
-distinct values than :func:`max_values` (names, dates, ids) gets one ``UNCOVERED`` marker
-row instead: a criterion on it is answered by ``image_fields``, which serves such narrow
-ranges well.
+distinct values than :func:`max_values` (names, dates, ids) keeps its numbers and text in
+value runs instead (:mod:`mirror.valueruns`), sorted, so that a range reads whole runs.
 
 The tables are derived data, like a search engine's inverted index: every writer that
 changes ``image_fields`` marks them stale (``meta`` key ``value_sets``) in the same
@@ -25,16 +24,18 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from mirror.fields import BOOL, NULL, NUMBER
-from mirror.index import ImageBlock, ImageField, Meta, ValueSet
+from mirror.fields import BOOL, NULL, NUMBER, TEXT
+from mirror.index import ImageBlock, ImageField, Meta, ValueRun, ValueSet
+from mirror.valueruns import build_runs, stretches
 
 BLOCK = 1024  # ids per image_blocks row: a narrow selection reads few blocks
 ANY = "*"  # the kind of the row holding every image with a non-null value at a path
 UNCOVERED = "!"  # the kind of the one row of a path with too many distinct values
+RANGED = "r"  # beside UNCOVERED: the path's numbers and text are in value runs
 MIN_MAX_VALUES = 1000  # see max_values
 META_KEY, FRESH, STALE = "value_sets", "fresh", "stale"
 SEPARATOR = "\x1f"  # never in an id (ids are checked to be [A-Za-z0-9-])
@@ -47,10 +48,17 @@ def mark_stale(session: Session) -> None:
     session.merge(Meta(key=META_KEY, value=STALE))
 
 
+# Statements every selection runs, built once: building one costs more than running it
+_STATE = select(Meta.value).where(Meta.key == META_KEY)
+_KINDS = select(ValueSet.elem, ValueSet.kind).distinct().where(ValueSet.path == bindparam("path"))
+_BLOCKS = select(ImageBlock.block, ImageBlock.width, ImageBlock.ids).order_by(ImageBlock.block)
+_BLOCK_RANGE = _BLOCKS.where(ImageBlock.block.between(bindparam("lo"), bindparam("hi")))
+
+
 def fresh_count(conn: Connection) -> int | None:
     """The number of image positions when the value sets describe the current
     ``image_fields``; None when they are stale (or the index predates them)."""
-    state = conn.execute(select(Meta.value).where(Meta.key == META_KEY)).scalar()
+    state = conn.execute(_STATE).scalar()
     if not state or not state.startswith(FRESH + ":"):
         return None
     return int(state.partition(":")[2])
@@ -71,10 +79,10 @@ def refresh(session: Session) -> bool:
 
 
 def rebuild(conn: Connection) -> int:
-    """Replace both tables with sets computed from ``image_fields``; returns the number of
-    images (positions)."""
-    conn.execute(delete(ValueSet))
-    conn.execute(delete(ImageBlock))
+    """Replace the tables with sets and runs computed from ``image_fields``; returns the
+    number of images (positions)."""
+    for table in (ValueSet, ValueRun, ImageBlock):
+        conn.execute(delete(table))
     ids = conn.execute(select(ImageField.image_id).where(
         ImageField.path == "_id", ImageField.elem.is_(False))).scalars().all()
     ids.sort()  # Python's order is the one positions follow, whatever the collation
@@ -83,10 +91,11 @@ def rebuild(conn: Connection) -> int:
     for batch in _batches(blocks, 50):
         conn.execute(insert(ImageBlock), batch)
     sorted_ids = np.array(ids, dtype=str)
-    paths = conn.execute(select(ImageField.path).distinct()).scalars().all()
-    rows = itertools.chain.from_iterable(_path_sets(conn, path, sorted_ids) for path in paths)
-    for batch in _batches(rows, _INSERT_BATCH):
-        conn.execute(insert(ValueSet), batch)
+    for path in conn.execute(select(ImageField.path).distinct()).scalars().all():
+        sets, runs = _path_sets(conn, path, sorted_ids)
+        for table, rows in ((ValueSet, sets), (ValueRun, runs)):
+            for batch in _batches(rows, _INSERT_BATCH):
+                conn.execute(insert(table), batch)
     return len(ids)
 
 
@@ -108,14 +117,16 @@ def joined_ids(conn: Connection, column):
 
 
 def max_values(images: int) -> int:
-    """Distinct values beyond which a path gets no value sets (names, dates, ids): one row
-    per image would cost more than it saves, and ``image_fields`` serves such paths well."""
+    """Distinct values beyond which a path's numbers and text get value runs instead of value
+    sets (names, dates, ids): one row per image would cost more than it saves."""
     return max(MIN_MAX_VALUES, images // 50)
 
 
-def _path_sets(conn: Connection, path: str, sorted_ids: np.ndarray) -> list[dict]:
-    """The value set rows of one path: one grouped pass over each covering index, the ids
-    of each value aggregated by the database (no Python object per field row)."""
+def _path_sets(conn: Connection, path: str, sorted_ids: np.ndarray
+               ) -> tuple[list[dict], list[dict]]:
+    """The value set rows of one path (one grouped pass over each covering index, the ids
+    of each value aggregated by the database), and its value runs when it has too many
+    distinct values for sets."""
     n, out, limit = sorted_ids.size, [], max_values(sorted_ids.size)
     present = np.zeros(n, bool)
     numeric = ImageField.kind.in_([NUMBER, BOOL])
@@ -126,19 +137,55 @@ def _path_sets(conn: Connection, path: str, sorted_ids: np.ndarray) -> list[dict
             .where(ImageField.path == path, kinds)
             .group_by(ImageField.elem, ImageField.kind, column).limit(limit + 1)).all()
         if len(out) + len(groups) > limit:
-            return [{"path": path, "elem": False, "kind": UNCOVERED, "num": None, "txt": None,
-                     "count": 0, "dense": False, "positions": b""}]
+            return _ranged_path(conn, path, sorted_ids)
         for elem, kind, value, joined in groups:
-            image_ids = np.array(joined.split(SEPARATOR), dtype=str)
-            positions = np.sort(np.searchsorted(sorted_ids, image_ids))
-            if elem:  # a list may hold a value twice
-                positions = positions[np.append(True, positions[1:] != positions[:-1])]
+            positions = _positions(joined, sorted_ids)
             if not elem and kind != NULL:
                 present[positions] = True
             out.append(_row(path, elem, kind, {column.key: value}, positions, n))
     if present.any():
         out.append(_row(path, False, ANY, {}, np.flatnonzero(present), n))
-    return out
+    return out, []
+
+
+def _ranged_path(conn: Connection, path: str, sorted_ids: np.ndarray
+                 ) -> tuple[list[dict], list[dict]]:
+    """A path with too many distinct values: its numbers and text go into value runs
+    (:mod:`mirror.valueruns`), with one set per kind saying who holds one; its other kinds
+    (booleans, nulls, lists, objects, long text) have few values and get ordinary sets.
+
+    The ``UNCOVERED`` marker stays, so that a reader that predates value runs answers from
+    ``image_fields``; ``RANGED`` tells newer readers the runs are there."""
+    n, present = sorted_ids.size, np.zeros(sorted_ids.size, bool)
+    sets = [_marker(path, UNCOVERED), _marker(path, RANGED)]
+    runs, holders = build_runs(conn, path, sorted_ids)
+    for (elem, kind), positions in holders.items():
+        sets.append(_row(path, elem, kind, {}, positions, n))
+        if not elem:
+            present[positions] = True
+    groups = conn.execute(
+        select(ImageField.elem, ImageField.kind, ImageField.num, ImageField.txt,
+               joined_ids(conn, ImageField.image_id))
+        .where(ImageField.path == path, ImageField.kind.notin_([NUMBER, TEXT]))
+        .group_by(ImageField.elem, ImageField.kind, ImageField.num, ImageField.txt)).all()
+    for elem, kind, num, txt, joined in groups:
+        positions = _positions(joined, sorted_ids)
+        if not elem and kind != NULL:
+            present[positions] = True
+        sets.append(_row(path, elem, kind, {"num": num, "txt": txt}, positions, n))
+    if present.any():
+        sets.append(_row(path, False, ANY, {}, np.flatnonzero(present), n))
+    return sets, runs
+
+
+def _positions(joined: str, sorted_ids: np.ndarray) -> np.ndarray:
+    """The sorted positions, each once (a list may hold a value twice), of joined ids."""
+    return np.unique(np.searchsorted(sorted_ids, np.array(joined.split(SEPARATOR), dtype=str)))
+
+
+def _marker(path: str, kind: str) -> dict:
+    return {"path": path, "elem": False, "kind": kind, "num": None, "txt": None,
+            "count": 0, "dense": False, "positions": b""}
 
 
 def _row(path: str, elem: bool, kind: str, value: dict, positions: np.ndarray, n: int) -> dict:
@@ -161,12 +208,14 @@ def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 # -- reading ---------------------------------------------------------------------------------
 
-def kinds_at(conn: Connection, path: str) -> set[tuple[bool, str]] | None:
-    """The ``(elem, kind)`` pairs that have value sets at ``path`` (one index range);
-    None for a path with too many distinct values to have value sets."""
-    pairs = {(bool(e), k) for e, k in conn.execute(
-        select(ValueSet.elem, ValueSet.kind).distinct().where(ValueSet.path == path))}
-    return None if (False, UNCOVERED) in pairs else pairs
+def kinds_at(conn: Connection, path: str) -> tuple[set[tuple[bool, str]], bool] | None:
+    """The ``(elem, kind)`` pairs the value sets of ``path`` hold, and whether its numbers
+    and text are in value runs instead (one index range); None for a path with neither."""
+    pairs = {(bool(e), k) for e, k in conn.execute(_KINDS, {"path": path})}
+    ranged = (False, RANGED) in pairs
+    if (False, UNCOVERED) in pairs and not ranged:
+        return None
+    return pairs - {(False, UNCOVERED), (False, RANGED)}, ranged
 
 
 def mask_of(conn: Connection, count: int, where) -> np.ndarray:
@@ -179,10 +228,7 @@ def mask_of(conn: Connection, count: int, where) -> np.ndarray:
         else:
             sparse.append(blob)
     if sparse:
-        positions = np.frombuffer(b"".join(sparse), "<u4")
-        if len(sparse) > 1:  # each is sorted: a merge of sorted runs, which timsort sees
-            positions = np.sort(positions, kind="stable")
-        _set_bits(bits, positions)
+        set_bits(bits, np.frombuffer(b"".join(sparse), "<u4"), count)
     return bits
 
 
@@ -198,6 +244,16 @@ def no_bits(count: int) -> np.ndarray:
 def all_bits(count: int) -> np.ndarray:
     """A full bitmap of ``count`` positions."""
     return np.full((count + 7) // 8, 0xFF, np.uint8)
+
+
+def set_bits(bits: np.ndarray, positions: np.ndarray, count: int) -> None:
+    """Set the bits of ``positions`` (any order, repeats allowed)."""
+    if positions.size * 8 > count:  # many: scattering into bools, then packing, is faster
+        flags = np.zeros(count, bool)
+        flags[positions] = True
+        bits |= np.packbits(flags, bitorder="little")
+    else:  # a few: sorted (often runs already sorted, which a stable sort merges)
+        _set_bits(bits, np.sort(positions, kind="stable"))
 
 
 def _set_bits(bits: np.ndarray, positions: np.ndarray) -> None:
@@ -238,11 +294,8 @@ def ids_at(conn: Connection, positions: np.ndarray) -> Sequence[str]:
     blocks = np.flatnonzero(per_block).tolist()
     starts = np.concatenate(([0], np.cumsum(per_block))).tolist()  # block b's positions:
     counts = per_block.tolist()  # positions[starts[b]:starts[b + 1]]
-    wanted = select(ImageBlock.block, ImageBlock.width, ImageBlock.ids).order_by(ImageBlock.block)
-    if len(blocks) < 200:  # else read them all: one range instead of a long IN list
-        wanted = wanted.where(ImageBlock.block.in_(blocks))
     picked, widths = bytearray(), set()  # appended to: no second copy, as a join makes
-    for block, width, records in conn.execute(wanted):
+    for block, width, records in _read_blocks(conn, blocks):
         if block >= len(counts) or not counts[block]:
             continue
         if not (width and counts[block] * (width + 1) == len(records)):  # not the whole block
@@ -255,6 +308,20 @@ def ids_at(conn: Connection, positions: np.ndarray) -> Sequence[str]:
     ids = picked.decode().split(SEPARATOR)
     ids.pop()  # the empty string after the last separator
     return ids
+
+
+def _read_blocks(conn: Connection, blocks: list[int]):
+    """The ``image_blocks`` rows of sorted ``blocks``: one range query when they are
+    consecutive (a broad selection), a few ranges, or a list."""
+    spans = list(stretches(blocks))
+    if len(spans) == 1:
+        return conn.execute(_BLOCK_RANGE, {"lo": spans[0][0], "hi": spans[0][1]})
+    if len(spans) <= 8:  # a few ranges of blocks: far cheaper to bind than a long IN list
+        return conn.execute(_BLOCKS.where(or_(*(ImageBlock.block.between(a, b)
+                                                 for a, b in spans))))
+    if len(blocks) < 200:
+        return conn.execute(_BLOCKS.where(ImageBlock.block.in_(blocks)))
+    return conn.execute(_BLOCKS)  # read them all: one range instead of a long IN list
 
 
 def _pick(records: bytes, width: int, offsets: np.ndarray) -> bytes:

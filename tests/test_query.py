@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+import mirror.valueruns
+import mirror.valuesets
 from mirror.config import utc_now
 from mirror.fields import MAX_INDEXED_TEXT
 from mirror.index import Image, ImageField
@@ -17,7 +19,7 @@ from mirror.index.database import IndexWriter
 from mirror.ingest import ingest_documents, mark_removed
 from mirror.layout import Layout
 from mirror.query import OPERATORS, Criterion, QueryError, criteria, parse_where, select_ids
-from mirror.valuesets import is_fresh, refresh
+from mirror.valuesets import is_fresh, kinds_at, refresh
 
 LONG = "x" * (MAX_INDEXED_TEXT + 10)
 WORDS = ["melanoma", "nevus", "Nevus", "mel", "", "a b", "ISBI 2017: Training", LONG,
@@ -106,10 +108,12 @@ def make_doc(rng, i):
     return doc
 
 
-@pytest.fixture(scope="module", params=["image_fields", "value_sets"])
+@pytest.fixture(scope="module", params=["image_fields", "value_sets", "value_runs"])
 def index(tmp_path_factory, request):
     """The same documents, queried through image_fields alone (value sets stale, as in a
-    writer's working database) and through fresh value sets (as in a published index)."""
+    writer's working database), through fresh value sets (as in a published index), and
+    with every field that has more than 8 values in value runs of 5 values (as names and
+    dates are in a real index): many runs, most of them cut by a range."""
     rng = random.Random(7)
     docs = [make_doc(rng, i) for i in range(400)]
     docs[0].update(a="melanoma", tags=["ISBI 2017: Training", 1, True])
@@ -118,11 +122,16 @@ def index(tmp_path_factory, request):
     writer = IndexWriter(Layout(root / "mirror"))
     with writer.session() as session:
         ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
-    if request.param == "value_sets":
-        with writer.session() as session:
+    if request.param != "image_fields":
+        small = request.param == "value_runs"
+        with pytest.MonkeyPatch.context() as patch, writer.session() as session:
+            patch.setattr(mirror.valuesets, "MIN_MAX_VALUES", 8 if small else 1000)
+            patch.setattr(mirror.valueruns, "RUN", 5 if small else 1024)
             assert refresh(session)
     with writer.engine.connect() as conn:
-        assert is_fresh(conn) == (request.param == "value_sets")
+        assert is_fresh(conn) == (request.param != "image_fields")
+        if request.param == "value_runs":
+            assert {p for p in PATHS if (k := kinds_at(conn, p)) and k[1]} >= {"a", "s", "b.c"}
         yield conn, docs
     writer.close()
 
@@ -301,6 +310,7 @@ def test_value_sets_answer_without_image_fields(index):
         pytest.skip("value sets are stale in this variant")
     long_text = {p for p in PATHS for d in docs
                  if isinstance(get(d, p), str) and len(get(d, p)) > MAX_INDEXED_TEXT}
+    ranged = {p for p in PATHS if (k := kinds_at(conn, p)) and k[1]}
     answered = 0
     for item in OPERATOR_CASES + [["s", "<", 10], ["tags", "ni", "mel"]]:
         parsed = criteria([item])
@@ -308,7 +318,8 @@ def test_value_sets_answer_without_image_fields(index):
             got = select_ids(conn, parsed, method="sets")
         except QueryError as exc:
             assert "value sets cannot answer" in str(exc)
-            assert item[0] in long_text and isinstance(item[2], (str, list)), item
+            substring = item[0] in ranged and item[1] in ("~", "!~", "ni", "not ni")
+            assert substring or item[0] in long_text and isinstance(item[2], (str, list)), item
             continue
         assert got == brute(docs, parsed), item
         assert select_ids(conn, parsed, method="sets", limit=3) == brute(docs, parsed)[:3]
@@ -337,11 +348,15 @@ def test_value_sets_span_blocks_and_ids_of_any_width(tmp_path, monkeypatch):
             expected = brute(docs, parsed)
             assert select_ids(conn, parsed, method="sets") == expected, where
             assert select_ids(conn, parsed, method="sql") == expected, where
-        for where in ([["_id", "~", "^idx"]], [["n", "==", 1], ["_id", ">", "idx"]]):
-            parsed = criteria(where)  # a path with too many values: image_fields answers
-            with pytest.raises(QueryError, match="value sets cannot answer"):
-                select_ids(conn, parsed, method="sets")
-            assert select_ids(conn, parsed) == brute(docs, parsed), where
+        # _id has too many values for sets: value runs answer its ranges, image_fields its
+        # regular expressions
+        for where in ([["n", "==", 1], ["_id", ">", "idx"]], [["_id", "<=", "idx1"]]):
+            parsed = criteria(where)
+            assert select_ids(conn, parsed, method="sets") == brute(docs, parsed), where
+        parsed = criteria([["_id", "~", "^idx"]])
+        with pytest.raises(QueryError, match="value sets cannot answer"):
+            select_ids(conn, parsed, method="sets")
+        assert select_ids(conn, parsed) == brute(docs, parsed)
     writer.close()
 
 
@@ -443,3 +458,30 @@ def test_packed_bitmaps_give_the_positions_set_and_ignore_their_padding(case):
     assert positions_of(bits, n).tolist() == union.tolist()
     assert positions_of(~bits, n).tolist() == np.setdiff1d(np.arange(n), union).tolist()
     assert positions_of(all_bits(n) & ~bits, n).size == n - union.size
+
+
+def test_value_runs_cut_few_runs_and_leave_scattered_points_to_image_fields(tmp_path,
+                                                                            monkeypatch):
+    """A range reads the runs inside it whole and cuts at most the two at its ends, so it
+    never gives up; a list of points scattered over more runs than MAX_CUT does, and
+    image_fields answers it."""
+    monkeypatch.setattr(mirror.valuesets, "MIN_MAX_VALUES", 10)
+    monkeypatch.setattr(mirror.valueruns, "RUN", 4)
+    monkeypatch.setattr(mirror.valueruns, "MAX_CUT", 2)
+    docs = [{"_id": f"{i:024x}", "n": i % 60, "t": f"v{i // 7:03d}"} for i in range(120)]
+    writer = IndexWriter(Layout(tmp_path / "m"))
+    with writer.session() as session:
+        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        refresh(session)
+    with writer.engine.connect() as conn:
+        assert kinds_at(conn, "n")[1] and kinds_at(conn, "t")[1]  # both in runs
+        for where in ([["n", ">=", 7.5]], [["n", "<", 30], ["t", ">", "v004"]],
+                      [["t", "<=", "v010"]], [["t", "==", "v003"]], [["n", "in", [1, 2]]],
+                      [["n", ">", 59]], [["t", "!=", "v001"]]):
+            parsed = criteria(where)
+            assert select_ids(conn, parsed, method="sets") == brute(docs, parsed), where
+        scattered = criteria([["n", "in", [1, 20, 40, 59]]])
+        with pytest.raises(QueryError, match="value sets cannot answer"):
+            select_ids(conn, scattered, method="sets")
+        assert select_ids(conn, scattered) == brute(docs, scattered)
+    writer.close()

@@ -17,11 +17,12 @@ from mirror.index.models import (
     StudyImage,
     SyncItem,
     SyncRun,
+    ValueRun,
     ValueSet,
 )
 
 __all__ = [
     "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "ImageBlock",
     "ImageField", "Listing", "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
-    "ValueSet",
+    "ValueRun", "ValueSet",
 ]

@@ -131,6 +131,27 @@ class ValueSet(Base):
     positions: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ValueRun(Base):
+    """A run of up to ``RUN`` values of one kind at one path with many distinct values
+    (names, dates), in value order, with the image position of each (see
+    :mod:`mirror.valueruns`). ``first``/``last`` are the run's smallest and largest value, so
+    a range reads whole runs inside it and cuts only the runs at its ends."""
+
+    __tablename__ = "value_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(ArchiveText(512))
+    elem: Mapped[bool] = mapped_column(Boolean)
+    kind: Mapped[str] = mapped_column(String(1))
+    run: Mapped[int] = mapped_column(Integer)
+    first_num: Mapped[float | None] = mapped_column(Float)
+    last_num: Mapped[float | None] = mapped_column(Float)
+    first_txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
+    last_txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
+    count: Mapped[int] = mapped_column(Integer)
+    positions: Mapped[bytes] = mapped_column(LargeBinary)  # uint32 LE, in value order
+    vals: Mapped[bytes] = mapped_column(LargeBinary)  # float64 LE, or a JSON list of text
+
+
 class ImageBlock(Base):
     """The ids of the current images in sorted order, ``BLOCK`` per row: position ``p`` is
     id ``p % BLOCK`` of block ``p // BLOCK`` (UTF-8, each id followed by U+001F)."""
@@ -265,4 +286,5 @@ Index("ix_image_fields_txt", ImageField.path, ImageField.elem, ImageField.kind, 
       ImageField.image_id)
 Index("ix_value_sets_num", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.num)
 Index("ix_value_sets_txt", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.txt)
+Index("ix_value_runs_path", ValueRun.path, ValueRun.elem, ValueRun.kind, ValueRun.run)
 Index("ix_blobs_sha256", Blob.sha256)
