@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,41 +121,53 @@ def points(kind: str, values: list) -> Span:
 def build_runs(conn: Connection, path: str, sorted_ids: np.ndarray
                ) -> tuple[list[dict], dict[tuple[bool, str], np.ndarray]]:
     """The ``value_runs`` rows of ``path``, and the positions holding each ``(elem, kind)``
-    (sorted, each once), from which the caller makes the kind's value set row."""
+    (sorted, each once), from which the caller makes the kind's value set row.
+
+    The field rows are read in value order a run at a time, so that building holds one
+    run's Python objects, not one per image (100,000 rows of a date field would cost tens
+    of MB at the peak of a sync)."""
     rows, holders = [], {}
     for kind, column in ((NUMBER, ImageField.num), (TEXT, ImageField.txt)):
         for elem in (False, True):
-            found = conn.execute(
-                select(column, ImageField.image_id)
-                .where(ImageField.path == path, ImageField.elem == elem,
-                       ImageField.kind == kind)
-                .order_by(column)).all()
-            if not found:
-                continue
-            if any(a[0] > b[0] for a, b in itertools.pairwise(found)):  # Python's order
-                found.sort(key=lambda row: row[0])
-            values = [value for value, _ in found]
-            positions = np.searchsorted(sorted_ids, np.array([i for _, i in found], dtype=str))
-            rows += _runs(path, elem, kind, values, positions.astype("<u4"))
-            holders[(elem, kind)] = np.unique(positions)
+            statement = (select(column, ImageField.image_id)
+                         .where(ImageField.path == path, ImageField.elem == elem,
+                                ImageField.kind == kind)
+                         .order_by(column))
+            built = _runs(conn.execute(statement).partitions(RUN), path, elem, kind, sorted_ids)
+            if built is None:  # the database's order is not Python's: sort here
+                found = sorted(conn.execute(statement).all(), key=lambda row: row[0])
+                chunks = (found[i:i + RUN] for i in range(0, len(found), RUN))
+                built = _runs(chunks, path, elem, kind, sorted_ids)
+            if built[0]:
+                rows += built[0]
+                holders[(elem, kind)] = built[1]
     return rows, holders
 
 
-def _runs(path: str, elem: bool, kind: str, values: list, positions: np.ndarray
-          ) -> Iterator[dict]:
-    for run, start in enumerate(range(0, len(values), RUN)):
-        chunk = values[start:start + RUN]
-        if kind == NUMBER:
-            vals = np.array(chunk, dtype="<f8").tobytes()
-        else:
-            vals = json.dumps(chunk, ensure_ascii=False).encode()
-        first, last = chunk[0], chunk[-1]
+def _runs(chunks: Iterable[list], path: str, elem: bool, kind: str, sorted_ids: np.ndarray
+          ) -> tuple[list[dict], np.ndarray] | None:
+    """Run rows from chunks of ``(value, image_id)`` in value order, and the positions they
+    hold; None when the chunks are not in Python's order."""
+    rows, held, previous = [], [], None
+    for run, chunk in enumerate(chunks):
+        values = [value for value, _ in chunk]
+        if (previous is not None and values[0] < previous) or \
+                any(a > b for a, b in itertools.pairwise(values)):
+            return None
+        previous = values[-1]
+        positions = np.searchsorted(sorted_ids, np.array([i for _, i in chunk], dtype=str))
+        held.append(positions)
         number = kind == NUMBER
-        yield {"path": path, "elem": elem, "kind": kind, "run": run,
-               "first_num": first if number else None, "last_num": last if number else None,
-               "first_txt": None if number else first, "last_txt": None if number else last,
-               "count": len(chunk), "positions": positions[start:start + RUN].tobytes(),
-               "vals": vals}
+        rows.append({
+            "path": path, "elem": elem, "kind": kind, "run": run, "count": len(values),
+            "first_num": values[0] if number else None,
+            "last_num": values[-1] if number else None,
+            "first_txt": None if number else values[0],
+            "last_txt": None if number else values[-1],
+            "positions": positions.astype("<u4").tobytes(),
+            "vals": (np.array(values, dtype="<f8").tobytes() if number
+                     else json.dumps(values, ensure_ascii=False).encode())})
+    return rows, np.unique(np.concatenate(held)) if held else np.empty(0, np.int64)
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -485,3 +486,19 @@ def test_value_runs_cut_few_runs_and_leave_scattered_points_to_image_fields(tmp_
             select_ids(conn, scattered, method="sets")
         assert select_ids(conn, scattered) == brute(docs, scattered)
     writer.close()
+
+
+def test_value_runs_are_built_in_pythons_order_whatever_the_database_returns():
+    """Runs are cut in the order the database returns; a collation that disagrees with
+    Python's (code point) order is caught, and the caller sorts in Python instead."""
+    from mirror.valueruns import _runs
+
+    sorted_ids = np.array([f"{i:024x}" for i in range(6)], dtype=str)
+    rows = [("a", sorted_ids[3]), ("b", sorted_ids[0]), ("b", sorted_ids[5]), ("c", sorted_ids[1])]
+    built, held = _runs([rows[:2], rows[2:]], "p", False, "t", sorted_ids)
+    assert [(r["first_txt"], r["last_txt"], r["count"]) for r in built] == [("a", "b", 2),
+                                                                             ("b", "c", 2)]
+    assert held.tolist() == [0, 1, 3, 5]
+    assert np.frombuffer(built[0]["positions"], "<u4").tolist() == [3, 0]
+    assert _runs([rows[2:], rows[:2]], "p", False, "t", sorted_ids) is None  # out of order
+    assert _runs([[rows[1], rows[0]]], "p", False, "t", sorted_ids) is None
