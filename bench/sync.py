@@ -77,7 +77,9 @@ def mirror_sync(base: str, root: Path, workers: int) -> tuple[float, int, int]:
     return time.perf_counter() - started, summary.bytes_downloaded, summary.requests
 
 
-# Runs the CLI and reports its own peak RSS (KiB) as the last line of stderr.
+# Runs the CLI and reports its own peak RSS (KiB) as the last line of stderr: VmHWM, the
+# high-water mark of this process's memory. Not ru_maxrss: Linux carries that across
+# fork and exec, so the child would report the benchmark's own peak when it is larger.
 RSS_WRAPPER = """
 import resource, sys
 from mirror.cli import main
@@ -86,7 +88,12 @@ try:
 except SystemExit as exc:
     if exc.code:
         raise
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+try:
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+except OSError:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak, file=sys.stderr)
 """
 
 
