@@ -133,7 +133,8 @@ def build_runs(conn: Connection, path: str, sorted_ids: np.ndarray
                          .where(ImageField.path == path, ImageField.elem == elem,
                                 ImageField.kind == kind)
                          .order_by(column))
-            built = _runs(conn.execute(statement).partitions(RUN), path, elem, kind, sorted_ids)
+            with conn.execute(statement) as result:
+                built = _runs(result.partitions(RUN), path, elem, kind, sorted_ids)
             if built is None:  # the database's order is not Python's: sort here
                 found = sorted(conn.execute(statement).all(), key=lambda row: row[0])
                 chunks = (found[i:i + RUN] for i in range(0, len(found), RUN))
@@ -181,6 +182,7 @@ _STRETCH = ValueRun.run.between(bindparam("first"), bindparam("last"))
 _POSITIONS = select(ValueRun.positions).where(_THIS, _STRETCH)
 _POSITIONS_AND_VALUES = select(ValueRun.positions, ValueRun.vals).where(_THIS, _STRETCH)
 
+
 def span_positions(conn: Connection, path: str, elem: bool, span: Span
                    ) -> np.ndarray | None:
     """The positions (unsorted, maybe repeated) of the images holding a value in ``span``;
@@ -189,8 +191,12 @@ def span_positions(conn: Connection, path: str, elem: bool, span: Span
     number = span.kind == NUMBER
     where = {"path": path, "elem": elem, "kind": span.kind}
     fences = conn.execute(_NUMBER_FENCES if number else _TEXT_FENCES, where).all()
-    whole = [run for run, lo, hi in fences if span.holds_all(lo, hi)]
-    cut = [run for run, lo, hi in fences if span.meets(lo, hi) and not span.holds_all(lo, hi)]
+    whole, cut = [], []  # runs read whole; runs whose values must be compared
+    for run, lo, hi in fences:
+        if span.holds_all(lo, hi):
+            whole.append(run)
+        elif span.meets(lo, hi):
+            cut.append(run)
     if len(cut) > MAX_CUT:
         return None
     found = [np.frombuffer(blob, "<u4") for (blob,) in _read(conn, _POSITIONS, where, whole)]
