@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from mirror.fields import NUMBER, TEXT
 from mirror.index import ImageField, ValueRun
+from mirror.index.models import postgres_text
 
 RUN = 1024  # values per run: a range's two end runs decode at most 2 x RUN values
 MAX_CUT = 32  # runs a span may decode (a range cuts at most two; points one each)
@@ -74,13 +75,9 @@ class Span:
         """The span as a PostgreSQL index sees it, where text holds U+FFFD for U+0000."""
         if self.kind != TEXT:
             return self
-
-        def clean(value: Any) -> Any:
-            return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-
         return Span(self.kind, None if self.points is None else
-                    tuple(sorted({clean(p) for p in self.points})),
-                    clean(self.lo), self.lo_incl, clean(self.hi), self.hi_incl)
+                    tuple(sorted({postgres_text(p) for p in self.points})),
+                    postgres_text(self.lo), self.lo_incl, postgres_text(self.hi), self.hi_incl)
 
     def _point_in(self, first: Any, last: Any) -> bool:
         i = bisect.bisect_left(self.points, first)

@@ -55,10 +55,11 @@ class ArchiveText(TypeDecorator):
 
     def bind_processor(self, dialect: Dialect):
         # Overridden, not process_bind_param: no Python call per value where none is needed
-        return _without_nul if dialect.name == "postgresql" else None
+        return postgres_text if dialect.name == "postgresql" else None
 
 
-def _without_nul(value: object) -> object:
+def postgres_text(value: object) -> object:
+    """``value`` as a PostgreSQL index holds it: text with U+FFFD for U+0000."""
     return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
