@@ -83,14 +83,14 @@ class Span:
         i = bisect.bisect_left(self.points, first)
         return i < len(self.points) and self.points[i] <= last
 
-    def _above_lo(self, value):
+    def _above_lo(self, value: Any) -> bool:
         if self.lo is None:
-            return True if not isinstance(value, np.ndarray) else np.ones(value.size, bool)
+            return True
         return value >= self.lo if self.lo_incl else value > self.lo
 
-    def _below_hi(self, value):
+    def _below_hi(self, value: Any) -> bool:
         if self.hi is None:
-            return True if not isinstance(value, np.ndarray) else np.ones(value.size, bool)
+            return True
         return value <= self.hi if self.hi_incl else value < self.hi
 
 
