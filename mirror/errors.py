@@ -46,3 +46,20 @@ class MissingObjectError(MirrorError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class SettingError(MirrorError):
+    """A setting (an environment variable) holds a value the tool cannot use."""
+
+
+class ResponseTooLargeError(ArchiveError):
+    """A response body read into memory grew past its cap (a decompression bomb, an endless
+    stream, or a listing far larger than any the archive sends)."""
+
+
+class DeadlineExceededError(ArchiveError):
+    """A request (connect, headers and body) did not finish within its deadline."""
+
+
+class JsonTooDeepError(ArchiveError):
+    """A JSON body is nested deeper than any document the archive sends."""
