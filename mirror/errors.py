@@ -63,3 +63,7 @@ class DeadlineExceededError(ArchiveError):
 
 class JsonTooDeepError(ArchiveError):
     """A JSON body is nested deeper than any document the archive sends."""
+
+
+class BadUrlError(MirrorError):
+    """A URL given on the command line cannot be used as it is (no scheme, a credential)."""
