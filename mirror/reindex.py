@@ -21,9 +21,9 @@ from mirror.ingest import KINDS, ingest_blob, ingest_document
 from mirror.store import ObjectStore
 from mirror.writer import writing
 
-DOC_NAME = re.compile(r"^(?P<kind>[a-z]+)_(?P<id>[^._/]+)\.(?P<sha>[0-9a-f]{16})\.json\.zst$")
+DOC_NAME = re.compile(r"(?P<kind>[a-z]+)_(?P<id>[^._/]+)\.(?P<sha>[0-9a-f]{16})\.json\.zst")
 BLOB_NAME = re.compile(
-    r"^(?P<prefix>image|thumb|spimg|spidx|mask)_(?P<id>[0-9a-zA-Z]+)(?:_[^/]*)?\.(?P<ext>\w+)$")
+    r"(?P<prefix>image|thumb|spimg|spidx|mask)_(?P<id>[0-9a-zA-Z]+)(?:_[^/]*)?\.(?P<ext>\w+)")
 ROLE_OF_PREFIX = {"image": "image", "thumb": "thumbnail", "spimg": "superpixels",
                   "spidx": "spidx", "mask": "mask"}
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "bmp": "image/bmp", "gif": "image/gif",
@@ -48,10 +48,10 @@ def _ingest_store(session, store: ObjectStore, public: bool) -> dict:
     spidx_sources: dict[str, str] = {}
     for relpath in store.iter_files():
         name = relpath.rsplit("/", 1)[-1]
-        if doc := DOC_NAME.match(name):
+        if doc := DOC_NAME.fullmatch(name):
             counts["documents"] += 1
             _collect_doc(session, store, relpath, doc["kind"], now, newest, counts)
-        elif blob := BLOB_NAME.match(name):
+        elif blob := BLOB_NAME.fullmatch(name):
             counts["blobs"] += 1
             sha256, size = store.hash(relpath)
             role = ROLE_OF_PREFIX[blob["prefix"]]

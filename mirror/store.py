@@ -37,8 +37,10 @@ import zstandard
 from mirror.errors import DiskFullError, IntegrityError, UnsafeNameError
 from mirror.layout import SHARDS, Layout
 
-HEX_ID = re.compile(r"^[0-9a-f]{24}$")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, so "abc\n" would pass
+# a .match(); check with .fullmatch all the same.
+HEX_ID = re.compile(r"\A[0-9a-f]{24}\Z")
+SAFE_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 TEMP_PREFIX = ".tmp-"
 ZSTD_LEVEL = 3
 CHUNK = 1024 * 1024
@@ -81,7 +83,7 @@ def safe_name(name: str) -> str:
     Names come from the archive and are untrusted: only ``[A-Za-z0-9._-]``, at most
     128 characters, and never ``.`` or ``..``.
     """
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
         shown = repr(name)[:60]
         raise UnsafeNameError(f"refusing unsafe name {shown} from the archive "
                               "(allowed: letters, digits, '.', '_', '-', up to 128)")
@@ -89,7 +91,7 @@ def safe_name(name: str) -> str:
 
 
 def _safe_id(object_id: str) -> str:
-    if not isinstance(object_id, str) or not re.match(r"^[A-Za-z0-9-]{1,64}$", object_id):
+    if not isinstance(object_id, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", object_id):
         raise UnsafeNameError(f"refusing unsafe object id {repr(object_id)[:60]} from the archive")
     return object_id
 
