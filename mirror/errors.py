@@ -67,3 +67,8 @@ class JsonTooDeepError(ArchiveError):
 
 class BadUrlError(MirrorError):
     """A URL given on the command line cannot be used as it is (no scheme, a credential)."""
+
+
+class SymlinkError(UnsafeNameError):
+    """A symbolic link where the store expects a real shard folder or file: never followed,
+    since it could lead outside the mirror root."""
