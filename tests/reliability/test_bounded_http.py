@@ -9,6 +9,7 @@ nothing was half-written. The library-level cases check what the CLI cannot reac
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -24,7 +25,7 @@ from mirror.errors import (
 )
 from mirror.sources import http
 from mirror.sources.http import HttpClient, parse_json
-from tests.reliability.helpers import child_env, mirror_cmd
+from tests.reliability.helpers import child_env, mirror_cmd, run_mirror
 from tests.reliability.misbehaving import (
     endless_chunks,
     gzip_bomb,
@@ -200,3 +201,29 @@ def test_a_body_over_the_cap_is_refused_in_the_library_too():
         with pytest.raises(ResponseTooLargeError, match="over 1000 bytes"):
             client.get_json(f"{url}/dataset")
         assert HttpClient(attempts=1).get_json(f"{url}/dataset")[-1] == 0
+
+
+def test_a_stalled_file_download_is_a_reported_failure_and_the_next_run_fetches_it(tmp_path):
+    """Every image download stalls 6 s before answering; with a 1 s deadline each one fails
+    in about a second, the run says so, and a run against a healthy archive completes."""
+    from mirror.sources.sandbox import serve
+
+    root = tmp_path / "m"
+    args = ["sync", "--root", str(root), "--quiet", "--blobs", "full", "--workers", "4",
+            "--json"]
+    with serve(images=4, seed=7, private_fraction=0.0,
+               faults="slow=1.0,slow_seconds=6,match=/download") as sb:
+        started = time.monotonic()
+        stalled = run_mirror(*args, "--url", sb.url,
+                             env=child_env(MIRROR_REQUEST_DEADLINE="1"))
+        seconds = time.monotonic() - started
+    assert seconds < 20, seconds
+    assert stalled.returncode == 1, stalled.stderr[-2000:]
+    summary = json.loads(stalled.stdout)
+    assert len(summary["failures"]) == 4
+    assert all("did not finish answering within 1 s" in f["error"]
+               for f in summary["failures"]), summary["failures"]
+    with serve(images=4, seed=7, private_fraction=0.0) as sb:
+        healthy = run_mirror(*args, "--url", sb.url)
+    assert healthy.returncode == 0, healthy.stderr[-2000:]
+    assert json.loads(healthy.stdout)["failures"] == []
