@@ -8,18 +8,24 @@ request. Writes to a client that gave up end the reply quietly.
 from __future__ import annotations
 
 import gzip
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 Reply = Callable[[BaseHTTPRequestHandler], None]
 
 
 @contextmanager
-def misbehaving_server(reply: Reply) -> Iterator[str]:
-    """Serve ``reply`` to every GET on 127.0.0.1; yields the base URL (``.../api/v1``)."""
+def misbehaving_server(reply: Reply, certificate: tuple[Path, Path] | None = None
+                       ) -> Iterator[str]:
+    """Serve ``reply`` to every GET on 127.0.0.1; yields the base URL (``.../api/v1``),
+    ``https://`` when a ``(certificate, key)`` is given (see :func:`self_signed`)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -27,7 +33,7 @@ def misbehaving_server(reply: Reply) -> Iterator[str]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             try:
                 reply(self)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 pass  # the client hung up: what it should do
             self.close_connection = True
 
@@ -36,13 +42,30 @@ def misbehaving_server(reply: Reply) -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    scheme = "http"
+    if certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api/v1"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/api/v1"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path] | None:
+    """A certificate and key for 127.0.0.1 made with ``openssl`` (None without it)."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
 
 
 def trickle(data: bytes, per_second: float = 1.0) -> Reply:

@@ -31,6 +31,7 @@ from tests.reliability.misbehaving import (
     gzip_bomb,
     headers,
     misbehaving_server,
+    self_signed,
     send_body,
     steady_body,
     trickle,
@@ -158,6 +159,36 @@ def test_a_download_below_the_throughput_floor_fails_by_its_deadline():
                     pass
     assert time.monotonic() - started < 5
     assert "plus 1 s per 1000 bytes received" in str(caught.value)
+
+
+@pytest.mark.parametrize("reply", [
+    trickle(headers(Content_Type="application/json", Content_Length=2) + b"[]", 2),
+    steady_body(100_000, 20)], ids=["headers", "body"])
+def test_the_deadline_holds_over_https(tmp_path, monkeypatch, reply):
+    """The archive is HTTPS: the watchdog's shutdown must end a blocked TLS read too."""
+    certificate = self_signed(tmp_path)
+    if certificate is None:
+        pytest.skip("no openssl to make a test certificate")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    with misbehaving_server(reply, certificate) as url:
+        assert url.startswith("https://")
+        client = HttpClient(attempts=1, deadline=1.5, min_bytes_per_second=1000)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="within 1.5 s"):
+            with client.fetching(f"{url}/image/x/download", stream=True) as response:
+                for _ in response.iter_content(4096):
+                    pass
+    assert time.monotonic() - started < 5
+
+
+def test_an_ordinary_https_answer_passes(tmp_path, monkeypatch):
+    certificate = self_signed(tmp_path)
+    if certificate is None:
+        pytest.skip("no openssl to make a test certificate")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    with misbehaving_server(send_body(b'[{"_id": "a"}]'), certificate) as url:
+        client = HttpClient(attempts=1, deadline=1.5)
+        assert [client.get_json(f"{url}/image") for _ in range(2)] == [[{"_id": "a"}]] * 2
 
 
 def test_a_download_above_the_floor_may_outlast_the_base_deadline():
