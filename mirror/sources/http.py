@@ -441,6 +441,15 @@ _WATCHDOG = _Watchdog()
 _current = threading.local()  # .guard: the deadline of this thread's request in flight
 
 
+def _new_watchdog_after_fork() -> None:
+    # The child has no watchdog thread, and its lock may have been held when it forked.
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_new_watchdog_after_fork)
+
+
 def _attach(connection: HTTPConnection) -> None:
     guard = getattr(_current, "guard", None)
     if guard is not None:
