@@ -77,3 +77,29 @@ class TransientHTTPError(Exception):
         super().__init__(f"HTTP {status} from {url}")
         self.status = status
         self.retry_after = retry_after
+
+
+class SettingError(MirrorError):
+    """A setting (an environment variable) holds a value the tool cannot use."""
+
+
+class ResponseTooLargeError(ArchiveError):
+    """A response body read into memory grew past its cap (a decompression bomb, an endless
+    stream, or a listing far larger than any the archive sends)."""
+
+
+class DeadlineExceededError(ArchiveError):
+    """A request (connect, headers and body) did not finish within its deadline."""
+
+
+class JsonTooDeepError(ArchiveError):
+    """A JSON body is nested deeper than any document the archive sends."""
+
+
+class BadUrlError(MirrorError):
+    """A URL given on the command line cannot be used as it is (no scheme, a credential)."""
+
+
+class SymlinkError(UnsafeNameError):
+    """A symbolic link where the store expects a real shard folder or file: never followed,
+    since it could lead outside the mirror root."""
