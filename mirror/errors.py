@@ -46,3 +46,19 @@ class MissingObjectError(MirrorError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ScopeError(MirrorError):
+    """A scope (criteria or SQL over a catalog) that cannot be run: names the fix."""
+
+
+class CatalogError(MirrorError):
+    """A catalog (idc-index-data Parquet files) is missing, unreadable or lacks a column."""
+
+
+class ListingError(ArchiveError):
+    """A bucket listing broke its bounds: too many keys, a loop, or a foreign prefix."""
+
+
+class SandboxError(MirrorError):
+    """A local sandbox service (SeaweedFS, the emulated APIs) could not start or stop."""
