@@ -48,6 +48,18 @@ class MissingObjectError(MirrorError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DicomError(IntegrityError):
+    """Bytes that should be a DICOM Part 10 file are not (no ``DICM`` at byte 128, unreadable)."""
+
+
+class SeriesZipError(IntegrityError):
+    """A series zip (NBIA ``getImage``) is truncated, too large, or disagrees with its MD5 list."""
+
+
+class UnsafeZipEntryError(SeriesZipError, UnsafeNameError):
+    """A zip entry's name or type would write outside the folder it is unpacked into."""
+
+
 class ScopeError(MirrorError):
     """A scope (criteria or SQL over a catalog) that cannot be run: names the fix."""
 
