@@ -74,3 +74,7 @@ class ListingError(ArchiveError):
 
 class SandboxError(MirrorError):
     """A local sandbox service (SeaweedFS, the emulated APIs) could not start or stop."""
+
+
+class ObjectMissingError(ArchiveError):
+    """An object the catalog or a listing promised is not in the bucket (404)."""
