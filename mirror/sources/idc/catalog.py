@@ -241,6 +241,7 @@ def read_only_connection(
         "threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT,
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
+        conn.execute("SET enable_progress_bar = false")  # a session option, not a global one
         allowed = []
         for catalog, alias in catalogs:
             for table, path in catalog.paths.items():
