@@ -56,6 +56,8 @@ LISTING_MARGIN_MIN = 16
 """...but at least this many."""
 LISTING_MAX_KEYS = 200_000
 """The bound when the catalog gives no instanceCount (IDC's largest series has 91,980)."""
+EMPTY_PAGES = 3
+"""Empty listing pages in a row that still claim more, before the listing is refused."""
 MAX_OBJECT_BYTES = 16 * 2**30
 """No single object may be larger than this (IDC's largest instances are a few GB)."""
 CHUNK_BYTES = 1 << 20
@@ -200,13 +202,18 @@ class IdcS3:
         check_bucket(bucket)
         prefix = check_series_uuid(series_uuid) + "/"
         bound = listing_bound(expected)
-        max_pages = bound // LIST_PAGE_KEYS + 2
+        max_pages = bound + 2  # every page but the last must bring a new key...
+        empty_run = 0  # ...or at most EMPTY_PAGES in a row may bring none
         objects: list[S3Object] = []
         seen_keys: set[str] = set()
         seen_tokens: set[str] = set()
         token = None
         for _page in range(max_pages):
             page = self._list_page(bucket, prefix, token)
+            empty_run = 0 if page.get("Contents") else empty_run + 1
+            if empty_run > EMPTY_PAGES:
+                raise ListingError(f"s3://{bucket}/{prefix} sent {empty_run} empty pages in a "
+                                   "row that claim more; the series is skipped")
             for item in page.get("Contents", []):
                 key = item.get("Key")
                 series_key_name(prefix, key)
