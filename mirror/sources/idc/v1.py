@@ -33,6 +33,14 @@ def _token(body: dict) -> str | None:
     return token or None
 
 
+def _switched_off(session: requests.Session, base: str, timeout: float) -> bool:
+    """Whether v1 is the switched-off service: its GET stubs answer 410."""
+    try:
+        return session.get(f"{base}/about", timeout=timeout).status_code == 410
+    except requests.RequestException:
+        return False
+
+
 def _json(answer: requests.Response, what: str) -> dict:
     if answer.status_code == 410:
         raise ArchiveError(f"IDC's REST API v1 is switched off (HTTP 410 on {what}); mirror "
@@ -57,6 +65,10 @@ def manifest(base_url: str, filters: dict[str, list], fields: Sequence[str],
     answer = session.post(f"{base}/cohorts/manifest/preview", params=params,
                           json={"name": "mirror", "description": "", "filters": filters},
                           timeout=timeout)
+    if answer.status_code == 405 and _switched_off(session, base, timeout):
+        raise ArchiveError("IDC's REST API v1 is switched off (HTTP 405 on POST "
+                           "cohorts/manifest/preview, 410 on its GET routes); mirror IDC "
+                           "from the idc-index-data catalog instead")
     body = _json(answer, "cohorts/manifest/preview")
     pages = resubmits = 0
     limit: int | None = None

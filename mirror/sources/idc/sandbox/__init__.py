@@ -227,11 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode, series in sandbox.hostile.items():
         print(f"hostile {mode}: {series}")
     sys.stdout.flush()
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     try:
-        done.wait()
+        _serve_until_signal()
     finally:
         sandbox.stop()
     return 0
+
+
+def _serve_until_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()

@@ -18,6 +18,7 @@ recorded in :attr:`Filled.hostile` so tests know which series to expect refused.
 
 from __future__ import annotations
 
+import difflib
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 
 from mirror.errors import ScopeError
 from mirror.sources.dicom import is_valid_uid, make_instance, uid_for
-from mirror.sources.idc.catalog import Catalog, quote, resolve_column, write_catalog
+from mirror.sources.idc.catalog import Catalog, quote, write_catalog
 
 DEFAULT_COLLECTIONS = 4
 """How many collections a sandbox holds by default: the smallest by instance count (in v25:
@@ -92,14 +93,13 @@ def choose_collections(catalog: Catalog, collections: Sequence[str] | None = Non
     ids = [c["collection_id"] for c in known]
     if not collections:
         return ids[:count]
-    lookup = {i: i for i in ids}
-    out = []
     for name in collections:
-        if name not in lookup:
-            resolve_column(name, lookup)  # raises naming the closest collection
-            raise ScopeError(f"unknown collection {name!r}")  # case differs: be exact
-        out.append(name)
-    return out
+        if name not in ids:
+            close = difflib.get_close_matches(name, ids, n=1, cutoff=0.0)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ScopeError(f"unknown collection {name!r} in catalog "
+                             f"{catalog.version.package}{hint}")
+    return list(collections)
 
 
 def fill(catalog: Catalog, writer, dest: str | Path, collections: Sequence[str],
