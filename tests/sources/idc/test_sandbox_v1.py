@@ -108,13 +108,14 @@ def test_main_prints_where_the_sandbox_answers(seaweed, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(sandbox_module, "start", start_here)
     monkeypatch.setattr(sandbox_module, "_serve_until_signal", lambda: None)
-    code = sandbox_module.main(["--collections", "lung_phantom", "--max-instances", "1",
+    # another collection than the session sandbox's, whose planted faults must stay put
+    code = sandbox_module.main(["--collections", "htan_tnp_sardana", "--max-instances", "1",
                                 "--root", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     sandbox = started[0]
     assert lines[:3] == [f"s3: {sandbox.s3_endpoint}", f"v1: {sandbox.v1_url}",
-                         "collections: lung_phantom"]
+                         "collections: htan_tnp_sardana"]
     assert sandbox._stopped and seaweed.running()  # stopped its own parts only
 
 

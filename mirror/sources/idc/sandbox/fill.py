@@ -191,8 +191,18 @@ def _instance(row: dict, number: int) -> tuple[Instance, bytes]:
     return inst, body
 
 
+def _clear(writer, bucket: str, prefix: str) -> None:
+    """Delete whatever an earlier fill left under ``prefix``, so the bucket holds this fill."""
+    pages = writer.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            writer.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def _store(writer, series: list[tuple[Instance, bytes]], mode: str | None, row: dict) -> int:
     """Put a series' objects, planting ``mode``'s fault in it; return the bytes stored."""
+    _clear(writer, row["aws_bucket"], row["crdc_series_uuid"] + "/")
     stored = 0
     for position, (inst, body) in enumerate(series):
         key = inst.key

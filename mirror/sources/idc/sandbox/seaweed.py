@@ -15,6 +15,7 @@ SIGKILL after :data:`STOP_GRACE` seconds (a graceful stop takes SeaweedFS about 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -117,6 +118,7 @@ class SeaweedServer:
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM by pid, then SIGKILL if it has not exited after ``grace`` seconds."""
+        atexit.unregister(self.stop)
         if self.process.poll() is not None:
             return
         os.kill(self.pid, signal.SIGTERM)
@@ -161,6 +163,7 @@ def start_seaweed(folder: str | Path, timeout: float = START_TIMEOUT) -> Seaweed
         server = SeaweedServer(process, folder, ports["s3.port"], access_key, secret_key,
                                log_path)
         if _wait_until_up(server, timeout):
+            atexit.register(server.stop, 5.0)  # a caller that forgets stop() leaves no weed
             return server
         server.stop(grace=5)
         last = _tail(log_path)
