@@ -65,7 +65,8 @@ _SQL_START = re.compile(r"^\s*\(*\s*(select|with|from|values|table|explain|descr
                         r"alter|insert|update|delete|set|reset|call|export|import|use|"
                         r"begin|commit|rollback|checkpoint|vacuum|prepare|execute)\b",
                         re.IGNORECASE)
-_AND = re.compile(r"\s+AND\s+")
+_AND = re.compile(r"\s+AND\s+", re.IGNORECASE)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'')
 _NUMERIC = ("BIGINT", "INTEGER", "DOUBLE", "FLOAT", "DECIMAL", "HUGEINT", "SMALLINT",
             "TINYINT", "UBIGINT", "UINTEGER", "REAL")
 
@@ -314,13 +315,23 @@ def parse_scope(text: str) -> Scope:
         check_select(text)
         return Scope(sql=text.strip())
     criteria = []
-    for part in _AND.split(text.strip()):
+    for part in split_and(text.strip()):
         try:
             crit = parse_where(part)
         except QueryError as exc:
             raise ScopeError(str(exc).replace("--where", "scope")) from None
         criteria.append(Criterion(crit.field, crit.op, _unquote(crit.value)))
     return Scope(tuple(criteria))
+
+
+def split_and(text: str) -> list[str]:
+    """Split on ``AND`` (any case) outside quoted values: ``x == "a and b"`` stays whole."""
+    masked = _QUOTED.sub(lambda m: "\x00" * len(m.group()), text)
+    parts, start = [], 0
+    for match in _AND.finditer(masked):
+        parts.append(text[start:match.start()])
+        start = match.end()
+    return [*parts, text[start:]]
 
 
 def _unquote(value: Any) -> Any:

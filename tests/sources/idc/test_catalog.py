@@ -200,3 +200,13 @@ def test_changes_since_needs_the_version_columns(two_catalogs, lung_rows, tmp_pa
 def test_a_folder_without_a_catalog_is_refused(tmp_path):
     with pytest.raises(CatalogError, match="no idc_index.parquet"):
         Catalog.from_dir(tmp_path)
+
+
+def test_and_splits_criteria_only_outside_quotes(installed):
+    scope = parse_scope('collection_id == lung_phantom and SeriesDescription == "A AND B"')
+    assert [(c.field, c.value) for c in scope.criteria] == [
+        ("collection_id", "lung_phantom"), ("SeriesDescription", "A AND B")]
+    assert parse_scope("StudyDescription == 'it''s and more'").criteria[0].value == \
+        "it's and more"
+    assert installed.count(f"{LUNG} and Modality == CT") == \
+        installed.count(f"{LUNG} AND Modality == CT")
