@@ -105,9 +105,11 @@ class Catalog:
         except (PackageNotFoundError, ImportError):
             raise CatalogError(f"the {PACKAGE} package is not installed; install it with "
                                f"'pip install {PACKAGE}'") from None
+        metadata = getattr(idc_index_data, "INDEX_METADATA", {})  # 24.2 on
         paths = {}
         for name in TABLES:
-            path = idc_index_data.INDEX_METADATA.get(name, {}).get("parquet_filepath")
+            path = metadata.get(name, {}).get("parquet_filepath") or getattr(
+                idc_index_data, f"{name.upper()}_PARQUET_FILEPATH", None)  # older wheels
             if path is not None:
                 paths[name] = Path(path)
         return cls._checked(paths, package, f"the installed {PACKAGE} {package}")
@@ -145,8 +147,12 @@ class Catalog:
     def columns(self, table: str = "idc_index") -> dict[str, str]:
         """Column name -> DuckDB type name, in the file's order."""
         with closing(duckdb.connect(":memory:")) as conn:
-            rows = conn.execute("DESCRIBE SELECT * FROM read_parquet(?)",
-                                [str(self.paths[table])]).fetchall()
+            try:
+                rows = conn.execute("DESCRIBE SELECT * FROM read_parquet(?)",
+                                    [str(self.paths[table])]).fetchall()
+            except duckdb.Error as exc:
+                raise CatalogError(f"cannot read {self.paths[table]}: {_first_line(exc)}; "
+                                   f"reinstall {PACKAGE} or replace the file") from None
         return {row[0]: row[1] for row in rows}
 
     def has_columns(self, *names: str) -> bool:
@@ -224,7 +230,11 @@ class Catalog:
 
 
 def _build_stamp(path: Path) -> str | None:
-    meta = pq.read_metadata(path).metadata or {}
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise CatalogError(f"cannot read {path}: {_first_line(exc)}; reinstall {PACKAGE} or "
+                           "replace the file") from None
     stamp = meta.get(VERSION_KEY)
     return stamp.decode("utf-8", "replace") if stamp else None
 

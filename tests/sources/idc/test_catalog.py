@@ -210,3 +210,10 @@ def test_and_splits_criteria_only_outside_quotes(installed):
         "it's and more"
     assert installed.count(f"{LUNG} and Modality == CT") == \
         installed.count(f"{LUNG} AND Modality == CT")
+
+
+def test_a_damaged_catalog_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "idc_index.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(CatalogError, match="cannot read") as caught:
+        Catalog.from_dir(tmp_path)
+    assert "\n" not in str(caught.value)
