@@ -72,6 +72,8 @@ def test_forged_tokens_and_bad_requests_answer_400(idc_sandbox, v1):
                           params={"next_page": "eyJqb2IiOiAiMSJ9.00"}, timeout=10)
     assert forged.status_code == 400
     assert forged.json()["message"] == "Invalid next_page token eyJqb2IiOiAiMSJ9.00"
+    assert requests.get(base + "/cohorts/manifest/preview", timeout=10).status_code == 405
+    assert requests.get(base + "/dicomMetadata", timeout=10).status_code == 404
     no_fields = requests.post(base + "/cohorts/manifest/preview", json={}, timeout=10)
     assert no_fields.status_code == 400 and no_fields.json()["code"] == 400
     bad_filter = requests.post(base + "/cohorts/manifest/preview",

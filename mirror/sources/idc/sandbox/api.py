@@ -39,8 +39,8 @@ from xml.sax.saxutils import escape
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 
 from mirror.errors import SandboxError
 
@@ -170,10 +170,10 @@ def v1_app_routes(state: V1State) -> list[Route]:
             return error(400, f"Invalid next_page token {token}")
         return _page(state, parsed[0], parsed[1], size)
 
-    return [Route("/v1/about", about), Route("/v1/versions", versions),
-            Route("/v1/collections", collections),
-            Route("/v1/cohorts/manifest/preview", preview, methods=["POST"]),
-            Route("/v1/cohorts/manifest/nextPage", next_page)]
+    return [Route("/about", about), Route("/versions", versions),
+            Route("/collections", collections),
+            Route("/cohorts/manifest/preview", preview, methods=["POST"]),
+            Route("/cohorts/manifest/nextPage", next_page)]
 
 
 def _page(state: V1State, job: str, offset: int, size: int, cohort: dict | None = None
@@ -250,7 +250,7 @@ def deprecated_routes() -> list[Route]:
     async def gone(request: Request) -> Response:
         return JSONResponse({"code": 410, "message": DEPRECATED_MESSAGE,
                              "documentation": DOCUMENTATION}, status_code=410)
-    return [Route("/v1" + path, gone, methods=["GET"]) for path in V1_GET_STUBS]
+    return [Route(path, gone, methods=["GET"]) for path in V1_GET_STUBS]
 
 
 # -- hostile S3 ----------------------------------------------------------------------------
@@ -268,8 +268,6 @@ def hostile_s3(state: V1State):
         return _hostile_page(bucket, prefix, token)
 
     async def get_object(request: Request) -> Response:
-        if request.path_params["bucket"] == "v1":  # an unknown v1 route, as Flask answers it
-            return PlainTextResponse("Not Found", status_code=404)
         return _s3_error(404, "NoSuchKey", request.url.path)
 
     return [Route("/{bucket}", listing), Route("/{bucket}/", listing),
@@ -323,7 +321,8 @@ def build_app(state: V1State, deprecated: bool | None = None) -> Starlette:
     """The v1 routes (live, or switched off) and the hostile S3 routes over ``state``."""
     gone = state.deprecated if deprecated is None else deprecated
     v1 = deprecated_routes() if gone else v1_app_routes(state)
-    return Starlette(routes=[*v1, *hostile_s3(state)])
+    # Mounted, so a v1 path never reaches the S3 routes: wrong methods get 405, others 404.
+    return Starlette(routes=[Mount("/v1", routes=v1), *hostile_s3(state)])
 
 
 class HttpServer:
