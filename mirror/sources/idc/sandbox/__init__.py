@@ -41,6 +41,7 @@ from mirror.sources.idc.sandbox.fill import (
     fill,
     gcs_url,
 )
+from mirror.sources.idc.sandbox.releases import Release, next_release
 from mirror.sources.idc.sandbox.seaweed import SeaweedServer, start_seaweed
 
 GUID_PREFIX = "dg.4DFC/"
@@ -57,6 +58,7 @@ class IdcSandbox:
     root: Path
     owns_seaweed: bool = True
     owns_root: bool = False
+    releases: list[Release] = field(default_factory=list)
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -78,7 +80,24 @@ class IdcSandbox:
 
     @property
     def catalog(self) -> Catalog:
-        return self.filled.catalog
+        """The newest catalog: the filled one, or the last :meth:`next_release`'s."""
+        return self.releases[-1].catalog if self.releases else self.filled.catalog
+
+    @property
+    def catalogs(self) -> list[Catalog]:
+        """Every release's catalog, oldest first."""
+        return [self.filled.catalog, *(r.catalog for r in self.releases)]
+
+    def next_release(self, **edits) -> Release:
+        """Publish release N+1 (see :func:`.releases.next_release` for the edits)."""
+        folder = self.root / f"catalog-{self.catalog.version.release + 1}"
+        writer = self.seaweed.writer()
+        try:
+            release = next_release(self.catalog, writer, folder, **edits)
+        finally:
+            writer.close()
+        self.releases.append(release)
+        return release
 
     @property
     def hostile(self) -> dict[str, str]:

@@ -172,7 +172,8 @@ def _catalog_tables(catalog: Catalog, index: pa.Table) -> dict[str, pa.Table]:
     return tables
 
 
-def _instance(row: dict, number: int) -> tuple[Instance, bytes]:
+def _instance(row: dict, number: int, comment: str | None = None) -> tuple[Instance, bytes]:
+    """Instance ``number`` of the series in ``row``; ``comment`` (ImageComments) varies it."""
     series_uuid = row["crdc_series_uuid"]
     study = row["StudyInstanceUID"]
     series = row["SeriesInstanceUID"]
@@ -182,6 +183,8 @@ def _instance(row: dict, number: int) -> tuple[Instance, bytes]:
     extra = {}
     if isinstance(row.get("Modality"), str) and _MODALITY.match(row["Modality"]):
         extra["Modality"] = row["Modality"]
+    if comment:
+        extra["ImageComments"] = comment
     body = make_instance(patient_id=row["PatientID"] or "UNKNOWN", study_uid=study,
                          series_uid=series_in_file, sop_uid=sop, instance_number=number,
                          extra=extra)
