@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
 from importlib.metadata import version
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+import mirror
 from mirror.errors import CatalogError, ScopeError
 from mirror.sources.idc.catalog import (
     Catalog,
@@ -22,6 +25,8 @@ from mirror.sources.idc.catalog import (
     read_table,
     write_catalog,
 )
+
+REPO_ROOT = str(Path(mirror.__file__).resolve().parents[1])  # for child processes
 
 LUNG = "collection_id == lung_phantom"
 
@@ -110,7 +115,7 @@ def test_full_catalog_stream_fits_time_and_memory():
         "print(json.dumps({'rows': n, 'seconds': time.monotonic() - t,\n"
         "    'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300)
+                         check=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
     figures = json.loads(out.stdout)
     print("full catalog stream:", figures)
     assert figures["rows"] == Catalog.installed().count() > 1_000_000

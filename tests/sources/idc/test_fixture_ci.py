@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+import mirror
+
+REPO_ROOT = str(Path(mirror.__file__).resolve().parents[1])  # for child processes
+
 
 NEEDS_SEAWEED = "tests/sources/idc/test_s3.py::test_anonymous_requests_read_but_cannot_write"
 
@@ -16,12 +22,12 @@ def _run(tmp_path, ci: bool) -> subprocess.CompletedProcess:
     fake.write_text("#!/bin/sh\necho 'fake weed: cannot start' >&2\nexit 1\n")
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env.update(MIRROR_WEED=str(fake), PYTHONPATH=os.getcwd())
+    env.update(MIRROR_WEED=str(fake), PYTHONPATH=REPO_ROOT)
     if ci:
         env["CI"] = "true"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            NEEDS_SEAWEED], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=120, cwd=REPO_ROOT)
 
 
 @pytest.mark.parametrize("ci", [True, False])

@@ -7,14 +7,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
+import mirror
 from mirror.errors import ArchiveError
 from mirror.sources.idc import sandbox as sandbox_module
 from mirror.sources.idc import v1 as v1_client
 from mirror.sources.idc.sandbox.api import DEPRECATED_MESSAGE
+
+REPO_ROOT = str(Path(mirror.__file__).resolve().parents[1])  # for child processes
 
 FIELDS = ["Collection_ID", "SeriesInstanceUID", "SOPInstanceUID", "CRDC_Instance_GUID",
           "GCS_URL"]
@@ -129,7 +133,7 @@ def test_main_refuses_an_unknown_collection_in_one_line(capsys):
 
 @pytest.mark.slow
 def test_the_sandbox_command_runs_and_stops_on_sigterm(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     process = subprocess.Popen(
         [sys.executable, "-m", "mirror.sources.idc.sandbox", "--collections", "lung_phantom",
          "--max-instances", "1", "--root", str(tmp_path)],
