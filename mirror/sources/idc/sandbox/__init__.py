@@ -3,7 +3,8 @@
 :func:`start` fills buckets named as IDC's (``idc-open-data``, ...) for whole real catalog
 collections (:mod:`.fill`), writes the sandbox's catalog (the same rows, counts and sizes
 made true), and serves IDC's REST API v1 and a hostile S3 listing endpoint (:mod:`.api`).
-Everything listens on 127.0.0.1 only.
+:meth:`IdcSandbox.next_release` publishes release N+1 with IDC's between-release edits
+(:mod:`.releases`). Everything listens on 127.0.0.1 only.
 
     python -m mirror.sources.idc.sandbox --collections lung_phantom --max-instances 4
 
