@@ -150,3 +150,20 @@ def test_the_sandbox_command_runs_and_stops_on_sigterm(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert time.monotonic() - started < 40
+
+
+@pytest.mark.slow
+def test_a_sigterm_while_starting_leaves_no_weed_behind(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mirror.sources.idc.sandbox", "--collections", "lung_phantom",
+         "--root", str(tmp_path)], stdout=subprocess.DEVNULL, env=env)
+    log = tmp_path / "seaweed" / "weed-0.log"
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline:  # weed has been spawned
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    weeds = subprocess.run(["pgrep", "-f", f"weed server -dir={tmp_path}"],
+                           capture_output=True, text=True)
+    assert weeds.stdout == ""

@@ -230,6 +230,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-pages", default="",
                         help="comma-separated 0-based v1 pages that first answer 202")
     args = parser.parse_args(argv)
+    previous = _stop_on_signals()  # before starting: a SIGTERM at any point cleans up
+    try:
+        return _run(args)
+    except _Stop:
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stop(BaseException):
+    """Raised by the SIGINT/SIGTERM handler: unwinds start() or serving, with cleanup."""
+
+
+def _stop_on_signals() -> dict:
+    """Make SIGINT/SIGTERM raise :class:`_Stop` once (later ones are ignored meanwhile)."""
+    def handler(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
+        raise _Stop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    return previous
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         sandbox = start(
             [c for c in (args.collections or "").split(",") if c] or None, args.root,
@@ -239,15 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MirrorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"s3: {sandbox.s3_endpoint}")
-    print(f"v1: {sandbox.v1_url}")
-    print(f"collections: {','.join(sandbox.collections)}")
-    print(f"catalog: {sandbox.catalog.paths['idc_index'].parent}")
-    print(f"hostile-s3: {sandbox.hostile_s3_endpoint}")
-    for mode, series in sandbox.hostile.items():
-        print(f"hostile {mode}: {series}")
-    sys.stdout.flush()
     try:
+        print(f"s3: {sandbox.s3_endpoint}")
+        print(f"v1: {sandbox.v1_url}")
+        print(f"collections: {','.join(sandbox.collections)}")
+        print(f"catalog: {sandbox.catalog.paths['idc_index'].parent}")
+        print(f"hostile-s3: {sandbox.hostile_s3_endpoint}")
+        for mode, series in sandbox.hostile.items():
+            print(f"hostile {mode}: {series}")
+        sys.stdout.flush()
         _serve_until_signal()
     finally:
         sandbox.stop()
@@ -255,8 +282,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve_until_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    """Block until a signal handler raises :class:`_Stop`."""
+    threading.Event().wait()

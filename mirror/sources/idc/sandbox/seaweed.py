@@ -162,7 +162,12 @@ def start_seaweed(folder: str | Path, timeout: float = START_TIMEOUT) -> Seaweed
                                        stdin=subprocess.DEVNULL, cwd=folder)
         server = SeaweedServer(process, folder, ports["s3.port"], access_key, secret_key,
                                log_path)
-        if _wait_until_up(server, timeout):
+        try:
+            up = _wait_until_up(server, timeout)
+        except BaseException:  # interrupted while waiting: leave no weed behind
+            server.stop(grace=5)
+            raise
+        if up:
             atexit.register(server.stop, 5.0)  # a caller that forgets stop() leaves no weed
             return server
         server.stop(grace=5)
