@@ -111,6 +111,13 @@ def _tqdm_progress(quiet: bool):
 @click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
               "source (…/api/v1: ISIC v1).")
 @click.option("--source", help="The source of a new mirror (isic-v1, ...); default: from --url.")
+@click.option("--where", "scope_where", help="IDC: series whose catalog row meets FIELD OP VALUE "
+              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'.")
+@click.option("--sql", "scope_sql", help="IDC: series of one SELECT SeriesInstanceUID FROM "
+              "idc_index WHERE ...")
+@click.option("--s3-endpoint", help="IDC: the buckets' S3 endpoint (default: public AWS).")
+@click.option("--catalog", "catalog_dir", help="IDC: a folder of idc-index-data Parquet files "
+              "(default: $MIRROR_IDC_CATALOG, else the installed package).")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
               "images,datasets,segmentations,studies,annotations).")
@@ -130,8 +137,9 @@ def _tqdm_progress(quiet: bool):
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, source, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+def sync(root, url, source, scope_where, scope_sql, s3_endpoint, catalog_dir, workers, what,
+         blobs, dataset, study, limit, username, allow_mixed, index_url, lease_wait, dry_run,
+         allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -153,6 +161,9 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals,
+                          scope={k: v for k, v in (("where", scope_where), ("sql", scope_sql),
+                                                   ("s3_endpoint", s3_endpoint),
+                                                   ("catalog", catalog_dir)) if v},
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)

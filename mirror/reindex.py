@@ -24,7 +24,7 @@ from mirror.store import ObjectStore
 from mirror.sync.files import CONTENT_TYPES
 from mirror.writer import writing
 
-DOC_NAME = re.compile(r"(?P<kind>[a-z][a-z0-9]*)_(?P<id>[^_/]+?)\.(?P<sha>[0-9a-f]{16})\.json\.zst")
+DOC_NAME = re.compile(r"(?P<kind>[a-z][a-z0-9]*)_(?P<id>[^/]+?)\.(?P<sha>[0-9a-f]{16})\.json\.zst")
 FILE_NAME = re.compile(r"(?P<prefix>[a-z][a-z0-9]*)_(?P<id>[0-9A-Za-z.-]+?)"
                        r"(?:_[^/]*?)?(?:\.[0-9a-f]{16})?(?P<ext>\.[a-z0-9]{1,5})")
 

@@ -45,12 +45,19 @@ REMOVAL_MAX_COUNT = Setting(
     "MIRROR_REMOVAL_MAX_COUNT", 100,
     "A sync that would mark more objects than this removed stops, whatever the share.")
 
+IDC_CATALOG_ENV = "MIRROR_IDC_CATALOG"
+"""A folder of idc-index-data Parquet files (``idc_index.parquet``, ...) that IDC syncs read
+instead of the installed package's (a sandbox's catalog, an older release kept aside);
+``mirror sync --catalog DIR`` overrides it."""
+
 #: Variables that are not numbers, listed for the docs page.
 ENVIRONMENT = {
     "MIRROR_ROOT": "The mirror root when --root is not given.",
     "MIRROR_PASSWORD": "The password for --username (never stored, never logged).",
     "MIRROR_STATE_DIR": "Where the writer keeps its live database (local disk; default "
                         "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
+    IDC_CATALOG_ENV: "IDC: a folder of idc-index-data Parquet files to sync from instead "
+                     "of the installed package (--catalog overrides it).",
 }
 
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT)

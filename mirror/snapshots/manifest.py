@@ -149,9 +149,11 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
         try:
             with engine.connect() as conn:
                 items = query.criteria(where)
-                ids = query.select_ids(conn, items, dataset=dataset, study=study)
-                objects = source_hooks(config.source, "snapshots").pinned_objects(
-                    conn, ids, roles)
+                hooks = source_hooks(config.source, "snapshots")
+                chooser = getattr(hooks, "select_ids", None)  # a source's own selection
+                ids = (chooser(conn, items) if chooser is not None else
+                       query.select_ids(conn, items, dataset=dataset, study=study))
+                objects = hooks.pinned_objects(conn, ids, roles)
         finally:
             engine.dispose()
         manifest = _manifest(config, name, items, dataset, study, blobs, objects)

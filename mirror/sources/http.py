@@ -124,6 +124,12 @@ class HttpClient:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
 
+    def count_request(self) -> None:
+        """Count a request another client sent for this run (a source's S3 calls), so the
+        sync summary's request count is every request the run made."""
+        with self._lock:
+            self.requests_made += 1
+
     @contextmanager
     def fetching(self, url: str, **kwargs) -> Iterator[requests.Response]:
         """A GET (see :meth:`get`) that holds one connection slot until the block ends;

@@ -250,6 +250,9 @@ class FileFetcher:
             if fetched:
                 self.summary.bytes_downloaded += stored.size
                 self.progress(1, stored.size)
+        record = getattr(self.source, "record_fetched", None)
+        if record is not None:  # what the files said (IDC: DICOM headers), in this thread
+            record(task, results)
         self.done.append(task)
 
     def _record_failure(self, task: FileTask, exc: Exception) -> None:

@@ -5,5 +5,9 @@ reads, diffs between catalog snapshots); the bytes sit in public S3 buckets unde
 ``<crdc_series_uuid>/<crdc_instance_uuid>.dcm`` (:mod:`.s3`: bounded listings, capped reads).
 Its REST API v1 is switched off (HTTP 410); :mod:`.v1` reads old-style manifests and says so.
 :mod:`.sandbox` emulates the buckets (SeaweedFS), further data releases and API v1 on
-loopback for tests.
+loopback for tests. :class:`IdcSource` (:mod:`.source`) puts them on the engine's seam.
 """
+
+from mirror.sources.idc.source import IdcSource
+
+__all__ = ["IdcSource"]

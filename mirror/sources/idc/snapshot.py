@@ -1,0 +1,150 @@
+"""IDC in snapshots: what a snapshot pins, what its files are called, the tables it makes.
+
+A snapshot of an IDC mirror pins series (``--where`` over their catalog rows), every current
+instance of them with its DICOM file, their collections and the ``catalog`` document, so
+each manifest names the idc-index-data version it came from. An export holds
+``dicom/<collection_id>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, ``series.csv`` (one row
+per series with its ``license_short_name`` and ``source_DOI``) and ``citations.txt`` (per
+collection: licences, DOIs and the citations IDC gives for its sources), all made from the
+manifest and the pinned bytes alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from mirror.errors import MirrorError
+from mirror.export import cell
+from mirror.index import ObjectRow
+from mirror.snapshots.manifest import Snapshot, entry, files_of
+from mirror.sources.idc.spec import CATALOG_ID
+from mirror.store import UnsafeNameError, safe_name
+
+if TYPE_CHECKING:
+    from mirror.snapshots.payload import Locator
+
+SERIES_COLUMNS = ("SeriesInstanceUID", "collection_id", "PatientID", "StudyInstanceUID",
+                  "Modality", "SeriesDescription", "instanceCount", "license_short_name",
+                  "source_DOI", "crdc_series_uuid", "aws_bucket")
+CHUNK = 500
+_OPS = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+        "in": lambda a, b: a in b, "not in": lambda a, b: a not in b}
+
+
+def build_options(snap: Snapshot) -> dict:
+    """The sync options that fetch exactly the pinned series (from the same catalog)."""
+    return {"what": frozenset({"series"}),
+            "scope": {"series": sorted(e["id"] for e in snap.of_kind("series"))}}
+
+
+def select_ids(conn, items: list) -> list[str]:
+    """The current series whose catalog row meets every criterion (==, !=, in, not in)."""
+    for crit in items:
+        if crit.op not in _OPS:
+            raise MirrorError(f"{crit}: IDC snapshots select series with ==, !=, in or "
+                              "not in over catalog columns")
+    chosen = []
+    for uid, doc in conn.execute(select(ObjectRow.id, ObjectRow.doc).where(
+            ObjectRow.kind == "series", ObjectRow.removed.is_(False)).order_by(ObjectRow.id)):
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        if all(_OPS[c.op](doc.get(c.field), c.value) for c in items):
+            chosen.append(uid)
+    return chosen
+
+
+def pinned_objects(conn, series_ids: list[str], roles: list[str]) -> list[dict]:
+    """Entries of the series, their current instances (with files), collections and the
+    catalog document, sorted by kind and id."""
+    objects: list[dict] = []
+    collections: set[str] = set()
+    for start in range(0, len(series_ids), CHUNK):
+        chunk = series_ids[start:start + CHUNK]
+        for uid, name, sha, parent in conn.execute(select(
+                ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256, ObjectRow.parent_id).where(
+                ObjectRow.kind == "series", ObjectRow.id.in_(chunk))):
+            pinned = entry(conn, "series", uid, sha, name, None, [])
+            pinned["collection_id"] = parent
+            objects.append(pinned)
+            collections.add(parent)
+        instances = conn.execute(select(ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256,
+                                        ObjectRow.parent_id).where(
+            ObjectRow.kind == "instance", ObjectRow.parent_id.in_(chunk),
+            ObjectRow.removed.is_(False))).all()
+        files = files_of(conn, [r[0] for r in instances], roles) if roles else {}
+        for uuid, sop, sha, parent in instances:
+            pinned = entry(conn, "instance", uuid, sha, sop, None, files.get(uuid, []))
+            pinned["series_id"] = parent
+            objects.append(pinned)
+    for kind, ids in (("collection", sorted(c for c in collections if c)),
+                      ("catalog", [CATALOG_ID])):
+        for object_id, name, sha in conn.execute(select(
+                ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256).where(
+                ObjectRow.kind == kind, ObjectRow.id.in_(ids))):
+            objects.append(entry(conn, kind, object_id, sha, name, None, []))
+    return sorted(objects, key=lambda o: (o["kind"], o["id"]))
+
+
+def _safe(text: str | None, fallback: str) -> str:
+    try:
+        return safe_name(text or "")
+    except UnsafeNameError:
+        return fallback
+
+
+def file_member_path(snap: Snapshot, entry: dict, file: dict) -> str:
+    """``dicom/<collection>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``."""
+    series = snap.by_key.get(("series", entry.get("series_id")), {})
+    collection = _safe(series.get("collection_id"), "unknown_collection")
+    series_id = _safe(entry.get("series_id"), "unknown_series")
+    return f"dicom/{collection}/{series_id}/{_safe(entry.get('name'), entry['id'])}{file['ext']}"
+
+
+def generated_files(snap: Snapshot, locator: Locator) -> list[tuple[str, bytes]]:
+    """``series.csv`` and ``citations.txt``, from the pinned documents alone."""
+    def doc(e: dict) -> dict[str, Any]:
+        return json.loads(locator.document_bytes(e["kind"], e["id"], e["document"]["sha256"]))
+
+    series = [doc(e) for e in snap.of_kind("series")]
+    collections = {e["id"]: doc(e) for e in snap.of_kind("collection")}
+    catalog = [doc(e) for e in snap.of_kind("catalog")]
+    return [("series.csv", series_csv(series)),
+            ("citations.txt", citations(series, collections, catalog))]
+
+
+def series_csv(series: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SERIES_COLUMNS)
+    for row in sorted(series, key=lambda d: d.get("SeriesInstanceUID") or ""):
+        writer.writerow([cell(row.get(c)) for c in SERIES_COLUMNS])
+    return buffer.getvalue().encode()
+
+
+def citations(series: list[dict], collections: dict[str, dict], catalog: list[dict]) -> bytes:
+    """Per collection: series count, licences, DOIs, and the citations of its sources."""
+    lines = []
+    for doc in catalog:
+        lines += [f"Catalog: idc-index-data {doc.get('package')} (IDC release "
+                  f"{doc.get('release')}, build {doc.get('build')})", ""]
+    by_collection: dict[str, list[dict]] = {}
+    for row in series:
+        by_collection.setdefault(row.get("collection_id") or "", []).append(row)
+    for cid in sorted(by_collection):
+        rows = by_collection[cid]
+        info = collections.get(cid, {})
+        licences = sorted({r.get("license_short_name") or "not recorded" for r in rows})
+        dois = sorted({r.get("source_DOI") for r in rows if r.get("source_DOI")})
+        lines.append(f"{info.get('collection_name') or cid} ({cid}): {len(rows)} series")
+        lines.append(f"  licences: {', '.join(licences)}")
+        lines.append(f"  DOIs: {', '.join(dois) or 'none recorded'}")
+        for source in info.get("sources") or []:
+            citation = " ".join(str(source.get("citation") or "").split())
+            if citation:
+                lines.append(f"  cite: {citation}")
+        lines.append("")
+    return ("\n".join(lines) + "\n").encode()
