@@ -37,7 +37,32 @@ def _isic_v1() -> Iterator[Archive]:
         yield Archive(sb.url, lambda: sb.stats().get("total", 0))
 
 
+@contextmanager
+def _idc() -> Iterator[Archive]:
+    """SeaweedFS holding one real collection at its real keys, and its own catalog (which
+    the CLI children read through $MIRROR_IDC_CATALOG); requests are SeaweedFS's count."""
+    import os
+
+    from mirror import settings
+    from mirror.sources.idc import sandbox
+
+    sb = sandbox.start(["lung_phantom"], max_instances=2)
+    before = os.environ.get(settings.IDC_CATALOG_ENV)
+    os.environ[settings.IDC_CATALOG_ENV] = str(sb.catalog.paths["idc_index"].parent)
+    try:
+        yield Archive(sb.s3_endpoint, sb.seaweed.s3_requests,
+                      ("--source", "idc", "--where", 'collection_id == "lung_phantom"'))
+    finally:
+        if before is None:
+            os.environ.pop(settings.IDC_CATALOG_ENV, None)
+        else:
+            os.environ[settings.IDC_CATALOG_ENV] = before
+        sb.stop()
+
+
 CASES = [
     # datasets, image summaries, studies (+ their annotation listings when changed)
     SourceCase("isic-v1", _isic_v1, noop_requests=4),
+    # the same catalog build and scope: nothing to ask the buckets
+    SourceCase("idc", _idc, noop_requests=0, snapshot_args=("--blobs", "dicom")),
 ]

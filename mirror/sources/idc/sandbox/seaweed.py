@@ -48,7 +48,7 @@ WEED_ENV = "MIRROR_WEED"
 """Environment variable naming the ``weed`` binary, when it is not in the virtualenv."""
 
 _PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-               "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")
+               "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "metricsPort")
 
 
 def weed_binary() -> Path:
@@ -97,6 +97,18 @@ class SeaweedServer:
     access_key: str
     secret_key: str = field(repr=False)
     log_path: Path = field(default=Path())
+    metrics_port: int | None = None
+
+    def s3_requests(self) -> int:
+        """S3 requests the gateway has answered so far (its Prometheus counter), so tests
+        can count what a client in another process sent."""
+        if self.metrics_port is None:
+            raise SandboxError("this SeaweedFS was started without a metrics port")
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode("utf-8", "replace")
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("SeaweedFS_s3_request_total")))
 
     @property
     def pid(self) -> int:
@@ -154,14 +166,14 @@ def start_seaweed(folder: str | Path, timeout: float = START_TIMEOUT) -> Seaweed
         args = [str(weed), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-filer", "-s3", f"-s3.config={config_path}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-                "-volume.preStopSeconds=0",
+                "-volume.preStopSeconds=0", "-metricsIp=127.0.0.1",
                 f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", "-volume.max=0",
                 *(f"-{flag}={port}" for flag, port in ports.items())]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=folder)
         server = SeaweedServer(process, folder, ports["s3.port"], access_key, secret_key,
-                               log_path)
+                               log_path, ports["metricsPort"])
         try:
             up = _wait_until_up(server, timeout)
         except BaseException:  # interrupted while waiting: leave no weed behind
