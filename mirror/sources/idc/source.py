@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +53,7 @@ from mirror.index import Blob, Listing, ObjectRow, SyncItem
 from mirror.ingest import mark_removed, upsert
 from mirror.query import Criterion
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
+from mirror.sources.dicom import read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.idc.catalog import Catalog, Scope, as_scope
 from mirror.sources.idc.s3 import IdcS3, S3Object
@@ -62,6 +64,10 @@ ROLE = "instance"
 OPTION = "dicom"
 LOOKUP_CHUNK = 500  # ids per IN (...) query
 STORE_CHUNK = 256  # documents per store task on the run's pool
+PARSER_PROCESSES = 0
+"""Processes that turn fetched headers into DICOM JSON (0: one per CPU). pydicom's
+``to_json_dict`` costs 5-20 ms of CPU per instance, more than its download: threads would
+serialise it on the GIL, processes use every core."""
 SCOPE_KEY = "idc-scope:"  # Listing rows: scopes already synced with a catalog build
 
 
@@ -98,6 +104,7 @@ class IdcSource:
         self.endpoint = self.base_url
         self._s3: IdcS3 | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._parsers: ProcessPoolExecutor | None = None
         self._workers = 8
         self._run: DocumentRun | None = None
         self._planned: dict[str, PlannedSeries] = {}
@@ -127,7 +134,10 @@ class IdcSource:
                 self._s3 = IdcS3(self.endpoint, pool=max(self._workers * 2, 10))
                 self._s3.client.meta.events.register("before-send.s3", self._count_request)
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="idc-get")
-                weakref.finalize(self, _close, self._s3, self._pool)
+                self._parsers = ProcessPoolExecutor(
+                    PARSER_PROCESSES or os.cpu_count() or 1,
+                    mp_context=multiprocessing.get_context("spawn"))
+                weakref.finalize(self, _close, self._s3, self._pool, self._parsers)
             return self._s3
 
     def _count_request(self, **_: Any) -> None:
@@ -185,8 +195,9 @@ class IdcSource:
         seen.update(ids)
         collections.update(d["collection_id"] for d in docs if d.get("collection_id"))
         known = _known(run.session, ids)
-        changed = [d for d in docs if known.get(d["SeriesInstanceUID"], (None,))[0] !=
-                   hashlib.sha256(canonical_json(d)).hexdigest()]
+        changed = [d for d in docs if d["SeriesInstanceUID"] not in known
+                   or known[d["SeriesInstanceUID"]][0] !=
+                   hashlib.sha256(canonical_json(d)).hexdigest()]  # new: no hash needed
         run.summary.count("series", "unchanged", len(docs) - len(changed))
         if not changed:
             return
@@ -292,7 +303,8 @@ class IdcSource:
         header: dict = {}
 
         def validate(path: Path) -> None:
-            header["value"] = check_instance(path, plan)
+            header["value"] = check_instance(self._parsers.submit(
+                read_header, str(path)).result(), plan)
 
         if not one.replace and fetcher.store.exists(relpath):
             adopted = self._adopt(fetcher, relpath, obj, validate)
@@ -327,10 +339,8 @@ class IdcSource:
         run = self._run
         if fetched.docs:
             run.record("instance", fetched.docs)
-        held = set(run.session.scalars(select(ObjectRow.id).where(
-            ObjectRow.kind == "instance", ObjectRow.parent_id == task.object_id,
-            ObjectRow.removed.is_(False))))
-        gone = sorted(held - fetched.listed)
+        plan = self._planned.get(task.object_id)
+        gone = sorted(set(plan.have if plan else ()) - fetched.listed)
         if gone:  # a complete listing (its count is the catalog's) is authoritative
             mark_removed(run.session, self.spec.kind("instance"), gone, utc_now())
             run.summary.count("instance", "removed", len(gone))
@@ -439,11 +449,8 @@ def instance_document(uuid: str, header: dict) -> dict:
             "StudyInstanceUID": _value(header, "0020000D"), "dicom": header}
 
 
-def check_instance(path: Path, plan: PlannedSeries) -> dict:
-    """The header of a DICOM file that belongs to the planned series, or an error."""
-    from mirror.sources.dicom import read_header
-
-    header = read_header(path)
+def check_instance(header: dict, plan: PlannedSeries) -> dict:
+    """``header`` (DICOM JSON), when its file belongs to the planned series; else an error."""
     series, study = _value(header, "0020000E"), _value(header, "0020000D")
     if series != plan.uid:
         raise IntegrityError(f"an instance of s3://{plan.bucket}/{plan.series_uuid}/ names "
@@ -519,6 +526,7 @@ def _bytes_of(doc: dict) -> int | None:
     return round(size * 1e6) if isinstance(size, (int, float)) else None
 
 
-def _close(s3: IdcS3, pool: ThreadPoolExecutor) -> None:
+def _close(s3: IdcS3, pool: ThreadPoolExecutor, parsers: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False)
+    parsers.shutdown(wait=False, cancel_futures=True)
     s3.close()
