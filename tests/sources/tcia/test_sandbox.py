@@ -3,6 +3,7 @@ with the shared DICOM layer, every mutation observed through the endpoints."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -20,7 +21,11 @@ import requests
 from mirror.errors import DicomError, SeriesZipError, UnsafeZipEntryError
 from mirror.sources.dicom import FolderSink, read_header, safe_unpack_zip
 from mirror.sources.tcia.sandbox import HOSTILE_CASES, start
-from mirror.sources.tcia.sandbox.api import V4_PATIENT_COLUMNS, V4_SERIES_COLUMNS
+from mirror.sources.tcia.sandbox.api import (
+    V4_METADATA_COLUMNS,
+    V4_PATIENT_COLUMNS,
+    V4_SERIES_COLUMNS,
+)
 
 DATE = re.compile(r"^\d\d-\d\d-\d{4}$")
 ROOT = Path(__file__).resolve().parents[3]
@@ -186,6 +191,22 @@ def test_series_size_and_sop_uids_agree_with_get_series(sb):
     sops = get(sb, "getSOPInstanceUIDs", SeriesInstanceUID=uid).json()
     assert len(sops) == row["ImageCount"] and list(sops[0]) == ["SOPInstanceUID"]
     assert get(sb, "getSeriesSize", SeriesInstanceUID="1.2.3").content == b""
+
+
+def test_series_metadata_is_a_quoted_csv_download(sb):
+    rows = series_list(sb)[:2]
+    uids = ",".join(r["SeriesInstanceUID"] for r in rows)
+    r = requests.post(f"{sb.v4_url}/getSeriesMetadata", data={"list": uids + ",1.2.3"},
+                      timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv"
+    assert r.headers["Content-Disposition"] == 'attachment; filename="SeriesMetaData.csv"'
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    assert list(table[0]) == V4_METADATA_COLUMNS
+    assert [t["SeriesInstanceUID"] for t in table] == [r["SeriesInstanceUID"] for r in rows]
+    assert table[0]["SliceThickness(mm)"] == "5.0" and table[0]["ImageCount"] == \
+        str(rows[0]["ImageCount"])
+    assert requests.post(f"{sb.v4_url}/getSeriesMetadata", data={}, timeout=10).status_code \
+        == 400
 
 
 # --- downloads ---------------------------------------------------------------------------

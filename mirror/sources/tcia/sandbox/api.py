@@ -42,6 +42,16 @@ V3_SERIES_COLUMNS = [
 V3_PATIENT_COLUMNS = ["PatientID", "PatientName", "PatientBirthDate", "PatientSex",
                       "EthnicGroup", "Collection"]
 V3_STUDY_COLUMNS = V4_STUDY_COLUMNS[:12]
+V4_METADATA_COLUMNS = [
+    "PatientID", "PatientName", "PatientSex", "EthnicGroup", "Phantom", "SpeciesCode",
+    "SpeciesDescription", "StudyInstanceUID", "StudyDate", "StudyDesc",
+    "AdmittingDiagnosisDescription", "StudyID", "PatientAge", "LongitudinalTemporalEventType",
+    "LongitudinalTemporalOffsetFromEvent", "SeriesInstanceUID", "Collection", "Site",
+    "Modality", "ProtocolName", "SeriesDate", "SeriesDescription", "BodyPartExamined",
+    "SeriesNumber", "AnnotationsFlag", "Manufacturer", "ManufacturerModelName",
+    "PixelSpacing(mm)-Row", "SliceThickness(mm)", "SoftwareVersions", "ImageCount",
+    "MaxSubmissionTimestamp", "LicenseName", "LicenseURI", "DataDescriptionURI", "FileSize",
+    "ReleasedStatus", "DateReleased", "ThirdPartyAnalysis", "Authorized"]
 MD5_FORM_FIELDS = ["SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Collection"]
 V3_API_KEY = "sandbox-key"
 """The one key the sandbox's Bindaas v3 accepts (header ``api_key`` or query parameter)."""
@@ -124,6 +134,7 @@ class TciaAPI:
                                     ["SeriesInstanceUID", "SOPInstanceUID"]),
             "getMD5HashForImage": Route(self.v4_image_md5, ["SOPInstanceUID"]),
             "getMD5Hierarchy": Route(self.v4_md5_hierarchy, MD5_FORM_FIELDS, "POST"),
+            "getSeriesMetadata": Route(self.v4_series_metadata, ["list", "format"], "POST"),
         }
         self.v3 = {
             "getCollectionValues": self.v3_collections,
@@ -401,6 +412,30 @@ class TciaAPI:
         elif "Collection" in params:
             md5 = a.collection_md5_served(params["Collection"])
         return Response.text(md5) if md5 else Response(200, b"", {"Content-Type": "text/plain"})
+
+    def v4_series_metadata(self, params: dict) -> Response:
+        """POST form ``list`` (comma-joined UIDs, as tcia_utils sends); CSV by default."""
+        self._require(params, "list")
+        wanted = dict.fromkeys(u.strip() for u in params["list"].split(",") if u.strip())
+        rows = []
+        with self.archive.lock:
+            for uid in wanted:
+                s = self._listed(uid)
+                if s is None:
+                    continue
+                study, p = self._context(self.archive, s)
+                day = study.day.strftime("%m-%d-%Y")
+                rows.append([
+                    p.patient_id, p.name, p.sex, p.ethnic_group, p.phantom, p.species_code,
+                    p.species_description, s.study_uid, day, study.description,
+                    study.admitting_diagnosis, study.study_id, p.age, None, None, s.uid,
+                    s.collection, s.site, s.modality, s.protocol, day, s.description,
+                    s.body_part, s.number, s.annotations_flag, s.manufacturer, s.model,
+                    s.pixel_spacing, s.slice_thickness, s.software, s.image_count,
+                    v4_date(s.max_submission), s.license_name, s.license_uri,
+                    s.description_uri, s.file_size, s.released_status,
+                    v4_date(s.date_released), s.third_party, 1])
+        return format_rows(params.get("format", "CSV-DOWNLOAD"), V4_METADATA_COLUMNS, rows)
 
     # --- v3 (Bindaas) handlers: the frozen snapshot, [] for no rows, YYYY-MM-DD dates -----
 

@@ -36,6 +36,8 @@ COLLECTION_KINDS = (
     ("Sandbox-Pelvis-CT", "CT", "CT_small.dcm", "PELVIS", "TOSHIBA", "Aquilion"),
     ("Sandbox-Breast-MR", "MR", "MR_small.dcm", "BREAST", "GE MEDICAL SYSTEMS", "SIGNA HDxt"),
 )
+TEMPLATE_GEOMETRY = {"CT_small.dcm": (0.661468, 5.0), "MR_small.dcm": (0.3125, 0.8)}
+"""(PixelSpacing row, SliceThickness) of each template, as NBIA stores them per series."""
 LICENSES = (
     ("Creative Commons Attribution 4.0 International License",
      "https://creativecommons.org/licenses/by/4.0/"),
@@ -117,6 +119,8 @@ class Series:
     protocol: str | None = None
     annotations_flag: str | None = None
     third_party: str = "NO"
+    pixel_spacing: float | None = None  # the template's, for getSeriesMetadata
+    slice_thickness: float | None = None
     visibility: str = VISIBLE
     date_released: datetime | None = None
     released_status: str = "Yes"
@@ -225,6 +229,7 @@ class Archive:
             date_released=released, max_submission=released or self.now)
         for i in range(self.rng.randint(2, 4)):
             self._add_image(series, i + 1)
+        series.pixel_spacing, series.slice_thickness = TEMPLATE_GEOMETRY[kind[2]]
         self.series[series.uid] = series
         return series
 
