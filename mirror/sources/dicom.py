@@ -571,6 +571,8 @@ class SeriesZipReader:
         if missing:
             raise DicomError(f"{label} entry {name} has no valid {missing[0]} in its first "
                              f"{ZIP_HEADER_PREFIX} bytes")
+        if entry.peeked is not None and entry.peeked != uids:
+            raise SeriesZipError(f"{label} entry {name}: its header changed between reads")
         sop = uids["SOPInstanceUID"]
         if sop in self._sop_seen:
             raise SeriesZipError(f"{label}: {name} and {self._sop_seen[sop]} share "
@@ -595,9 +597,30 @@ class ZipEntry:
     reader: SeriesZipReader = field(repr=False)
     info: zipfile.ZipInfo = field(repr=False)
     instance: VerifiedInstance | None = None  # set once chunks() ran to its end
+    peeked: dict[str, str] | None = None
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
+
+    def peek_uids(self) -> dict[str, str]:
+        """The entry's SOP/series/study UIDs, read from its first bytes before streaming
+        it, for a store that names files by SOPInstanceUID. Unverified until
+        :meth:`chunks` has run (which then checks they are the same)."""
+        label = self.reader.label
+        try:
+            with self.reader.archive.open(self.info) as stream:
+                head = stream.read(ZIP_HEADER_PREFIX)
+        except zipfile.BadZipFile as exc:
+            raise self.reader._damaged(exc) from None
+        if not is_dicom(head):
+            raise DicomError(f"{label} entry {self.name} is not DICOM (no 'DICM' at byte "
+                             f"{DICOM_MAGIC_OFFSET})")
+        uids = read_uids(head)
+        missing = [k for k, v in uids.items() if not is_valid_uid(v)]
+        if missing:
+            raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
+        self.peeked = uids
+        return uids
 
 
 def open_series_zip(path: str | os.PathLike, **checks) -> SeriesZipReader:

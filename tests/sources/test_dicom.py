@@ -393,6 +393,20 @@ def test_open_series_zip_streams_verified_instances(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == dict(entries)
 
 
+def test_peek_uids_names_an_entry_before_it_streams(tmp_path):
+    entries = good_entries(2) + [("x.dcm", b"<html>" + b" " * 200)]
+    zpath = series_zip(tmp_path / "s.zip", entries)
+    with dicom.open_series_zip(zpath) as series:
+        entries_seen = []
+        with pytest.raises(DicomError, match="x.dcm is not DICOM"):
+            for entry in series:
+                uids = entry.peek_uids()
+                assert uids["SeriesInstanceUID"] == SERIES
+                entries_seen.append(uids["SOPInstanceUID"])
+                b"".join(entry.chunks())
+        assert entries_seen == [uid_for("test", "sop", "1"), uid_for("test", "sop", "2")]
+
+
 def test_open_series_zip_raises_before_a_bad_instance_is_published(tmp_path):
     entries = good_entries(2)
     rows = [(entries[0][0], md5(entries[0][1])), (entries[1][0], "f" * 32)]
