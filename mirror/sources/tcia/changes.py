@@ -24,11 +24,15 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mirror.errors import ArchiveError
 from mirror.sources.tcia.client import NbiaClient
 
 CONTENT_FIELDS = ("ImageCount", "FileSize", "MaxSubmissionTimestamp")
 """getSeries fields that move when a series' images change (day granularity for the last)."""
 IGNORED_FIELDS = ("Authorized",)
+MAX_RELISTS = 3
+"""Times a collection is listed again when a series it left out is still served under its
+name (an empty or partial 200 from a proxy) before the plan gives up."""
 MAX_RENAME_PROBES = 20
 """Vanished series probed one by one for a new collection name before the rest are taken
 as hidden or removed (a rename is found by its first probe; the new listing covers all)."""
@@ -113,6 +117,7 @@ class ChangePlanner:
                         known: dict[str, KnownSeries]) -> None:
         pending = list(vanished)
         probes = 0
+        relisted: dict[str, int] = {}
         while pending:
             uid = pending.pop(0)
             if uid in plan.rows:
@@ -122,9 +127,17 @@ class ChangePlanner:
                 plan.requests += 1
                 rows = self.client.series(SeriesInstanceUID=uid)
                 if rows:
-                    new_name = rows[0]["Collection"]
-                    plan.renamed[known[uid].row.get("Collection", "")] = new_name
-                    self._list(plan, new_name)
+                    old, new = known[uid].row.get("Collection", ""), rows[0]["Collection"]
+                    if new == old:  # the listing left it out: an empty or partial answer
+                        relisted[old] = relisted.get(old, 0) + 1
+                        if relisted[old] > MAX_RELISTS:
+                            raise ArchiveError(
+                                f"the getSeries listing of {old} leaves out series {uid}, "
+                                "which the archive still serves; run the sync again later")
+                        pending.insert(0, uid)
+                    else:
+                        plan.renamed[old] = new
+                    self._list(plan, new)
                     continue
             plan.requests += 1
             hidden = self.client.md5_hierarchy(series=uid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mirror.errors import ArchiveError
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries, combine
 from mirror.sources.tcia.client import NbiaClient
@@ -114,3 +115,32 @@ def test_a_lagging_collection_hash_is_settled_at_the_live_patient_level(sb):
     patients = len({k.row["PatientID"] for k in known.values()
                     if k.row["Collection"] == "Sandbox-Lung-CT"})
     assert result.requests == 4 + patients
+
+
+def test_empty_and_html_listings_are_not_taken_for_removals():
+    sandbox = start(collections=2, seed=5, hostile="empty,html")
+    try:
+        honest = start(collections=2, seed=5)
+        try:
+            known = mirror_state(honest)  # the same archive, told straight
+        finally:
+            honest.stop()
+        for _ in range(3):  # every position in the lying cycle
+            result = plan(sandbox, known)
+            assert sorted(result.unchanged) == sorted(known)
+            assert not (result.removed or result.hidden or result.renamed or result.added)
+    finally:
+        sandbox.stop()
+
+
+def test_a_listing_that_keeps_leaving_series_out_is_an_error(sb, monkeypatch):
+    known = mirror_state(sb)
+    client = nbia(sb)
+    real = client.series
+
+    def lying(**filters):
+        return [] if "Collection" in filters else real(**filters)
+
+    monkeypatch.setattr(client, "series", lying)
+    with pytest.raises(ArchiveError, match="leaves out series"):
+        ChangePlanner(client).plan(COLLECTIONS, known)

@@ -20,12 +20,13 @@ import requests
 
 from mirror.errors import DicomError, SeriesZipError, UnsafeZipEntryError
 from mirror.sources.dicom import FolderSink, read_header, safe_unpack_zip
-from mirror.sources.tcia.sandbox import HOSTILE_CASES, start
+from mirror.sources.tcia.sandbox import start
 from mirror.sources.tcia.sandbox.api import (
     V4_METADATA_COLUMNS,
     V4_PATIENT_COLUMNS,
     V4_SERIES_COLUMNS,
 )
+from mirror.sources.tcia.sandbox.server import ZIP_CASES
 
 DATE = re.compile(r"^\d\d-\d\d-\d{4}$")
 ROOT = Path(__file__).resolve().parents[3]
@@ -484,7 +485,7 @@ EXPECTED = {
 def test_every_hostile_zip_is_refused_and_nothing_escapes(tmp_path):
     sandbox = start(collections=2, seed=0, hostile="all")
     try:
-        assert set(sandbox.hostile) == set(HOSTILE_CASES) == set(EXPECTED)
+        assert set(sandbox.hostile) == set(ZIP_CASES) == set(EXPECTED)
         for case, uid in sandbox.hostile.items():
             row = series_list(sandbox, SeriesInstanceUID=uid)[0]
             r = get(sandbox, "getImage", SeriesInstanceUID=uid, IncludeMD5="Yes")
@@ -509,6 +510,20 @@ def test_every_hostile_zip_is_refused_and_nothing_escapes(tmp_path):
         assert len(safe_unpack_zip(tmp_path / "clean.zip", FolderSink(tmp_path / "clean"),
                                    expected_count=clean["ImageCount"]).instances) == \
             clean["ImageCount"]
+    finally:
+        sandbox.stop()
+
+
+def test_hostile_listings_lie_with_status_200():
+    sandbox = start(collections=1, hostile="html,empty")
+    try:
+        answers = [get(sandbox, "getSeries", Collection="Sandbox-Lung-CT") for _ in range(6)]
+        assert [r.status_code for r in answers] == [200] * 6
+        kinds = [r.headers.get("Content-Type") for r in answers]
+        assert kinds == ["application/json", "text/html", None] * 2
+        assert answers[2].content == b"" and answers[1].text.startswith("<html>")
+        assert get(sandbox, "getSeries").headers["Content-Type"] == "application/json"
+        assert sandbox.hostile == {}  # no zip is corrupted
     finally:
         sandbox.stop()
 

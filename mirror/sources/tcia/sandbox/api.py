@@ -11,6 +11,7 @@ Where the notes mark something unverified, the choice made here is said in a com
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,10 +101,14 @@ class Route:
 class TciaAPI:
     """Both API generations over one :class:`Archive` (v3 over a frozen snapshot)."""
 
-    def __init__(self, archive: Archive, hostile: dict[str, str] | None = None):
+    def __init__(self, archive: Archive, hostile: dict[str, str] | None = None,
+                 listing_cases: frozenset[str] = frozenset()):
         self.archive = archive
         self.frozen = archive.snapshot()
-        self.hostile = hostile or {}  # SeriesInstanceUID -> hostile case
+        self.hostile = hostile or {}  # SeriesInstanceUID -> hostile zip case
+        self.listing_cases = listing_cases  # see server.LISTING_CASES
+        self._listings = 0
+        self._listings_lock = threading.Lock()
         self.v4 = {
             "getCollectionValues": Route(self.v4_collections, ["format"]),
             "getModalityValues": Route(self.v4_modalities,
@@ -167,10 +172,24 @@ class TciaAPI:
             if name not in route.allowed:
                 return Response.text(f"Invalid {kind} parameter: '{name}'. Allowed parameters "
                                      f"are: [{', '.join(route.allowed)}]", 400)
+        if endpoint == "getSeries" and "Collection" in params and self.listing_cases:
+            lie = self._listing_lie()
+            if lie is not None:
+                return lie
         try:
             return route.handler({k: v for k, v in params.items() if v != ""})
         except BadRequest as err:
             return Response.text(str(err), err.status, err.content_type)
+
+    def _listing_lie(self) -> Response | None:
+        with self._listings_lock:
+            self._listings += 1
+            turn = self._listings % 3
+        if turn == 2 and "html" in self.listing_cases:
+            return Response.text(PROXY_HTML, 200, "text/html")
+        if turn == 0 and "empty" in self.listing_cases:
+            return Response(200, b"", {})
+        return None
 
     def route_v3(self, endpoint: str, params: dict[str, str], api_key: str | None) -> Response:
         metadata = endpoint.endswith("/metadata")
@@ -656,6 +675,8 @@ class _Cut:
         self.out.write(bytes(self.buffer[:len(self.buffer) * 3 // 5]))
 
 
+PROXY_HTML = ("<html><head><title>Maintenance</title></head><body><h1>The service is "
+              "temporarily unavailable</h1><p>Please try again later.</p></body></html>")
 NOT_FOUND_HTML = ("<!doctype html><html lang=\"en\"><head><title>HTTP Status 404 – Not Found"
                   "</title></head><body><h1>HTTP Status 404 – Not Found</h1></body></html>")
 METHOD_NOT_ALLOWED_HTML = ("<!doctype html><html lang=\"en\"><head><title>HTTP Status 405 – "

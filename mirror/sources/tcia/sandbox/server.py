@@ -29,9 +29,14 @@ log = logging.getLogger("mirror.sandbox.tcia")
 V4_ROOT = "/nbia-api/services/v4/"
 V3_ROOT = "/services/v3/TCIA/query/"
 CONTROL_ROOT = "/__sandbox__/"
-HOSTILE_CASES = ("dotdot", "absolute", "bomb", "truncated", "md5", "duplicate", "nondicom",
-                 "changing")
-"""Each case corrupts the ``getImage`` zip of one series (see :attr:`TciaSandbox.hostile`)."""
+ZIP_CASES = ("dotdot", "absolute", "bomb", "truncated", "md5", "duplicate", "nondicom",
+             "changing")
+"""Each corrupts the ``getImage`` zip of one series (see :attr:`TciaSandbox.hostile`)."""
+LISTING_CASES = ("html", "empty")
+"""Every third ``getSeries?Collection=`` answer is, with status 200, a proxy's HTML page
+(``html``, the 2nd of each three) or an empty body (``empty``, the 3rd): a client must
+not take either for "no series"."""
+HOSTILE_CASES = ZIP_CASES + LISTING_CASES
 CHUNK = 64 * 1024
 MAX_FORM = 1 << 20
 
@@ -58,12 +63,15 @@ class TciaSandbox:
         self.faults = faults
         self.latency = latency  # seconds added to every API response: a network's round trip
         series = [s.uid for s in archive.visible_series()]
-        if len(hostile) > len(series):
-            raise ValueError(f"{len(hostile)} hostile cases need as many series; "
+        zip_cases = [c for c in hostile if c in ZIP_CASES]
+        if len(zip_cases) > len(series):
+            raise ValueError(f"{len(zip_cases)} hostile zip cases need as many series; "
                              f"raise --collections")
-        self.hostile: dict[str, str] = dict(zip(hostile, series, strict=False))
-        """hostile case -> the SeriesInstanceUID whose zip it corrupts."""
-        self.api = TciaAPI(archive, {uid: case for case, uid in self.hostile.items()})
+        self.hostile: dict[str, str] = dict(zip(zip_cases, series, strict=False))
+        """hostile zip case -> the SeriesInstanceUID whose zip it corrupts."""
+        self.listing_cases = frozenset(c for c in hostile if c in LISTING_CASES)
+        self.api = TciaAPI(archive, {uid: case for case, uid in self.hostile.items()},
+                           self.listing_cases)
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
