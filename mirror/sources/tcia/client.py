@@ -198,18 +198,19 @@ class NbiaClient:
         return self.http.retrying(fetch, f"GET getSingleImage {sop_uid}")
 
     def download_series_zip(self, series_uid: str, folder: str | os.PathLike, *,
-                            new_file_names: bool = False,
-                            max_bytes: int = ZIP_MAX_TOTAL) -> Path:
-        """``getImage?IncludeMD5=Yes`` into a temporary zip in ``folder``; the caller
-        deletes it. Retried until the zip has its central directory (a connection cut
-        mid-stream still began with 200)."""
+                            new_file_names: bool = False, max_bytes: int = ZIP_MAX_TOTAL,
+                            prefix: str = ".series.") -> Path:
+        """``getImage?IncludeMD5=Yes`` into a temporary zip in ``folder`` (named
+        ``<prefix>...zip``, so a store's temp sweeper finds leftovers); the caller deletes
+        it. Retried until the zip has its central directory (a connection cut mid-stream
+        still began with 200)."""
         url = f"{self.base_url}/getImage"
         params = {"SeriesInstanceUID": series_uid, "IncludeMD5": "Yes"}
         if new_file_names:
             params["NewFileNames"] = "Yes"
 
         def fetch() -> Path:
-            handle, name = tempfile.mkstemp(prefix=".series.", suffix=".zip", dir=folder)
+            handle, name = tempfile.mkstemp(prefix=prefix, suffix=".zip", dir=folder)
             path = Path(name)
             try:
                 with os.fdopen(handle, "wb") as out, \
