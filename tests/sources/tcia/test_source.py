@@ -1,0 +1,86 @@
+"""TCIA as a mirror source, end to end: sync from the sandbox, change it, sync again."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pydicom
+import pytest
+
+from mirror.sources.tcia.sandbox import start
+
+base = pytest.importorskip("mirror.sources.base")  # the engine's Source seam (main)
+sync_module = pytest.importorskip("mirror.sync")
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    monkeypatch.setitem(base.REGISTRY, "tcia-v4", "mirror.sources.tcia.source:TciaSource")
+
+
+@pytest.fixture
+def sb():
+    sandbox = start(collections=2, seed=11)
+    yield sandbox
+    sandbox.stop()
+
+
+def sync(root, sandbox, **options):
+    options.setdefault("workers", 2)
+    return sync_module.sync(root, sandbox.v4_url, sync_module.SyncOptions(**options))
+
+
+def test_sync_mirrors_every_series_and_a_second_sync_is_cheap(tmp_path, sb):
+    root = tmp_path / "m"
+    first = sync(root, sb)
+    assert first.ok, first.failures if hasattr(first, "failures") else first
+    files = sorted((root).rglob("dicom_*.dcm"))
+    instances = sum(len(s.images) for s in sb.archive.series.values())
+    assert len(files) == instances
+    for path in files[:3]:
+        ds = pydicom.dcmread(path)
+        assert path.name == f"dicom_{ds.SOPInstanceUID}.dcm"
+        image = sb.archive.series[ds.SeriesInstanceUID].images[ds.SOPInstanceUID]
+        assert hashlib.md5(path.read_bytes()).hexdigest() == image.md5
+    sb.reset_stats()
+    second = sync(root, sb)
+    assert second.ok
+    stats = sb.stats()
+    assert "GET v4/getImage" not in stats
+    assert stats["total"] <= 8  # collections, two listings, two collection hashes
+    assert sorted(root.rglob("dicom_*.dcm")) == files
+
+
+def test_changes_reach_the_mirror(tmp_path, sb):
+    root = tmp_path / "m"
+    assert sync(root, sb).ok
+    lung = [s for s in sb.archive.series.values() if s.collection == "Sandbox-Lung-CT"]
+    reprocessed = lung[0].uid
+    sb.mutate("reprocess", series=reprocessed)
+    sb.mutate("approve", series=reprocessed)
+    new = sb.mutate("add_series", collection="Sandbox-Brain-MR")["series"]
+    sb.reset_stats()
+    assert sync(root, sb).ok
+    zips = sb.stats().get("GET v4/getImage", 0)
+    assert zips == 2  # the re-processed series and the new one, nothing else
+    new_sops = set(sb.archive.series[new].images)
+    have = {p.name[len("dicom_"):-len(".dcm")] for p in root.rglob("dicom_*.dcm")}
+    assert new_sops <= have
+    for image in sb.archive.series[reprocessed].images.values():
+        versions = sorted(root.rglob(f"dicom_{image.sop_uid}*.dcm"))
+        assert image.md5 in {hashlib.md5(p.read_bytes()).hexdigest() for p in versions}
+
+
+def test_scope_withdrawal_and_rename(tmp_path, sb):
+    root = tmp_path / "m"
+    assert sync(root, sb, scope={"collection": "Sandbox-Brain-MR"}).ok
+    brain = [s for s in sb.archive.series.values() if s.collection == "Sandbox-Brain-MR"]
+    assert len(list(root.rglob("dicom_*.dcm"))) == sum(len(s.images) for s in brain)
+    sb.mutate("withdraw", series=brain[0].uid)
+    sb.mutate("rename_collection", old="Sandbox-Brain-MR", new="Brain-MR-2")
+    sb.reset_stats()
+    summary = sync(root, sb, scope={"collection": "Sandbox-Brain-MR"})
+    assert summary.ok
+    assert summary.as_dict()["objects"]["series"].get("removed") == 1
+    assert summary.as_dict()["objects"]["series"].get("changed") == len(brain) - 1
+    assert "GET v4/getImage" not in sb.stats()
