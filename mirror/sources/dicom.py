@@ -455,8 +455,9 @@ class SeriesZipReader:
     def __init__(self, path: str | os.PathLike, *, expected_count: int | None = None,
                  expected_sop_uids: Iterable[str] | None = None, series_uid: str | None = None,
                  require_md5: bool = True, max_total: int = ZIP_MAX_TOTAL,
-                 max_ratio: float = ZIP_MAX_RATIO, max_entries: int = ZIP_MAX_ENTRIES):
-        self.label = f"series zip {os.path.basename(os.fspath(path))}"
+                 max_ratio: float = ZIP_MAX_RATIO, max_entries: int = ZIP_MAX_ENTRIES,
+                 label: str | None = None):
+        self.label = label or f"series zip {os.path.basename(os.fspath(path))}"
         self.expected_sop_uids = (set(expected_sop_uids) if expected_sop_uids is not None
                                   else None)
         self.series_uid = series_uid
@@ -634,10 +635,11 @@ def safe_unpack_zip(path: str | os.PathLike, sink: InstanceSink, *,
                     series_uid: str | None = None,
                     require_md5: bool = True,
                     max_total: int = ZIP_MAX_TOTAL, max_ratio: float = ZIP_MAX_RATIO,
-                    max_entries: int = ZIP_MAX_ENTRIES) -> SeriesZip:
+                    max_entries: int = ZIP_MAX_ENTRIES, label: str | None = None) -> SeriesZip:
     """Verify the series zip at ``path`` and hand its instances to ``sink``, all or nothing.
 
-    Every check of :class:`SeriesZipReader` applies. Each instance is written to a staged
+    Every check of :class:`SeriesZipReader` applies (``label`` names the zip in messages,
+    e.g. ``"series <uid>"``; default: its file name). Each instance is written to a staged
     file of ``sink``; only when every instance has passed are the staged files committed,
     in zip order. On any failure every staged file is discarded and the error (one line)
     propagates. The sink alone decides where bytes go, so nothing is ever written anywhere
@@ -649,7 +651,8 @@ def safe_unpack_zip(path: str | os.PathLike, sink: InstanceSink, *,
         with open_series_zip(path, expected_count=expected_count,
                              expected_sop_uids=expected_sop_uids, series_uid=series_uid,
                              require_md5=require_md5, max_total=max_total,
-                             max_ratio=max_ratio, max_entries=max_entries) as series:
+                             max_ratio=max_ratio, max_entries=max_entries,
+                             label=label) as series:
             for entry in series:
                 handle = None
                 for chunk in entry.chunks():

@@ -109,8 +109,14 @@ class ChangePlanner:
         return plan
 
     def _list(self, plan: ChangePlan, collection: str) -> None:
-        plan.requests += 1
-        for row in self.client.series(Collection=collection):
+        """One collection's rows. A collection getCollectionValues names has visible
+        series, so an empty answer (a proxy's empty 200) is asked again a few times."""
+        for _ in range(1 + MAX_RELISTS):
+            plan.requests += 1
+            rows = self.client.series(Collection=collection)
+            if rows:
+                break
+        for row in rows:
             plan.rows[row["SeriesInstanceUID"]] = row
 
     def _probe_vanished(self, plan: ChangePlan, vanished: list[str],

@@ -241,7 +241,8 @@ class NbiaClient:
         path = self.download_series_zip(series_uid, scratch)
         try:
             return safe_unpack_zip(path, sink, expected_count=expected_count,
-                                   expected_sop_uids=expected_sop_uids, series_uid=series_uid)
+                                   expected_sop_uids=expected_sop_uids, series_uid=series_uid,
+                                   label=f"the zip of series {series_uid}")
         finally:
             path.unlink(missing_ok=True)
 

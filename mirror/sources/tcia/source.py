@@ -8,6 +8,11 @@ instances the mirror lacks (or that changed); :meth:`TciaSource.fetch_file` down
 zip once, checks it whole (:class:`SeriesZipReader`), streams each instance into the store
 (``put_stream`` publishes it only after its MD5, CRC and UIDs passed) and adds the
 series' ``md5s`` file, from which the next sync computes its local hashes.
+
+A zip refused part-way (a duplicate SOPInstanceUID in its third entry, say) leaves the
+instances before it on disk, each verified, but none is indexed: the task fails as a
+whole, readers never see half a series, the next run's ``put_stream`` finds the same
+bytes in place, and ``mirror gc`` removes them if the series never arrives.
 """
 
 from __future__ import annotations
@@ -146,8 +151,8 @@ class TciaSource:
         md5s: dict[str, str] = {}
         try:
             with open_series_zip(path, expected_count=count,
-                                 expected_sop_uids=sops or None,
-                                 series_uid=task.object_id) as series:
+                                 expected_sop_uids=sops or None, series_uid=task.object_id,
+                                 label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
                     sop = entry.peek_uids()["SOPInstanceUID"]
                     one = FileTask("instance", sop, "dicom", "dicom", replace=True)

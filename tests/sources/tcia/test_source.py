@@ -25,6 +25,22 @@ def sb():
     sandbox.stop()
 
 
+def blob_ids(root, role: str) -> set[str]:
+    """Object ids with a ``role`` file in the mirror's index (what readers can see)."""
+    from sqlalchemy import select
+
+    from mirror.config import layout_for, load_config
+    from mirror.index import Blob
+    from mirror.index.database import open_reader
+
+    engine = open_reader(layout_for(root, load_config(root)))
+    try:
+        with engine.connect() as conn:
+            return set(conn.scalars(select(Blob.object_id).where(Blob.role == role)))
+    finally:
+        engine.dispose()
+
+
 def sync(root, sandbox, **options):
     options.setdefault("workers", 2)
     return sync_module.sync(root, sandbox.v4_url, sync_module.SyncOptions(**options))
@@ -84,3 +100,27 @@ def test_scope_withdrawal_and_rename(tmp_path, sb):
     assert summary.as_dict()["objects"]["series"].get("removed") == 1
     assert summary.as_dict()["objects"]["series"].get("changed") == len(brain) - 1
     assert "GET v4/getImage" not in sb.stats()
+
+
+def test_hostile_zips_fail_their_series_only_and_nothing_escapes(tmp_path):
+    cases = "dotdot,absolute,bomb,md5,duplicate,nondicom,changing,html,empty"
+    sandbox = start(collections=2, seed=11, hostile=cases)
+    try:
+        root = tmp_path / "m"
+        summary = sync(root, sandbox)
+        assert not summary.ok
+        failed = {f["object_id"]: f["error"] for f in summary.as_dict()["failures"]}
+        assert set(failed) == set(sandbox.hostile.values())
+        assert all("\n" not in e for e in failed.values())
+        good = [s for s in sandbox.archive.series.values()
+                if s.uid not in sandbox.hostile.values()]
+        indexed = blob_ids(root, "dicom")
+        assert {sop for s in good for sop in s.images} <= indexed
+        for uid in sandbox.hostile.values():  # nothing of a refused zip is indexed
+            assert not indexed & set(sandbox.archive.series[uid].images), uid
+            assert uid not in blob_ids(root, "md5s")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+        assert not [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+        assert not [p for p in root.rglob("*") if "evil" in p.name or p.is_symlink()]
+    finally:
+        sandbox.stop()

@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default="")
     parser.add_argument("--hostile", nargs="?", const="all", default=None)
     options = parser.parse_args(argv)
+    stop = threading.Event()  # handlers first: a caller may stop us as soon as it reads a URL
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         sandbox = start(options.collections, options.seed, options.latency, options.hostile,
                         options.host, options.port, options.faults)
@@ -334,9 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     if sandbox.hostile:
         print("hostile: " + ", ".join(f"{c}={u}" for c, u in sandbox.hostile.items()),
               flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     sandbox.stop()
     return 0
