@@ -32,11 +32,7 @@ from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
 from mirror.sources.tcia.spec import SPEC
-
-try:
-    from mirror.store import TEMP_PREFIX
-except ImportError:  # pragma: no cover
-    TEMP_PREFIX = ".tmp-"
+from mirror.store import TEMP_PREFIX
 
 
 class TciaSource:

@@ -7,10 +7,9 @@ import hashlib
 import pydicom
 import pytest
 
+import mirror.sync as sync_module
+from mirror.sources import base
 from mirror.sources.tcia.sandbox import start
-
-base = pytest.importorskip("mirror.sources.base")  # the engine's Source seam (main)
-sync_module = pytest.importorskip("mirror.sync")
 
 
 @pytest.fixture(autouse=True)
