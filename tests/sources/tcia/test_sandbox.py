@@ -578,10 +578,14 @@ def test_same_seed_same_archive(tmp_path):
         b.stop()
 
 
-def test_main_prints_the_v4_then_the_v3_url():
+@pytest.mark.parametrize("command", [
+    ["-m", "mirror.sources.tcia.sandbox.server", "--collections", "1"],
+    ["-m", "mirror", "sandbox", "--archive", "tcia-v4", "--seed", "0", "--collections", "1"],
+])
+def test_main_prints_the_v4_then_the_v3_url(command):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "mirror.sources.tcia.sandbox.server",
-                             "--collections", "1"], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, text=True,
+                            env=env)
     try:
         v4 = proc.stdout.readline().strip()
         v3 = proc.stdout.readline().strip()

@@ -305,10 +305,16 @@ def start(collections: int = 2, seed: int = 0, latency: float = 0.0,
     return sandbox
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``mirror sandbox --archive tcia``: serve until SIGINT/SIGTERM. The first stdout line
-    is the NBIA v4 base URL, the second the Bindaas v3 base URL."""
-    parser = argparse.ArgumentParser(prog="mirror sandbox --archive tcia")
+SHARED_OPTIONS = ("host", "port", "seed", "faults", "hostile", "latency")
+"""Options ``mirror sandbox`` parses itself for every archive; :func:`main` takes them as
+keyword defaults (its ``argv`` still wins)."""
+
+
+def main(argv: list[str] | None = None, **shared) -> int:
+    """``mirror sandbox --archive tcia-v4``: serve until SIGINT/SIGTERM. The first stdout
+    line is the NBIA v4 base URL, the second the Bindaas v3 base URL. ``shared`` holds the
+    CLI's common options (:data:`SHARED_OPTIONS`; others, ISIC's, are ignored)."""
+    parser = argparse.ArgumentParser(prog="mirror sandbox --archive tcia-v4")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--collections", type=int, default=2)
@@ -316,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--faults", default="")
     parser.add_argument("--hostile", nargs="?", const="all", default=None)
+    parser.set_defaults(**{k: v for k, v in shared.items()
+                           if k in SHARED_OPTIONS and v is not None})
     options = parser.parse_args(argv)
     stop = threading.Event()  # handlers first: a caller may stop us as soon as it reads a URL
     for sig in (signal.SIGINT, signal.SIGTERM):
