@@ -46,6 +46,7 @@ class TciaSource:
         self.client = NbiaClient(http, self.base_url)
         self._expected: dict[str, tuple[int | None, list[str]]] = {}
         self.last_plan = None  # the ChangePlan of the last sync_documents (for reports)
+        self._replace: set[str] = set()  # series whose files must be fetched again
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("TCIA's NBIA v4 API serves its public collections without a "
@@ -62,6 +63,8 @@ class TciaSource:
         known = self._known(run.session, run.store)
         plan = ChangePlanner(self.client).plan(wanted, known)
         self.last_plan = plan
+        self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
+                                                                     plan.added)
         run.record("series", run.store_docs("series", plan.rows.values()))
         names = set(wanted) | set(plan.renamed) | set(plan.renamed.values())
         within = {uid for uid, k in known.items() if k.row.get("Collection") in names}
@@ -81,18 +84,35 @@ class TciaSource:
         """The current series rows and, where the mirror has them, their instance MD5s."""
         rows = session.execute(select(ObjectRow.id, ObjectRow.doc).where(
             ObjectRow.kind == "series", ObjectRow.removed.is_(False))).all()
-        md5_paths = dict(session.execute(select(Blob.object_id, Blob.path).where(
+        md5_paths = self._md5_paths(session)
+        return {uid: KnownSeries(doc, self._md5s(store, md5_paths.get(uid)))
+                for uid, doc in rows}
+
+    @staticmethod
+    def _md5_paths(session: Session) -> dict[str, str]:
+        return dict(session.execute(select(Blob.object_id, Blob.path).where(
             Blob.role == "md5s")).all())
-        known = {}
-        for uid, doc in rows:
-            md5s: list[str] = []
+
+    @staticmethod
+    def _md5s(store, relpath: str | None) -> list[str]:
+        if relpath is None:
+            return []
+        try:
+            return list(json.loads(store.read_bytes(relpath)).values())
+        except (OSError, ValueError, MirrorError):
+            return []  # unreadable: the hierarchy check will refetch the series
+
+    def _returning_changed(self, session: Session, store, added: list[str]) -> set[str]:
+        """Series listed again after a time hidden (re-processed, say) whose bytes are not
+        the ones the mirror kept: their series hash tells (one request each)."""
+        md5_paths = self._md5_paths(session)
+        changed = set()
+        for uid in added:
             if uid in md5_paths:
-                try:
-                    md5s = list(json.loads(store.read_bytes(md5_paths[uid])).values())
-                except (OSError, ValueError, MirrorError):
-                    md5s = []  # unreadable: the hierarchy check will refetch the series
-            known[uid] = KnownSeries(doc, md5s)
-        return known
+                mine = KnownSeries({}, self._md5s(store, md5_paths[uid])).hash
+                if self.client.md5_hierarchy(series=uid) != mine:
+                    changed.add(uid)
+        return changed
 
     @staticmethod
     def _needing_instances(session: Session, plan) -> list[str]:
@@ -122,7 +142,7 @@ class TciaSource:
         have = set(session.scalars(select(Blob.object_id).where(Blob.role == "dicom")))
         md5s_at = dict(session.execute(select(Blob.object_id, Blob.fetched_at).where(
             Blob.role == "md5s")).all())
-        changed = set(self.last_plan.refetch) if self.last_plan else set()
+        changed = self._replace
         tasks = []
         for uid, doc, _synced in series:
             if scope is not None and uid not in scope:

@@ -123,3 +123,20 @@ def test_hostile_zips_fail_their_series_only_and_nothing_escapes(tmp_path):
         assert not [p for p in root.rglob("*") if "evil" in p.name or p.is_symlink()]
     finally:
         sandbox.stop()
+
+
+def test_a_series_back_from_review_with_new_bytes_is_fetched_again(tmp_path, sb):
+    root = tmp_path / "m"
+    assert sync(root, sb).ok
+    uid = next(iter(sb.archive.series))
+    sb.mutate("reprocess", series=uid)  # hidden while under review
+    summary = sync(root, sb)
+    assert summary.ok and summary.as_dict()["objects"]["series"]["removed"] == 1
+    sb.mutate("approve", series=uid)  # back, with other bytes under the same UIDs
+    sb.reset_stats()
+    assert sync(root, sb).ok
+    assert sb.stats()["GET v4/getImage"] == 1
+    current = {i.md5 for i in sb.archive.series[uid].images.values()}
+    held = {hashlib.md5(p.read_bytes()).hexdigest()
+            for sop in sb.archive.series[uid].images for p in root.rglob(f"dicom_{sop}*.dcm")}
+    assert current <= held
