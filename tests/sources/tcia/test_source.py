@@ -140,3 +140,22 @@ def test_a_series_back_from_review_with_new_bytes_is_fetched_again(tmp_path, sb)
     held = {hashlib.md5(p.read_bytes()).hexdigest()
             for sop in sb.archive.series[uid].images for p in root.rglob(f"dicom_{sop}*.dcm")}
     assert current <= held
+
+
+def test_faults_are_retried_into_a_complete_verified_mirror(tmp_path):
+    from mirror.verify import verify_mirror
+
+    sandbox = start(collections=1, seed=11, faults="500=0.1,503=0.05,reset=0.05,truncate=0.1")
+    try:
+        root = tmp_path / "m"
+        runs = [sync(root, sandbox)]
+        if not runs[-1].ok:  # a task that ran out of attempts is resumed by the next run
+            runs.append(sync(root, sandbox))
+        assert runs[-1].ok, runs[-1].as_dict()["failures"]
+        assert sum(r.retries for r in runs) > 0  # the faults were met, and survived
+        indexed = blob_ids(root, "dicom")
+        assert indexed == {sop for s in sandbox.archive.series.values() for sop in s.images}
+        report = verify_mirror(root)
+        assert report.ok and report.checked >= len(indexed), report.problems
+    finally:
+        sandbox.stop()
