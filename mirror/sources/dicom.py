@@ -61,12 +61,15 @@ UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 # --- series zips (NBIA getImage) ---------------------------------------------------------
 
 ZIP_MAX_TOTAL = 64 * 2**30
-"""Bytes: the largest uncompressed series zip accepted (declared and actually read). TCIA's
-largest series (whole-slide and long CT runs) are a few GiB; 64 GiB only stops bombs."""
-ZIP_MAX_RATIO = 500.0
+"""Bytes: the largest uncompressed series zip accepted (declared and actually read) when the
+caller knows no better. TCIA's largest series are a few GiB. Callers that know the series'
+size from the archive (``getSeries`` ``FileSize``) should pass a bound derived from it, as
+the TCIA source does: that is the real zip-bomb guard."""
+ZIP_MAX_RATIO = 1024.0
 """Uncompressed/compressed size above which an entry of at least :data:`ZIP_RATIO_MIN_SIZE`
-is taken for a zip bomb. CT/MR slices deflate 2-5x, mostly empty SEG masks ~100x;
-deflate itself tops out near 1032x."""
+is refused. Deflate cannot exceed ~1032x, so this refuses only entries that are almost
+entirely one repeated byte, which no real instance is (CT/MR slices deflate 2-5x, mostly
+empty SEG masks a few hundred times); a lower limit would refuse real masks."""
 ZIP_RATIO_MIN_SIZE = 2**20
 """Entries smaller than this (bytes) skip the ratio check: tiny or blank files compress far
 without being dangerous, and :data:`ZIP_MAX_TOTAL` bounds them anyway."""

@@ -241,8 +241,12 @@ def test_zip_bomb_is_refused_by_ratio_and_by_total(tmp_path):
     assert zpath.stat().st_size < 100_000
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(SeriesZipError, match="zip bomb"):
-        safe_unpack_zip(zpath, FolderSink(out))
+    with pytest.raises(SeriesZipError, match="expands .*x .limit 1024x.: refusing a likely"):
+        safe_unpack_zip(zpath, FolderSink(out))  # zeros deflate ~1030x: one repeated byte
+    with pytest.raises(SeriesZipError, match="limit 200x"):
+        safe_unpack_zip(zpath, FolderSink(out), max_ratio=200)
+    with pytest.raises(SeriesZipError, match="expands to .* bytes, more than the limit"):
+        safe_unpack_zip(zpath, FolderSink(out), max_total=2**20, max_ratio=10_000)
     good = series_zip(tmp_path / "g.zip", good_entries(3))
     with pytest.raises(SeriesZipError, match="zip bomb"):
         safe_unpack_zip(good, FolderSink(out), max_total=50_000)

@@ -235,14 +235,17 @@ class NbiaClient:
 
     def fetch_series(self, series_uid: str, sink: InstanceSink, scratch: str | os.PathLike,
                      *, expected_count: int | None = None,
-                     expected_sop_uids: Iterable[str] | None = None) -> SeriesZip:
+                     expected_sop_uids: Iterable[str] | None = None,
+                     max_bytes: int = ZIP_MAX_TOTAL) -> SeriesZip:
         """Download one series and hand its verified instances to ``sink``, all or nothing
-        (see :func:`safe_unpack_zip`); ``scratch`` holds the zip meanwhile."""
-        path = self.download_series_zip(series_uid, scratch)
+        (see :func:`safe_unpack_zip`); ``scratch`` holds the zip meanwhile. ``max_bytes``
+        bounds both the download and what it may expand to: derive it from the series'
+        ``FileSize`` when known."""
+        path = self.download_series_zip(series_uid, scratch, max_bytes=max_bytes)
         try:
             return safe_unpack_zip(path, sink, expected_count=expected_count,
                                    expected_sop_uids=expected_sop_uids, series_uid=series_uid,
-                                   label=f"the zip of series {series_uid}")
+                                   max_total=max_bytes, label=f"the zip of series {series_uid}")
         finally:
             path.unlink(missing_ok=True)
 

@@ -168,6 +168,7 @@ class TciaSource:
         try:
             with open_series_zip(path, expected_count=count,
                                  expected_sop_uids=sops or None, series_uid=task.object_id,
+                                 max_total=task.max_bytes,  # from getSeries FileSize
                                  label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
                     sop = entry.peek_uids()["SOPInstanceUID"]
