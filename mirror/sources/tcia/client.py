@@ -224,6 +224,11 @@ class NbiaClient:
                                                  f"{max_bytes} bytes; refusing it")
                         out.write(chunk)
                 if not zipfile.is_zipfile(path):
+                    with open(path, "rb") as f:
+                        head = f.read(256).lstrip().lower()
+                    if head.startswith((b"<", b"{")):
+                        raise SeriesZipError(f"series {series_uid}: the archive sent an "
+                                             "HTML or JSON page instead of a zip; retrying")
                     raise SeriesZipError(f"series {series_uid}: the zip is cut short (no "
                                          "central directory); retrying")
                 return path

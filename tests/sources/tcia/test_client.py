@@ -115,6 +115,17 @@ def test_errors_and_retries(sb, tmp_path):
         broken.stop()
 
 
+def test_an_html_page_instead_of_a_zip_is_named_as_such(tmp_path):
+    sandbox = start(collections=1, seed=0, hostile="htmlzip")
+    try:
+        with pytest.raises(ArchiveError, match="HTML or JSON page instead of a zip"):
+            client(sandbox, attempts=2).download_series_zip(sandbox.hostile["htmlzip"],
+                                                            tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        sandbox.stop()
+
+
 def test_hostile_zip_is_refused_by_fetch_series(tmp_path):
     sandbox = start(collections=1, seed=0, hostile="dotdot,md5")
     try:

@@ -479,6 +479,7 @@ EXPECTED = {
     "duplicate": (SeriesZipError, "share SOPInstanceUID"),
     "nondicom": (DicomError, "is not DICOM"),
     "changing": (SeriesZipError, "the archive listed"),
+    "htmlzip": (SeriesZipError, "truncated or damaged"),
 }
 
 

@@ -387,6 +387,8 @@ class TciaAPI:
         entries = [(name, image.data) for name, image in zip(
             _entry_names(images, new_names), _ordered(images, new_names), strict=True)]
         case = self.hostile.get(uid)
+        if case == "htmlzip":  # a proxy's error page where the zip should be, status 200
+            return Response.text(PROXY_HTML, 200, "text/html")
         headers = {"Content-Type": "application/octet-stream",
                    "Content-Disposition": f'attachment; filename="{uid}.zip"'}
         return Response(200, b"", headers, stream=_zip_stream(license_text, entries,

@@ -30,7 +30,7 @@ V4_ROOT = "/nbia-api/services/v4/"
 V3_ROOT = "/services/v3/TCIA/query/"
 CONTROL_ROOT = "/__sandbox__/"
 ZIP_CASES = ("dotdot", "absolute", "bomb", "truncated", "md5", "duplicate", "nondicom",
-             "changing")
+             "changing", "htmlzip")
 """Each corrupts the ``getImage`` zip of one series (see :attr:`TciaSandbox.hostile`)."""
 LISTING_CASES = ("html", "empty")
 """Every third ``getSeries?Collection=`` answer is, with status 200, a proxy's HTML page
