@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mirror.errors import MirrorError
-from mirror.index import Blob, ObjectRow
+from mirror.index import Blob, ObjectRow, SyncItem
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
 from mirror.sources.dicom import open_series_zip
 from mirror.sources.http import HttpClient
@@ -127,11 +127,13 @@ class TciaSource:
 
     def plan_files(self, session: Session, scope: set[str] | None,
                    options: frozenset[str]) -> list[FileTask]:
-        """A task per series some of whose listed instances have no file (or an old one:
-        the series' ``md5s`` file is missing or older than its row)."""
+        """A task per series that lacks a listed instance's file or its ``md5s`` file, or
+        whose bytes changed: found so by this run's documents phase, or left pending by a
+        run that stopped before fetching it (its ``sync_items`` row says so; the hashes
+        alone might not, while NBIA's collection hash lags)."""
         if "dicom" not in options:
             return []
-        series = session.execute(select(ObjectRow.id, ObjectRow.doc, ObjectRow.synced_at)
+        series = session.execute(select(ObjectRow.id, ObjectRow.doc)
                                  .where(ObjectRow.kind == "series",
                                         ObjectRow.removed.is_(False))
                                  .order_by(ObjectRow.id)).all()
@@ -142,9 +144,10 @@ class TciaSource:
         have = set(session.scalars(select(Blob.object_id).where(Blob.role == "dicom")))
         md5s_at = dict(session.execute(select(Blob.object_id, Blob.fetched_at).where(
             Blob.role == "md5s")).all())
-        changed = self._replace
+        changed = self._replace | set(session.scalars(select(SyncItem.object_id).where(
+            SyncItem.kind == "series", SyncItem.role == "dicom")))
         tasks = []
-        for uid, doc, _synced in series:
+        for uid, doc in series:
             if scope is not None and uid not in scope:
                 continue
             sops = instances.get(uid, [])

@@ -160,3 +160,28 @@ def test_faults_are_retried_into_a_complete_verified_mirror(tmp_path):
         assert report.ok and report.checked >= len(indexed), report.problems
     finally:
         sandbox.stop()
+
+
+def test_a_change_left_unfetched_is_fetched_by_the_next_run(tmp_path, sb, monkeypatch):
+    """The documents phase stored the new row, the download failed; meanwhile the
+    collection hash lags and hides the change: the pending sync item still carries it."""
+    from mirror.sources.tcia.source import TciaSource
+
+    root = tmp_path / "m"
+    assert sync(root, sb).ok
+    uid = next(iter(sb.archive.series))
+    sb.mutate("reprocess", series=uid)
+    sb.mutate("approve", series=uid)  # FileSize changes; no md5_job: collection hash lags
+
+    def broken(self, task, fetcher):
+        raise OSError("connection lost")
+
+    with monkeypatch.context() as m:
+        m.setattr(TciaSource, "fetch_file", broken)
+        assert not sync(root, sb).ok
+    sb.reset_stats()
+    assert sync(root, sb).ok
+    assert sb.stats().get("GET v4/getImage") == 1
+    held = {hashlib.md5(p.read_bytes()).hexdigest()
+            for sop in sb.archive.series[uid].images for p in root.rglob(f"dicom_{sop}*.dcm")}
+    assert {i.md5 for i in sb.archive.series[uid].images.values()} <= held
