@@ -39,6 +39,16 @@ NBIA_V4_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4"
 BINDAAS_V3_URL = "https://services.cancerimagingarchive.net/services/v3/TCIA/query"
 """The deprecated Bindaas API (frozen since 2022-06-22); needs an ``api_key``."""
 DOWNLOAD_CHUNK = 1 << 20
+SERIES_COLUMNS = [
+    "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ProtocolName", "SeriesDate",
+    "SeriesDescription", "BodyPartExamined", "SeriesNumber", "AnnotationsFlag", "Collection",
+    "Site", "PatientID", "PatientSex", "PatientAge", "AdmittingDiagnosisDescription",
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "ImageCount",
+    "MaxSubmissionTimestamp", "LicenseName", "LicenseURI", "DataDescriptionURI", "FileSize",
+    "ReleasedStatus", "DateReleased", "StudyDesc", "StudyDate", "ThirdPartyAnalysis",
+    "Authorized"]
+"""NBIA v4 ``getSeries`` keys in the server's order (``V4_getSeries.java``); a null value's
+key is left out of a row."""
 SERIES_FILTERS = ("Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
                   "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName")
 

@@ -185,3 +185,45 @@ def test_a_change_left_unfetched_is_fetched_by_the_next_run(tmp_path, sb, monkey
     held = {hashlib.md5(p.read_bytes()).hexdigest()
             for sop in sb.archive.series[uid].images for p in root.rglob(f"dicom_{sop}*.dcm")}
     assert {i.md5 for i in sb.archive.series[uid].images.values()} <= held
+
+
+def test_export_dicom_tree_links_every_instance_under_its_uids(tmp_path, sb):
+    import csv
+    import io
+    import os
+
+    from mirror.api import Mirror
+    from mirror.sources.tcia.exports import export_dicom_tree
+
+    root = tmp_path / "m"
+    assert sync(root, sb).ok
+    dest = tmp_path / "tree"
+    with Mirror(root) as m:
+        summary = export_dicom_tree(m, dest, collections=["Sandbox-Brain-MR"])
+    brain = [s for s in sb.archive.series.values() if s.collection == "Sandbox-Brain-MR"]
+    assert summary["series"] == len(brain) and summary["missing"] == []
+    assert summary["files"] == sum(len(s.images) for s in brain)
+    assert summary["linked"] == {"hard": summary["files"]}
+    for s in brain:
+        for sop, image in s.images.items():
+            path = dest / s.collection / s.patient_id / s.study_uid / s.uid / f"{sop}.dcm"
+            assert path.read_bytes() == image.data
+            assert os.stat(path).st_nlink >= 2  # a hard link into the store, not a copy
+    table = list(csv.DictReader(io.StringIO((dest / "series.csv").read_text())))
+    assert sorted(r["SeriesInstanceUID"] for r in table) == sorted(s.uid for s in brain)
+
+
+def test_export_skips_names_unsafe_as_folders(tmp_path, sb):
+    from mirror.api import Mirror
+    from mirror.sources.tcia.exports import export_dicom_tree
+
+    root = tmp_path / "m"
+    sb.mutate("rename_collection", old="Sandbox-Lung-CT", new="../../escape")
+    assert sync(root, sb).ok
+    with Mirror(root) as m:
+        summary = export_dicom_tree(m, tmp_path / "tree")
+    lung = [s.uid for s in sb.archive.series.values() if s.collection == "../../escape"]
+    assert sorted(summary["skipped_names"]) == sorted(lung)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "tree"]
+    assert sorted(p.name for p in (tmp_path / "tree").iterdir()) == ["Sandbox-Brain-MR",
+                                                                     "series.csv"]

@@ -17,17 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from mirror.sources.tcia.client import SERIES_COLUMNS
 from mirror.sources.tcia.sandbox.data import Archive, Image, Series, md5_hex
 from mirror.sources.tcia.sandbox.formats import SERVER_ERROR, Response, format_rows
 
-V4_SERIES_COLUMNS = [
-    "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ProtocolName", "SeriesDate",
-    "SeriesDescription", "BodyPartExamined", "SeriesNumber", "AnnotationsFlag", "Collection",
-    "Site", "PatientID", "PatientSex", "PatientAge", "AdmittingDiagnosisDescription",
-    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "ImageCount",
-    "MaxSubmissionTimestamp", "LicenseName", "LicenseURI", "DataDescriptionURI", "FileSize",
-    "ReleasedStatus", "DateReleased", "StudyDesc", "StudyDate", "ThirdPartyAnalysis",
-    "Authorized"]
+V4_SERIES_COLUMNS = SERIES_COLUMNS
 V4_PATIENT_COLUMNS = ["PatientId", "PatientName", "PatientSex", "EthnicGroup", "Collection",
                       "Phantom", "SpeciesCode", "SpeciesDescription", "Authorized"]
 V4_STUDY_COLUMNS = [
