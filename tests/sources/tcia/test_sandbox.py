@@ -407,8 +407,14 @@ def test_rename_and_licence_change_touch_fields_only(fresh, tmp_path):
 def test_bad_mutations_are_value_errors(fresh):
     with pytest.raises(ValueError, match="unknown mutation"):
         fresh.mutate("explode")
+    day = fresh.archive.today()
     with pytest.raises(ValueError, match="no series"):
         fresh.mutate("reprocess", series="1.2.3")
+    with pytest.raises(ValueError, match="no patient"):
+        fresh.mutate("add_series", collection="Sandbox-Lung-CT", patient="NOBODY")
+    with pytest.raises(ValueError, match="bad arguments"):
+        fresh.mutate("withdraw", serie="x")
+    assert fresh.archive.today() == day  # refused changes take no time
     r = requests.post(f"{fresh.root_url}/__sandbox__/mutate", json={"op": "withdraw"},
                       timeout=10)
     assert r.status_code == 200 and r.json()["op"] == "withdraw"

@@ -252,7 +252,7 @@ class TciaAPI:
                     and _exact(s.study_uid, filters.get("StudyInstanceUID"))
                     and _exact(s.uid, filters.get("SeriesInstanceUID"))]
 
-    def _values(self, archive: Archive, column: str, attribute: str, params: dict,
+    def _values(self, archive: Archive, attribute: str, params: dict,
                 upper: bool = False) -> list[list]:
         values = dict.fromkeys(getattr(s, attribute).upper() if upper else getattr(s, attribute)
                                for s in self._visible(archive, **params))
@@ -266,19 +266,20 @@ class TciaAPI:
 
     def v4_modalities(self, params: dict) -> Response:
         return format_rows(params.get("format"), ["Modality"],
-                           self._values(self.archive, "Modality", "modality", _filters(params)))
+                           self._values(self.archive, "modality", _filters(params)))
 
     def v4_body_parts(self, params: dict) -> Response:
         return format_rows(params.get("format"), ["BodyPartExamined"],
-                           self._values(self.archive, "BodyPartExamined", "body_part",
+                           self._values(self.archive, "body_part",
                                         _filters(params), upper=True))
 
     def v4_manufacturers(self, params: dict) -> Response:
         return format_rows(params.get("format"), ["Manufacturer"],
-                           self._values(self.archive, "Manufacturer", "manufacturer",
+                           self._values(self.archive, "manufacturer",
                                         _filters(params)))
 
-    def _patient_keys(self, archive: Archive, series: list[Series]) -> list[tuple[str, str]]:
+    @staticmethod
+    def _patient_keys(series: list[Series]) -> list[tuple[str, str]]:
         return list(dict.fromkeys((s.patient_id, s.collection) for s in series))
 
     def v4_patients(self, params: dict) -> Response:
@@ -286,14 +287,14 @@ class TciaAPI:
             series = self._visible(self.archive, Collection=params.get("Collection"),
                                    PatientID=params.get("PatientId"))
             rows = [self._patient_row_v4(self.archive, k)
-                    for k in self._patient_keys(self.archive, series)]
+                    for k in self._patient_keys(series)]
         return format_rows(params.get("format"), V4_PATIENT_COLUMNS, rows)
 
     def v4_patients_by_modality(self, params: dict) -> Response:
         self._require(params, "Collection", "Modality")
         series = self._visible(self.archive, Collection=params["Collection"],
                                Modality=params["Modality"])
-        rows = [[pid, 1] for pid, _ in self._patient_keys(self.archive, series)]
+        rows = [[pid, 1] for pid, _ in self._patient_keys(series)]
         return format_rows(params.get("format"), ["PatientId", "Authorized"], rows)
 
     def _released_since(self, params: dict, strict: bool) -> list[Series] | None:
@@ -311,7 +312,7 @@ class TciaAPI:
         with self.archive.lock:
             series = self._released_since(params, strict=False) or []
             rows = [self._patient_row_v4(self.archive, k)
-                    for k in self._patient_keys(self.archive, series)]
+                    for k in self._patient_keys(series)]
         return format_rows(params.get("format"), V4_PATIENT_COLUMNS, rows)
 
     def _study_rows(self, series: list[Series]) -> list[list]:
@@ -462,21 +463,21 @@ class TciaAPI:
 
     def v3_modalities(self, params: dict) -> Response:
         return self._v3(params, ["Modality"],
-                        self._values(self.frozen, "Modality", "modality", _filters(params)))
+                        self._values(self.frozen, "modality", _filters(params)))
 
     def v3_body_parts(self, params: dict) -> Response:
         return self._v3(params, ["BodyPartExamined"],
-                        self._values(self.frozen, "BodyPartExamined", "body_part",
+                        self._values(self.frozen, "body_part",
                                      _filters(params), upper=True))
 
     def v3_manufacturers(self, params: dict) -> Response:
         return self._v3(params, ["Manufacturer"],
-                        self._values(self.frozen, "Manufacturer", "manufacturer",
+                        self._values(self.frozen, "manufacturer",
                                      _filters(params)))
 
     def _v3_patient_rows(self, series: list[Series]) -> list[list]:
         rows = []
-        for key in self._patient_keys(self.frozen, series):
+        for key in self._patient_keys(series):
             p = self.frozen.patients[key]
             rows.append([p.patient_id, p.name, None, p.sex, p.ethnic_group, p.collection])
         return rows
@@ -490,7 +491,7 @@ class TciaAPI:
         series = self._visible(self.frozen, Collection=params["Collection"],
                                Modality=params["Modality"])
         return self._v3(params, ["PatientID"],
-                        [[pid] for pid, _ in self._patient_keys(self.frozen, series)])
+                        [[pid] for pid, _ in self._patient_keys(series)])
 
     def _v3_study_rows(self, series: list[Series]) -> list[list]:
         counts: dict[str, int] = {}

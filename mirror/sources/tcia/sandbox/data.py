@@ -194,12 +194,12 @@ class Archive:
                           age=f"{self.rng.randint(30, 80):03d}Y")
         self.patients[(pid, collection)] = patient
         for _ in range(self.rng.randint(1, 2)):
-            study = self._make_study(patient, released)
+            study = self._make_study(patient)
             for _ in range(2):
                 self._make_series(study, released)
         return patient
 
-    def _make_study(self, patient: Patient, released: datetime) -> Study:
+    def _make_study(self, patient: Patient) -> Study:
         n = self._next()
         uid = uid_for("tcia-sandbox", str(self.seed), "study", str(n))
         day = date(1995, 1, 1) + timedelta(days=self.rng.randint(0, 7000))
@@ -369,11 +369,16 @@ class Archive:
             ops = sorted(n[4:] for n in dir(self) if n.startswith("_op_"))
             raise ValueError(f"unknown mutation {op!r}: use one of {', '.join(ops)}")
         with self.lock:
+            before = self.now
             now = self._tick()
             try:
                 result = handler(**args)
             except TypeError as exc:
+                self.now = before
                 raise ValueError(f"bad arguments for {op}: {exc}") from None
+            except ValueError:
+                self.now = before  # a refused change takes no time
+                raise
             return {"op": op, "at": now.isoformat(), **result}
 
     def _op_add_series(self, collection: str | None = None, patient: str | None = None,
@@ -381,11 +386,13 @@ class Archive:
         collection = self._collection_or_raise(collection)
         pids = [p.patient_id for p in self.patients.values() if p.collection == collection]
         pid = patient or pids[0]
+        if pid not in pids:
+            raise ValueError(f"no patient {pid!r} in {collection}")
         studies = [s for s in self.studies.values()
                    if s.patient_id == pid and s.collection == collection]
         if not studies and not new_study:
             raise ValueError(f"patient {pid!r} has no study in {collection}")
-        study = (self._make_study(self.patients[(pid, collection)], midnight(self.now))
+        study = (self._make_study(self.patients[(pid, collection)])
                  if new_study else studies[0])
         series = self._make_series(study, midnight(self.now))
         return {"series": series.uid, "study": study.uid, "patient": pid}
