@@ -33,6 +33,7 @@ from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
 from mirror.sources.tcia.spec import SPEC
 from mirror.store import TEMP_PREFIX
+from mirror.sync.pool import completed
 
 
 class TciaSource:
@@ -61,7 +62,7 @@ class TciaSource:
         if not wanted:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
-        plan = ChangePlanner(self.client).plan(wanted, known)
+        plan = ChangePlanner(self.client, run.executor).plan(wanted, known)
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
                                                                      plan.added)
@@ -71,8 +72,9 @@ class TciaSource:
         run.remove_missing("series", set(plan.rows), within=within,
                            where="the getSeries listings")
         run.commit()
-        for uid in self._needing_instances(run.session, plan):
-            sops = self.client.sop_uids(uid)
+        needing = self._needing_instances(run.session, plan)
+        for uid, future in completed(run.executor, self.client.sop_uids, needing, run.window):
+            sops = future.result()  # listed in parallel; stored and indexed here
             docs = [{"SOPInstanceUID": sop, "SeriesInstanceUID": uid} for sop in sops]
             run.record("instance", run.store_docs("instance", docs))
             run.remove_missing("instance", set(sops), within=_instance_ids(run.session, uid),

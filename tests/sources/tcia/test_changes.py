@@ -144,3 +144,16 @@ def test_a_listing_that_keeps_leaving_series_out_is_an_error(sb, monkeypatch):
     monkeypatch.setattr(client, "series", lying)
     with pytest.raises(ArchiveError, match="leaves out series"):
         ChangePlanner(client).plan(COLLECTIONS, known)
+
+
+def test_an_executor_gives_the_same_plan(sb):
+    from concurrent.futures import ThreadPoolExecutor
+
+    known = mirror_state(sb)
+    victim = next(iter(known.values()))
+    victim.md5s[0] = "0" * 32
+    sb.mutate("add_series", collection="Sandbox-Brain-MR")
+    serial = plan(sb, known)
+    with ThreadPoolExecutor(4) as pool:
+        parallel = ChangePlanner(nbia(sb), pool).plan(COLLECTIONS, known)
+    assert parallel == serial and serial.refetch == [victim.uid] and len(serial.added) == 1
