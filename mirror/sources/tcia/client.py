@@ -11,7 +11,6 @@ by :func:`mirror.sources.dicom.safe_unpack_zip`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from mirror.errors import ArchiveError, IntegrityError, OfflineError, SeriesZipError
+from mirror.errors import ArchiveError, IntegrityError, SeriesZipError
 from mirror.sources.dicom import (
     ZIP_MAX_TOTAL,
     InstanceSink,
@@ -30,7 +29,7 @@ from mirror.sources.dicom import (
     is_dicom,
     safe_unpack_zip,
 )
-from mirror.sources.http import RETRY_STATUSES, HttpClient, TransientHTTPError
+from mirror.sources.http import HttpClient, parse_json
 
 log = logging.getLogger("mirror.tcia")
 
@@ -64,7 +63,7 @@ def parse_rows(content: bytes, what: str) -> list[dict]:
     if not content.strip():
         return []
     try:
-        rows = json.loads(content)
+        rows = parse_json(content)  # strict and depth-bounded, as every source parses
     except ValueError as exc:
         raise IntegrityError(f"{what}: the archive sent something that is not JSON "
                              f"({exc}); retrying") from None
@@ -106,22 +105,16 @@ class NbiaClient:
         return self.http.retrying(fetch, f"GET {endpoint}")
 
     def _post_text(self, endpoint: str, form: dict[str, str]) -> str:
-        """A form POST (HttpClient has GETs only): counted, offline-aware, retried."""
+        """A form POST's text body (bounded, retried like every request)."""
         url = f"{self.base_url}/{endpoint}"
 
         def post() -> str:
-            if self.http.offline:
-                raise OfflineError(f"offline mode is on; refusing to post to {url}")
-            with self.http._lock:
-                self.http.requests_made += 1
-            with self.http._slots:
-                response = self.http.session.post(url, data=form, timeout=self.http.timeout,
-                                                  allow_redirects=False,
-                                                  **self.http._environment(url))
-            if response.status_code in RETRY_STATUSES:
-                raise TransientHTTPError(response.status_code, url, None)
-            self._check(response, f"POST {endpoint}")
-            return response.text.strip()
+            response = self.http.post(url, data=form)
+            try:
+                self._check(response, f"POST {endpoint}")
+                return response.text.strip()
+            finally:
+                response.close()
 
         return self.http.retrying(post, f"POST {endpoint}")
 

@@ -149,3 +149,21 @@ def test_bindaas_client(sb):
     assert len(good.new_patients("Sandbox-Lung-CT", date(2000, 1, 1))) == 3
     with pytest.raises(ArchiveError, match="api_key was refused"):
         BindaasClient(http, "wrong", sb.v3_url).collections()
+
+
+def test_posts_are_counted_retried_and_refused_offline(tmp_path):
+    from mirror.errors import OfflineError
+
+    sandbox = start(collections=1, seed=1, faults="500=0.5,match=getMD5Hierarchy")
+    try:
+        nbia = client(sandbox, attempts=10)
+        before = nbia.http.requests_made
+        for _ in range(4):
+            assert len(nbia.md5_hierarchy(collection="Sandbox-Lung-CT")) == 32
+        assert nbia.http.retries > 0
+        assert nbia.http.requests_made == before + 4 + nbia.http.retries
+        offline = NbiaClient(HttpClient(offline=True), sandbox.v4_url)
+        with pytest.raises(OfflineError):
+            offline.md5_hierarchy(collection="Sandbox-Lung-CT")
+    finally:
+        sandbox.stop()
