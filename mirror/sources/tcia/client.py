@@ -185,15 +185,22 @@ class NbiaClient:
 
     # --- downloads ----------------------------------------------------------------------
 
-    def single_image(self, series_uid: str, sop_uid: str) -> bytes:
-        """One instance's bytes, checked to be DICOM."""
+    def single_image(self, series_uid: str, sop_uid: str, max_bytes: int = 2**31) -> bytes:
+        """One instance's bytes (at most ``max_bytes``), checked to be DICOM."""
         url = f"{self.base_url}/getSingleImage"
         params = {"SeriesInstanceUID": series_uid, "SOPInstanceUID": sop_uid}
 
         def fetch() -> bytes:
-            with self.http.fetching(url, params=params) as response:
+            with self.http.fetching(url, params=params, stream=True) as response:
                 self._check(response, "GET getSingleImage")
-                data = response.content
+                body, size = [], 0
+                for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ArchiveError(f"getSingleImage {sop_uid}: more than {max_bytes} "
+                                           "bytes; refusing it")
+                    body.append(chunk)
+                data = b"".join(body)
             if not is_dicom(data):
                 raise IntegrityError(f"getSingleImage {sop_uid}: the body is not DICOM")
             return data
