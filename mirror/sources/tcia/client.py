@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ NBIA_V4_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4"
 BINDAAS_V3_URL = "https://services.cancerimagingarchive.net/services/v3/TCIA/query"
 """The deprecated Bindaas API (frozen since 2022-06-22); needs an ``api_key``."""
 DOWNLOAD_CHUNK = 1 << 20
+MD5_OR_EMPTY = re.compile(r"([0-9a-f]{32})?")
 SERIES_COLUMNS = [
     "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ProtocolName", "SeriesDate",
     "SeriesDescription", "BodyPartExamined", "SeriesNumber", "AnnotationsFlag", "Collection",
@@ -77,6 +79,16 @@ def _one_line(text: str, limit: int = 300) -> str:
     return " ".join(text.split())[:limit]
 
 
+def _error_text(response: requests.Response, limit: int = 4096) -> str:
+    """NBIA's error text (plain text, not JSON), one line; of a streamed body only the
+    first ``limit`` bytes are read."""
+    if getattr(response, "_content_consumed", False):
+        raw = response.content or b""
+    else:
+        raw = next(response.iter_content(limit), b"")
+    return _one_line(raw[:limit].decode("utf-8", "replace"))
+
+
 class NbiaClient:
     """NBIA REST v4: listings, change detection (dates, MD5 hierarchy) and downloads."""
 
@@ -89,7 +101,7 @@ class NbiaClient:
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code != 200:
             raise ArchiveError(f"{what} failed: HTTP {response.status_code} "
-                               f"{_one_line(response.text)}")
+                               f"{_error_text(response)}")
 
     def query(self, endpoint: str, **params) -> list[dict]:
         """GET ``endpoint`` with ``params`` (None values left out) and return its rows."""
@@ -104,17 +116,22 @@ class NbiaClient:
 
         return self.http.retrying(fetch, f"GET {endpoint}")
 
-    def _post_text(self, endpoint: str, form: dict[str, str]) -> str:
-        """A form POST's text body (bounded, retried like every request)."""
+    def _post_text(self, endpoint: str, form: dict[str, str], shape: re.Pattern[str]) -> str:
+        """A form POST's text body, which must have ``shape`` (a proxy's HTML page with
+        200 is retried, never taken for an answer)."""
         url = f"{self.base_url}/{endpoint}"
 
         def post() -> str:
             response = self.http.post(url, data=form)
             try:
                 self._check(response, f"POST {endpoint}")
-                return response.text.strip()
+                text = response.text.strip()
             finally:
                 response.close()
+            if not shape.fullmatch(text):
+                raise IntegrityError(f"POST {endpoint}: unexpected answer "
+                                     f"{_one_line(text, 60)!r}; retrying")
+            return text
 
         return self.http.retrying(post, f"POST {endpoint}")
 
@@ -181,7 +198,8 @@ class NbiaClient:
             raise ValueError("a patient's hash needs its collection")
         form = {"SeriesInstanceUID": series, "StudyInstanceUID": study,
                 "PatientID": patient, "Collection": collection}
-        return self._post_text("getMD5Hierarchy", {k: v for k, v in form.items() if v})
+        return self._post_text("getMD5Hierarchy", {k: v for k, v in form.items() if v},
+                               MD5_OR_EMPTY)
 
     # --- downloads ----------------------------------------------------------------------
 
@@ -286,7 +304,7 @@ class BindaasClient:
                                        f"{response.status_code}); check the key")
                 if response.status_code != 200:
                     raise ArchiveError(f"GET {endpoint} failed: HTTP {response.status_code} "
-                                       f"{_one_line(response.text)}")
+                                       f"{_error_text(response)}")
                 content = response.content
             return parse_rows(content, f"GET {endpoint}")
 

@@ -167,3 +167,20 @@ def test_posts_are_counted_retried_and_refused_offline(tmp_path):
             offline.md5_hierarchy(collection="Sandbox-Lung-CT")
     finally:
         sandbox.stop()
+
+
+def test_an_html_page_is_never_taken_for_a_hash(sb, monkeypatch):
+    nbia = client(sb, attempts=2)
+    real = nbia.http.post
+    calls = []
+
+    def proxy_page_once(url, **kwargs):
+        response = real(url, **kwargs)
+        if not calls:
+            calls.append(url)
+            response._content = b"<html><body>Maintenance</body></html>"
+        return response
+
+    monkeypatch.setattr(nbia.http, "post", proxy_page_once)
+    assert len(nbia.md5_hierarchy(collection="Sandbox-Lung-CT")) == 32
+    assert calls and nbia.http.retries == 1
