@@ -73,8 +73,10 @@ def sandbox(ctx: click.Context, archive: str, **options) -> None:
             raise MirrorError(f"unknown sandbox option(s) {' '.join(ctx.args)}; see "
                               "'mirror sandbox --help'")
         serve(**options)
-    else:
-        serve(ctx.args)  # that sandbox's own options
+    else:  # that sandbox parses its own options: the ones given here are passed on
+        given = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        sys.exit(serve(given + ctx.args) or 0)
 
 
 def _csv_choice(value: str) -> frozenset[str]:
@@ -110,7 +112,10 @@ def _tqdm_progress(quiet: bool):
 @_root_option
 @click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
               "source (…/api/v1: ISIC v1).")
-@click.option("--source", help="The source of a new mirror (isic-v1, ...); default: from --url.")
+@click.option("--source", help="The source of a new mirror (isic-v1, tcia-v4, ...); default: "
+              "from --url.")
+@click.option("--collection", "collections", multiple=True,
+              help="Only this collection (repeatable; TCIA). ")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
               "images,datasets,segmentations,studies,annotations).")
@@ -130,8 +135,8 @@ def _tqdm_progress(quiet: bool):
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, source, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+def sync(root, url, source, collections, workers, what, blobs, dataset, study, limit, username,
+         allow_mixed, index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -153,6 +158,7 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals,
+                          scope={"collection": ",".join(collections)} if collections else {},
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)
