@@ -1,0 +1,116 @@
+"""Real, small, deterministic JPEGs for the sandbox bucket.
+
+Each image is a smooth skin-toned gradient with a darker "lesion" ellipse, a few KB at
+quality 90, drawn from ``(isic_id, file_rev)``; its thumbnail (longest side at most 256,
+quality 75) is made from it as the archive makes its own. ``files.*.size`` in the record is
+the size *before* the credit block is embedded, as on the live archive, where publish embeds
+IPTC/XMP credit (attribution at publish, ``ISIC Archive``, isic_id, licence) into the JPEG
+and nothing updates the recorded size: the served bytes are longer than the record says.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image as PILImage
+
+from mirror.sources.isic_v2.sandbox.data import Image, rng_for
+
+CACHE_ENTRIES = 256  # served (full, thumbnail) byte pairs kept in memory
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+_cache: OrderedDict[tuple, tuple[bytes, bytes]] = OrderedDict()
+_sizes: dict[tuple, tuple[int, int]] = {}
+_lock = threading.Lock()
+
+
+def _draw(isic_id: str, rev: int, width: int, height: int) -> PILImage.Image:
+    rng = rng_for("pixels", isic_id, rev)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.array([rng.uniform(180, 235), rng.uniform(130, 180), rng.uniform(110, 160)],
+                    dtype=np.float32)
+    shade = (x / width * rng.uniform(-25, 25) + y / height * rng.uniform(-25, 25))[..., None]
+    cx, cy = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height
+    rx, ry = rng.uniform(0.12, 0.3) * width, rng.uniform(0.12, 0.3) * height
+    inside = np.clip(1.2 - ((x - cx) / rx) ** 2 - ((y - cy) / ry) ** 2, 0, 1)[..., None]
+    lesion = np.array([rng.uniform(60, 120), rng.uniform(35, 80), rng.uniform(25, 60)],
+                      dtype=np.float32)
+    pixels = (base + shade) * (1 - inside) + lesion * inside
+    return PILImage.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def _encode(picture: PILImage.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=quality, optimize=False, progressive=False)
+    return out.getvalue()
+
+
+def _base_pair(image: Image) -> tuple[bytes, bytes]:
+    """(full, thumbnail) JPEGs as stored before publish embeds credit."""
+    width, height = image.size
+    picture = _draw(image.isic_id, image.file_rev, width, height)
+    full = _encode(picture, 90)
+    picture.thumbnail((256, 256))
+    return full, _encode(picture, 75)
+
+
+def credit_segment(isic_id: str, attribution: str, license_: str) -> bytes:
+    """An APP1 XMP segment with the credit the archive embeds at publish."""
+    xmp = (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        'xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" '
+        'xmlns:xmpRights="http://ns.adobe.com/xap/1.0/rights/">'
+        f"<dc:title>{escape(isic_id)}</dc:title>"
+        f"<photoshop:Credit>{escape(attribution)}</photoshop:Credit>"
+        "<photoshop:Source>ISIC Archive</photoshop:Source>"
+        f"<xmpRights:UsageTerms>{escape(license_)}</xmpRights:UsageTerms>"
+        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+    payload = XMP_HEADER + xmp
+    return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _embed(jpeg: bytes, segment: bytes) -> bytes:
+    """``jpeg`` with ``segment`` after SOI and the JFIF APP0 segment."""
+    at = 2
+    if jpeg[2:4] == b"\xff\xe0":
+        at = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:at] + segment + jpeg[at:]
+
+
+def recorded_sizes(image: Image) -> tuple[int, int]:
+    """(files.full.size, files.thumbnail_256.size): the pre-credit byte counts."""
+    key = (image.isic_id, image.file_rev, image.size)
+    with _lock:
+        cached = _sizes.get(key)
+    if cached is None:
+        full, thumb = served(image)[2:]
+        cached = (full, thumb)
+    return cached
+
+
+def served(image: Image) -> tuple[bytes, bytes, int, int]:
+    """(full bytes, thumbnail bytes) as the bucket serves them, plus the recorded sizes."""
+    key = (image.isic_id, image.file_rev, image.size, image.frozen_attribution,
+           image.frozen_license)
+    with _lock:
+        pair = _cache.get(key)
+        if pair is not None:
+            _cache.move_to_end(key)
+            sizes = _sizes[key[:3]]
+            return (*pair, *sizes)
+    full, thumb = _base_pair(image)
+    segment = credit_segment(image.isic_id, image.frozen_attribution, image.frozen_license)
+    pair = (_embed(full, segment), _embed(thumb, segment))
+    with _lock:
+        _sizes[key[:3]] = (len(full), len(thumb))
+        _cache[key] = pair
+        while len(_cache) > CACHE_ENTRIES:
+            _cache.popitem(last=False)
+    return (*pair, len(full), len(thumb))
