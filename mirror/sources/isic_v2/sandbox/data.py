@@ -191,9 +191,16 @@ class EsDoc:
     public: bool
     cohort: int
     shared_with_user: bool
-    blob_size: int
+    image: Image  # a copy as indexed: its file revision gives the indexed blob_size
     record: dict
     collections: frozenset[int]
+
+    @property
+    def blob_size(self) -> int:
+        """The indexed ``blob_size`` (computed on demand: it means drawing the JPEG)."""
+        from mirror.sources.isic_v2.sandbox import blobs  # blobs imports this module
+
+        return blobs.recorded_sizes(self.image)[0]
 
 
 class Archive:
@@ -351,7 +358,8 @@ class Archive:
         add(170, "Sandbox user's working set", 3600, public=False, owned_by_user=True,
             ).images.update(rng.sample(public, min(5, len(public))) + [
                 n for n in self.images if self.images[n].cohort == 6])
-        embargoed = [n for n in self.images if self.images[n].cohort == 7]
+        embargoed = [n for n in self.images
+                     if self.images[n].cohort == 7 and not self.images[n].public]
         add(171, "Embargoed study (draft DOI)", 3700, public=False).images.update(embargoed)
         add(172, "Shared with the sandbox user", 3750, public=False, shared_with_user=True,
             ).images.update(n for n in embargoed if self.images[n].shared_with_user)
@@ -411,16 +419,10 @@ class Archive:
             if not include_after and image.created.timestamp() > at:
                 continue
             self.es[image.n] = EsDoc(image.public, image.cohort, image.shared_with_user,
-                                     self._blob_size(image), image.search_record(),
+                                     copy.copy(image), copy.deepcopy(image.search_record()),
                                      self.collection_ids_of(image.n))
         self.es_lesions = {who: len(self.lesions(who)) for who in (ANONYMOUS, USER, STAFF)}
         self.es_synced_at = at
-
-    @staticmethod
-    def _blob_size(image: Image) -> int:
-        from mirror.sources.isic_v2.sandbox import blobs  # blobs imports this module
-
-        return blobs.recorded_sizes(image)[0]
 
     def es_visible(self, doc: EsDoc, who: str) -> bool:
         if doc.public or who == STAFF:
