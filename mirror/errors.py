@@ -46,3 +46,8 @@ class MissingObjectError(MirrorError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class InvalidRecordError(ArchiveError):
+    """One record from the archive is malformed or unsafe (bad id, wrong types, foreign URL):
+    it is skipped and reported; the rest of the listing is kept."""
