@@ -90,7 +90,7 @@ class Bucket:
         if isinstance(found, Response):
             return found
         image, thumbnail = found
-        full, thumb = blobs.served(image)[:2]
+        full, thumb = blobs.served(image)
         return _object(full if not thumbnail else thumb, image, headers, method == "HEAD")
 
     def _public(self, path: str) -> tuple[Image, bool] | Response:
