@@ -10,6 +10,7 @@ and its JSON encoding and key order (§1.1, §4).
 from __future__ import annotations
 
 import base64
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Ordering:
 
     fields: tuple[tuple[Callable, bool, Callable], ...]  # (value of row, descending, parse)
     multi: bool  # PinnedFirstPagination: the position names every field, "|"-joined
+    sorted_ascending: bool = False  # one ascending field with distinct values: may bisect
 
     def position(self, row) -> str:
         values = [str(get(row)) for get, _, _ in self.fields]
@@ -150,7 +152,7 @@ def _created(row) -> datetime:
     return row.created
 
 
-IMAGE_ORDER = Ordering(((_created, False, parse_datetime),), multi=True)
+IMAGE_ORDER = Ordering(((_created, False, parse_datetime),), multi=True, sorted_ascending=True)
 PINNED_ORDER = Ordering(((lambda r: r.pinned, True, int), (_created, False, parse_datetime)),
                         multi=True)
 COLLECTION_ORDERS = {
@@ -220,12 +222,7 @@ def paginate(request: Request, rows: list, ordering: Ordering, limit: int | None
         total = custom_count
     else:
         total = (count() if count else len(rows)) if cursor.position is None else None
-    if cursor.reverse:
-        rows = rows[::-1]
-    if cursor.position is not None:
-        position = ordering.parse(cursor.position)
-        rows = [r for r in rows if ordering.after(r, position, cursor.reverse)]
-    results = rows[cursor.offset:cursor.offset + MAX_PAGE + 1]
+    results = _window(rows, ordering, cursor)
     page = results[:size]
     following = ordering.position(results[-1]) if len(results) > len(page) else None
     if cursor.reverse:
@@ -250,6 +247,39 @@ def paginate(request: Request, rows: list, ordering: Ordering, limit: int | None
         "previous": replace_query_param(base, "cursor", encode_cursor(link.previous(has_next)))
         if has_previous else None,
     }
+
+
+def _window(rows: list, ordering: Ordering, cursor: Cursor) -> list:
+    """The up to MAX_PAGE + 1 rows after the cursor, in the direction of travel."""
+    position = ordering.parse(cursor.position) if cursor.position is not None else None
+    width = MAX_PAGE + 1
+    if ordering.sorted_ascending:  # one ascending field: bisect instead of scanning
+        get = ordering.fields[0][0]
+        keys = _Keys(rows, get)
+        if not cursor.reverse:
+            start = bisect.bisect_right(keys, position[0]) if position else 0
+            return rows[start + cursor.offset:start + cursor.offset + width]
+        end = bisect.bisect_left(keys, position[0]) if position else len(rows)
+        end -= cursor.offset
+        return rows[max(0, end - width):max(0, end)][::-1]
+    if cursor.reverse:
+        rows = rows[::-1]
+    if position is not None:
+        rows = [r for r in rows if ordering.after(r, position, cursor.reverse)]
+    return rows[cursor.offset:cursor.offset + width]
+
+
+class _Keys:
+    """A read-only sequence view of one field of sorted rows, for :mod:`bisect`."""
+
+    def __init__(self, rows: list, get: Callable):
+        self.rows, self.get = rows, get
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        return self.get(self.rows[index])
 
 
 @dataclass

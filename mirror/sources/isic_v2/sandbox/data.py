@@ -218,7 +218,8 @@ class Archive:
         self.collections: dict[int, Collection] = {}
         self.es: dict[int, EsDoc] = {}
         self.es_synced_at = 0.0
-        self.mutations = 0
+        self.mutations = 0  # also the version of the visible_images cache
+        self._visible: dict[str, tuple[int, list[Image]]] = {}
         self._next_n = 0
         span = INITIAL_SPAN / max(images - TODAY_PUBLISHES, 1)
         midnight = self.now - self.now % DAY
@@ -378,11 +379,16 @@ class Archive:
         return who == USER and (collection.owned_by_user or collection.shared_with_user)
 
     def visible_images(self, who: str) -> list[Image]:
-        """Images ``who`` may see, in ``created`` order."""
+        """Images ``who`` may see, in ``created`` order (cached until the next mutation:
+        paging through a large sandbox must not sort it once per page)."""
         with self.lock:
-            rows = [i for i in self.images.values() if self.can_see_image(i, who)]
-        rows.sort(key=lambda i: i.created)
-        return rows
+            cached = self._visible.get(who)
+            if cached is not None and cached[0] == self.mutations:
+                return cached[1]
+            rows = sorted((i for i in self.images.values() if self.can_see_image(i, who)),
+                          key=lambda i: i.created)
+            self._visible[who] = (self.mutations, rows)
+            return rows
 
     def image(self, isic_id: str, who: str) -> Image | None:
         with self.lock:
