@@ -124,6 +124,15 @@ def stable_document(record: dict) -> dict:
     return {**record, "files": stable}
 
 
+def parse_json(body: bytes) -> object:
+    """Strict JSON: UTF-8, and no ``NaN``/``Infinity`` (which the archive's encoder never
+    writes and no stored document could hold)."""
+    def refuse(text: str) -> float:
+        raise ValueError(f"{text} is not a JSON number")
+
+    return json.loads(body.decode("utf-8"), parse_constant=refuse)
+
+
 def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
@@ -187,7 +196,7 @@ class IsicV2Client:
                     raise ArchiveError(_error_line(path, params, response.status_code, body,
                                                    self.authenticated))
             try:
-                return json.loads(body)
+                return parse_json(body)
             except ValueError:
                 raise ArchiveError(f"{path}: the archive answered 200 with a body that is not "
                                    "JSON; retry later, or check base_url points at the API "
