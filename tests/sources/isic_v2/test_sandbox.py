@@ -723,3 +723,16 @@ def test_main_prints_the_url_first_and_stops_on_sigterm():
     finally:
         process.kill()
         process.stdout.close()
+
+
+def test_bucket_ranges_and_methods(fresh):
+    record = get(fresh, "/images/?limit=1").json()["results"][0]
+    url = record["files"]["full"]["url"]
+    data = requests.get(url, timeout=30).content
+    tail = requests.get(url, headers={"Range": "bytes=-5"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == data[-5:]
+    beyond = requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=30)
+    assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert requests.put(url, data=b"x", timeout=30).status_code == 405
+    fresh.mutate(delete_ids=[record["isic_id"]])
+    assert requests.get(url, timeout=30).content == data  # nothing deletes the S3 objects
