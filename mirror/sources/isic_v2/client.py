@@ -306,11 +306,11 @@ class IsicV2Client:
         for raw in self.records("collections/", {}, listing):
             yield _check_collection(raw)
 
-    def collection_image_ids(self, collection_id: int) -> list[str]:
-        """The isic_ids in one collection (one search listing), in ``created`` order."""
-        listing = Listing()
-        ids = [r.isic_id for r in self.images(collections=[collection_id], listing=listing)]
-        return ids
+    def collection_image_ids(self, collection_id: int,
+                             listing: Listing | None = None) -> list[str]:
+        """The isic_ids in one collection (one search listing), in ``created`` order; the
+        archive has no ``collections/{id}/images/`` route."""
+        return [r.isic_id for r in self.images(collections=[collection_id], listing=listing)]
 
     def lesions(self, listing: Listing | None = None) -> Iterator[dict]:
         for raw in self.records("lesions/", {}, listing):
