@@ -16,12 +16,15 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from mirror.config import utc_now
-from mirror.index import Image
 from mirror.index.database import IndexWriter, open_reader
 from mirror.ingest import ingest_documents
 from mirror.layout import Layout
-from mirror.sources.sandbox.data import Archive
+from mirror.sources.isic_v1.models import Image
+from mirror.sources.isic_v1.sandbox.data import Archive
+from mirror.sources.isic_v1.spec import SPEC
 from mirror.store import canonical_json
+
+IMAGE = SPEC.kind("image")
 
 BATCH = 2000
 
@@ -47,7 +50,7 @@ def main() -> None:
                               len(payload)))
             started = time.perf_counter()
             with writer.session() as session:  # one batch, as the sync engine commits them
-                ingest_documents(session, "image", items, now, public=True)
+                ingest_documents(session, IMAGE, items, now, public=True)
             insert += time.perf_counter() - started
         started = time.perf_counter()
         generation = writer.publish()

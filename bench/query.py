@@ -39,10 +39,13 @@ from mirror.config import open_or_create, utc_now
 from mirror.errors import MirrorError
 from mirror.ingest import ingest_documents
 from mirror.query import select_ids
-from mirror.sources.sandbox.data import Archive
+from mirror.sources.isic_v1.sandbox.data import Archive
+from mirror.sources.isic_v1.spec import SPEC
 from mirror.store import canonical_json
 from mirror.valuesets import refresh
 from mirror.writer import writing
+
+IMAGE = SPEC.kind("image")
 
 SELECTIONS = {
     "diagnosis == melanoma": [["meta.clinical.diagnosis", "==", "melanoma"]],
@@ -124,14 +127,14 @@ def build(root: Path, archive: Archive) -> None:
         with w.index.session() as session:
             datasets = [(d, hashlib.sha256(canonical_json(d)).hexdigest(), "x", 0)
                         for d in archive.datasets()]
-            ingest_documents(session, "dataset", datasets, now, public=True)
+            ingest_documents(session, SPEC.kind("dataset"), datasets, now, public=True)
         for start in range(0, archive.count, 2000):
             items = []
             for i in range(start, min(archive.count, start + 2000)):
                 doc = archive.image_detail(i)
                 items.append((doc, hashlib.sha256(canonical_json(doc)).hexdigest(), "x", 0))
             with w.index.session() as session:
-                ingest_documents(session, "image", items, now, public=True)
+                ingest_documents(session, IMAGE, items, now, public=True)
         started = time.perf_counter()
         with w.index.session() as session:
             refresh(session)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tabulate import tabulate  # noqa: E402
 
-from mirror.sources.sandbox import serve  # noqa: E402
+from mirror.sources.isic_v1.sandbox import serve  # noqa: E402
 from tests.reliability.cases import (  # noqa: E402
     Tally,
     crash_gc,

@@ -28,7 +28,7 @@ def documents(n: int) -> list[dict]:
     try:
         real = list(json.load(gzip.open(RECORDED / "images-sample.json.gz")).values())
     except FileNotFoundError:
-        from mirror.sources.sandbox.data import Archive
+        from mirror.sources.isic_v1.sandbox.data import Archive
 
         archive = Archive(2000, seed=0)
         real = [archive.image_detail(i) for i in range(2000)]
@@ -50,7 +50,7 @@ def run_store(docs: list[dict], compress: bool) -> tuple[float, float, int]:
             if compress:
                 paths.append(store.put_json("image", doc["_id"], doc).relpath)
             else:
-                relpath = blob_relpath("thumbnail", doc["_id"], ext=".json")
+                relpath = blob_relpath("thumb", doc["_id"], ext=".json")
                 store.put_bytes(relpath, canonical_json(doc))
                 paths.append(relpath)
         store.flush()

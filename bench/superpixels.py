@@ -23,9 +23,15 @@ import time
 import numpy as np
 from PIL import Image
 
-from mirror.sources.sandbox.blobs import superpixel_labels
-from mirror.sources.sandbox.data import Archive
-from mirror.superpixels import decode_png, encode_npz, encode_png, load_npz, superpixel_map
+from mirror.sources.isic_v1.sandbox.blobs import superpixel_labels
+from mirror.sources.isic_v1.sandbox.data import Archive
+from mirror.sources.isic_v1.superpixels import (
+    decode_png,
+    encode_npz,
+    encode_png,
+    load_npz,
+    superpixel_map,
+)
 
 PK_NUMBA_DECODE_MS, PK_NUMBA_MAP_MS = 0.63, 4.0
 
@@ -95,7 +101,8 @@ def main() -> None:
           "(target >= 3)")
     print(f"{'sizes: PNG / npz bytes':42} {len(png):>8} / {len(npz)}")
     print(f"{'import mirror (s)':42} {import_seconds('mirror'):8.3f}  (target < 0.5)")
-    print(f"{'import mirror.superpixels (s)':42} {import_seconds('mirror.superpixels'):8.3f}")
+    module = "mirror.sources.isic_v1.superpixels"
+    print(f"{'import ' + module + ' (s)':42} {import_seconds(module):8.3f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 from alembic import context
 
 from mirror.index.models import Base
+from mirror.sources.base import load_all
+
+load_all()  # every source's typed tables join Base.metadata
 
 target_metadata = Base.metadata
 

@@ -1,46 +1,40 @@
-"""The offline Python API: open a mirror and read images, superpixels, studies, annotations.
+"""The offline Python API: open a mirror and read its objects, files and selections.
 
     >>> from mirror import Mirror
     >>> m = Mirror("~/isic")                  # read-only, offline
-    >>> img = m.image("ISIC_0000000")         # by name or by _id
+    >>> m.source.title                        # 'ISIC Archive API v1'
+    >>> doc = m.document("image", "ISIC_0000000")   # any kind, by id or name
+    >>> img = m.image("ISIC_0000000")         # the source's own objects (ISIC v1 below)
     >>> img.meta["clinical"]["diagnosis"]
     >>> img.data.shape                        # (H, W, 3) uint8, loaded on demand
     >>> sp = img.superpixels                  # {"idx", "map", "max", "shp"}, from spidx_<id>.npz
     >>> study = m.study("ISIC Annotation Study - All Features")
     >>> values = study.annotations[0].markups # {feature: per-superpixel values}
 
-Nothing here touches the network; ``m.sync(...)`` is the one exception, on request.
+``Mirror`` itself knows no archive: what it offers beyond documents and files comes from
+the mirror's source (its ``objects`` accessor class, e.g.
+:class:`mirror.sources.isic_v1.objects.IsicV1Objects`), reached as attributes of the
+mirror. Nothing here touches the network; ``m.sync(...)`` is the one exception, on request.
 Everything is read from the published index generation and the object store.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Container, Iterator, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mirror import query
 from mirror.config import layout_for, load_config
-from mirror.errors import MirrorError, MissingObjectError
-from mirror.index import (
-    Annotation,
-    Blob,
-    Dataset,
-    Feature,
-    Image,
-    Segmentation,
-    Study,
-    StudyImage,
-)
+from mirror.errors import MissingObjectError
+from mirror.index import Blob
 from mirror.index.database import open_reader
+from mirror.ingest import model_of
+from mirror.sources.base import SourceSpec, source_class
 from mirror.store import ObjectStore
-from mirror.valuesets import IdList
 
 
 class Mirror:
@@ -52,13 +46,31 @@ class Mirror:
             raise MissingObjectError("no mirror root given; pass Mirror(root) or set MIRROR_ROOT")
         self.root = Path(root).expanduser()
         self.config = load_config(self.root)
+        self.source: SourceSpec = source_class(self.config.source).spec
         self.layout = layout_for(self.root, self.config)
         self.store = ObjectStore(self.layout)
         self._engine = open_reader(self.layout, self.config.index_url)
-        self.image_selection: ImageSelection | None = None
+        self._objects = _objects_of(self)
 
     def __repr__(self) -> str:
         return f"Mirror({str(self.root)!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        # The source's accessors (m.image, m.select_images, ...). Only reached for names
+        # Mirror itself lacks; _objects is set in __init__, so no recursion.
+        if name.startswith("__") or name == "_objects" or "_objects" not in self.__dict__:
+            raise AttributeError(name)
+        try:
+            return getattr(self._objects, name)
+        except AttributeError:
+            raise AttributeError(f"a {self.source.title} mirror has no {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        objects = self.__dict__.get("_objects")
+        if objects is not None and name in getattr(objects, "__dict__", {}):
+            setattr(objects, name, value)  # e.g. m.image_selection = None
+        else:
+            super().__setattr__(name, value)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -78,7 +90,33 @@ class Mirror:
         self._engine = open_reader(self.layout, self.config.index_url)
         return summary
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- any source ------------------------------------------------------------------------
+
+    def document(self, kind: str, key: str) -> dict:
+        """The current document of the ``kind`` object with id or name ``key``."""
+        spec = self.source.kind(kind)
+        model, where = model_of(spec)
+        row = self._one(select(model.doc).where(
+            (model.id == key) | (model.name == key), *where).limit(1))
+        if row is None:
+            raise MissingObjectError(
+                f"no {kind} {key!r} in the mirror at {self.root}; check the name, or run "
+                f"'mirror sync --root {self.root}' to fetch it")
+        return row[0]
+
+    def ids(self, kind: str, include_removed: bool = False) -> list[str]:
+        """Ids of every ``kind`` object in the mirror, sorted."""
+        model, where = model_of(self.source.kind(kind))
+        statement = select(model.id).where(*where).order_by(model.id)
+        if not include_removed:
+            statement = statement.where(model.removed.is_(False))
+        return [r[0] for r in self._all(statement)]
+
+    def file(self, object_id: str, role: str) -> Path:
+        """The current file of ``role`` of an object (e.g. ``"image"``, ``"mask"``)."""
+        return self._blob(object_id, role, f"{role} file")
+
+    # -- helpers the source's accessors share ------------------------------------------------
 
     def _one(self, statement):
         with self._engine.connect() as conn:
@@ -102,60 +140,6 @@ class Mirror:
                 f"'mirror sync --root {self.root}' to fetch it")
         return rows[0]
 
-    def image(self, key: str) -> MirrorImage:
-        """The image named ``key`` (``ISIC_0000000``) or with ``_id`` ``key``."""
-        return MirrorImage(self, self._find(Image, key, "image"))
-
-    def images(self, include_removed: bool = False) -> list[str]:
-        """Names of every image in the mirror, sorted."""
-        query = select(Image.name).order_by(Image.name)
-        if not include_removed:
-            query = query.where(Image.removed.is_(False))
-        return [r[0] for r in self._all(query)]
-
-    def select_images(self, criteria: Any = None, sub_select: bool = False,
-                      dataset: str | None = None, study: str | None = None,
-                      limit: int | None = None) -> ImageSelection:
-        """Images whose documents meet ``criteria``, selected in SQL (see :mod:`mirror.query`).
-
-        ``criteria`` is ``[field, op, value]`` or a list of them (all must hold), e.g.
-        ``[["meta.clinical.diagnosis", "==", "melanoma"], ["dataset.name", "ni", "HAM"]]``.
-        With ``sub_select=True`` the previous selection (kept as ``m.image_selection``) is
-        refined. The result is also stored as ``m.image_selection``.
-        """
-        items = query.criteria(criteria)
-        previous = self.image_selection if sub_select else None
-        if previous is not None:
-            items = previous.criteria + items
-            dataset, study = dataset or previous.dataset, study or previous.study
-        with self._engine.connect() as conn:
-            ids = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
-        self.image_selection = ImageSelection(self, items, ids, dataset, study)
-        return self.image_selection
-
-    def images_frame(self, criteria: Any = None, columns: list[str] | None = None, **scope: Any):
-        """A pandas DataFrame, one row per selected image (needs ``pip install mirror[pandas]``)."""
-        try:
-            import pandas
-        except ImportError:
-            raise MirrorError("images_frame needs pandas: pip install 'mirror[pandas]'") from None
-        from mirror.export import metadata_table
-
-        selection = self.select_images(criteria, **scope)
-        header, rows = metadata_table(self, selection, columns)
-        return pandas.DataFrame(list(rows), columns=header)
-
-    def dataset(self, key: str) -> MirrorDataset:
-        """The dataset named ``key`` or with ``_id`` ``key``."""
-        return MirrorDataset(self, self._find(Dataset, key, "dataset"))
-
-    def study(self, key: str) -> MirrorStudy:
-        """The study named ``key`` or with ``_id`` ``key``."""
-        return MirrorStudy(self, self._find(Study, key, "study"))
-
-    def studies(self) -> list[str]:
-        return [r[0] for r in self._all(select(Study.name).order_by(Study.name))]
-
     def _blob_relpath(self, object_id: str, role: str) -> str | None:
         row = self._one(select(Blob.path).where(Blob.object_id == object_id, Blob.role == role))
         return None if row is None else row[0]
@@ -173,221 +157,10 @@ class Mirror:
         return None if relpath is None else self.store.read_json(relpath)
 
 
-class ImageSelection:
-    """The images a selection found, in ``_id`` order; names and images are read on demand.
-
-    :attr:`ids` is a read-only sequence of ``_id`` strings (often a
-    :class:`mirror.valuesets.IdList`, which makes each string when it is read);
-    ``list(selection.ids)`` gives a plain list."""
-
-    def __init__(self, mirror: Mirror, criteria: list, ids: Sequence[str],
-                 dataset: str | None = None, study: str | None = None):
-        self.mirror, self.criteria, self.dataset, self.study = mirror, criteria, dataset, study
-        self.ids = ids
-
-    @cached_property
-    def names(self) -> list[str]:
-        """The ISIC names, in the order of :attr:`ids`."""
-        with self.mirror._engine.connect() as conn:
-            return query.names_of(conn, self.ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[MirrorImage]:
-        return (self.mirror.image(i) for i in self.ids)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._members or key in set(self.names)
-
-    @cached_property
-    def _members(self) -> Container[str]:
-        return self.ids if isinstance(self.ids, IdList) else set(self.ids)  # IdList: bisects
-
-    def __repr__(self) -> str:
-        shown = " and ".join(str(c) for c in self.criteria) or "all images"
-        return f"<ImageSelection {len(self)} images: {shown}>"
-
-
-class MirrorImage:
-    """One image: metadata at once, pixels and superpixels on demand."""
-
-    def __init__(self, mirror: Mirror, row: Image):
-        self._mirror, self._row = mirror, row
-        self.id: str = row.id
-        self.name: str = row.name
-        self.json: dict = row.doc
-        self.meta: dict = row.doc.get("meta") or {}
-        self.removed: bool = row.removed
-
-    def __repr__(self) -> str:
-        return f"<MirrorImage {self.name} {self.id}>"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self._row.pixels_y, self._row.pixels_x)
-
-    @property
-    def path(self) -> Path:
-        """The original image file."""
-        return self._mirror._blob(self.id, "image", "image file")
-
-    @cached_property
-    def data(self) -> np.ndarray:
-        """RGB pixels, (H, W, 3) uint8."""
-        return _read_rgb(self.path)
-
-    def thumbnail(self) -> np.ndarray:
-        return _read_rgb(self._mirror._blob(self.id, "thumbnail", "thumbnail"))
-
-    @cached_property
-    def superpixels(self) -> dict:
-        """``{"idx", "map", "max", "shp"}``, isicarchive's semantics (see mirror.superpixels)."""
-        from mirror.superpixels import load_superpixels
-
-        png = self._mirror._blob(self.id, "superpixels", "superpixel image")
-        try:
-            npz = self._mirror._blob(self.id, "spidx", "decoded superpixels")
-        except MissingObjectError:
-            npz = None
-        return load_superpixels(png, npz)
-
-    @property
-    def segmentations(self) -> list[MirrorSegmentation]:
-        rows = self._mirror._rows(select(Segmentation).where(
-            Segmentation.image_id == self.id, Segmentation.removed.is_(False))
-            .order_by(Segmentation.created))
-        return [MirrorSegmentation(self._mirror, row, self) for row in rows]
-
-
-class MirrorSegmentation:
-    def __init__(self, mirror: Mirror, row: Segmentation, image: MirrorImage):
-        self._mirror, self.image = mirror, image
-        self.id, self.json = row.id, row.doc
-        self.failed: bool = row.failed
-        self.created: str | None = row.created
-        reviews = row.doc.get("reviews") or []
-        self.skill = "expert" if any(r.get("skill") == "expert" for r in reviews) else "novice"
-
-    def __repr__(self) -> str:
-        return f"<MirrorSegmentation {self.id} of {self.image.name}>"
-
-    def mask(self) -> np.ndarray:
-        """The lesion mask as a boolean (H, W) array."""
-        if self.failed:
-            raise MissingObjectError(f"segmentation {self.id} failed in the archive: no mask")
-        from PIL import Image as PILImage
-
-        with PILImage.open(self._mirror._blob(self.id, "mask", "mask")) as img:
-            return np.asarray(img.convert("L")) > 127
-
-
-class MirrorDataset:
-    def __init__(self, mirror: Mirror, row: Dataset):
-        self._mirror = mirror
-        self.id, self.name, self.json = row.id, row.name, row.doc
-        self.license, self.attribution = row.license, row.attribution
-
-    def __repr__(self) -> str:
-        return f"<MirrorDataset {self.name!r} {self.license}>"
-
-    @property
-    def images(self) -> list[str]:
-        return [r[0] for r in self._mirror._all(select(Image.name).where(
-            Image.dataset_id == self.id, Image.removed.is_(False)).order_by(Image.name))]
-
-
-class MirrorStudy:
-    def __init__(self, mirror: Mirror, row: Study):
-        self._mirror = mirror
-        self.id, self.name, self.json = row.id, row.name, row.doc
-
-    def __repr__(self) -> str:
-        return f"<MirrorStudy {self.name!r}>"
-
-    @property
-    def images(self) -> list[str]:
-        """Names of the study's images that are in the mirror."""
-        return [r[0] for r in self._mirror._all(
-            select(Image.name).join(StudyImage, StudyImage.image_id == Image.id)
-            .where(StudyImage.study_id == self.id).order_by(Image.name))]
-
-    @property
-    def features(self) -> list[str]:
-        return [r[0] for r in self._mirror._all(select(Feature.feature_id).where(
-            Feature.study_id == self.id).order_by(Feature.feature_id))]
-
-    @property
-    def questions(self) -> list[dict]:
-        return self.json.get("questions") or []
-
-    @cached_property
-    def annotations(self) -> list[MirrorAnnotation]:
-        rows = self._mirror._rows(select(Annotation).where(
-            Annotation.study_id == self.id, Annotation.removed.is_(False))
-            .order_by(Annotation.id))
-        return [MirrorAnnotation(self._mirror, row) for row in rows]
-
-    def load_annotations(self) -> dict[str, dict[str, np.ndarray]]:
-        """Every complete annotation's markups at once: ``{annotation id: {feature: values}}``.
-
-        Read from the study's single markup file (like isicarchive's ``stann_`` cache) when
-        the sync wrote one, else annotation by annotation.
-        """
-        bundle = self._mirror._blob_json(self.id, "markups")
-        if bundle is not None:
-            return {aid: {f: np.asarray(v, np.float32) for f, v in features.items()}
-                    for aid, features in bundle["annotations"].items()}
-        return {a.id: a.markups for a in self.annotations
-                if a.state == "complete" and a.markups}
-
-    def __iter__(self) -> Iterator[MirrorAnnotation]:
-        return iter(self.annotations)
-
-
-class MirrorAnnotation:
-    def __init__(self, mirror: Mirror, row: Annotation):
-        self._mirror = mirror
-        self.id, self.json = row.id, row.doc
-        self.study_id, self.image_id, self.user_id = row.study_id, row.image_id, row.user_id
-        self.state, self.status = row.state, row.status
-        self.responses: dict = row.doc.get("responses") or {}
-
-    def __repr__(self) -> str:
-        return f"<MirrorAnnotation {self.id} {self.state}>"
-
-    @property
-    def image(self) -> MirrorImage:
-        return self._mirror.image(self.image_id)
-
-    @cached_property
-    def markups(self) -> dict[str, np.ndarray]:
-        """Per feature present, the float value of each superpixel (0, 0.5 possible, 1 definite)."""
-        doc = self._mirror._blob_json(self.id, "markups")
-        if doc is None:
-            present = [f for f, on in (self.json.get("markups") or {}).items() if on]
-            if present:
-                raise MissingObjectError(f"the markups of annotation {self.id} are not "
-                                         "mirrored; run 'mirror sync' with annotations")
-            return {}
-        return {f: np.asarray(v, np.float32) for f, v in doc["markups"].items()}
-
-    def feature_mask(self, feature: str, threshold: float = 0.5) -> np.ndarray:
-        """Pixels of the image whose superpixel has ``value >= threshold`` for ``feature``."""
-        if feature not in self.markups:
-            known = ", ".join(sorted(self.markups)) or "none"
-            raise MissingObjectError(f"annotation {self.id} has no markup for {feature!r} "
-                                     f"(marked: {known})")
-        idx = self.image.superpixels["idx"]
-        values = self.markups[feature]
-        if values.size != idx.max() + 1:
-            raise MissingObjectError(f"markup of {feature!r} has {values.size} values but the "
-                                     f"image has {idx.max() + 1} superpixels")
-        return values[idx] >= threshold
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image as PILImage
-
-    with PILImage.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+def _objects_of(mirror: Mirror) -> object | None:
+    """The source's accessor object for ``mirror``, when the source declares one."""
+    path = getattr(source_class(mirror.config.source), "objects", None)
+    if path is None:
+        return None
+    module, attribute = path.split(":")
+    return getattr(importlib.import_module(module), attribute)(mirror)

@@ -35,7 +35,10 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--archive", default="isic-v1", show_default=True,
+              help="Which archive to imitate (a source name). The options below are ISIC "
+                   "v1's; another archive's sandbox takes its own (see docs/sandbox.md).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=0, show_default=True, help="Port; 0 picks a free one.")
 @click.option("--images", default=100, show_default=True, help="Number of synthetic images.")
@@ -53,11 +56,25 @@ def main(verbose: int) -> None:
                    "redirect.")
 @click.option("--latency", default=0.0, show_default=True,
               help="Seconds added to every API response, like a network round trip.")
-def sandbox(**options) -> None:
-    """Serve a local imitation of the ISIC Archive API v1 until interrupted."""
-    from mirror.sources.sandbox.server import run_forever
+@click.pass_context
+def sandbox(ctx: click.Context, archive: str, **options) -> None:
+    """Serve a local imitation of an archive until interrupted (ISIC v1 by default)."""
+    import importlib
 
-    run_forever(**options)
+    from mirror.sources.base import ALIASES, spec_of
+
+    spec = spec_of(archive)
+    if spec.sandbox is None:
+        raise MirrorError(f"{spec.title} has no sandbox")
+    module, function = spec.sandbox.split(":")
+    serve = getattr(importlib.import_module(module), function)
+    if ALIASES.get(archive, archive) == "isic-v1":
+        if ctx.args:
+            raise MirrorError(f"unknown sandbox option(s) {' '.join(ctx.args)}; see "
+                              "'mirror sandbox --help'")
+        serve(**options)
+    else:
+        serve(ctx.args)  # that sandbox's own options
 
 
 def _csv_choice(value: str) -> frozenset[str]:
@@ -91,12 +108,14 @@ def _tqdm_progress(quiet: bool):
 
 @main.command()
 @_root_option
-@click.option("--url", help="Archive API root; remembered in the mirror (default: the real ISIC).")
+@click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
+              "source (…/api/v1: ISIC v1).")
+@click.option("--source", help="The source of a new mirror (isic-v1, ...); default: from --url.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
-@click.option("--what", default="images,datasets,segmentations,studies,annotations",
-              show_default=True, help="Documents to mirror.")
-@click.option("--blobs", default="full,thumbnail,superpixels,masks", show_default=True,
-              help="Files to mirror ('' for metadata only).")
+@click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
+              "images,datasets,segmentations,studies,annotations).")
+@click.option("--blobs", help="Files to mirror, '' for metadata only (default: all; ISIC v1: "
+              "full,thumbnail,superpixels,masks).")
 @click.option("--dataset", help="Only images of this dataset (name or id).")
 @click.option("--study", help="Only this study (name or id) and its images.")
 @click.option("--limit", type=int, help="Only the first N images (by id).")
@@ -107,10 +126,12 @@ def _tqdm_progress(quiet: bool):
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
 @click.option("--dry-run", is_flag=True, help="List what changed and print the plan only.")
+@click.option("--allow-removals", is_flag=True,
+              help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, as_json, quiet) -> None:
+def sync(root, url, source, workers, what, blobs, dataset, study, limit, username, allow_mixed,
+         index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -127,9 +148,11 @@ def sync(root, url, workers, what, blobs, dataset, study, limit, username, allow
                        f"{plan['estimated_bytes'] / 1e6:.1f} MB; "
                        f"{plan['free_bytes'] / 1e9:.1f} GB free")
 
-    options = SyncOptions(what=_csv_choice(what), blobs=_csv_choice(blobs), workers=workers,
+    options = SyncOptions(what=None if what is None else _csv_choice(what),
+                          blobs=None if blobs is None else _csv_choice(blobs), workers=workers,
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
-                          allow_mixed=allow_mixed, index_url=index_url,
+                          allow_mixed=allow_mixed, index_url=index_url, source=source,
+                          allow_removals=allow_removals,
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)
@@ -281,7 +304,7 @@ def export_files_command(root, dest, wheres, dataset, study, link, blobs, as_jso
 
     mirror, selection = _select(root, wheres, dataset, study)
     data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link)
-    _emit(data, export_files_lines(data, dest), as_json)
+    _emit(data, export_files_lines(mirror, data, dest), as_json)
     sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
 
 

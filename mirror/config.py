@@ -1,6 +1,7 @@
 """The mirror root's marker file, ``mirror.json``.
 
-It names the on-disk format version, the source archive, its base URL, whether
+It names the on-disk format version, the source (a name in the registry of
+:mod:`mirror.sources.base`; one source per mirror root), its base URL, whether
 the mirror was built with authentication (so anonymous and authenticated
 mirrors are never mixed silently), and optionally an index database URL
 (PostgreSQL for several writing hosts). It is written once, atomically, and
@@ -17,18 +18,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mirror.errors import MirrorModeError, NotAMirrorError
+from mirror.errors import MirrorError, MirrorModeError, NotAMirrorError
 from mirror.layout import FORMAT_VERSION, MARKER, Layout
-
-DEFAULT_ISIC_URL = "https://isic-archive.com/api/v1"
+from mirror.sources.base import ALIASES, source_for_url, spec_of
 
 
 @dataclass
 class MirrorConfig:
     """Settings of one mirror root, as stored in ``mirror.json``."""
 
-    source: str = "isic"
-    base_url: str = DEFAULT_ISIC_URL
+    source: str = "isic-v1"
+    base_url: str = ""
     authenticated: bool = False
     index_url: str | None = None
     id: str = ""  # random, set once at creation: tells this mirror from one made anew here
@@ -37,7 +37,8 @@ class MirrorConfig:
 
     @property
     def layout_namespace(self) -> str:
-        return self.source
+        """The folder under the root that holds the source's store and index."""
+        return spec_of(self.source).namespace
 
 
 def utc_now() -> str:
@@ -63,7 +64,10 @@ def load_config(root: Path) -> MirrorConfig:
             "upgrade mirror"
         )
     known = MirrorConfig.__dataclass_fields__
-    return MirrorConfig(**{k: v for k, v in raw.items() if k in known})
+    config = MirrorConfig(**{k: v for k, v in raw.items() if k in known})
+    config.source = ALIASES.get(config.source, config.source)  # older releases wrote "isic"
+    spec_of(config.source)  # an unknown source is a clear error here, not later
+    return config
 
 
 def save_config(root: Path, config: MirrorConfig) -> None:
@@ -86,12 +90,23 @@ def save_config(root: Path, config: MirrorConfig) -> None:
 
 def open_or_create(
     root: Path, base_url: str | None, authenticated: bool, allow_mixed: bool = False,
-    index_url: str | None = None,
+    index_url: str | None = None, source: str | None = None,
 ) -> MirrorConfig:
-    """Config of an existing mirror, checked against this run; or a new mirror's config."""
+    """Config of an existing mirror, checked against this run; or a new mirror's config.
+
+    A new mirror's source is ``source`` or, without it, the one whose URL shape
+    ``base_url`` has. A mirror made by an older release (``"source": "isic"``) is
+    carried forward in place: the marker is rewritten with the source's current name.
+    """
     root = Path(root)
     if (root / MARKER).exists():
         config = load_config(root)
+        if source and ALIASES.get(source, source) != config.source:
+            raise MirrorModeError(f"{root} mirrors {config.source}, not {source}; one source "
+                                  "per mirror root: choose another --root")
+        if json.loads((root / MARKER).read_text(encoding="utf-8")).get("source") != \
+                config.source:
+            save_config(root, config)
         if index_url and index_url != config.index_url:
             raise MirrorModeError(
                 f"{root} keeps its index in {config.index_url or 'index/ (SQLite)'}; "
@@ -110,10 +125,33 @@ def open_or_create(
     _refuse_foreign_folder(root)
     if index_url:
         _refuse_password_in_url(index_url)
-    config = MirrorConfig(base_url=(base_url or DEFAULT_ISIC_URL).rstrip("/"),
-                          authenticated=authenticated, index_url=index_url, id=uuid.uuid4().hex)
+    name, url = _new_source(base_url, source)
+    config = MirrorConfig(source=name, base_url=url, authenticated=authenticated,
+                          index_url=index_url, id=uuid.uuid4().hex)
     save_config(root, config)
     return config
+
+
+def source_name(root: Path, base_url: str | None, source: str | None) -> str:
+    """The source a sync of ``root`` talks to, found without writing anything: the
+    mirror's own, or (for a new mirror) ``source`` or the one ``base_url``'s shape names."""
+    if (Path(root) / MARKER).exists():
+        return load_config(Path(root)).source
+    return _new_source(base_url, source)[0]
+
+
+def _new_source(base_url: str | None, source: str | None) -> tuple[str, str]:
+    """The source name and base URL of a mirror being created."""
+    if source:
+        source = ALIASES.get(source, source)
+        spec = spec_of(source)
+        url = base_url or spec.default_url
+        if not url:
+            raise MirrorError(f"{spec.title} has no default URL; pass --url")
+        return source, url.rstrip("/")
+    if not base_url:
+        raise MirrorError("a new mirror needs --url (the archive's API root) or --source NAME")
+    return source_for_url(base_url.rstrip("/")), base_url.rstrip("/")
 
 
 def _refuse_password_in_url(url: str) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.status import mirror_status, status_lines
 from mirror.sync import SyncOptions, sync
 

@@ -48,6 +48,37 @@ class MissingObjectError(MirrorError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownSourceError(MirrorError):
+    """No registered source fits the name or URL given."""
+
+
+class AuthenticationError(MirrorError):
+    """Login failed; the message never contains the password."""
+
+
+class IndexFenceError(MirrorError):
+    """Another writer published a generation while this one worked; nothing was published."""
+
+
+class RemovalGuardError(MirrorError):
+    """A listing would mark more of the mirror removed than the guard allows."""
+
+
+class SuperpixelError(ValueError):
+    """A superpixel PNG or npz that cannot be a valid label image (a ValueError, so
+    decoders' callers that catch bad input keep working)."""
+
+
+class TransientHTTPError(Exception):
+    """A response worth retrying (5xx, 429); carries Retry-After when sent. Internal to
+    the retry loop: users see the error of the last attempt."""
+
+    def __init__(self, status: int, url: str, retry_after: float | None):
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+        self.retry_after = retry_after
+
+
 class InvalidRecordError(ArchiveError):
     """One record from the archive is malformed or unsafe (bad id, wrong types, foreign URL):
     it is skipped and reported; the rest of the listing is kept."""

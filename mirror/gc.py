@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy import delete, select
 
 from mirror.index import Blob, DocumentVersion
-from mirror.ingest import MODEL_OF
+from mirror.ingest import model_of
+from mirror.sources.base import SourceSpec, spec_of
 from mirror.store import ObjectStore
 from mirror.writer import writing
 
@@ -50,7 +51,7 @@ def collect_garbage(root: Path | str, dry_run: bool = False,
         store = w.store
         with w.index.session() as session:
             doomed = _doomed(session, store, pinned_hashes(w.layout.snapshots), grace,
-                             _published_at(w.layout.current))
+                             _published_at(w.layout.current), spec_of(w.config.source))
             if not dry_run:
                 _forget(session, [p for p, _ in doomed])
         # Publish before deleting: a published index must never name a deleted file. A
@@ -74,7 +75,7 @@ def _published_at(current: Path) -> float:
 
 
 def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
-            published: float = 0.0) -> list[tuple[str, str]]:
+            published: float, spec: SourceSpec) -> list[tuple[str, str]]:
     """(relpath, reason) of every file gc may delete.
 
     A file no row names is a stray once it is older than ``grace`` or than the current
@@ -84,16 +85,18 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
     doomed: list[tuple[str, str]] = []
     current: set[str] = set()
     removed: set[str] = set()
-    for model in MODEL_OF.values():
+    for kind in spec.kinds:
+        model, where = model_of(kind)
         for object_id, sha, is_removed in session.execute(
-                select(model.id, model.doc_sha256, model.removed)):
+                select(model.id, model.doc_sha256, model.removed).where(*where)):
             if is_removed:
                 removed.add(object_id)
             else:
                 current.add(f"{object_id}:{sha}")
-    # A markup file's current version is the one its ``markups`` blob row names.
+    # A JSON file that is a file role (ISIC's markups): its current version is the one
+    # its file row names.
     for object_id, sha in session.execute(
-            select(Blob.object_id, Blob.sha256).where(Blob.role == "markups")):
+            select(Blob.object_id, Blob.sha256).where(Blob.path.like("%.json.zst"))):
         if object_id not in removed:
             current.add(f"{object_id}:{sha}")
     for version in session.scalars(select(DocumentVersion)):

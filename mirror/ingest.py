@@ -1,10 +1,12 @@
-"""Turn stored documents and blobs into index rows.
+"""Turn stored documents and files into index rows, for any source.
 
-Both the sync engine and ``mirror reindex`` go through these functions, so an
-index rebuilt from the store is the index the sync would have written. Rows are
-written with one bulk ``INSERT ... ON CONFLICT DO UPDATE`` per batch (SQLite and
-PostgreSQL both have it): per-row ORM merges cost a SELECT and an INSERT each,
-which dominated a 100,000-image sync.
+Both the sync engine and ``mirror reindex`` go through these functions, so an index
+rebuilt from the store is the index the sync would have written. What a document becomes
+is the source's :class:`~mirror.sources.base.KindSpec`: its typed table and columns when
+it declares one (ISIC v1 does), else a row of the generic ``objects`` table; plus any
+extra rows its ``index`` hook writes (links between objects). Rows are written with one
+bulk ``INSERT ... ON CONFLICT DO UPDATE`` per batch (SQLite and PostgreSQL both have it):
+per-row ORM merges cost a SELECT and an INSERT each, which dominated a 100,000-image sync.
 """
 
 from __future__ import annotations
@@ -12,108 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mirror.fields import field_rows
-from mirror.index import (
-    Annotation,
-    Blob,
-    Dataset,
-    DocumentVersion,
-    Feature,
-    Image,
-    ImageField,
-    Segmentation,
-    Study,
-    StudyImage,
-)
-from mirror.valuesets import mark_stale
-
-KINDS = ("dataset", "image", "segmentation", "study", "annotation")
-MODEL_OF = {"dataset": Dataset, "image": Image, "segmentation": Segmentation,
-            "study": Study, "annotation": Annotation}
-
-
-def _get(doc: dict, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
-
-
-def _as_int(value: Any) -> int | None:
-    """An integer that fits the index's INTEGER columns (32 bits on PostgreSQL), else None:
-    the document and ``image_fields`` keep any other value."""
-    if isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31:
-        return value
-    return None
-
-
-def _as_bool(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
-def _as_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def image_columns(doc: dict) -> dict:
-    """The flattened, typed columns of an image detail document."""
-    clinical = _get(doc, "meta", "clinical") or {}
-    acquisition = _get(doc, "meta", "acquisition") or {}
-    dataset = doc.get("dataset") or {}
-    return {
-        "name": doc.get("name") or doc["_id"],
-        "dataset_id": _as_str(dataset.get("_id")),
-        "created": _as_str(doc.get("created")),
-        "updated": _as_str(doc.get("updated")),
-        "diagnosis": _as_str(clinical.get("diagnosis")),
-        "benign_malignant": _as_str(clinical.get("benign_malignant")),
-        "age_approx": _as_int(clinical.get("age_approx")),
-        "sex": _as_str(clinical.get("sex")),
-        "anatom_site_general": _as_str(clinical.get("anatom_site_general")),
-        "melanocytic": _as_bool(clinical.get("melanocytic")),
-        "diagnosis_confirm_type": _as_str(clinical.get("diagnosis_confirm_type")),
-        "image_type": _as_str(acquisition.get("image_type")),
-        "pixels_x": _as_int(acquisition.get("pixelsX")),
-        "pixels_y": _as_int(acquisition.get("pixelsY")),
-    }
-
-
-def dataset_columns(doc: dict) -> dict:
-    return {
-        "name": doc.get("name") or doc["_id"],
-        "license": _as_str(doc.get("license")),
-        "attribution": _as_str(doc.get("attribution")),
-        "description": _as_str(doc.get("description")),
-        "access_level": _as_int(doc.get("_accessLevel")),
-        "created": _as_str(doc.get("created")),
-        "updated": _as_str(doc.get("updated")),
-        "count": _as_int(doc.get("count")),
-    }
-
-
-def study_columns(doc: dict) -> dict:
-    return {"name": doc.get("name") or doc["_id"], "description": _as_str(doc.get("description")),
-            "created": _as_str(doc.get("created")), "updated": _as_str(doc.get("updated"))}
-
-
-def segmentation_columns(doc: dict) -> dict:
-    return {"image_id": doc.get("imageId") or "", "created": _as_str(doc.get("created")),
-            "failed": bool(doc.get("failed")), "skill": _as_str(doc.get("skill"))}
-
-
-def annotation_columns(doc: dict) -> dict:
-    return {"study_id": doc.get("studyId") or "", "image_id": _as_str(_get(doc, "image", "_id")),
-            "user_id": _as_str(_get(doc, "user", "_id")), "state": _as_str(doc.get("state")),
-            "status": _as_str(doc.get("status"))}
-
-
-COLUMNS_OF = {"dataset": dataset_columns, "image": image_columns,
-              "segmentation": segmentation_columns, "study": study_columns,
-              "annotation": annotation_columns}
+from mirror.index import Blob, DocumentVersion, FileVersion, ObjectRow
+from mirror.sources.base import KindSpec
 
 
 def upsert(session: Session, model: type, rows: list[dict]) -> None:
@@ -136,54 +41,67 @@ def upsert(session: Session, model: type, rows: list[dict]) -> None:
     session.execute(statement, rows)
 
 
-def ingest_documents(session: Session, kind: str,
+def model_of(kind: KindSpec) -> tuple[type, list]:
+    """The table holding ``kind``'s current objects and the clauses that pick the kind."""
+    if kind.model is not None:
+        return kind.model, []
+    return ObjectRow, [ObjectRow.kind == kind.name]
+
+
+def current_ids(session: Session, kind: KindSpec, *, removed: bool = False) -> set[str]:
+    """Ids of ``kind``'s objects that are (or, with ``removed``, were) in the archive."""
+    model, where = model_of(kind)
+    return set(session.scalars(select(model.id).where(model.removed.is_(removed), *where)))
+
+
+def known_hashes(session: Session, kind: KindSpec, ids: list[str]) -> dict[str, str]:
+    """``{id: doc_sha256}`` of the current versions of those of ``ids`` the index has."""
+    model, where = model_of(kind)
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found.update(session.execute(select(model.id, model.doc_sha256).where(
+            model.id.in_(chunk), *where)).all())
+    return found
+
+
+def ingest_documents(session: Session, kind: KindSpec,
                      items: Iterable[tuple[dict, str, str, int]], fetched_at: str,
                      **extra: Any) -> None:
     """Record each ``(doc, sha256, path, size)`` as the current version of its object."""
     versions, objects = [], []
     for doc, sha256, path, size in items:
-        versions.append({"kind": kind, "object_id": doc["_id"], "sha256": sha256, "path": path,
-                         "size": size, "fetched_at": fetched_at})
-        objects.append({"id": doc["_id"], "doc_sha256": sha256, "doc": doc, "removed": False,
-                        "removed_at": None, "synced_at": fetched_at,
-                        **COLUMNS_OF[kind](doc), **extra})
+        object_id = kind.id_of(doc)
+        versions.append({"kind": kind.name, "object_id": object_id, "sha256": sha256,
+                         "path": path, "size": size, "fetched_at": fetched_at})
+        row = {"id": object_id, "doc_sha256": sha256, "doc": doc, "removed": False,
+               "removed_at": None, "synced_at": fetched_at}
+        if kind.model is not None:
+            row.update(kind.columns(doc) if kind.columns else {}, **extra)
+        else:
+            name = kind.name_of(doc)
+            parent = kind.parent_of(doc) if kind.parent_of else None
+            row.update(kind=kind.name, name=name if isinstance(name, str) else object_id,
+                       parent_id=parent if isinstance(parent, str) else None)
+        objects.append(row)
     upsert(session, DocumentVersion, versions)
-    upsert(session, MODEL_OF[kind], objects)
-    if kind == "study":
-        for row in objects:
-            _ingest_study_links(session, row["doc"])
-    elif kind == "image":
-        _ingest_image_fields(session, [row["doc"] for row in objects])
+    upsert(session, model_of(kind)[0], objects)
+    if kind.index is not None:
+        kind.index(session, [row["doc"] for row in objects])
 
 
-def _ingest_image_fields(session: Session, docs: list[dict]) -> None:
-    """Replace the queryable field rows of ``docs`` (see :mod:`mirror.fields`)."""
-    docs = list({doc["_id"]: doc for doc in docs}.values())  # a repeated id: the last wins
-    ids = [doc["_id"] for doc in docs]
-    for start in range(0, len(ids), 500):
-        session.execute(delete(ImageField).where(ImageField.image_id.in_(ids[start:start + 500])))
-    mark_stale(session)
-    rows = [{**row, "seq": seq} for doc in docs
-            for seq, row in enumerate(field_rows(doc["_id"], doc))]
-    for start in range(0, len(rows), 5000):
-        session.execute(ImageField.__table__.insert(), rows[start:start + 5000])
-
-
-def ingest_document(session: Session, kind: str, doc: dict, sha256: str, path: str, size: int,
-                    fetched_at: str, **extra: Any) -> None:
-    """One document: see :func:`ingest_documents`."""
-    ingest_documents(session, kind, [(doc, sha256, path, size)], fetched_at, **extra)
-
-
-def _ingest_study_links(session: Session, doc: dict) -> None:
-    study_id = doc["_id"]
-    session.execute(delete(StudyImage).where(StudyImage.study_id == study_id))
-    session.execute(delete(Feature).where(Feature.study_id == study_id))
-    image_ids = {img["_id"] for img in doc.get("images") or [] if isinstance(img, dict)}
-    upsert(session, StudyImage, [{"study_id": study_id, "image_id": i}
-                                 for i in sorted(image_ids)])
-    features = {f["id"] for f in doc.get("features") or [] if isinstance(f, dict) and "id" in f}
-    upsert(session, Feature, [{"study_id": study_id, "feature_id": f} for f in sorted(features)])
+def mark_removed(session: Session, kind: KindSpec, object_ids: list[str], when: str) -> int:
+    """Flag objects the archive no longer lists; their files stay for snapshots (and
+    ``mirror gc`` keeps them through its grace period)."""
+    model, where = model_of(kind)
+    count = 0
+    for start in range(0, len(object_ids), 500):
+        chunk = object_ids[start:start + 500]
+        count += session.execute(update(model).where(model.id.in_(chunk), *where).values(
+            removed=True, removed_at=when)).rowcount
+    if kind.on_removed is not None:
+        kind.on_removed(session, object_ids)
+    return count
 
 
 def blob_row(object_id: str, role: str, path: str, sha256: str, size: int,
@@ -195,41 +113,23 @@ def blob_row(object_id: str, role: str, path: str, sha256: str, size: int,
 
 
 def ingest_blobs(session: Session, rows: list[dict]) -> None:
-    """Record verified blob files (rows from :func:`blob_row`)."""
+    """Record verified files (rows from :func:`blob_row`) as current, and as versions."""
     upsert(session, Blob, rows)
+    upsert(session, FileVersion, [{k: r[k] for k in ("object_id", "role", "sha256", "path",
+                                                     "size", "fetched_at")} for r in rows])
 
 
 def ingest_blob(session: Session, *args: Any, **kwargs: Any) -> None:
-    """One verified blob file: the arguments of :func:`blob_row`."""
-    upsert(session, Blob, [blob_row(*args, **kwargs)])
+    """One verified file: the arguments of :func:`blob_row`."""
+    ingest_blobs(session, [blob_row(*args, **kwargs)])
 
 
-def ingest_markup(session: Session, object_id: str, relpath: str, sha256: str, size: int,
-                  fetched_at: str) -> None:
-    """A markup file: the current one (its ``markups`` blob row) and a version row.
-
-    Markup files are content-addressed documents like the others, so a changed study
-    or annotation leaves the older file on disk; its ``document_versions`` row keeps it
-    named (and hashed by ``mirror verify``) until ``mirror gc`` retires it.
-    """
-    ingest_blob(session, object_id, "markups", relpath, sha256, size, "application/json",
+def ingest_document_file(session: Session, kind: str, object_id: str, role: str,
+                         relpath: str, sha256: str, size: int, fetched_at: str) -> None:
+    """A JSON file that is a file role of an object (ISIC's markups): the current file of
+    the role, and a document version, so ``mirror verify`` hashes it and gc retires it."""
+    ingest_blob(session, object_id, role, relpath, sha256, size, "application/json",
                 fetched_at)
-    upsert(session, DocumentVersion, [{"kind": "markup", "object_id": object_id,
+    upsert(session, DocumentVersion, [{"kind": kind, "object_id": object_id,
                                        "sha256": sha256, "path": relpath, "size": size,
                                        "fetched_at": fetched_at}])
-
-
-def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) -> int:
-    """Flag objects the archive no longer lists; their files stay for snapshots.
-
-    A removed image loses its query rows, so selections never return it."""
-    model = MODEL_OF[kind]
-    count = 0
-    for chunk_start in range(0, len(object_ids), 500):
-        chunk = object_ids[chunk_start:chunk_start + 500]
-        if kind == "image":
-            session.execute(delete(ImageField).where(ImageField.image_id.in_(chunk)))
-            mark_stale(session)
-        count += session.query(model).filter(model.id.in_(chunk)).update(
-            {"removed": True, "removed_at": when}, synchronize_session=False)
-    return count

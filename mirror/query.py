@@ -44,7 +44,8 @@ from mirror.fields import (
     TEXT,
     as_float,
 )
-from mirror.index import Dataset, Image, ImageField, Study, StudyImage, ValueSet
+from mirror.index import ImageField, ValueSet
+from mirror.sources.isic_v1.models import Dataset, Image, Study, StudyImage
 from mirror.valueruns import Span, points, span_positions
 from mirror.valuesets import (
     ANY,

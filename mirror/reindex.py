@@ -1,11 +1,12 @@
 """``mirror reindex``: rebuild the index from the store alone.
 
-The index is a cache: every document version and blob is a file whose name says
-what it is (see ``docs/layout.md``). Rebuilding reads each document, re-hashes
-each blob, picks the newest version of each object as current (largest
-``updated``, then newest file), and publishes a new generation. What is lost:
-removal marks and the sync bookkeeping (listings, plan), which the next sync
-recomputes with a few more requests.
+The index is a cache: every document version and file is a file whose name says what it
+is (see ``docs/layout.md``): ``<kind>_<id>.<sha16>.json.zst`` for documents and
+``<prefix>_<id>[_<name>][.<sha16>].<ext>`` for files, the prefix naming one of the
+source's file roles. Rebuilding reads each document, re-hashes each file, picks the
+newest version of each object as current (largest ``updated``, then newest file), and
+publishes a new generation. What is lost: removal marks and the sync bookkeeping
+(listings, plan), which the next sync recomputes with a few more requests.
 """
 
 from __future__ import annotations
@@ -17,77 +18,82 @@ from sqlalchemy import delete
 
 from mirror.config import utc_now
 from mirror.index import Base, Blob, DocumentVersion
-from mirror.ingest import KINDS, ingest_blob, ingest_document
+from mirror.ingest import ingest_blob, ingest_document_file, ingest_documents
+from mirror.sources.base import SourceSpec, spec_of
 from mirror.store import ObjectStore
+from mirror.sync.files import CONTENT_TYPES
 from mirror.writer import writing
 
-DOC_NAME = re.compile(r"^(?P<kind>[a-z]+)_(?P<id>[^._/]+)\.(?P<sha>[0-9a-f]{16})\.json\.zst$")
-BLOB_NAME = re.compile(
-    r"^(?P<prefix>image|thumb|spimg|spidx|mask)_(?P<id>[0-9a-zA-Z]+)(?:_[^/]*)?\.(?P<ext>\w+)$")
-ROLE_OF_PREFIX = {"image": "image", "thumb": "thumbnail", "spimg": "superpixels",
-                  "spidx": "spidx", "mask": "mask"}
-CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "bmp": "image/bmp", "gif": "image/gif",
-                 "npz": "application/x-npz"}
+DOC_NAME = re.compile(r"(?P<kind>[a-z][a-z0-9]*)_(?P<id>[^_/]+?)\.(?P<sha>[0-9a-f]{16})\.json\.zst")
+FILE_NAME = re.compile(r"(?P<prefix>[a-z][a-z0-9]*)_(?P<id>[0-9A-Za-z.-]+?)"
+                       r"(?:_[^/]*?)?(?:\.[0-9a-f]{16})?(?P<ext>\.[a-z0-9]{1,5})")
 
 
 def reindex_mirror(root: Path | str) -> dict:
     """Rebuild the index of ``root`` from its files; returns counts of what was indexed."""
     with writing(root, "reindex") as w:
+        spec = spec_of(w.config.source)
         with w.index.session() as session:
             for table in reversed(Base.metadata.sorted_tables):
                 session.execute(delete(table))
-            counts = _ingest_store(session, w.store, public=not w.config.authenticated)
+            counts = _ingest_store(session, w.store, spec, public=not w.config.authenticated)
         generation = w.index.publish()
     return {"generation": generation, **counts}
 
 
-def _ingest_store(session, store: ObjectStore, public: bool) -> dict:
+def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool) -> dict:
     counts = {"documents": 0, "blobs": 0, "skipped": 0}
     newest: dict[tuple[str, str], tuple[tuple, dict, str, str, int]] = {}
     now = utc_now()
-    spidx_sources: dict[str, str] = {}
+    sources: dict[tuple[str, str], str] = {}  # (object, role) -> sha256, for derived files
     for relpath in store.iter_files():
         name = relpath.rsplit("/", 1)[-1]
-        if doc := DOC_NAME.match(name):
+        if doc := DOC_NAME.fullmatch(name):
             counts["documents"] += 1
-            _collect_doc(session, store, relpath, doc["kind"], now, newest, counts)
-        elif blob := BLOB_NAME.match(name):
+            _collect_doc(session, store, spec, relpath, doc["kind"], now, newest, counts)
+        elif (found := FILE_NAME.fullmatch(name)) and spec.role_for_prefix(found["prefix"]):
             counts["blobs"] += 1
             sha256, size = store.hash(relpath)
-            role = ROLE_OF_PREFIX[blob["prefix"]]
-            if role == "superpixels":
-                spidx_sources[blob["id"]] = sha256
-            ingest_blob(session, blob["id"], role, relpath, sha256, size,
-                        CONTENT_TYPES.get(blob["ext"]), now)
+            role = spec.role_for_prefix(found["prefix"]).name
+            sources[(found["id"], role)] = sha256
+            ingest_blob(session, found["id"], role, relpath, sha256, size,
+                        CONTENT_TYPES.get(found["ext"]), now)
         else:
             counts["skipped"] += 1
+    document_roles = {r.prefix: r.name for r in spec.roles if ".json.zst" in r.exts}
     for (kind, _), (_, doc, sha256, relpath, size) in sorted(newest.items()):
-        if kind == "markup":
-            ingest_blob(session, doc["_id"], "markups", relpath, sha256, size,
-                        "application/json", now)
+        if kind in document_roles:
+            ingest_document_file(session, kind, doc["_id"], document_roles[kind], relpath,
+                                 sha256, size, now)
             continue
-        ingest_document(session, kind, doc, sha256, relpath, size, now,
-                        **({"public": public} if kind in ("image", "dataset") else {}))
-    _link_spidx_sources(session, spidx_sources)
+        extra = {"public": public} if hasattr(spec.kind(kind).model, "public") else {}
+        ingest_documents(session, spec.kind(kind), [(doc, sha256, relpath, size)], now, **extra)
+    _link_derived(session, spec, sources)
     return counts
 
 
-def _collect_doc(session, store: ObjectStore, relpath: str, kind: str, now: str,
-                 newest: dict, counts: dict) -> None:
+def _collect_doc(session, store: ObjectStore, spec: SourceSpec, relpath: str, kind: str,
+                 now: str, newest: dict, counts: dict) -> None:
     doc = store.read_json(relpath)
     sha256, size = store.hash(relpath)
-    if kind not in KINDS and kind != "markup":
+    is_role = any(r.prefix == kind and ".json.zst" in r.exts for r in spec.roles)
+    if not (spec.has_kind(kind) or is_role):
         counts["skipped"] += 1
         return
-    session.merge(DocumentVersion(kind=kind, object_id=doc["_id"], sha256=sha256, path=relpath,
+    object_id = spec.kind(kind).id_of(doc) if spec.has_kind(kind) else doc.get("_id")
+    session.merge(DocumentVersion(kind=kind, object_id=object_id, sha256=sha256, path=relpath,
                                   size=size, fetched_at=now))
-    # Markup documents carry no ``updated``: the newest file is the current one.
-    rank = (doc.get("updated") or "", store.path(relpath).stat().st_mtime_ns)
-    key = (kind, doc["_id"])
+    # Document files (markups) carry no ``updated``: the newest file is the current one.
+    rank = (str(doc.get("updated") or ""), store.path(relpath).stat().st_mtime_ns)
+    key = (kind, object_id)
     if key not in newest or rank > newest[key][0]:
         newest[key] = (rank, doc, sha256, relpath, size)
 
 
-def _link_spidx_sources(session, sources: dict[str, str]) -> None:
-    for blob in session.query(Blob).filter(Blob.role == "spidx"):
-        blob.source_sha256 = sources.get(blob.object_id)
+def _link_derived(session, spec: SourceSpec, sources: dict[tuple[str, str], str]) -> None:
+    """A derived file's row names the file it was made from (``source_sha256``)."""
+    for role in spec.roles:
+        if role.derived_from is None:
+            continue
+        for blob in session.query(Blob).filter(Blob.role == role.name):
+            blob.source_sha256 = sources.get((blob.object_id, role.derived_from))

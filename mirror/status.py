@@ -8,8 +8,9 @@ from sqlalchemy import func, select
 
 from mirror.index import Blob, DocumentVersion, SyncRun
 from mirror.index.database import current_generation
-from mirror.ingest import MODEL_OF
+from mirror.ingest import model_of
 from mirror.reader import reading
+from mirror.sources.base import spec_of
 
 
 def mirror_status(root: Path | str) -> dict:
@@ -17,10 +18,11 @@ def mirror_status(root: Path | str) -> dict:
     with reading(root) as r:
         conn, config, layout = r.conn, r.config, r.layout
         objects = {}
-        for kind, model in MODEL_OF.items():
-            rows = dict(conn.execute(select(model.removed, func.count())
+        for kind in spec_of(config.source).kinds:
+            model, where = model_of(kind)
+            rows = dict(conn.execute(select(model.removed, func.count()).where(*where)
                                      .group_by(model.removed)).all())
-            objects[kind] = {"current": rows.get(False, 0), "removed": rows.get(True, 0)}
+            objects[kind.name] = {"current": rows.get(False, 0), "removed": rows.get(True, 0)}
         blobs = {role: {"files": n, "bytes": int(size or 0)} for role, n, size in conn.execute(
             select(Blob.role, func.count(), func.sum(Blob.size)).group_by(Blob.role))}
         versions = conn.execute(select(func.count(), func.sum(DocumentVersion.size))).one()

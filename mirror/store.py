@@ -2,13 +2,16 @@
 
 Layout (relative to the namespace folder, e.g. ``<root>/isic/``)::
 
-    store/<shard>/<role>_<id>[_<name>].<ext>          blobs, bytes exactly as served
-    store/<shard>/<kind>_<id>.<sha256[:16]>.json.zst  documents, canonical JSON, zstd
+    store/<shard>/<prefix>_<id>[_<name>].<ext>                files, bytes exactly as served
+    store/<shard>/<prefix>_<id>[_<name>].<sha256[:16]>.<ext>  a later version of that file
+    store/<shard>/<kind>_<id>.<sha256[:16]>.json.zst          documents, canonical JSON, zstd
 
-``<shard>`` is the last hex digit of the 24-hex object id (ObjectIds end in a
-counter, so the last digit spreads evenly; the first digits are a timestamp and
-would put everything in one folder). Ids that are not hex shard by the last hex
-digit of their SHA-256.
+The store knows no archive: kinds, file prefixes and the shard rule come from the
+source's spec (:mod:`mirror.sources.base`). ``<shard>`` is one hex digit chosen by the
+kind's rule: the last digit of a hex id (an ObjectId ends in a counter, a UUID is
+random, so it spreads evenly; the first digits of an ObjectId are a timestamp and would
+put everything in one folder), or the last hex digit of the id's SHA-256 for ids that are
+not hex (``ISIC_0000000``, DICOM UIDs).
 
 A write never opens a final path: bytes go to a unique temp file in the target's
 own folder, are hashed and checked while streaming, fsynced, and published with
@@ -39,13 +42,12 @@ from mirror.layout import SHARDS, Layout
 
 HEX_ID = re.compile(r"^[0-9a-f]{24}$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SAFE_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # ObjectIds, ISIC_ names' digits, DICOM UIDs
+SAFE_WORD = re.compile(r"[a-z][a-z0-9]{0,31}")  # document kinds and file prefixes
 TEMP_PREFIX = ".tmp-"
 ZSTD_LEVEL = 3
 CHUNK = 1024 * 1024
-DOC_KINDS = frozenset({"image", "dataset", "study", "segmentation", "annotation", "user",
-                       "markup"})
-BLOB_PREFIX = {"image": "image", "thumbnail": "thumb", "superpixels": "spimg", "spidx": "spidx",
-               "mask": "mask"}
+DICOM_OFFSET = 128  # a DICOM file: 128-byte preamble, then "DICM"
 MAGIC_EXT = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF8", ".gif"),
              (b"BM", ".bmp"), (b"PK\x03\x04", ".npz"))
 JPEG_EOI, PNG_IEND = b"\xff\xd9", b"IEND\xaeB`\x82"
@@ -53,7 +55,7 @@ JPEG_EOI, PNG_IEND = b"\xff\xd9", b"IEND\xaeB`\x82"
 # the marker this far from the end. (It cannot occur inside entropy-coded data.)
 JPEG_TAIL = 4096
 TYPE_EXT = {"image/jpeg": ".jpg", "image/jpg": ".jpg", "image/png": ".png", "image/gif": ".gif",
-            "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp"}
+            "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp", "application/dicom": ".dcm"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ class StoredFile:
 
 
 def shard_of(object_id: str) -> str:
-    """The shard folder of an object: last hex digit of its id (or of the id's SHA-256)."""
-    if HEX_ID.match(object_id):
+    """The default shard rule: last hex digit of a 24-hex ObjectId, else of the id's
+    SHA-256. Sources choose theirs per kind (:class:`mirror.sources.base.KindSpec`)."""
+    if HEX_ID.fullmatch(object_id):
         return object_id[-1]
     return hashlib.sha256(object_id.encode("utf-8")).hexdigest()[-1]
 
@@ -89,42 +92,72 @@ def safe_name(name: str) -> str:
 
 
 def _safe_id(object_id: str) -> str:
-    if not isinstance(object_id, str) or not re.match(r"^[A-Za-z0-9-]{1,64}$", object_id):
+    if (not isinstance(object_id, str) or not SAFE_ID.fullmatch(object_id)
+            or ".." in object_id or object_id.startswith(".")):
         raise UnsafeNameError(f"refusing unsafe object id {repr(object_id)[:60]} from the archive")
     return object_id
 
 
-def blob_relpath(role: str, object_id: str, *, name: str | None = None, ext: str) -> str:
-    """Where a blob of ``role`` lives (isicarchive cache names: ``image_<id>_<name>.jpg``...)."""
-    if role not in BLOB_PREFIX:
-        raise ValueError(f"unknown blob role {role!r}")
-    if not re.match(r"^\.[a-z0-9]{1,5}$", ext):
+def _safe_word(word: str, what: str) -> str:
+    if not isinstance(word, str) or not SAFE_WORD.fullmatch(word):
+        raise ValueError(f"unusable {what} {word!r}: lower-case letters and digits only")
+    return word
+
+
+def blob_relpath(prefix: str, object_id: str, *, name: str | None = None, ext: str,
+                 shard: str | None = None) -> str:
+    """Where a file lives: ``<prefix>_<id>[_<name>]<ext>`` in its shard folder.
+
+    ``prefix`` comes from the source's file role (ISIC keeps isicarchive's cache names:
+    ``image_<id>_<name>.jpg``, ``thumb_<id>.jpg``...); ``shard`` from the kind's rule
+    (default :func:`shard_of`)."""
+    _safe_word(prefix, "file prefix")
+    if not re.fullmatch(r"\.[a-z0-9]{1,5}", ext):
         raise UnsafeNameError(f"refusing unsafe file extension {ext!r}")
-    stem = f"{BLOB_PREFIX[role]}_{_safe_id(object_id)}"
-    if role == "image" and name:
+    stem = f"{prefix}_{_safe_id(object_id)}"
+    if name:
         stem += f"_{safe_name(name)}"
-    return f"store/{shard_of(object_id)}/{stem}{ext}"
+    return f"store/{_shard(shard, object_id)}/{stem}{ext}"
 
 
-def doc_relpath(kind: str, object_id: str, sha256_hex: str) -> str:
+def versioned_relpath(relpath: str, sha256_hex: str) -> str:
+    """The path of a later version of the file at ``relpath``: its hash before the
+    extension (``image_<id>_<name>.<sha256[:16]>.jpg``), so versions never collide."""
+    folder, _, filename = relpath.rpartition("/")
+    stem, dot, ext = filename.rpartition(".")
+    return f"{folder}/{stem}.{sha256_hex[:16]}{dot}{ext}"
+
+
+def doc_relpath(kind: str, object_id: str, sha256_hex: str, shard: str | None = None) -> str:
     """Where one version of a JSON document lives: content-addressed by its SHA-256."""
-    if kind not in DOC_KINDS:
-        raise ValueError(f"unknown document kind {kind!r}")
-    if not re.match(r"^[0-9a-f]{64}$", sha256_hex):
+    _safe_word(kind, "document kind")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256_hex):
         raise ValueError("sha256_hex must be 64 lower-case hex digits")
-    return f"store/{shard_of(object_id)}/{kind}_{_safe_id(object_id)}.{sha256_hex[:16]}.json.zst"
+    return (f"store/{_shard(shard, object_id)}/{kind}_{_safe_id(object_id)}"
+            f".{sha256_hex[:16]}.json.zst")
+
+
+def _shard(shard: str | None, object_id: str) -> str:
+    if shard is None:
+        return shard_of(object_id)
+    if shard not in SHARDS or len(shard) != 1:
+        raise ValueError(f"shard must be one hex digit, got {shard!r}")
+    return shard
 
 
 def extension_for(content_type: str, first_bytes: bytes = b"") -> str:
     """File extension from magic bytes first, then Content-Type; they must agree."""
     by_magic = next((ext for magic, ext in MAGIC_EXT if first_bytes.startswith(magic)), None)
+    if first_bytes[DICOM_OFFSET:DICOM_OFFSET + 4] == b"DICM":
+        by_magic = ".dcm"
     by_type = TYPE_EXT.get((content_type or "").split(";")[0].strip().lower())
     if by_magic and by_type and by_magic != by_type:
         raise IntegrityError(f"Content-Type {content_type!r} but the bytes are {by_magic[1:]}")
     if by_magic or by_type:
         if first_bytes and not by_magic:
-            raise IntegrityError(f"Content-Type {content_type!r} but the bytes are not an image "
-                                 f"(they start {first_bytes[:16]!r})")
+            declared = content_type.split(";")[0]
+            raise IntegrityError(f"Content-Type {content_type!r} but the bytes are not "
+                                 f"{declared!r} (they start {first_bytes[:16]!r})")
         return by_magic or by_type
     raise IntegrityError(f"unrecognised file (Content-Type {content_type!r}, "
                          f"starts {first_bytes[:16]!r})")
@@ -174,7 +207,8 @@ class ObjectStore:
                    expected_size: int | None = None,
                    magic: bytes | tuple[bytes, ...] | None = None,
                    max_size: int | None = None, whole: bool = False,
-                   validate: Callable[[Path], object] | None = None) -> StoredFile:
+                   validate: Callable[[Path], object] | None = None,
+                   magic_offset: int = 0, new_version: bool = False) -> StoredFile:
         """Stream ``chunks`` into ``relpath`` atomically, verifying what was promised.
 
         ``expected_size`` (Content-Length) must match; more than ``max_size`` bytes (or
@@ -182,7 +216,10 @@ class ObjectStore:
         the disk; ``magic`` checks the first bytes; ``whole`` checks that a JPEG or PNG
         ends as one does (a body cut short under a short Content-Length has the right
         size); ``validate`` sees the complete temp file and raises to refuse it. Nothing
-        is published unless every check passes.
+        is published unless every check passes. ``magic_offset``: where ``magic`` sits
+        (DICOM: 128). ``new_version``: when a different file is already at ``relpath``
+        (the archive replaced it), publish beside it at :func:`versioned_relpath` instead
+        of refusing; the returned :class:`StoredFile` names where it went.
         """
         final = self.path(relpath)
         folder = final.parent
@@ -192,12 +229,15 @@ class ObjectStore:
             max_size = expected_size if max_size is None else min(max_size, expected_size)
         tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}"
         try:
-            digest, size = self._write_temp(tmp, chunks, magic, max_size, whole)
+            digest, size = self._write_temp(tmp, chunks, magic, max_size, whole, magic_offset)
             if expected_size is not None and size != expected_size:
                 raise IntegrityError(f"{relpath}: received {size} bytes, expected "
                                      f"{expected_size} (Content-Length)")
             if validate is not None:
                 validate(tmp)
+            if new_version and final.is_file() and _sha256_file(final) != digest:
+                relpath = versioned_relpath(relpath, digest)
+                final = self.path(relpath)
             self._publish(tmp, final, digest)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -210,11 +250,12 @@ class ObjectStore:
     def put_bytes(self, relpath: str, data: bytes, **kwargs) -> StoredFile:
         return self.put_stream(relpath, [data], expected_size=len(data), **kwargs)
 
-    def put_json(self, kind: str, object_id: str, doc: object) -> StoredFile:
+    def put_json(self, kind: str, object_id: str, doc: object,
+                 shard: str | None = None) -> StoredFile:
         """Store one version of a document; idempotent (an equal version is not rewritten)."""
         payload = canonical_json(doc)
         digest = hashlib.sha256(payload).hexdigest()
-        relpath = doc_relpath(kind, object_id, digest)
+        relpath = doc_relpath(kind, object_id, digest, shard=shard)
         if not self.exists(relpath):
             compressed = zstandard.ZstdCompressor(
                 level=ZSTD_LEVEL, write_checksum=True, write_content_size=True).compress(payload)
@@ -223,23 +264,29 @@ class ObjectStore:
 
     def _write_temp(self, tmp: Path, chunks: Iterable[bytes],
                     magic: bytes | tuple[bytes, ...] | None, max_size: int | None = None,
-                    whole: bool = False) -> tuple[str, int]:
+                    whole: bool = False, magic_offset: int = 0) -> tuple[str, int]:
         hasher, size, head, tail = hashlib.sha256(), 0, b"", b""
+        need = magic_offset + 16  # the head kept: magic (at its offset) and end checks
+        checked = magic is None
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
-                if size == 0 and magic is not None and chunk:
-                    _check_magic(chunk, magic)
+                if len(head) < need:
+                    head = (head + chunk)[:need]
+                if not checked and len(head) >= need:
+                    _check_magic(head[magic_offset:], magic)  # refuse an HTML page at once
+                    checked = True
                 if max_size is not None and size + len(chunk) > max_size:
                     raise IntegrityError(f"body larger than {max_size} bytes (declared "
                                          "length or size limit); refusing the rest")
-                head = head or chunk[:16]
                 tail = (tail + chunk[-JPEG_TAIL:])[-JPEG_TAIL:]
                 hasher.update(chunk)
                 fh.write(chunk)
                 size += len(chunk)
             if size == 0 and magic is not None:
                 raise IntegrityError("received an empty body")
+            if not checked:
+                _check_magic(head[magic_offset:], magic)  # a body shorter than ``need``
             if whole:
                 _check_whole(head, tail)
             fh.flush()
@@ -276,16 +323,16 @@ class ObjectStore:
         return [str(f) for f in touched]
 
     def check_file(self, relpath: str, magic: bytes | tuple[bytes, ...] | None = None,
-                   whole: bool = False) -> None:
+                   whole: bool = False, magic_offset: int = 0) -> None:
         """Re-check a published file as :meth:`put_stream` checked it when it arrived."""
         path = self.path(relpath)
         size = path.stat().st_size
         with open(path, "rb") as handle:
-            head = handle.read(16)
+            head = handle.read(magic_offset + 16)
             handle.seek(max(0, size - JPEG_TAIL))
             tail = handle.read()
         if magic is not None:
-            _check_magic(head, magic)
+            _check_magic(head[magic_offset:], magic)
         if whole:
             _check_whole(head, tail)
 
@@ -361,12 +408,20 @@ class ObjectStore:
         return found
 
     def clean_temp(self, max_age: float = 3600.0) -> list[Path]:
-        """Remove temp files older than ``max_age`` seconds (left by killed writers)."""
+        """Remove temp files left by killed writers (call under the writer lease).
+
+        A temp file names its writer's pid (``.tmp-<uuid>.<pid>``): one whose process is
+        gone on this host goes at once; others (another host's pid, an unreadable name)
+        once older than ``max_age`` seconds."""
+        from mirror.lease import pid_alive
+
         cutoff = time.time() - max_age
         removed = []
         for path in self.temp_files():
+            pid = path.name.rsplit(".", 1)[-1]
+            dead = pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
             try:
-                if path.stat().st_mtime <= cutoff:
+                if dead or path.stat().st_mtime <= cutoff:
                     path.unlink()
                     removed.append(path)
             except FileNotFoundError:

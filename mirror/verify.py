@@ -18,11 +18,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 
 from mirror.config import layout_for, load_config
-from mirror.index import Blob, DocumentVersion, Image, Listing, Segmentation, Study
+from mirror.errors import MirrorError
+from mirror.index import Blob, DocumentVersion
 from mirror.index.database import open_reader
+from mirror.sources.base import source_hooks, spec_of
 from mirror.store import ObjectStore
 from mirror.writer import writing
 
@@ -59,17 +61,16 @@ def verify_mirror(root: Path | str, fast: bool = False) -> VerifyReport:
         with engine.connect() as conn:
             rows = [(r.path, r.sha256, r.size) for r in conn.execute(select(Blob))]
             rows += [(r.path, r.sha256, r.size) for r in conn.execute(select(DocumentVersion))]
-            shapes = {r.path: (r.pixels_y, r.pixels_x) for r in conn.execute(
-                select(Blob.path, Image.pixels_y, Image.pixels_x)
-                .join(Image, Image.id == Blob.object_id).where(Blob.role == "superpixels"))}
+            hooks = _hooks(config.source)
+            checks = hooks.validation_tasks(conn) if hooks is not None else {}
     finally:
         engine.dispose()
     report = VerifyReport()
     for relpath, sha256, size in sorted(rows):
         report.checked += 1
         problem = _check_file(store, relpath, sha256, size, fast)
-        if problem is None and relpath in shapes and not fast:
-            problem = _check_superpixels(store, relpath, shapes[relpath])
+        if problem is None and relpath in checks and not fast:
+            problem = _check_valid(store, spec_of(config.source), relpath, checks[relpath])
         if problem:
             report.problems.append(problem)
     _find_strays(store, layout, {r[0] for r in rows}, report)
@@ -97,12 +98,20 @@ def _check_file(store: ObjectStore, relpath: str, sha256: str, size: int,
     return None
 
 
-def _check_superpixels(store: ObjectStore, relpath: str, shape: tuple) -> Problem | None:
-    from mirror.superpixels import SuperpixelError, decode_png
-
+def _hooks(source: str):
+    """The source's maintenance hooks, or None when it needs none."""
     try:
-        decode_png(store.path(relpath), expected_shape=shape if all(shape) else None)
-    except SuperpixelError as exc:
+        return source_hooks(source, "maintenance")
+    except MirrorError:
+        return None
+
+
+def _check_valid(store: ObjectStore, spec, relpath: str, task) -> Problem | None:
+    """The role's validator on a stored file: well hashed is not enough (a superpixel PNG
+    must be this image's label image)."""
+    try:
+        spec.role(task.role).validate(store.path(relpath), task)
+    except ValueError as exc:  # SuperpixelError and other decoders' refusals
         return Problem("malformed", relpath, str(exc))
     return None
 
@@ -135,27 +144,17 @@ def repair_mirror(root: Path | str, report: VerifyReport) -> VerifyReport:
                  if p.problem in ("missing", "corrupt", "malformed"))
     with writing(root, "repair") as w:
         with w.index.session() as session:
-            _forget(session, w.store, bad)
+            _forget(session, w.store, bad, _hooks(w.config.source))
         w.index.publish()
     sync(root)
     return verify_mirror(root)
 
 
-def _forget(session, store: ObjectStore, bad: list[str]) -> None:
+def _forget(session, store: ObjectStore, bad: list[str], hooks) -> None:
     """Drop rows (and damaged files) so that the next sync fetches them again."""
     for version in session.scalars(select(DocumentVersion).where(DocumentVersion.path.in_(bad))):
-        if version.kind == "image":
-            session.execute(update(Image).where(Image.id == version.object_id)
-                            .values(updated=None))
-        elif version.kind == "study":
-            session.execute(update(Study).where(Study.id == version.object_id)
-                            .values(doc_sha256=""))
-        elif version.kind == "segmentation":
-            image_id = session.scalar(select(Segmentation.image_id)
-                                      .where(Segmentation.id == version.object_id))
-            session.execute(delete(Listing).where(Listing.key == f"segmentation:{image_id}"))
-        elif version.kind in ("annotation", "markup"):
-            session.execute(delete(Listing).where(Listing.key.like("annotation:%")))
+        if hooks is not None:
+            hooks.forget(session, version)
     session.execute(delete(DocumentVersion).where(DocumentVersion.path.in_(bad)))
     session.execute(delete(Blob).where(Blob.path.in_(bad)))
     session.commit()

@@ -10,8 +10,8 @@ from PIL import Image
 
 from mirror import Mirror
 from mirror.errors import MissingObjectError
-from mirror.overlay import annotation_overlay, boundary, outline_mask, save_png
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.overlay import annotation_overlay, boundary, outline_mask, save_png
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.sync import SyncOptions, sync
 
 

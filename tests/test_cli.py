@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mirror.cli import main
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_errors_are_one_clear_line(tmp_path):
                                   "http://127.0.0.1:9/api/v1"])
     assert result.exit_code == 2 and "not empty and is not a mirror" in result.output
     assert (tmp_path / "busy" / "thesis.pdf").read_text() == "precious"
-    result = runner.invoke(main, ["sync", "--root", str(tmp_path / "x"), "--blobs", "movies"])
+    result = runner.invoke(main, ["sync", "--root", str(tmp_path / "x"), "--url",
+                                  "http://127.0.0.1:9/api/v1", "--blobs", "movies"])
     assert result.exit_code == 2 and "unknown sync choice(s) movies" in result.output
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from mirror import Mirror
 from mirror.cli import main
 from mirror.files import temp_beside
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.sync import SyncOptions, sync
 
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from mirror.sources.http import HttpClient
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
@@ -67,7 +67,7 @@ def test_fetching_keeps_at_most_pool_size_requests_in_flight(sandbox):
 def test_json_the_api_never_sends_is_refused(body, problem):
     """Python's json module accepts NaN, Infinity and 1e400 (as inf); the ISIC API encodes
     with allow_nan=False, and the store could not write them back, so they are invalid."""
-    from mirror.sources.isic import parse_json
+    from mirror.sources.isic_v1.client import parse_json
 
     with pytest.raises(ValueError, match=problem):
         parse_json(body)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mirror.errors import MirrorError
-from mirror.index import Dataset, Meta
+from mirror.index import Meta
 from mirror.index.database import (
     IndexFenceError,
     IndexWriter,
@@ -17,6 +17,7 @@ from mirror.index.database import (
     open_reader,
 )
 from mirror.layout import Layout
+from mirror.sources.isic_v1.models import Dataset
 
 
 def _add_datasets(writer: IndexWriter, n: int, start: int = 0) -> None:

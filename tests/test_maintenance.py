@@ -17,11 +17,12 @@ from sqlalchemy import select
 
 from mirror.config import layout_for, load_config
 from mirror.gc import collect_garbage
-from mirror.index import Blob, DocumentVersion, Image, Segmentation, Study
+from mirror.index import Blob, DocumentVersion
 from mirror.index.database import IndexWriter, open_reader
 from mirror.ingest import ingest_blob
 from mirror.reindex import reindex_mirror
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.models import Image, Segmentation, Study
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.status import mirror_status
 from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
@@ -163,7 +164,7 @@ def test_gc_never_removes_what_a_snapshot_pins(tmp_path):
     with serve(images=4, seed=8, private_fraction=0.0) as sb:
         assert sync(root, sb.url, SyncOptions(blobs=frozenset())).ok
         pinned = [v for v in _table(root, DocumentVersion) if v.kind == "image"]
-        snap = _base(root).parent / load_config(root).source / "snapshots" / "s1"
+        snap = layout_for(root, load_config(root)).snapshots / "s1"
         snap.mkdir(parents=True)
         (snap / "snapshot.json").write_text(json.dumps(
             {"objects": [{"sha256": v.sha256} for v in pinned]}))

@@ -13,6 +13,9 @@ from sqlalchemy import create_engine, text
 
 from mirror.index import Base
 from mirror.index.database import upgrade_to_head
+from mirror.sources.base import load_all
+
+load_all()  # every source's tables are in Base.metadata
 
 
 def _config(engine) -> Config:

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from mirror.errors import MirrorModeError
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.status import mirror_status
 from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
@@ -170,7 +170,7 @@ def test_archive_text_of_any_length_and_character_is_indexed(tmp_path, database)
     takes both: a name with NUL or 305 characters must not stop a sync. The index holds
     U+FFFD for NUL on PostgreSQL; the stored document keeps the original."""
     from mirror import Mirror
-    from mirror.sources.sandbox.hostile import HOSTILE_DATASET_NAME, HOSTILE_NAMES, Hostile
+    from mirror.sources.isic_v1.sandbox.hostile import HOSTILE_DATASET_NAME, HOSTILE_NAMES, Hostile
 
     root = tmp_path / "m"
     options = SyncOptions(workers=4, what=frozenset({"images", "datasets"}), blobs=frozenset())
@@ -201,6 +201,9 @@ def test_an_index_from_0003_widens_to_text_and_keeps_its_rows(database):
     from alembic.migration import MigrationContext
 
     from mirror.index import Base
+    from mirror.sources.base import load_all
+
+    load_all()
     from mirror.index.database import upgrade_to_head
 
     engine = create_engine(database)

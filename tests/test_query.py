@@ -15,12 +15,16 @@ import mirror.valueruns
 import mirror.valuesets
 from mirror.config import utc_now
 from mirror.fields import MAX_INDEXED_TEXT
-from mirror.index import Image, ImageField
+from mirror.index import ImageField
 from mirror.index.database import IndexWriter
 from mirror.ingest import ingest_documents, mark_removed
 from mirror.layout import Layout
 from mirror.query import OPERATORS, Criterion, QueryError, criteria, parse_where, select_ids
+from mirror.sources.isic_v1.models import Image
+from mirror.sources.isic_v1.spec import SPEC
 from mirror.valuesets import is_fresh, kinds_at, refresh
+
+IMAGE = SPEC.kind("image")
 
 LONG = "x" * (MAX_INDEXED_TEXT + 10)
 WORDS = ["melanoma", "nevus", "Nevus", "mel", "", "a b", "ISBI 2017: Training", LONG,
@@ -122,7 +126,7 @@ def index(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("query")
     writer = IndexWriter(Layout(root / "mirror"))
     with writer.session() as session:
-        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        ingest_documents(session, IMAGE, [(d, "0" * 64, "x", 0) for d in docs], utc_now())
     if request.param != "image_fields":
         small = request.param == "value_runs"
         with pytest.MonkeyPatch.context() as patch, writer.session() as session:
@@ -212,10 +216,10 @@ def test_removed_images_are_not_selected(tmp_path, method):
     writer = IndexWriter(Layout(tmp_path / "m"))
     docs = [{"_id": f"{i:024x}", "name": f"ISIC_{i}", "a": 1} for i in range(3)]
     with writer.session() as session:
-        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        ingest_documents(session, IMAGE, [(d, "0" * 64, "x", 0) for d in docs], utc_now())
     with writer.session() as session:
         refresh(session)
-        mark_removed(session, "image", [docs[1]["_id"]], utc_now())
+        mark_removed(session, IMAGE, [docs[1]["_id"]], utc_now())
     with writer.engine.connect() as conn:
         assert not is_fresh(conn)  # the removal made the sets stale
     with writer.session() as session:
@@ -339,7 +343,7 @@ def test_value_sets_span_blocks_and_ids_of_any_width(tmp_path, monkeypatch):
             for i in range(41)]
     writer = IndexWriter(Layout(tmp_path / "m"))
     with writer.session() as session:
-        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        ingest_documents(session, IMAGE, [(d, "0" * 64, "x", 0) for d in docs], utc_now())
     with writer.session() as session:
         assert refresh(session)
     with writer.engine.connect() as conn:
@@ -420,7 +424,7 @@ def test_integers_beyond_a_float_are_indexed_in_order(tmp_path, method):
             for i, v in enumerate([big, -big, 5, 3_000_000_000])]
     writer = IndexWriter(Layout(tmp_path / "m"))
     with writer.session() as session:
-        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        ingest_documents(session, IMAGE, [(d, "0" * 64, "x", 0) for d in docs], utc_now())
         refresh(session)
     with writer.engine.connect() as conn:
         for where, expected in ([["age_approx", ">", 6]], [0, 3]), \
@@ -472,7 +476,7 @@ def test_value_runs_cut_few_runs_and_leave_scattered_points_to_image_fields(tmp_
     docs = [{"_id": f"{i:024x}", "n": i % 60, "t": f"v{i // 7:03d}"} for i in range(120)]
     writer = IndexWriter(Layout(tmp_path / "m"))
     with writer.session() as session:
-        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+        ingest_documents(session, IMAGE, [(d, "0" * 64, "x", 0) for d in docs], utc_now())
         refresh(session)
     with writer.engine.connect() as conn:
         assert kinds_at(conn, "n")[1] and kinds_at(conn, "t")[1]  # both in runs

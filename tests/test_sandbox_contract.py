@@ -14,8 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from mirror.sources.sandbox import SANDBOX_LOGIN, SANDBOX_PASSWORD, serve
-from mirror.superpixels import decode_png
+from mirror.sources.isic_v1.sandbox import SANDBOX_LOGIN, SANDBOX_PASSWORD, serve
+from mirror.sources.isic_v1.superpixels import decode_png
 
 OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.sources.sandbox.data import Archive
+from mirror.sources.isic_v1.sandbox.data import Archive
 
 RECORDED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-v1-recorded"
 DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}000)?\+00:00$")
@@ -125,7 +125,7 @@ def test_records_mode_serves_the_recorded_documents():
     import requests
     from PIL import Image
 
-    from mirror.sources.sandbox import serve
+    from mirror.sources.isic_v1.sandbox import serve
 
     images = json.load(gzip.open(RECORDED / "images-sample.json.gz"))
     segs = json.load(gzip.open(RECORDED / "segmentations-sample.json.gz"))

@@ -24,7 +24,7 @@ from mirror.snapshots import (
     verify_snapshot,
 )
 from mirror.snapshots.build import build_snapshot
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.sync import SyncOptions, sync
 
 SEED, IMAGES = 9, 16

@@ -104,9 +104,9 @@ def test_file_names_follow_the_isicarchive_conventions():
     oid = "5436e3abbae478396759f0cf"
     assert blob_relpath("image", oid, name="ISIC_0000000", ext=".jpg") == \
         f"store/f/image_{oid}_ISIC_0000000.jpg"
-    assert blob_relpath("superpixels", oid, ext=".png") == f"store/f/spimg_{oid}.png"
+    assert blob_relpath("spimg", oid, ext=".png") == f"store/f/spimg_{oid}.png"
     assert blob_relpath("spidx", oid, ext=".npz") == f"store/f/spidx_{oid}.npz"
-    assert blob_relpath("thumbnail", oid, ext=".jpg") == f"store/f/thumb_{oid}.jpg"
+    assert blob_relpath("thumb", oid, ext=".jpg") == f"store/f/thumb_{oid}.jpg"
     assert doc_relpath("image", oid, "ab" * 32) == f"store/f/image_{oid}.{'ab' * 8}.json.zst"
     with pytest.raises(UnsafeNameError):
         blob_relpath("image", "../" + oid, ext=".jpg")
@@ -118,7 +118,7 @@ def test_extension_comes_from_magic_bytes_and_must_agree_with_content_type():
     assert extension_for("application/octet-stream", PNG) == ".png"
     with pytest.raises(IntegrityError):
         extension_for("image/jpeg", PNG)
-    with pytest.raises(IntegrityError, match="not an image"):
+    with pytest.raises(IntegrityError, match="bytes are not .image/jpeg"):
         extension_for("image/jpeg", b"<!DOCTYPE html><html>error</html>")
 
 
@@ -174,7 +174,7 @@ def test_whole_refuses_a_jpeg_or_png_cut_short_at_the_declared_length(store):
 
 
 def test_validate_refuses_before_publishing(store):
-    relpath = blob_relpath("superpixels", "5436e3abbae478396759f0cf", ext=".png")
+    relpath = blob_relpath("spimg", "5436e3abbae478396759f0cf", ext=".png")
 
     def refuse(path):
         assert path.read_bytes() == PNG  # the complete temp file
@@ -186,7 +186,7 @@ def test_validate_refuses_before_publishing(store):
 
 
 def test_same_bytes_twice_is_fine_different_bytes_is_a_collision(store):
-    relpath = blob_relpath("superpixels", "5436e3abbae478396759f0cf", ext=".png")
+    relpath = blob_relpath("spimg", "5436e3abbae478396759f0cf", ext=".png")
     store.put_bytes(relpath, PNG)
     store.put_bytes(relpath, PNG)
     with pytest.raises(IntegrityError, match="different content"):
@@ -308,5 +308,8 @@ def test_killed_writer_leaves_no_final_file_and_temp_is_cleaned(tmp_path):
     assert list(store.iter_files()) == []
     leftovers = store.temp_files()
     assert len(leftovers) == 1
-    assert store.clean_temp(max_age=3600) == []  # too young: might be a live writer's
-    assert store.clean_temp(max_age=0) == leftovers and store.temp_files() == []
+    live = leftovers[0].parent / ".tmp-0123456789abcdef0123456789abcdef.1"  # pid 1 runs
+    live.write_bytes(b"a live writer's")
+    # the killed writer's temp goes at once (its pid is gone); a live pid's waits while young
+    assert store.clean_temp(max_age=3600) == leftovers and store.temp_files() == [live]
+    assert store.clean_temp(max_age=0) == [live] and store.temp_files() == []

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from mirror.superpixels import (
+from mirror.sources.isic_v1.superpixels import (
     SuperpixelError,
     decode_png,
     decode_rgb,

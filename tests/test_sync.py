@@ -19,10 +19,11 @@ from sqlalchemy import select
 
 from mirror.config import layout_for, load_config
 from mirror.errors import MirrorModeError
-from mirror.index import Blob, Image, Segmentation, SyncItem
+from mirror.index import Blob, SyncItem
 from mirror.index.database import open_reader
-from mirror.sources.sandbox import SANDBOX_LOGIN, SANDBOX_PASSWORD, serve
-from mirror.superpixels import decode_png, load_npz
+from mirror.sources.isic_v1.models import Image, Segmentation
+from mirror.sources.isic_v1.sandbox import SANDBOX_LOGIN, SANDBOX_PASSWORD, serve
+from mirror.sources.isic_v1.superpixels import decode_png, load_npz
 from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
 

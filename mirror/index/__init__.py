@@ -1,20 +1,21 @@
-"""The metadata index: SQLAlchemy models and the published, read-only generations."""
+"""The metadata index: SQLAlchemy models and the published, read-only generations.
+
+Tables here know no archive: documents (``objects`` and each source's typed tables),
+their versions, files and their versions, listings, the sync plan and runs. A source's own
+typed tables (ISIC v1's ``images``, ``datasets`` ...) live in its package and share
+:data:`Base`'s metadata.
+"""
 
 from mirror.index.models import (
-    Annotation,
     Base,
     Blob,
-    Dataset,
     DocumentVersion,
-    Feature,
-    Image,
+    FileVersion,
     ImageBlock,
     ImageField,
     Listing,
     Meta,
-    Segmentation,
-    Study,
-    StudyImage,
+    ObjectRow,
     SyncItem,
     SyncRun,
     ValueRun,
@@ -22,7 +23,6 @@ from mirror.index.models import (
 )
 
 __all__ = [
-    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "ImageBlock",
-    "ImageField", "Listing", "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
-    "ValueRun", "ValueSet",
+    "Base", "Blob", "DocumentVersion", "FileVersion", "ImageBlock", "ImageField", "Listing",
+    "Meta", "ObjectRow", "SyncItem", "SyncRun", "ValueRun", "ValueSet",
 ]

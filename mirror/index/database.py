@@ -29,16 +29,12 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from mirror.errors import MirrorError
+from mirror.errors import IndexFenceError, MirrorError
 from mirror.index.models import Meta
 from mirror.layout import Layout
 from mirror.store import fsync_dir
 
 KEEP_GENERATIONS = 3
-
-
-class IndexFenceError(MirrorError):
-    """Another writer published a generation while this one worked; nothing was published."""
 
 
 def current_generation(layout: Layout) -> int | None:

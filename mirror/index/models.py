@@ -13,7 +13,6 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Float,
-    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -72,28 +71,6 @@ class _Document:
     removed: Mapped[bool] = mapped_column(Boolean, default=False)
     removed_at: Mapped[str | None] = mapped_column(String(40))
     synced_at: Mapped[str] = mapped_column(String(40))
-
-
-class Image(_Document, Base):
-    """One image: the flattened common fields plus the full detail document."""
-
-    __tablename__ = "images"
-    name: Mapped[str] = mapped_column(ArchiveText(64), index=True)
-    dataset_id: Mapped[str | None] = mapped_column(ArchiveText(64), index=True)
-    created: Mapped[str | None] = mapped_column(ArchiveText(40))
-    updated: Mapped[str | None] = mapped_column(ArchiveText(40))
-    diagnosis: Mapped[str | None] = mapped_column(ArchiveText(128), index=True)
-    benign_malignant: Mapped[str | None] = mapped_column(ArchiveText(64))
-    age_approx: Mapped[int | None] = mapped_column(Integer)
-    sex: Mapped[str | None] = mapped_column(ArchiveText(32))
-    anatom_site_general: Mapped[str | None] = mapped_column(ArchiveText(128))
-    melanocytic: Mapped[bool | None] = mapped_column(Boolean)
-    diagnosis_confirm_type: Mapped[str | None] = mapped_column(ArchiveText(128))
-    image_type: Mapped[str | None] = mapped_column(ArchiveText(64))
-    pixels_x: Mapped[int | None] = mapped_column(Integer)
-    pixels_y: Mapped[int | None] = mapped_column(Integer)
-    public: Mapped[bool] = mapped_column(Boolean, default=True)
-
 
 
 class ImageField(Base):
@@ -163,58 +140,8 @@ class ImageBlock(Base):
     ids: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class Dataset(_Document, Base):
-    __tablename__ = "datasets"
-    name: Mapped[str] = mapped_column(ArchiveText(256), index=True)
-    license: Mapped[str | None] = mapped_column(ArchiveText(64))
-    attribution: Mapped[str | None] = mapped_column(ArchiveText())
-    description: Mapped[str | None] = mapped_column(ArchiveText())
-    access_level: Mapped[int | None] = mapped_column(Integer)
-    public: Mapped[bool] = mapped_column(Boolean, default=True)
-    created: Mapped[str | None] = mapped_column(ArchiveText(40))
-    updated: Mapped[str | None] = mapped_column(ArchiveText(40))
-    count: Mapped[int | None] = mapped_column(Integer)
-
-
-class Study(_Document, Base):
-    __tablename__ = "studies"
-    name: Mapped[str] = mapped_column(ArchiveText(256), index=True)
-    description: Mapped[str | None] = mapped_column(ArchiveText())
-    created: Mapped[str | None] = mapped_column(ArchiveText(40))
-    updated: Mapped[str | None] = mapped_column(ArchiveText(40))
-
-
-class StudyImage(Base):
-    __tablename__ = "study_images"
-    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
-    image_id: Mapped[str] = mapped_column(ArchiveText(64), primary_key=True, index=True)
-
-
-class Feature(Base):
-    __tablename__ = "features"
-    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
-    feature_id: Mapped[str] = mapped_column(ArchiveText(256), primary_key=True)
-
-
-class Segmentation(_Document, Base):
-    __tablename__ = "segmentations"
-    image_id: Mapped[str] = mapped_column(ArchiveText(64), index=True)
-    created: Mapped[str | None] = mapped_column(ArchiveText(40))
-    failed: Mapped[bool] = mapped_column(Boolean, default=False)
-    skill: Mapped[str | None] = mapped_column(ArchiveText(32))
-
-
-class Annotation(_Document, Base):
-    __tablename__ = "annotations"
-    study_id: Mapped[str] = mapped_column(String(64), index=True)
-    image_id: Mapped[str | None] = mapped_column(ArchiveText(64), index=True)
-    user_id: Mapped[str | None] = mapped_column(ArchiveText(64))
-    state: Mapped[str | None] = mapped_column(ArchiveText(32))
-    status: Mapped[str | None] = mapped_column(ArchiveText(32))
-
-
 class Blob(Base):
-    """A binary file in the store: image, thumbnail, superpixels, spidx, mask, markup."""
+    """The current file of one role of one object (its older versions: ``file_versions``)."""
 
     __tablename__ = "blobs"
     object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -224,6 +151,30 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(Integer)
     content_type: Mapped[str | None] = mapped_column(ArchiveText(128))
     source_sha256: Mapped[str | None] = mapped_column(String(64))  # input of a derived blob
+    fetched_at: Mapped[str] = mapped_column(String(40))
+
+
+class ObjectRow(_Document, Base):
+    """The current version of an object of a kind whose source declares no typed table
+    (see :class:`mirror.sources.base.KindSpec`): one table serves every such kind."""
+
+    __tablename__ = "objects"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(ArchiveText(256))
+    parent_id: Mapped[str | None] = mapped_column(ArchiveText(128))
+
+
+class FileVersion(Base):
+    """Every version of every file ever stored: the archive may replace a file under the
+    same object and role; the older one stays (pinned by snapshots) until ``mirror gc``."""
+
+    __tablename__ = "file_versions"
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(Integer)
     fetched_at: Mapped[str] = mapped_column(String(40))
 
 
@@ -279,7 +230,6 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-Index("ix_images_updated", Image.updated)
 # Covering indexes: a selection reads image ids from the index alone, never the table.
 Index("ix_image_fields_num", ImageField.path, ImageField.elem, ImageField.kind, ImageField.num,
       ImageField.image_id)
@@ -289,3 +239,4 @@ Index("ix_value_sets_num", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet
 Index("ix_value_sets_txt", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.txt)
 Index("ix_value_runs_path", ValueRun.path, ValueRun.elem, ValueRun.kind, ValueRun.run)
 Index("ix_blobs_sha256", Blob.sha256)
+Index("ix_objects_parent", ObjectRow.kind, ObjectRow.parent_id)

@@ -16,13 +16,19 @@ from sqlalchemy import select
 
 from mirror.config import layout_for, load_config
 from mirror.index import Blob, DocumentVersion
-from mirror.ingest import MODEL_OF
+from mirror.ingest import model_of
 from mirror.lease import WriterLease
 from mirror.reader import reading
-from mirror.snapshots.manifest import Snapshot, load_manifest, save_manifest, snapshot_dir
+from mirror.snapshots.manifest import (
+    Snapshot,
+    load_manifest,
+    save_manifest,
+    snapshot_dir,
+    snapshot_hooks,
+    snapshot_source,
+)
+from mirror.sources.base import spec_of
 from mirror.sync import SyncOptions, sync
-
-WHAT = frozenset({"images", "datasets", "segmentations"})
 
 
 def build_snapshot(manifest_path: Path | str, root: Path | str, url: str | None = None,
@@ -31,8 +37,8 @@ def build_snapshot(manifest_path: Path | str, root: Path | str, url: str | None 
     """Rebuild the snapshot of ``manifest_path`` into ``root``; returns a report."""
     snap = load_manifest(manifest_path)
     selection = snap.manifest["selection"]
-    options = SyncOptions(what=WHAT, blobs=frozenset(selection["blobs"]), workers=workers,
-                          image_ids=frozenset(e["id"] for e in snap.of_kind("image")))
+    options = SyncOptions(blobs=frozenset(selection["blobs"]), workers=workers,
+                          source=snapshot_source(snap), **snapshot_hooks(snap).build_options(snap))
     summary = sync(root, url or snap.manifest["source"]["base_url"], options,
                    username=username, password=password)
     report = compare(snap, Path(root))
@@ -46,9 +52,10 @@ def build_snapshot(manifest_path: Path | str, root: Path | str, url: str | None 
 def compare(snap: Snapshot, root: Path) -> dict:
     """Each pinned object of ``snap``: verified, changed or gone in ``root`` (one line each)."""
     verified, changed, gone = 0, [], []
+    spec = spec_of(snapshot_source(snap))
     with reading(root) as r:
         for entry in snap.objects:
-            state, text, good = _check_entry(r.conn, entry)
+            state, text, good = _check_entry(r.conn, spec, entry)
             verified += good
             if state == "changed":
                 changed.append(text)
@@ -63,12 +70,12 @@ def _shown(entry: dict) -> str:
     return shown + (f" (of image {entry['image_id']})" if "image_id" in entry else "")
 
 
-def _check_entry(conn, entry: dict) -> tuple[str, str, int]:
+def _check_entry(conn, spec, entry: dict) -> tuple[str, str, int]:
     """``(state, report line, pinned items that verified)`` for one pinned object."""
     kind, object_id, pinned = entry["kind"], entry["id"], entry["document"]["sha256"]
-    model = MODEL_OF[kind]
+    model, where = model_of(spec.kind(kind))
     current = conn.execute(select(model.removed, model.doc_sha256).where(
-        model.id == object_id)).first()
+        model.id == object_id, *where)).first()
     if current is None or current[0]:
         return "gone", f"{_shown(entry)}: the archive no longer serves it", 0
     differences = []

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from mirror.errors import IntegrityError, MirrorError
 from mirror.files import remove_dead_temps, temp_beside
-from mirror.snapshots.manifest import Snapshot
+from mirror.snapshots.manifest import Snapshot, snapshot_source
 from mirror.snapshots.payload import Member
+from mirror.sources.base import spec_of
 
 FORMATS = ("dir", "tar", "bagit")
 BAG_ALGORITHMS = ("sha256", "sha512")
@@ -150,7 +151,7 @@ def _bag_info(snap: Snapshot, members: list[Member]) -> bytes:
         ("External-Description", f"Snapshot {snap.name} of {snap.manifest['source']['base_url']}"),
         ("External-Identifier", f"sha256:{snap.manifest['snapshot_id']}"),
         ("Payload-Oxum", f"{octets}.{len(members)}"),
-        ("Source-Organization", "International Skin Imaging Collaboration (ISIC Archive)"),
+        ("Source-Organization", spec_of(snapshot_source(snap)).organization),
     ]
     return "".join(f"{label}: {value}\n" for label, value in lines).encode()
 

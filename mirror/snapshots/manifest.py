@@ -21,12 +21,12 @@ from sqlalchemy import select
 from mirror import __version__, query
 from mirror.config import MirrorConfig, layout_for, load_config, utc_now
 from mirror.errors import MirrorError, MissingObjectError
-from mirror.export import blob_roles
 from mirror.files import write_bytes_atomic
-from mirror.index import Blob, Dataset, DocumentVersion, Image, Segmentation
+from mirror.index import Blob, DocumentVersion
 from mirror.index.database import open_reader
 from mirror.layout import Layout
 from mirror.lease import WriterLease
+from mirror.sources.base import ALIASES, source_class, source_hooks, spec_of
 from mirror.store import UnsafeNameError, safe_name
 
 FORMAT = "mirror-snapshot/1"
@@ -86,6 +86,19 @@ def load_manifest(path: Path | str) -> Snapshot:
     return snap
 
 
+def snapshot_source(snap: Snapshot) -> str:
+    """The registry name of the source a manifest pins (older manifests: archive + api)."""
+    source = snap.manifest.get("source") or {}
+    name = source.get("name") or f"{source.get('archive')}-{source.get('api')}"
+    return ALIASES.get(name, name)
+
+
+def snapshot_hooks(snap: Snapshot):
+    """The source's snapshot module for ``snap`` (file names, made files, pinning)."""
+    source_class(snapshot_source(snap))  # a clear error for an unknown source
+    return source_hooks(snapshot_source(snap), "snapshots")
+
+
 def snapshot_dir(layout: Layout, name: str) -> Path:
     try:
         return layout.snapshots / safe_name(name)
@@ -125,7 +138,8 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
     root = Path(root)
     config = load_config(root)
     layout = layout_for(root, config)
-    roles = blob_roles(blobs)
+    spec = spec_of(config.source)
+    roles = [spec.role_for_option(b).name for b in blobs]
     folder = snapshot_dir(layout, name)
     with WriterLease(layout, command="snapshot create"):  # gc must not run meanwhile
         if folder.exists():
@@ -136,7 +150,8 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
             with engine.connect() as conn:
                 items = query.criteria(where)
                 ids = query.select_ids(conn, items, dataset=dataset, study=study)
-                objects = _pinned_objects(conn, ids, roles)
+                objects = source_hooks(config.source, "snapshots").pinned_objects(
+                    conn, ids, roles)
         finally:
             engine.dispose()
         manifest = _manifest(config, name, items, dataset, study, blobs, objects)
@@ -158,8 +173,9 @@ def _manifest(config: MirrorConfig, name: str, items: list, dataset: str | None,
         "name": name,
         "created": utc_now(),
         "tool": {"name": "mirror", "version": __version__},
-        "source": {"archive": "isic", "api": "v1", "base_url": config.base_url,
-                   "authenticated": config.authenticated},
+        "source": {"archive": spec_of(config.source).archive,
+                   "api": spec_of(config.source).api, "name": config.source,
+                   "base_url": config.base_url, "authenticated": config.authenticated},
         "selection": {"where": [c.as_list() for c in items], "dataset": dataset,
                       "study": study, "blobs": sorted(blobs),
                       "images": sum(1 for o in objects if o["kind"] == "image")},
@@ -169,28 +185,7 @@ def _manifest(config: MirrorConfig, name: str, items: list, dataset: str | None,
     return manifest
 
 
-def _pinned_objects(conn, image_ids: list[str], roles: list[str]) -> list[dict]:
-    """Manifest entries of the images, their datasets and segmentations, sorted."""
-    objects: list[dict] = []
-    dataset_ids: set[str] = set()
-    for start in range(0, len(image_ids), 500):
-        chunk = image_ids[start:start + 500]
-        files = _files(conn, chunk, roles)
-        for image_id, name, sha, dataset_id, updated in conn.execute(
-                select(Image.id, Image.name, Image.doc_sha256, Image.dataset_id, Image.updated)
-                .where(Image.id.in_(chunk))):
-            objects.append(_entry(conn, "image", image_id, sha, name, updated,
-                                  files.get(image_id, [])))
-            dataset_ids.add(dataset_id)
-        objects += _segmentations(conn, chunk, "mask" in roles)
-    for ds_id, name, sha, updated in conn.execute(
-            select(Dataset.id, Dataset.name, Dataset.doc_sha256, Dataset.updated)
-            .where(Dataset.id.in_(sorted(d for d in dataset_ids if d)))):
-        objects.append(_entry(conn, "dataset", ds_id, sha, name, updated, []))
-    return sorted(objects, key=lambda o: (o["kind"], o["id"]))
-
-
-def _entry(conn, kind: str, object_id: str, sha: str, name: str | None, updated: str | None,
+def entry(conn, kind: str, object_id: str, sha: str, name: str | None, updated: str | None,
            files: list[dict]) -> dict:
     size = conn.execute(select(DocumentVersion.size).where(
         DocumentVersion.kind == kind, DocumentVersion.object_id == object_id,
@@ -202,7 +197,7 @@ def _entry(conn, kind: str, object_id: str, sha: str, name: str | None, updated:
     return entry
 
 
-def _files(conn, ids: list[str], roles: list[str]) -> dict[str, list[dict]]:
+def files_of(conn, ids: list[str], roles: list[str]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for object_id, role, path, sha, size in conn.execute(
             select(Blob.object_id, Blob.role, Blob.path, Blob.sha256, Blob.size)
@@ -213,15 +208,3 @@ def _files(conn, ids: list[str], roles: list[str]) -> dict[str, list[dict]]:
     return out
 
 
-def _segmentations(conn, image_ids: list[str], masks: bool) -> list[dict]:
-    rows = conn.execute(select(Segmentation.id, Segmentation.image_id, Segmentation.doc_sha256,
-                               Segmentation.created)
-                        .where(Segmentation.image_id.in_(image_ids),
-                               Segmentation.removed.is_(False))).all()
-    files = _files(conn, [r[0] for r in rows], ["mask"]) if masks else {}
-    out = []
-    for seg_id, image_id, sha, created in rows:
-        entry = _entry(conn, "segmentation", seg_id, sha, None, created, files.get(seg_id, []))
-        entry["image_id"] = image_id
-        out.append(entry)
-    return out

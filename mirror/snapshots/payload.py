@@ -1,5 +1,9 @@
 """The files of a snapshot: where each pinned object's bytes are, and what they are called.
 
+What members are called and which tables are made from the pinned documents is the
+source's (its ``snapshots`` hooks module, e.g. :mod:`mirror.sources.isic_v1.snapshot`);
+the rest is the same for every source.
+
 Every export format (folder, tar, BagIt) writes the same members, in the same order, with
 the same bytes; only the container differs. Members are computed from the manifest and
 the pinned bytes alone, never from the current index rows, so an export made months later
@@ -8,25 +12,19 @@ the pinned bytes alone, never from the current index rows, so an export made mon
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import zstandard
 from sqlalchemy import select
 
 from mirror.errors import IntegrityError, MissingObjectError
-from mirror.export import FILE_SUFFIX, cell, field_value
 from mirror.index import Blob, DocumentVersion
-from mirror.snapshots.manifest import Snapshot, canonical
-from mirror.store import ObjectStore, UnsafeNameError, safe_name
+from mirror.snapshots.manifest import Snapshot, canonical, snapshot_hooks
+from mirror.store import ObjectStore
 
 CHUNK = 1 << 20
-FIXED_COLUMNS = ["isic_id", "image_id", "attribution", "copyright_license", "dataset"]
-META_GROUPS = ("acquisition", "clinical")
 
 
 @dataclass(frozen=True)
@@ -82,25 +80,10 @@ class Locator:
                                  "'mirror verify --repair'")
 
 
-def _file_name(entry: dict) -> str:
-    """A safe file stem for an object: its name when that is safe, else its id."""
-    try:
-        return safe_name(entry.get("name") or "")
-    except UnsafeNameError:
-        return entry["id"]
-
-
-def file_member_path(snap: Snapshot, entry: dict, file: dict) -> str:
-    """Where a pinned file goes in an export."""
-    if entry["kind"] == "segmentation":
-        image = snap.by_key.get(("image", entry["image_id"]), {"id": entry["image_id"]})
-        return f"masks/{_file_name(image)}_{entry['id']}{file['ext']}"
-    return f"images/{_file_name(entry)}{FILE_SUFFIX[file['role']]}{file['ext']}"
-
-
 def stored_members(snap: Snapshot, locator: Locator) -> list[Member]:
     """Members for every pinned document and file, read from the store when written."""
     members = []
+    hooks = snapshot_hooks(snap)
     for entry in snap.objects:
         kind, object_id, doc = entry["kind"], entry["id"], entry["document"]
         members.append(Member(
@@ -108,73 +91,27 @@ def stored_members(snap: Snapshot, locator: Locator) -> list[Member]:
             lambda k=kind, i=object_id, s=doc["sha256"]: iter([locator.document_bytes(k, i, s)])))
         for file in entry.get("files", []):
             members.append(Member(
-                file_member_path(snap, entry, file), file["size"], file["sha256"],
+                hooks.file_member_path(snap, entry, file), file["size"], file["sha256"],
                 lambda i=object_id, f=file: locator.file_chunks(i, f["role"], f["sha256"])))
     return members
 
 
-def _generated(path: str, data: bytes) -> Member:
+def generated(path: str, data: bytes) -> Member:
     return Member(path, len(data), hashlib.sha256(data).hexdigest(), lambda: iter([data]))
 
 
 def generated_members(snap: Snapshot, locator: Locator) -> list[Member]:
-    """``metadata.csv``, ``attribution.txt`` and ``snapshot.json``, made from pinned bytes."""
-    import json
-
-    datasets = {e["id"]: json.loads(locator.document_bytes("dataset", e["id"],
-                                                            e["document"]["sha256"]))
-                for e in snap.of_kind("dataset")}
-    images = snap.of_kind("image")
-
-    def docs() -> Iterator[dict]:
-        for e in sorted(images, key=lambda e: (e.get("name") or "", e["id"])):
-            yield json.loads(locator.document_bytes("image", e["id"], e["document"]["sha256"]))
-
-    keys, counts = _survey(docs())
-    return [_generated("metadata.csv", metadata_csv(docs(), datasets, keys)),
-            _generated("attribution.txt", attribution(counts, datasets)),
-            _generated("snapshot.json", canonical(snap.manifest))]
-
-
-def _survey(docs: Iterator[dict]) -> tuple[set[str], dict[Any, int]]:
-    """One pass: every acquisition and clinical field present, and images per dataset."""
-    keys: set[str] = set()
-    counts: dict[Any, int] = {}
-    for doc in docs:
-        for group in META_GROUPS:
-            keys |= {f"meta.{group}.{k}" for k in (field_value(doc, f"meta.{group}") or {})}
-        dataset = field_value(doc, "dataset._id")
-        counts[dataset] = counts.get(dataset, 0) + 1
-    return keys, counts
-
-
-def metadata_csv(docs: Iterator[dict], datasets: dict[str, dict], keys: set[str]) -> bytes:
-    """One row per image; ``keys`` (from :func:`_survey`) are the meta columns."""
-    columns = sorted(keys, key=lambda p: (p.split(".")[2], p))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FIXED_COLUMNS + [c.split(".", 2)[2] for c in columns])
-    for doc in docs:
-        ds = datasets.get(field_value(doc, "dataset._id"), {})
-        writer.writerow([cell(v) for v in [doc.get("name"), doc["_id"], ds.get("attribution"),
-                                           ds.get("license"), ds.get("name")]] +
-                        [cell(field_value(doc, c)) for c in columns])
-    return buffer.getvalue().encode()
-
-
-def attribution(counts: dict[Any, int], datasets: dict[str, dict]) -> bytes:
-    lines = ["Images in this snapshot, by dataset (count, dataset, license, attribution):", ""]
-    for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
-        ds = datasets.get(key, {})
-        lines.append(f"{count}\t{ds.get('name', key)}\t{ds.get('license') or 'not recorded'}\t"
-                     f"{ds.get('attribution') or 'Anonymous'}")
-    return ("\n".join(lines) + "\n").encode()
+    """The source's made files (ISIC: ``metadata.csv``, ``attribution.txt``) and
+    ``snapshot.json``, all made from pinned bytes."""
+    made = [generated(path, data) for path, data in
+            snapshot_hooks(snap).generated_files(snap, locator)]
+    return made + [generated("snapshot.json", canonical(snap.manifest))]
 
 
 def sums_member(members: list[Member]) -> Member:
     """``SHA256SUMS`` in the format ``sha256sum -c`` reads."""
     text = "".join(f"{m.sha256}  {m.path}\n" for m in sorted(members, key=lambda m: m.path))
-    return _generated("SHA256SUMS", text.encode())
+    return generated("SHA256SUMS", text.encode())
 
 
 def all_members(snap: Snapshot, locator: Locator) -> list[Member]:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from mirror.errors import ArchiveError, IntegrityError, OfflineError
+from mirror.errors import ArchiveError, IntegrityError, OfflineError, TransientHTTPError
 
 log = logging.getLogger("mirror.http")
 T = TypeVar("T")
@@ -35,15 +35,6 @@ TRANSIENT_ERRORS = (
     requests.exceptions.ContentDecodingError,
     IntegrityError,  # short body, HTML instead of an image: fetch again
 )
-
-
-class TransientHTTPError(Exception):
-    """A response worth retrying (5xx, 429); carries Retry-After when sent."""
-
-    def __init__(self, status: int, url: str, retry_after: float | None):
-        super().__init__(f"HTTP {status} from {url}")
-        self.status = status
-        self.retry_after = retry_after
 
 
 class HttpClient:

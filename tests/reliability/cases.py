@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.sources.sandbox import Sandbox
+from mirror.sources.isic_v1.sandbox import Sandbox
 from mirror.verify import verify_mirror
 from tests.reliability.helpers import (
     child_env,

@@ -22,9 +22,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from mirror.config import layout_for, load_config
-from mirror.index import Blob, DocumentVersion, Image
+from mirror.index import Blob, DocumentVersion
 from mirror.index.database import open_reader
 from mirror.layout import SHARDS
+from mirror.sources.isic_v1.models import Image
 from mirror.store import TEMP_PREFIX, ObjectStore
 from mirror.verify import verify_mirror
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from tests.reliability.helpers import (
     child_env,
     consistency_problems,

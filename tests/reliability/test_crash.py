@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from tests.reliability.cases import (
     crash_gc,
     crash_snapshot_export,

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from tests.reliability.helpers import (
     child_env,
     consistency_problems,

@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy import select
 
 from mirror.config import layout_for, load_config
-from mirror.index import Blob, Image
+from mirror.index import Blob
 from mirror.index.database import open_reader
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.models import Image
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.sync import SyncOptions, sync
 from tests.reliability.helpers import consistency_problems
 

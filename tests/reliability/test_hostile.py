@@ -21,15 +21,16 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-import mirror.sources.isic
+import mirror.sources.isic_v1.client
 from mirror.cli import main
 from mirror.config import layout_for, load_config
 from mirror.errors import MirrorError
-from mirror.index import Blob, Dataset, Image
+from mirror.index import Blob
 from mirror.index.database import open_reader
 from mirror.sources import http
-from mirror.sources.sandbox import Sandbox, serve
-from mirror.sources.sandbox.hostile import CASES, Hostile
+from mirror.sources.isic_v1.models import Dataset, Image
+from mirror.sources.isic_v1.sandbox import Sandbox, serve
+from mirror.sources.isic_v1.sandbox.hostile import CASES, Hostile
 from mirror.sync import SyncOptions, SyncSummary, sync
 from mirror.verify import verify_mirror
 
@@ -208,7 +209,7 @@ def test_non_hex_and_duplicate_ids_in_listings(tmp_path):
 
 
 def test_pagination_that_repeats_or_skips_items_stops_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(mirror.sources.isic, "SUMMARY_PAGE", 4)  # page through 10 images
+    monkeypatch.setattr(mirror.sources.isic_v1.client, "SUMMARY_PAGE", 4)  # page through 10 images
     out = hostile_run(tmp_path, "paging", NO_BLOBS)
     assert out.error is not None and "listing" in str(out.error)
     assert not any(r.removed for r in _rows(out.root, Image)), "a skipped image was 'removed'"

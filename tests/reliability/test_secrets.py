@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mirror.sources.sandbox import SANDBOX_LOGIN, SANDBOX_PASSWORD, serve
+from mirror.sources.isic_v1.sandbox import SANDBOX_LOGIN, SANDBOX_PASSWORD, serve
 from tests.reliability.helpers import child_env, run_mirror
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from mirror.gc import collect_garbage
 from mirror.index import Blob, DocumentVersion
 from mirror.reindex import reindex_mirror
-from mirror.sources.sandbox import serve
+from mirror.sources.isic_v1.sandbox import serve
 from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
 from tests.reliability.cases import GC_KILLED_AT
@@ -27,8 +27,8 @@ from tests.reliability.helpers import child_env, consistency_problems, indexed, 
 def _study_markups(root) -> tuple[dict[str, str], set[str]]:
     """(current markups blob path per study, every markup version path) in the index."""
     from mirror.config import layout_for, load_config
-    from mirror.index import Study
     from mirror.index.database import open_reader
+    from mirror.sources.isic_v1.models import Study
 
     engine = open_reader(layout_for(root, load_config(root)))
     try:

@@ -14,7 +14,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from mirror.sources.sandbox.data import Archive, iso
+from mirror.sources.isic_v1.sandbox.data import Archive, iso
 
 
 def _load(path: str | Path) -> dict[str, dict]:

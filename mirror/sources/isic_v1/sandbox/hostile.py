@@ -38,9 +38,9 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 from PIL import Image
 
-from mirror.sources.sandbox import blobs
-from mirror.sources.sandbox.api import Response, split_path
-from mirror.sources.sandbox.data import Archive, _rng
+from mirror.sources.isic_v1.sandbox import blobs
+from mirror.sources.isic_v1.sandbox.api import Response, split_path
+from mirror.sources.isic_v1.sandbox.data import Archive, _rng
 
 CASES = ("names", "html", "length", "endless", "json", "ids", "paging", "superpixels",
          "redirect")

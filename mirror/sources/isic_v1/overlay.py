@@ -4,7 +4,7 @@ People would rather look than read: these helpers turn what the API returns into
 pictures. All work on ``(H, W, 3) uint8`` arrays and boolean ``(H, W)`` masks and
 return new arrays; :func:`save_png` writes one.
 
-    >>> from mirror.overlay import outline_mask, save_png
+    >>> from mirror.sources.isic_v1.overlay import outline_mask, save_png
     >>> img = m.image("ISIC_0000000")
     >>> save_png(outline_mask(img.data, img.segmentations[0].mask()), "seg.png")
 """

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from mirror.sources.sandbox.data import Archive, _rng
+from mirror.sources.isic_v1.sandbox.data import Archive, _rng
 
 SCALE = 8
 CACHE_BYTES = int(os.environ.get("MIRROR_SANDBOX_CACHE_MB", "512")) * 1024 * 1024

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from mirror.sources.sandbox.api import Request, Response, RestError, SandboxAPI, split_path
-from mirror.sources.sandbox.data import Archive
-from mirror.sources.sandbox.faults import FaultPlan
-from mirror.sources.sandbox.hostile import Hostile, RawReply
+from mirror.sources.isic_v1.sandbox.api import Request, Response, RestError, SandboxAPI, split_path
+from mirror.sources.isic_v1.sandbox.data import Archive
+from mirror.sources.isic_v1.sandbox.faults import FaultPlan
+from mirror.sources.isic_v1.sandbox.hostile import Hostile, RawReply
 
 log = logging.getLogger("mirror.sandbox")
 API_ROOT = "/api/v1"
@@ -208,7 +208,7 @@ def make_sandbox(images: int = 100, seed: int = 0, faults: str = "",
     ``hostile`` is ``"all"``/``True`` or a comma list of :data:`hostile.CASES`.
     """
     if records:
-        from mirror.sources.sandbox.records import RecordArchive
+        from mirror.sources.isic_v1.sandbox.records import RecordArchive
 
         archive: Archive = RecordArchive.load(records, segmentations, seed=seed)
     else:

@@ -25,13 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mirror.errors import SuperpixelError
+
 NPZ_FORMAT = "mirror-spidx/1"
 MAX_LABELS = 1 << 24
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so equal arrays give equal bytes
-
-
-class SuperpixelError(ValueError):
-    """A superpixel PNG or npz that cannot be a valid label image."""
 
 
 def decode_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import requests
 
-from mirror.errors import ArchiveError, MirrorError
+from mirror.errors import ArchiveError, AuthenticationError
 from mirror.sources.http import HttpClient
 
 log = logging.getLogger("mirror.isic")
@@ -43,11 +43,7 @@ BLOB_KINDS = {
 }
 
 
-class AuthenticationError(MirrorError):
-    """Login failed; the message never contains the password."""
-
-
-class IsicSource:
+class IsicClient:
     """Typed access to the ISIC v1 endpoints a mirror uses."""
 
     name = "isic"

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from mirror.sources.sandbox import blobs
-from mirror.sources.sandbox.data import PRIVATE_DATASETS, USERS, Archive, iso
+from mirror.sources.isic_v1.sandbox import blobs
+from mirror.sources.isic_v1.sandbox.data import PRIVATE_DATASETS, USERS, Archive, iso
 
 OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 TRUE = {"true", "on", "1", "yes"}

@@ -63,7 +63,8 @@ def iso(ts: float) -> str:
 
 @lru_cache(maxsize=1)
 def templates() -> dict:
-    raw = resources.files("mirror.sources.sandbox").joinpath("templates.json.gz").read_bytes()
+    folder = resources.files("mirror.sources.isic_v1.sandbox")
+    raw = folder.joinpath("templates.json.gz").read_bytes()
     return json.loads(gzip.decompress(raw))
 
 

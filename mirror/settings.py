@@ -1,0 +1,56 @@
+"""Every environment variable and tunable of the mirror, in one place (``docs/settings.md``).
+
+Values are read when asked for, not at import, so a test or a long-lived process that
+changes the environment sees the change. Each setting names its variable, its default and
+why the default is what it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mirror.errors import MirrorError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable: its environment variable, default and meaning."""
+
+    env: str
+    default: float
+    doc: str
+
+    def get(self) -> float:
+        raw = os.environ.get(self.env)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            return float(raw)
+        except ValueError:
+            raise MirrorError(f"{self.env}={raw!r} is not a number; unset it or give a "
+                              f"number (default {self.default:g})") from None
+
+
+REMOVAL_MAX_FRACTION = Setting(
+    "MIRROR_REMOVAL_MAX_FRACTION", 0.10,
+    "A sync that would mark more than this share of a kind's objects removed (and more "
+    "than REMOVAL_MIN_COUNT of them) stops before marking any: one bad listing (a broken "
+    "proxy, a token the archive ignores) must not empty a mirror. --allow-removals confirms.")
+REMOVAL_MIN_COUNT = Setting(
+    "MIRROR_REMOVAL_MIN_COUNT", 2,
+    "Removals up to this many are always allowed (the share test alone would refuse "
+    "removing 1 object of 5).")
+REMOVAL_MAX_COUNT = Setting(
+    "MIRROR_REMOVAL_MAX_COUNT", 100,
+    "A sync that would mark more objects than this removed stops, whatever the share.")
+
+#: Variables that are not numbers, listed for the docs page.
+ENVIRONMENT = {
+    "MIRROR_ROOT": "The mirror root when --root is not given.",
+    "MIRROR_PASSWORD": "The password for --username (never stored, never logged).",
+    "MIRROR_STATE_DIR": "Where the writer keeps its live database (local disk; default "
+                        "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
+}
+
+ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT)

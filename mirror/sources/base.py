@@ -1,0 +1,325 @@
+"""The seam between the engine and an archive: one Source protocol, one declarative spec.
+
+The engine (store, index, sync, snapshots, export, verify, gc, reindex) knows no archive.
+An archive is described by a :class:`SourceSpec` (what it holds) and talked to by a
+:class:`Source` (how to ask for it), in the spirit of pooch's ``Downloader`` and
+``Processor`` protocols: the source does the talking, the engine does the rest.
+
+A spec declares:
+
+- its **kinds** (:class:`KindSpec`): the objects it holds, how they relate (a parent
+  kind: image → segmentation; collection → patient → study → series → instance), the id
+  rule of each kind and how an id picks one of the 16 shard folders, how a document
+  names its object, and which typed index table (if any) projects it;
+- its **file roles** (:class:`FileRole`): the files an object may have, with the checks a
+  file must pass before it is published (magic bytes and where they sit, whole-file end
+  markers, a validator that may decode it) and derivations made from it (the ISIC
+  superpixel PNG's decoded ``spidx_*.npz``, like pooch's ``processor=``);
+- the URL shape that selects it, the sync parts and file options a run may choose, and
+  what a snapshot manifest says about the archive.
+
+A :class:`Source` lists and fetches documents (through a :class:`DocumentRun` the engine
+hands it, which stores, indexes and counts them) and plans file tasks; the engine fetches,
+checks, stores and indexes files, persists the plan, and publishes.
+
+The registry at the end of this module maps source names to their packages, imported
+only when needed. It is the only place outside ``mirror/sources/<name>/`` that names an
+archive's package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from mirror.errors import MirrorError, UnknownSourceError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from sqlalchemy.orm import Session
+
+    from mirror.sources.http import HttpClient
+    from mirror.store import ObjectStore, StoredFile
+    from mirror.sync.summary import SyncSummary
+
+HEX_ID = re.compile(r"[0-9a-f]{24}")
+MAX_BYTES_PER_PIXEL, MAX_OVERHEAD = 8, 16 * 2**20
+MAX_BYTES_UNKNOWN_SHAPE = 2**30
+
+
+def shard_by_hex_suffix(object_id: str) -> str:
+    """Last hex digit of the id: right for ids that end in a counter (ObjectIds) or are
+    random hex (UUIDs), whose last digit spreads evenly."""
+    last = object_id[-1:].lower()
+    return last if last and last in "0123456789abcdef" else shard_by_hash(object_id)
+
+
+def shard_by_hash(object_id: str) -> str:
+    """Last hex digit of the id's SHA-256: for ids that are not hex (``ISIC_0000000``,
+    DICOM UIDs), whose own last character would fill ten folders or one."""
+    return hashlib.sha256(object_id.encode("utf-8")).hexdigest()[-1]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One kind of object an archive holds (image, segmentation, series, ...).
+
+    ``table`` names the kind's projection (``images``) in selections and SQL. ``model`` is
+    the typed index table a source may declare for it (ISIC v1 keeps its own); kinds
+    without one live in the generic ``objects`` table. ``id_pattern`` must match the whole
+    id: ids go into URLs, file names and batch requests.
+    """
+
+    name: str
+    table: str
+    id_pattern: re.Pattern[str]
+    parent: str | None = None
+    shard: Callable[[str], str] = shard_by_hash
+    model: Any = None
+    id_of: Callable[[dict], Any] = field(default=lambda doc: doc.get("_id"))
+    name_of: Callable[[dict], Any] = field(default=lambda doc: doc.get("name"))
+    parent_of: Callable[[dict], Any] | None = None
+    columns: Callable[[dict], dict] | None = None  # typed columns of ``model``
+    index: Callable[[Session, list[dict]], None] | None = None  # extra rows (links, ...)
+    on_removed: Callable[[Session, list[str]], None] | None = None  # drop those extra rows
+
+    def valid_id(self, object_id: object) -> bool:
+        return isinstance(object_id, str) and bool(self.id_pattern.fullmatch(object_id))
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file to fetch: the object it belongs to, its role, and what to name it.
+
+    ``url`` is where the source says the bytes are (None: the source fetches them itself,
+    see :meth:`Source.fetch_file`); ``shape`` is (height, width) when the object says so,
+    which bounds sizes and lets decoders check dimensions; ``replace`` asks for a new
+    version of a file the mirror already has (the archive changed it under the same role).
+    """
+
+    kind: str
+    object_id: str
+    role: str
+    option: str
+    name: str | None = None
+    url: str | None = None
+    shape: tuple[int, int] | None = None
+    replace: bool = False
+    size: int | None = None  # what the archive says the file weighs, when it says
+
+    @property
+    def pixels(self) -> int:
+        return self.shape[0] * self.shape[1] if self.shape else 0
+
+    @property
+    def max_bytes(self) -> int:
+        """The size limit of this file: far above any real encoding of its pixels (raw
+        RGB is 3 bytes a pixel) or of what the archive declared, but finite, so that an
+        endless or absurd body is cut off, not stored."""
+        if self.size:
+            return MAX_OVERHEAD + 4 * self.size
+        if not self.pixels:
+            return MAX_BYTES_UNKNOWN_SHAPE
+        return MAX_OVERHEAD + MAX_BYTES_PER_PIXEL * self.pixels
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A file derived from a fetched one (``source_sha256`` links them in the index)."""
+
+    role: str
+    data: bytes
+    ext: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class FileRole:
+    """A file an object may have, and the checks it passes before it is published.
+
+    ``prefix`` starts its file name in the store (``thumb_<id>.jpg``); ``named`` adds the
+    object's name (isicarchive's cache names, ``image_<id>_<name>.jpg``). ``magic`` is a
+    tuple of accepted first bytes found at ``magic_offset`` (DICOM: ``DICM`` at 128).
+    ``whole`` checks JPEG/PNG end markers, so a body cut short under a short
+    ``Content-Length`` is refused. ``validate(path, task)`` sees the complete temp file
+    and raises to refuse it; what it returns is handed to ``derive(task, value, path)``,
+    which returns the derived files (so a PNG is decoded once for both).
+    ``option`` is the ``--blobs`` choice that asks for the role; derived roles have
+    ``derived_from`` instead.
+    """
+
+    name: str
+    prefix: str
+    option: str | None
+    magic: tuple[bytes, ...] = ()
+    magic_offset: int = 0
+    whole: bool = False
+    named: bool = False
+    exts: tuple[str, ...] = (".jpg", ".png", ".bmp", ".gif")
+    validate: Callable[[Path, FileTask], Any] | None = None
+    derive: Callable[[FileTask, Any, Path], list[Derived]] | None = None
+    derived_from: str | None = None
+    exported: bool = True  # offered by ``export files`` and snapshots
+    bytes_per_pixel: float = 0.1  # a rule of thumb for the plan's size, before any is known
+    fixed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What an archive holds and how the mirror lays it out (see the module docstring).
+
+    ``namespace`` is the folder under the mirror root (one source per root).
+    ``url_pattern`` recognises the source from ``--url``. ``parts`` are the sync's
+    ``--what`` choices; ``file_options`` the ``--blobs`` choices.
+    """
+
+    name: str
+    archive: str
+    api: str
+    title: str
+    namespace: str
+    organization: str
+    url_pattern: re.Pattern[str]
+    kinds: tuple[KindSpec, ...]
+    roles: tuple[FileRole, ...]
+    main_kind: str
+    parts: frozenset[str] = frozenset()
+    file_options: frozenset[str] = frozenset()
+    default_url: str | None = None
+    sandbox: str | None = None  # "module:function" serving a local imitation
+
+    def kind(self, name: str) -> KindSpec:
+        for kind in self.kinds:
+            if kind.name == name:
+                return kind
+        raise MirrorError(f"{self.title} has no object kind {name!r}; it has: "
+                          f"{', '.join(k.name for k in self.kinds)}")
+
+    def has_kind(self, name: str) -> bool:
+        return any(k.name == name for k in self.kinds)
+
+    def kind_of_table(self, table: str) -> KindSpec:
+        for kind in self.kinds:
+            if table in (kind.table, kind.name):
+                return kind
+        raise MirrorError(f"{self.title} has no kind {table!r}; use one of "
+                          f"{', '.join(k.table for k in self.kinds)}")
+
+    def role(self, name: str) -> FileRole:
+        for role in self.roles:
+            if role.name == name:
+                return role
+        raise MirrorError(f"{self.title} has no file role {name!r}")
+
+    def role_for_option(self, option: str) -> FileRole:
+        for role in self.roles:
+            if role.option == option:
+                return role
+        raise MirrorError(f"unknown file choice {option!r}; use "
+                          f"{', '.join(sorted(self.file_options))}")
+
+    def role_for_prefix(self, prefix: str) -> FileRole | None:
+        return next((r for r in self.roles if r.prefix == prefix), None)
+
+    def shard_of(self, kind: str, object_id: str) -> str:
+        return self.kind(kind).shard(object_id) if self.has_kind(kind) else \
+            shard_by_hex_suffix(object_id)
+
+
+class DocumentRun(Protocol):
+    """What the engine gives a source's documents phase (see ``mirror.sync.documents``)."""
+
+    session: Session
+    store: ObjectStore
+    executor: Executor
+    summary: SyncSummary
+    public: bool
+    window: int
+
+    def commit(self) -> None: ...
+    def store_docs(self, kind: str, docs: Iterable[dict]) -> list[tuple[dict, StoredFile]]: ...
+    def record(self, kind: str, stored: list[tuple[dict, StoredFile]], **extra: Any
+               ) -> None: ...
+    def remove_missing(self, kind: str, listed: set[str], *,
+                       within: set[str] | None = None) -> None: ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """How the engine talks to one archive. One instance serves one sync run.
+
+    ``sync_documents`` lists and fetches what changed, storing it through ``run``; it
+    returns the ids of the main kind whose files are in scope (None: every object).
+    ``plan_files`` says which files the index lacks (or must replace). The engine
+    downloads ``task.url`` unless the source implements ``fetch_file`` (one request that
+    yields many files, such as a TCIA series zip).
+    """
+
+    spec: ClassVar[SourceSpec]
+    http: HttpClient
+
+    def login(self, username: str, password: str) -> None: ...
+
+    def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None: ...
+
+    def plan_files(self, session: Session, scope: set[str] | None,
+                   options: frozenset[str]) -> list[FileTask]: ...
+
+
+# -- the registry ------------------------------------------------------------------------
+
+#: name -> "module:attribute" of its Source class. Adding a source adds one line here.
+REGISTRY: dict[str, str] = {
+    "isic-v1": "mirror.sources.isic_v1:IsicV1Source",
+}
+#: names older mirrors wrote into mirror.json
+ALIASES = {"isic": "isic-v1"}
+
+
+def source_class(name: str) -> type[Source]:
+    """The Source class registered as ``name`` (or one of its old names)."""
+    name = ALIASES.get(name, name)
+    if name not in REGISTRY:
+        raise UnknownSourceError(f"unknown source {name!r}; known sources: "
+                                 f"{', '.join(sorted(REGISTRY))}")
+    module, attribute = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def spec_of(name: str) -> SourceSpec:
+    return source_class(name).spec
+
+
+def source_hooks(name: str, hooks: str) -> Any:
+    """The module a source names for a group of engine hooks (``snapshots``,
+    ``exports``): functions the generic snapshot and export code calls."""
+    path = getattr(source_class(name), hooks, None)
+    if path is None:
+        raise MirrorError(f"{spec_of(name).title} offers no {hooks}")
+    return importlib.import_module(path)
+
+
+def load_all() -> None:
+    """Import every registered source, so the index metadata holds every source's tables
+    (Alembic's autogenerate and the schema tests compare against all of them)."""
+    for name in REGISTRY:
+        source_class(name)
+
+
+def source_for_url(url: str) -> str:
+    """The registered source whose URL shape ``url`` has, or a one-line error."""
+    matches = [name for name in sorted(REGISTRY) if spec_of(name).url_pattern.search(url)]
+    if len(matches) == 1:
+        return matches[0]
+    shapes = "; ".join(f"{n}: {spec_of(n).url_pattern.pattern}" for n in sorted(REGISTRY))
+    if not matches:
+        raise UnknownSourceError(f"cannot tell the archive from the URL {url!r}; pass "
+                                 f"--source NAME (known shapes: {shapes})")
+    raise UnknownSourceError(f"the URL {url!r} fits several sources ({', '.join(matches)}); "
+                             "pass --source NAME")

@@ -1,0 +1,324 @@
+"""ISIC v1 objects offline: images, segmentations, datasets, studies, annotations.
+
+:class:`IsicV1Objects` is what ``Mirror`` offers for an ISIC v1 mirror
+(``m.image(...)``, ``m.select_images(...)``, ``m.study(...)``...); see
+:mod:`mirror.api`. Everything is read from the published index and the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+
+from mirror import query
+from mirror.errors import MirrorError, MissingObjectError
+from mirror.sources.isic_v1.models import (
+    Annotation,
+    Dataset,
+    Feature,
+    Image,
+    Segmentation,
+    Study,
+    StudyImage,
+)
+from mirror.valuesets import IdList
+
+if TYPE_CHECKING:
+    from mirror.api import Mirror
+
+
+class IsicV1Objects:
+    """The ISIC v1 accessors of a :class:`~mirror.api.Mirror` (found through it)."""
+
+    def __init__(self, mirror: Mirror):
+        self._mirror = mirror
+        self.image_selection: ImageSelection | None = None
+
+    def __getattr__(self, name: str):
+        # the accessors below were methods of Mirror: they reach its helpers unchanged
+        if name.startswith("_") and name not in ("_mirror",):
+            return getattr(self._mirror, name)
+        raise AttributeError(name)
+
+    @property
+    def root(self) -> Path:
+        return self._mirror.root
+
+    def image(self, key: str) -> MirrorImage:
+        """The image named ``key`` (``ISIC_0000000``) or with ``_id`` ``key``."""
+        return MirrorImage(self._mirror, self._find(Image, key, "image"))
+
+    def images(self, include_removed: bool = False) -> list[str]:
+        """Names of every image in the mirror, sorted."""
+        query = select(Image.name).order_by(Image.name)
+        if not include_removed:
+            query = query.where(Image.removed.is_(False))
+        return [r[0] for r in self._all(query)]
+
+    def select_images(self, criteria: Any = None, sub_select: bool = False,
+                      dataset: str | None = None, study: str | None = None,
+                      limit: int | None = None) -> ImageSelection:
+        """Images whose documents meet ``criteria``, selected in SQL (see :mod:`mirror.query`).
+
+        ``criteria`` is ``[field, op, value]`` or a list of them (all must hold), e.g.
+        ``[["meta.clinical.diagnosis", "==", "melanoma"], ["dataset.name", "ni", "HAM"]]``.
+        With ``sub_select=True`` the previous selection (kept as ``m.image_selection``) is
+        refined. The result is also stored as ``m.image_selection``.
+        """
+        items = query.criteria(criteria)
+        previous = self.image_selection if sub_select else None
+        if previous is not None:
+            items = previous.criteria + items
+            dataset, study = dataset or previous.dataset, study or previous.study
+        with self._mirror._engine.connect() as conn:
+            ids = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
+        self.image_selection = ImageSelection(self._mirror, items, ids, dataset, study)
+        return self.image_selection
+
+    def images_frame(self, criteria: Any = None, columns: list[str] | None = None, **scope: Any):
+        """A pandas DataFrame, one row per selected image (needs ``pip install mirror[pandas]``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise MirrorError("images_frame needs pandas: pip install 'mirror[pandas]'") from None
+        from mirror.export import metadata_table
+
+        selection = self.select_images(criteria, **scope)
+        header, rows = metadata_table(self._mirror, selection, columns)
+        return pandas.DataFrame(list(rows), columns=header)
+
+    def dataset(self, key: str) -> MirrorDataset:
+        """The dataset named ``key`` or with ``_id`` ``key``."""
+        return MirrorDataset(self._mirror, self._find(Dataset, key, "dataset"))
+
+    def study(self, key: str) -> MirrorStudy:
+        """The study named ``key`` or with ``_id`` ``key``."""
+        return MirrorStudy(self._mirror, self._find(Study, key, "study"))
+
+    def studies(self) -> list[str]:
+        return [r[0] for r in self._all(select(Study.name).order_by(Study.name))]
+
+
+class ImageSelection:
+    """The images a selection found, in ``_id`` order; names and images are read on demand.
+
+    :attr:`ids` is a read-only sequence of ``_id`` strings (often a
+    :class:`mirror.valuesets.IdList`, which makes each string when it is read);
+    ``list(selection.ids)`` gives a plain list."""
+
+    def __init__(self, mirror: Mirror, criteria: list, ids: Sequence[str],
+                 dataset: str | None = None, study: str | None = None):
+        self.mirror, self.criteria, self.dataset, self.study = mirror, criteria, dataset, study
+        self.ids = ids
+
+    @cached_property
+    def names(self) -> list[str]:
+        """The ISIC names, in the order of :attr:`ids`."""
+        with self.mirror._engine.connect() as conn:
+            return query.names_of(conn, self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[MirrorImage]:
+        return (self.mirror.image(i) for i in self.ids)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._members or key in set(self.names)
+
+    @cached_property
+    def _members(self) -> Container[str]:
+        return self.ids if isinstance(self.ids, IdList) else set(self.ids)  # IdList: bisects
+
+    def __repr__(self) -> str:
+        shown = " and ".join(str(c) for c in self.criteria) or "all images"
+        return f"<ImageSelection {len(self)} images: {shown}>"
+
+
+class MirrorImage:
+    """One image: metadata at once, pixels and superpixels on demand."""
+
+    def __init__(self, mirror: Mirror, row: Image):
+        self._mirror, self._row = mirror, row
+        self.id: str = row.id
+        self.name: str = row.name
+        self.json: dict = row.doc
+        self.meta: dict = row.doc.get("meta") or {}
+        self.removed: bool = row.removed
+
+    def __repr__(self) -> str:
+        return f"<MirrorImage {self.name} {self.id}>"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._row.pixels_y, self._row.pixels_x)
+
+    @property
+    def path(self) -> Path:
+        """The original image file."""
+        return self._mirror._blob(self.id, "image", "image file")
+
+    @cached_property
+    def data(self) -> np.ndarray:
+        """RGB pixels, (H, W, 3) uint8."""
+        return _read_rgb(self.path)
+
+    def thumbnail(self) -> np.ndarray:
+        return _read_rgb(self._mirror._blob(self.id, "thumbnail", "thumbnail"))
+
+    @cached_property
+    def superpixels(self) -> dict:
+        """``{"idx", "map", "max", "shp"}``, isicarchive's semantics (see ``superpixels``)."""
+        from mirror.sources.isic_v1.superpixels import load_superpixels
+
+        png = self._mirror._blob(self.id, "superpixels", "superpixel image")
+        try:
+            npz = self._mirror._blob(self.id, "spidx", "decoded superpixels")
+        except MissingObjectError:
+            npz = None
+        return load_superpixels(png, npz)
+
+    @property
+    def segmentations(self) -> list[MirrorSegmentation]:
+        rows = self._mirror._rows(select(Segmentation).where(
+            Segmentation.image_id == self.id, Segmentation.removed.is_(False))
+            .order_by(Segmentation.created))
+        return [MirrorSegmentation(self._mirror, row, self) for row in rows]
+
+
+class MirrorSegmentation:
+    def __init__(self, mirror: Mirror, row: Segmentation, image: MirrorImage):
+        self._mirror, self.image = mirror, image
+        self.id, self.json = row.id, row.doc
+        self.failed: bool = row.failed
+        self.created: str | None = row.created
+        reviews = row.doc.get("reviews") or []
+        self.skill = "expert" if any(r.get("skill") == "expert" for r in reviews) else "novice"
+
+    def __repr__(self) -> str:
+        return f"<MirrorSegmentation {self.id} of {self.image.name}>"
+
+    def mask(self) -> np.ndarray:
+        """The lesion mask as a boolean (H, W) array."""
+        if self.failed:
+            raise MissingObjectError(f"segmentation {self.id} failed in the archive: no mask")
+        from PIL import Image as PILImage
+
+        with PILImage.open(self._mirror._blob(self.id, "mask", "mask")) as img:
+            return np.asarray(img.convert("L")) > 127
+
+
+class MirrorDataset:
+    def __init__(self, mirror: Mirror, row: Dataset):
+        self._mirror = mirror
+        self.id, self.name, self.json = row.id, row.name, row.doc
+        self.license, self.attribution = row.license, row.attribution
+
+    def __repr__(self) -> str:
+        return f"<MirrorDataset {self.name!r} {self.license}>"
+
+    @property
+    def images(self) -> list[str]:
+        return [r[0] for r in self._mirror._all(select(Image.name).where(
+            Image.dataset_id == self.id, Image.removed.is_(False)).order_by(Image.name))]
+
+
+class MirrorStudy:
+    def __init__(self, mirror: Mirror, row: Study):
+        self._mirror = mirror
+        self.id, self.name, self.json = row.id, row.name, row.doc
+
+    def __repr__(self) -> str:
+        return f"<MirrorStudy {self.name!r}>"
+
+    @property
+    def images(self) -> list[str]:
+        """Names of the study's images that are in the mirror."""
+        return [r[0] for r in self._mirror._all(
+            select(Image.name).join(StudyImage, StudyImage.image_id == Image.id)
+            .where(StudyImage.study_id == self.id).order_by(Image.name))]
+
+    @property
+    def features(self) -> list[str]:
+        return [r[0] for r in self._mirror._all(select(Feature.feature_id).where(
+            Feature.study_id == self.id).order_by(Feature.feature_id))]
+
+    @property
+    def questions(self) -> list[dict]:
+        return self.json.get("questions") or []
+
+    @cached_property
+    def annotations(self) -> list[MirrorAnnotation]:
+        rows = self._mirror._rows(select(Annotation).where(
+            Annotation.study_id == self.id, Annotation.removed.is_(False))
+            .order_by(Annotation.id))
+        return [MirrorAnnotation(self._mirror, row) for row in rows]
+
+    def load_annotations(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every complete annotation's markups at once: ``{annotation id: {feature: values}}``.
+
+        Read from the study's single markup file (like isicarchive's ``stann_`` cache) when
+        the sync wrote one, else annotation by annotation.
+        """
+        bundle = self._mirror._blob_json(self.id, "markups")
+        if bundle is not None:
+            return {aid: {f: np.asarray(v, np.float32) for f, v in features.items()}
+                    for aid, features in bundle["annotations"].items()}
+        return {a.id: a.markups for a in self.annotations
+                if a.state == "complete" and a.markups}
+
+    def __iter__(self) -> Iterator[MirrorAnnotation]:
+        return iter(self.annotations)
+
+
+class MirrorAnnotation:
+    def __init__(self, mirror: Mirror, row: Annotation):
+        self._mirror = mirror
+        self.id, self.json = row.id, row.doc
+        self.study_id, self.image_id, self.user_id = row.study_id, row.image_id, row.user_id
+        self.state, self.status = row.state, row.status
+        self.responses: dict = row.doc.get("responses") or {}
+
+    def __repr__(self) -> str:
+        return f"<MirrorAnnotation {self.id} {self.state}>"
+
+    @property
+    def image(self) -> MirrorImage:
+        return self._mirror.image(self.image_id)
+
+    @cached_property
+    def markups(self) -> dict[str, np.ndarray]:
+        """Per feature present, the float value of each superpixel (0, 0.5 possible, 1 definite)."""
+        doc = self._mirror._blob_json(self.id, "markups")
+        if doc is None:
+            present = [f for f, on in (self.json.get("markups") or {}).items() if on]
+            if present:
+                raise MissingObjectError(f"the markups of annotation {self.id} are not "
+                                         "mirrored; run 'mirror sync' with annotations")
+            return {}
+        return {f: np.asarray(v, np.float32) for f, v in doc["markups"].items()}
+
+    def feature_mask(self, feature: str, threshold: float = 0.5) -> np.ndarray:
+        """Pixels of the image whose superpixel has ``value >= threshold`` for ``feature``."""
+        if feature not in self.markups:
+            known = ", ".join(sorted(self.markups)) or "none"
+            raise MissingObjectError(f"annotation {self.id} has no markup for {feature!r} "
+                                     f"(marked: {known})")
+        idx = self.image.superpixels["idx"]
+        values = self.markups[feature]
+        if values.size != idx.max() + 1:
+            raise MissingObjectError(f"markup of {feature!r} has {values.size} values but the "
+                                     f"image has {idx.max() + 1} superpixels")
+        return values[idx] >= threshold
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as img:
+        return np.asarray(img.convert("RGB"))

@@ -1,0 +1,264 @@
+"""Phase 2 of a sync: files, for any source (images, masks, DICOM instances...).
+
+The plan is the list of :class:`~mirror.sources.base.FileTask` the source asks for
+(``Source.plan_files``), persisted as ``sync_items`` rows so that a killed run resumes
+where it stopped. Each file is streamed into a temp file, checked as its
+:class:`~mirror.sources.base.FileRole` says (size against Content-Length, magic bytes at
+their offset, so an HTML error page is never stored as an image; whole-file end markers;
+the role's validator), then published atomically; the role's derivations are made from
+it; only then are index rows written, in batches, after one flush of the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from mirror.config import utc_now
+from mirror.errors import ArchiveError, DiskFullError, MirrorError
+from mirror.index import SyncItem
+from mirror.ingest import blob_row, ingest_blobs
+from mirror.sources.base import FileRole, FileTask, Source, SourceSpec
+from mirror.store import ObjectStore, StoredFile, blob_relpath, extension_for
+from mirror.sync.pool import completed
+from mirror.sync.summary import SyncSummary
+
+log = logging.getLogger("mirror.sync")
+CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
+                 ".gif": "image/gif", ".npz": "application/x-npz", ".dcm": "application/dicom",
+                 ".json.zst": "application/json"}
+CHUNK = 256 * 1024
+COMMIT_EVERY = 200
+# object id, role, file, content type, sha256 of the file it derives from, fetched (not adopted)
+Result = tuple[str, str, StoredFile, str, "str | None", bool]
+
+
+def estimate_bytes(spec: SourceSpec, tasks: list[FileTask]) -> int:
+    """Bytes the plan will need: the archive's own sizes where it gives them, else the
+    role's rule of thumb per pixel."""
+    total = 0
+    for task in tasks:
+        role = spec.role(task.role)
+        total += task.size or int(task.pixels * role.bytes_per_pixel) + role.fixed_bytes
+    return total
+
+
+def check_disk_space(root, needed: int) -> int:
+    """Free bytes under ``root``; a clear error when ``needed`` (+10 %) does not fit."""
+    free = shutil.disk_usage(root).free
+    if needed * 1.1 > free:
+        raise MirrorError(
+            f"not enough disk space under {root}: the plan needs about {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB are free; free space or narrow the sync with --blobs/--limit")
+    return free
+
+
+def persist_plan(session: Session, tasks: list[FileTask]) -> None:
+    """Record the outstanding work so that a killed run can report and resume it."""
+    known = {tuple(r) for r in session.execute(
+        select(SyncItem.kind, SyncItem.object_id, SyncItem.role))}
+    session.add_all(SyncItem(kind=t.kind, object_id=t.object_id, role=t.role, state="pending",
+                             attempts=0) for t in tasks
+                    if (t.kind, t.object_id, t.role) not in known)
+
+
+def _content_length(value: str | None, task: FileTask, url: str) -> int | None:
+    """The declared length; refused up front when malformed or beyond the file's limit."""
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ArchiveError(f"malformed Content-Length {value[:40]!r} from {url}")
+    if int(value) > task.max_bytes:
+        raise ArchiveError(f"{url} declares {int(value)} bytes, more than the "
+                           f"{task.max_bytes} a {task.role} of this size can need")
+    return int(value)
+
+
+def _read_bounded(chunks, max_bytes: int) -> list[bytes]:
+    """The body in memory, read one chunk past ``max_bytes`` at most (the store refuses it)."""
+    body, size = [], 0
+    for chunk in chunks:
+        body.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            break
+    return body
+
+
+class FileFetcher:
+    """Runs the file plan on a worker pool; the calling thread alone writes the index."""
+
+    def __init__(self, source: Source, store: ObjectStore, session: Session,
+                 executor: Executor, summary: SyncSummary, commit: Callable[[], None],
+                 progress: Callable[[int, int], None] | None = None, window: int = 32):
+        self.source, self.spec, self.store, self.session = source, source.spec, store, session
+        self.executor, self.summary, self._commit = executor, summary, commit
+        self.progress = progress or (lambda items, nbytes: None)
+        self.window = window
+        self.rows: list[dict] = []  # file rows waiting for the next commit
+        self.done: list[FileTask] = []
+
+    def run(self, tasks: list[FileTask]) -> None:
+        last_commit = time.monotonic()
+        for n, (task, future) in enumerate(
+                completed(self.executor, self.fetch, tasks, self.window), 1):
+            try:
+                results = future.result()
+            except DiskFullError:
+                self.commit()  # keep what arrived: the next run resumes after it
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded and retried next run
+                self._record_failure(task, exc)
+                continue
+            self._record_success(task, results)
+            if n % COMMIT_EVERY == 0 or time.monotonic() - last_commit > 5:
+                self.commit()
+                last_commit = time.monotonic()
+        self.commit()
+
+    def commit(self) -> None:
+        """Write the buffered rows in bulk, then make files and rows durable, in that order."""
+        ingest_blobs(self.session, self.rows)
+        by_kind = sorted(self.done, key=lambda t: (t.kind, t.role))
+        for kind, group in itertools.groupby(by_kind, lambda t: (t.kind, t.role)):
+            ids = [t.object_id for t in group]
+            self.session.execute(delete(SyncItem).where(
+                SyncItem.kind == kind[0], SyncItem.role == kind[1],
+                SyncItem.object_id.in_(ids)))
+        self.rows, self.done = [], []
+        self._commit()
+
+    def fetch(self, task: FileTask) -> list[Result]:
+        """Download (or adopt an already published file) and derive; runs in a worker."""
+        fetch_file = getattr(self.source, "fetch_file", None)
+        if fetch_file is not None and task.url is None:
+            return fetch_file(task, self)  # one request, many files (a series zip)
+        role = self.spec.role(task.role)
+        checked: dict = {}  # what the role's validator returned (decoded once)
+        adopted = None if task.replace else self._adopt_published(task, role, checked)
+        if adopted is not None:
+            stored, content_type = adopted
+            fetched = False
+        else:
+            stored, content_type = self.source.http.retrying(
+                lambda: self._download(task, role, checked), f"{task.role} of {task.object_id}")
+            fetched = True
+        results: list[Result] = [(task.object_id, task.role, stored, content_type, None,
+                                  fetched)]
+        if role.derive is not None:
+            results += self._derive(task, role, stored, checked.get("value"))
+        return results
+
+    def _download(self, task: FileTask, role: FileRole, checked: dict
+                  ) -> tuple[StoredFile, str]:
+        url, http = task.url, self.source.http
+        with http.fetching(url, stream=True) as response:
+            if response.status_code != 200:
+                raise MirrorError(f"HTTP {response.status_code} for {url}")
+            content_type = response.headers.get("Content-Type", "")
+            length = _content_length(response.headers.get("Content-Length"), task, url)
+            chunks = response.iter_content(CHUNK)
+            first = next(chunks, b"")
+            if len(first) < role.magic_offset + 4:  # DICOM's magic sits at byte 128
+                first += next(chunks, b"")
+            relpath = self.relpath(task, role, extension_for(content_type, first))
+            body = itertools.chain([first], chunks)
+            validate = self._validator(task, role, checked)
+            if validate is not None:  # small (a superpixel PNG): decode it after the slot
+                body = _read_bounded(body, task.max_bytes)
+            else:
+                return self.put(relpath, body, length, task, role, None), content_type
+        return self.put(relpath, body, length, task, role, validate), content_type
+
+    def relpath(self, task: FileTask, role: FileRole, ext: str) -> str:
+        """Where ``task``'s file goes: the role's prefix, the kind's shard."""
+        return blob_relpath(role.prefix, task.object_id, name=task.name if role.named else None,
+                            ext=ext, shard=self.spec.shard_of(task.kind, task.object_id))
+
+    def put(self, relpath: str, body, length: int | None, task: FileTask, role: FileRole,
+            validate: Callable | None) -> StoredFile:
+        """Store one file of ``task`` as its role requires (sources' ``fetch_file`` too)."""
+        return self.store.put_stream(relpath, body, expected_size=length, magic=role.magic or None,
+                                     magic_offset=role.magic_offset, max_size=task.max_bytes,
+                                     whole=role.whole, validate=validate,
+                                     new_version=task.replace)
+
+    @staticmethod
+    def _validator(task: FileTask, role: FileRole, checked: dict) -> Callable | None:
+        """The role's check of the complete temp file, keeping what it decoded."""
+        if role.validate is None:
+            return None
+
+        def validate(path: Path) -> None:
+            checked["value"] = role.validate(path, task)
+
+        return validate
+
+    def _adopt_published(self, task: FileTask, role: FileRole, checked: dict
+                         ) -> tuple[StoredFile, str] | None:
+        """A file published by a run that stopped before indexing it: check it, keep it.
+
+        Files are published only complete and verified, so an existing final path needs no
+        new download (this is what makes resume after ``kill -9`` cheap). It is checked
+        again all the same, because a power cut can leave a file published but not yet
+        flushed (see ``ObjectStore.batch_durability``): a bad one is removed and fetched.
+        """
+        for ext in role.exts:
+            relpath = self.relpath(task, role, ext)
+            if not self.store.exists(relpath):
+                continue
+            try:
+                self.store.check_file(relpath, role.magic or None, whole=role.whole,
+                                      magic_offset=role.magic_offset)
+                validate = self._validator(task, role, checked)
+                if validate is not None:
+                    validate(self.store.path(relpath))
+            except (MirrorError, ValueError, OSError) as exc:  # SuperpixelError is a ValueError
+                log.warning("refetching %s: the published file is bad (%s)", relpath, exc)
+                self.store.remove(relpath)
+                return None
+            sha256, size = self.store.hash(relpath)
+            return StoredFile(relpath, sha256, size), CONTENT_TYPES.get(ext, "")
+        return None
+
+    def _derive(self, task: FileTask, role: FileRole, stored: StoredFile, value) -> list[Result]:
+        """The role's derived files (ISIC's decoded superpixels), linked to ``stored``."""
+        results: list[Result] = []
+        for derived in role.derive(task, value, self.store.path(stored.relpath)):
+            derived_role = self.spec.role(derived.role)
+            relpath = self.relpath(task, derived_role, derived.ext)
+            info = self.store.put_bytes(relpath, derived.data, new_version=task.replace)
+            results.append((task.object_id, derived.role, info, derived.content_type,
+                            stored.sha256, False))
+        return results
+
+    def _record_success(self, task: FileTask, results: list[Result]) -> None:
+        now = utc_now()
+        for object_id, role, stored, content_type, source_sha, fetched in results:
+            self.rows.append(blob_row(object_id, role, stored.relpath, stored.sha256,
+                                      stored.size, content_type, now, source_sha))
+            outcome = "fetched" if fetched else "derived" if source_sha else "adopted"
+            self.summary.blobs[(role, outcome)] += 1
+            if fetched:
+                self.summary.bytes_downloaded += stored.size
+                self.progress(1, stored.size)
+        self.done.append(task)
+
+    def _record_failure(self, task: FileTask, exc: Exception) -> None:
+        log.warning("%s %s %s: %s", task.kind, task.object_id, task.role, exc)
+        self.summary.fail(task.kind, task.object_id, task.role, exc)
+        self.summary.blobs[(task.role, "failed")] += 1
+        item = self.session.get(SyncItem, (task.kind, task.object_id, task.role))
+        if item is not None:
+            item.state, item.attempts, item.error = "failed", item.attempts + 1, str(exc)[:500]
+        self.progress(1, 0)
+
+

@@ -1,0 +1,43 @@
+"""The sources the contract suite runs against: one :class:`SourceCase` each.
+
+A case starts its source's sandbox and says how to sync it (the URL and CLI options of a
+small, complete mirror) and what a no-op re-sync may cost. Adding a source to the suite is
+adding one case here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A running sandbox, as the contract suite sees it."""
+
+    url: str
+    requests: Callable[[], int]  # requests served so far
+    sync_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    name: str
+    start: Callable[[], AbstractContextManager[Archive]]
+    noop_requests: int  # the most requests a no-op re-sync may make
+    snapshot_args: tuple[str, ...] = field(default=())
+
+
+@contextmanager
+def _isic_v1() -> Iterator[Archive]:
+    from mirror.sources.isic_v1.sandbox import serve
+
+    with serve(images=16, seed=41, private_fraction=0.0) as sb:
+        yield Archive(sb.url, lambda: sb.stats().get("total", 0))
+
+
+CASES = [
+    # datasets, image summaries, studies (+ their annotation listings when changed)
+    SourceCase("isic-v1", _isic_v1, noop_requests=4),
+]
