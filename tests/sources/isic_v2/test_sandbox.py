@@ -736,3 +736,18 @@ def test_bucket_ranges_and_methods(fresh):
     assert requests.put(url, data=b"x", timeout=30).status_code == 405
     fresh.mutate(delete_ids=[record["isic_id"]])
     assert requests.get(url, timeout=30).content == data  # nothing deletes the S3 objects
+
+
+def test_run_forever_takes_the_v1_keyword_interface():
+    code = ("from mirror.sources.isic_v2.sandbox import run_forever; "
+            "run_forever(images=3, seed=2, faults='', hostile=None, private_fraction=0.1)")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert url.endswith("/api/v2")
+        assert requests.get(url + "/stats/", timeout=30).json()["image"]["images_count"] == 3
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.stdout.close()

@@ -13,6 +13,7 @@ mirror.sources.isic_v2.sandbox --port 8000`` serves where ``isic --dev`` looks.
 
 from mirror.sources.isic_v2.sandbox.api import SANDBOX_TOKEN, STAFF_TOKEN
 from mirror.sources.isic_v2.sandbox.data import MUTATIONS
-from mirror.sources.isic_v2.sandbox.server import SandboxV2, main, start
+from mirror.sources.isic_v2.sandbox.server import SandboxV2, main, run_forever, start
 
-__all__ = ["MUTATIONS", "SANDBOX_TOKEN", "STAFF_TOKEN", "SandboxV2", "main", "start"]
+__all__ = ["MUTATIONS", "SANDBOX_TOKEN", "STAFF_TOKEN", "SandboxV2", "main", "run_forever",
+           "start"]

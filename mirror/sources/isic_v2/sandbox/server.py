@@ -303,6 +303,26 @@ def start(images: int = 100, seed: int = 0, latency: float = 0.0, faults: str | 
     return sandbox
 
 
+def run_forever(host: str = "127.0.0.1", port: int = 0, images: int = 100, seed: int = 0,
+                faults: str = "", hostile: str | bool | None = None, latency: float = 0.0,
+                file_port: int = 0, es_counts: bool = False, records: str | None = None,
+                segmentations: str | None = None, **_v1_only) -> None:
+    """The ISIC v1 sandbox's keyword interface (what ``mirror sandbox`` parses), for this
+    sandbox: serve until SIGINT/SIGTERM, the base URL first on stdout. v1's
+    ``private_fraction`` has no meaning here (visibility follows cohorts) and is ignored."""
+    from mirror.errors import MirrorError
+
+    if records or segmentations:
+        raise MirrorError("the ISIC v2 sandbox generates its records; --records and "
+                          "--segmentations are ISIC v1's")
+    argv = ["--host", host, "--port", str(port), "--file-port", str(file_port),
+            "--images", str(images), "--seed", str(seed), "--latency", str(latency),
+            "--faults", faults or "", "--hostile", "all" if hostile is True else hostile or ""]
+    code = main(argv + (["--es-counts"] if es_counts else []))
+    if code:
+        raise MirrorError("the ISIC v2 sandbox could not start (see the message above)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; the API base URL is the first line of stdout."""
     parser = argparse.ArgumentParser(prog="isic-v2-sandbox", description=__doc__.split("\n")[0])
