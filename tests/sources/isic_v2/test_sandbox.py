@@ -751,3 +751,11 @@ def test_run_forever_takes_the_v1_keyword_interface():
     finally:
         process.kill()
         process.stdout.close()
+
+
+def test_every_edit_changes_its_record(fresh):
+    before = {r["isic_id"]: r for r in walk(fresh, "/images/")}
+    edited = fresh.mutate(edit=len(before))["edited"]
+    after = {r["isic_id"]: r for r in walk(fresh, "/images/")}
+    public = [i for i in edited if i in before]
+    assert public and all(after[i]["metadata"] != before[i]["metadata"] for i in public)

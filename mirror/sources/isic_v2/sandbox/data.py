@@ -546,7 +546,10 @@ class Archive:
         return published
 
     def _edit(self, rng: random.Random, image: Image) -> str:
+        """One in-place metadata edit (as staff's ``apply_published_metadata``): a new
+        diagnosis, an older age, a size added or dropped, a skin type; always a change."""
         meta = image.metadata
+        before = dict(meta)
         choice = rng.randrange(4)
         if choice == 0:
             self._set_diagnosis(rng, meta)
@@ -559,9 +562,8 @@ class Archive:
                 meta["clin_size_long_diam_mm"] = _decimal(rng.randrange(10, 300) / 10)
         else:
             meta["fitzpatrick_skin_type"] = rng.choice(("I", "II", "III", "IV", "V", "VI"))
-        meta["sex"] = meta.get("sex", "female")  # every edit leaves a visible trace
-        if choice == 3 and meta["sex"] == "female":
-            meta["sex"] = "male"
+        if meta == before:  # the draw changed nothing: flip a history flag instead
+            meta["personal_hx_mm"] = not meta.get("personal_hx_mm", False)
         return image.isic_id
 
     def _reattribute(self, rng: random.Random, count: int, cohort_ids: list) -> list[int]:
