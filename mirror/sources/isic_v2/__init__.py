@@ -50,6 +50,7 @@ class IsicV2Source:
     """The engine's view of ISIC API v2: documents phase and file plan."""
 
     spec: ClassVar[SourceSpec] = SPEC
+    objects: ClassVar[str] = "mirror.sources.isic_v2.objects:IsicV2Objects"  # m.image(...)
 
     def __init__(self, base_url: str, http: HttpClient):
         self.http = http

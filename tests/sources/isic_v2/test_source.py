@@ -158,3 +158,25 @@ def test_source_satisfies_the_protocol(sb):
 
     assert isinstance(IsicV2Source(sb.url, HttpClient()), base.Source)
     assert base.source_for_url(sb.url) == "isic-v2"
+
+
+def test_the_offline_api_reads_a_v2_mirror(sb, tmp_path):
+    from PIL import Image as PILImage
+
+    from mirror.api import Mirror
+
+    root = tmp_path / "m"
+    run(root, sb)
+    with Mirror(root) as m:
+        ids = m.ids("image")
+        image = m.image(ids[0])
+        assert image.isic_id == ids[0] and image.public
+        assert "pixels_x" in image.metadata and image.document["isic_id"] == ids[0]
+        assert PILImage.open(image.path).size == (image.metadata["pixels_x"],
+                                                  image.metadata["pixels_y"])
+        assert image.thumbnail is not None and m.file(ids[0], "thumbnail") == image.thumbnail
+        members = m.collection_images(64)
+        assert members == m.collection("Melanoma examples")["isic_ids"]
+        assert set(members) <= set(ids)
+        lesion = m.ids("lesion")[0]
+        assert m.lesion(lesion)["id"] == lesion
