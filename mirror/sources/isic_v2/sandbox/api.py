@@ -338,8 +338,8 @@ class _Links:
 
 
 def _license_text(name: str) -> bytes:
-    return resources.files("mirror.sources.isic_v2.sandbox").joinpath(
-        "licenses", f"{name}.txt").read_bytes()
+    return resources.files("mirror.sources.isic_v2").joinpath("licenses", f"{name}.txt"
+                                                              ).read_bytes()
 
 
 class SandboxAPI:
