@@ -56,22 +56,28 @@ class IsicV2Source:
         self.http = http
         self.client = IsicV2Client(base_url, http)
         self._signed: dict[str, dict[str, str]] = {}  # isic_id -> role -> live signed URL
+        self._token_checked = False
 
     def login(self, username: str, password: str) -> None:
         """A token, not a password: ``ISIC_TOKEN`` (or the password given) is the bearer
         token; ``username`` only marks the mirror as authenticated."""
-        token = self.client._token or password or None
-        if not token:
-            raise AuthenticationError(f"ISIC API v2 logs in with a token: set {TOKEN_ENV} to "
-                                      "the access_token that 'isic user print-token' shows")
-        self.client._token = token
+        if not self.client.authenticated:
+            if not password:
+                raise AuthenticationError(
+                    f"ISIC API v2 logs in with a token: set {TOKEN_ENV} to the access_token "
+                    "that 'isic user print-token' shows")
+            self.client.use_token(password)
         self._check_token()
 
     def _check_token(self) -> None:
+        """``users/me/`` once per run: the archive serves a bad token as anonymous."""
+        if self._token_checked:
+            return
         try:
             self.client.whoami()
         except MirrorError as exc:
             raise AuthenticationError(str(exc)) from None
+        self._token_checked = True
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -239,8 +245,12 @@ def _scope_of(options: Any) -> tuple[str | None, list[int] | None]:
     raw = scope.get("collections", scope.get("collection"))
     if raw is None or raw == "":
         return query, None
-    items = raw.split(",") if isinstance(raw, str) else raw if isinstance(raw, list | tuple | set
-                                                                           | frozenset) else [raw]
+    if isinstance(raw, str):
+        items = raw.split(",")
+    elif isinstance(raw, list | tuple | set | frozenset):
+        items = list(raw)
+    else:
+        items = [raw]
     try:
         return query, [int(x) for x in items]
     except (TypeError, ValueError):

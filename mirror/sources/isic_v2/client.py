@@ -173,6 +173,10 @@ class IsicV2Client:
     def authenticated(self) -> bool:
         return self._token is not None
 
+    def use_token(self, token: str) -> None:
+        """Send ``token`` from now on (memory only)."""
+        self._token = token or None
+
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if self._token:

@@ -180,3 +180,18 @@ def test_the_offline_api_reads_a_v2_mirror(sb, tmp_path):
         assert set(members) <= set(ids)
         lesion = m.ids("lesion")[0]
         assert m.lesion(lesion)["id"] == lesion
+
+
+def test_login_takes_the_token_as_password_and_checks_it(sb, tmp_path):
+    from mirror.errors import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match=f"set {TOKEN_ENV} to a valid access token"):
+        sync(tmp_path / "bad", sb.url, SyncOptions(source="isic-v2"), username="me",
+             password="expired")
+    with pytest.raises(AuthenticationError, match="logs in with a token"):
+        sync(tmp_path / "none", sb.url, SyncOptions(source="isic-v2"), username="me",
+             password="")
+    summary = sync(tmp_path / "ok", sb.url, SyncOptions(source="isic-v2"), username="me",
+                   password=SANDBOX_TOKEN)
+    assert summary.ok and summary.as_dict()["objects"]["image"]["new"] > len(
+        [i for i in sb.archive.images.values() if i.public])
