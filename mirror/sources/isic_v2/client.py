@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from mirror.errors import ArchiveError, InvalidRecordError
-from mirror.sources.http import HttpClient
+from mirror.sources.http import HttpClient, parse_json
 
 log = logging.getLogger("mirror.isic_v2")
 
@@ -124,15 +124,6 @@ def stable_document(record: dict) -> dict:
     return {**record, "files": stable}
 
 
-def parse_json(body: bytes) -> object:
-    """Strict JSON: UTF-8, and no ``NaN``/``Infinity`` (which the archive's encoder never
-    writes and no stored document could hold)."""
-    def refuse(text: str) -> float:
-        raise ValueError(f"{text} is not a JSON number")
-
-    return json.loads(body.decode("utf-8"), parse_constant=refuse)
-
-
 def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
@@ -200,7 +191,7 @@ class IsicV2Client:
                     raise ArchiveError(_error_line(path, params, response.status_code, body,
                                                    self.authenticated))
             try:
-                return parse_json(body)
+                return parse_json(body)  # strict: UTF-8, no NaN, bounded depth
             except ValueError:
                 raise ArchiveError(f"{path}: the archive answered 200 with a body that is not "
                                    "JSON; retry later, or check base_url points at the API "
