@@ -112,6 +112,7 @@ class IsicV2Source:
             batch.append(record)
             if len(batch) >= BATCH:
                 self._store_images(run, batch)
+                run.commit()  # a run killed now keeps what it stored
                 batch = []
             if options.limit is not None and len(listed) >= options.limit:
                 break
