@@ -195,3 +195,14 @@ def test_login_takes_the_token_as_password_and_checks_it(sb, tmp_path):
                    password=SANDBOX_TOKEN)
     assert summary.ok and summary.as_dict()["objects"]["image"]["new"] > len(
         [i for i in sb.archive.images.values() if i.public])
+
+
+def test_a_sync_through_faults_ends_complete_and_verified(tmp_path):
+    with start(images=30, seed=5, faults="500=0.08,503=0.04,reset=0.04,truncate=0.04") as sb:
+        root = tmp_path / "m"
+        summary = sync(root, sb.url, SyncOptions(source="isic-v2")).as_dict()
+        assert summary["ok"], summary["failures"]
+        assert summary["retries"] > 0
+        public = len([i for i in sb.archive.images.values() if i.public])
+        assert summary["blobs"]["image"] == {"fetched": public}
+        assert verify_mirror(root).ok
