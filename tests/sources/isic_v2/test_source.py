@@ -206,3 +206,16 @@ def test_a_sync_through_faults_ends_complete_and_verified(tmp_path):
         public = len([i for i in sb.archive.images.values() if i.public])
         assert summary["blobs"]["image"] == {"fetched": public}
         assert verify_mirror(root).ok
+
+
+def test_hostile_records_are_reported_and_nothing_is_marked_removed(tmp_path):
+    root = tmp_path / "m"
+    with start(images=60, seed=6) as clean:
+        assert sync(root, clean.url, SyncOptions(source="isic-v2")).ok
+    with start(images=60, seed=6, hostile="ids,types") as sb:  # the same archive, lying
+        summary = sync(root, sb.url, SyncOptions()).as_dict()
+    assert not summary["ok"]
+    failures = [f for f in summary["failures"] if f["role"] == "document"]
+    assert failures and all(f["kind"] == "image" for f in failures)
+    assert "removed" not in summary["objects"]["image"]
+    assert verify_mirror(root).ok
