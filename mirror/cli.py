@@ -115,7 +115,9 @@ def _tqdm_progress(quiet: bool):
 @click.option("--source", help="The source of a new mirror (isic-v1, tcia-v4, ...); default: "
               "from --url.")
 @click.option("--collection", "collections", multiple=True,
-              help="Only this collection (repeatable; TCIA). ")
+              help="Only this collection (repeatable; ISIC v2: id, TCIA: name).")
+@click.option("--search", help="Only images the archive's own search finds (ISIC v2's query "
+              "language, passed through), e.g. 'diagnosis_3:\"Melanoma Invasive\"'.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
               "images,datasets,segmentations,studies,annotations).")
@@ -135,8 +137,9 @@ def _tqdm_progress(quiet: bool):
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, source, collections, workers, what, blobs, dataset, study, limit, username,
-         allow_mixed, index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+def sync(root, url, source, collections, search, workers, what, blobs, dataset, study, limit,
+         username, allow_mixed, index_url, lease_wait, dry_run, allow_removals, as_json,
+         quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -158,7 +161,7 @@ def sync(root, url, source, collections, workers, what, blobs, dataset, study, l
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals,
-                          scope={"collection": ",".join(collections)} if collections else {},
+                          scope=_scope(collections, search),
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)
@@ -168,6 +171,16 @@ def sync(root, url, source, collections, workers, what, blobs, dataset, study, l
         for line in summary.summary_lines():
             click.echo(line)
     sys.exit(0 if summary.ok else 1)
+
+
+def _scope(collections: tuple[str, ...], search: str | None) -> dict:
+    """The source scopes given on the command line (each source reads the ones it knows)."""
+    scope: dict = {}
+    if collections:
+        scope["collection"] = ",".join(collections)
+    if search:
+        scope["search"] = search
+    return scope
 
 
 def _emit(data: dict, lines: list[str], as_json: bool) -> None:
