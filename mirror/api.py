@@ -38,9 +38,9 @@ from mirror.index import (
     Study,
     StudyImage,
 )
-from mirror.index.database import open_reader
+from mirror.index.database import current_generation, open_reader
+from mirror.projection import current_number
 from mirror.store import ObjectStore
-from mirror.valuesets import IdList
 
 
 class Mirror:
@@ -54,14 +54,34 @@ class Mirror:
         self.config = load_config(self.root)
         self.layout = layout_for(self.root, self.config)
         self.store = ObjectStore(self.layout)
-        self._engine = open_reader(self.layout, self.config.index_url)
         self.image_selection: ImageSelection | None = None
+        self._projection: query.Projection | None = None
+        self._open()
+
+    def _open(self) -> None:
+        """The index and the number of its projection: the generation's own, or (PostgreSQL)
+        the newest the writer published."""
+        url = self.config.index_url
+        generation = None if url else current_generation(self.layout)
+        self._engine = open_reader(self.layout, url, generation)
+        self._projection_number = current_number(self.layout.index_dir) if url else generation
+
+    @property
+    def projection(self) -> query.Projection:
+        """The Parquet projection of the index this mirror was opened on (opened once)."""
+        if self._projection is None:
+            self._projection = query.open_projection(self.layout.index_dir,
+                                                     self._projection_number)
+        return self._projection
 
     def __repr__(self) -> str:
         return f"Mirror({str(self.root)!r})"
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._projection is not None:
+            self._projection.close()
+            self._projection = None
 
     def __enter__(self) -> Mirror:
         return self
@@ -74,8 +94,8 @@ class Mirror:
         from mirror.sync import SyncOptions, sync
 
         summary = sync(self.root, url, SyncOptions(**options))
-        self._engine.dispose()
-        self._engine = open_reader(self.layout, self.config.index_url)
+        self.close()
+        self._open()
         return summary
 
     # -- queries ---------------------------------------------------------------------------
@@ -116,7 +136,8 @@ class Mirror:
     def select_images(self, criteria: Any = None, sub_select: bool = False,
                       dataset: str | None = None, study: str | None = None,
                       limit: int | None = None) -> ImageSelection:
-        """Images whose documents meet ``criteria``, selected in SQL (see :mod:`mirror.query`).
+        """Images whose documents meet ``criteria``, selected by DuckDB over the projection
+        of the index (see :mod:`mirror.query`).
 
         ``criteria`` is ``[field, op, value]`` or a list of them (all must hold), e.g.
         ``[["meta.clinical.diagnosis", "==", "melanoma"], ["dataset.name", "ni", "HAM"]]``.
@@ -128,10 +149,20 @@ class Mirror:
         if previous is not None:
             items = previous.criteria + items
             dataset, study = dataset or previous.dataset, study or previous.study
-        with self._engine.connect() as conn:
-            ids = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
+        ids = query.select_ids(self.projection, items, dataset=dataset, study=study, limit=limit)
         self.image_selection = ImageSelection(self, items, ids, dataset, study)
         return self.image_selection
+
+    def select(self, kind: str, criteria: Any = None, limit: int | None = None) -> list[str]:
+        """The sorted ``_id`` of the current objects of ``kind`` (``images``,
+        ``segmentations``, ``studies``, ``datasets``, ``annotations``) whose documents meet
+        ``criteria``, as in :meth:`select_images`."""
+        return query.select_ids(self.projection, criteria, limit=limit, kind=kind)
+
+    def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
+        """The header and rows of one read-only SQL statement over the projection's tables
+        (``images``, ``segmentations``, ...; see ``mirror sql``)."""
+        return query.run_sql(self.projection, statement)
 
     def images_frame(self, criteria: Any = None, columns: list[str] | None = None, **scope: Any):
         """A pandas DataFrame, one row per selected image (needs ``pip install mirror[pandas]``)."""
@@ -176,9 +207,7 @@ class Mirror:
 class ImageSelection:
     """The images a selection found, in ``_id`` order; names and images are read on demand.
 
-    :attr:`ids` is a read-only sequence of ``_id`` strings (often a
-    :class:`mirror.valuesets.IdList`, which makes each string when it is read);
-    ``list(selection.ids)`` gives a plain list."""
+    :attr:`ids` is the sorted list of their ``_id`` strings."""
 
     def __init__(self, mirror: Mirror, criteria: list, ids: Sequence[str],
                  dataset: str | None = None, study: str | None = None):
@@ -188,8 +217,7 @@ class ImageSelection:
     @cached_property
     def names(self) -> list[str]:
         """The ISIC names, in the order of :attr:`ids`."""
-        with self.mirror._engine.connect() as conn:
-            return query.names_of(conn, self.ids)
+        return self.mirror.projection.values("images", "name", self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -202,7 +230,7 @@ class ImageSelection:
 
     @cached_property
     def _members(self) -> Container[str]:
-        return self.ids if isinstance(self.ids, IdList) else set(self.ids)  # IdList: bisects
+        return set(self.ids)
 
     def __repr__(self) -> str:
         shown = " and ".join(str(c) for c in self.criteria) or "all images"

@@ -46,3 +46,15 @@ class MissingObjectError(MirrorError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class QueryError(MirrorError):
+    """A malformed criterion: names the criterion and how to write it."""
+
+
+class NoProjectionError(MirrorError):
+    """The published index has no Parquet projection to select from."""
+
+
+class ReadOnlySqlError(MirrorError):
+    """``mirror sql`` was given something other than one read-only statement."""

@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from mirror.fields import field_rows
 from mirror.index import (
     Annotation,
     Blob,
@@ -23,12 +22,10 @@ from mirror.index import (
     DocumentVersion,
     Feature,
     Image,
-    ImageField,
     Segmentation,
     Study,
     StudyImage,
 )
-from mirror.valuesets import mark_stale
 
 KINDS = ("dataset", "image", "segmentation", "study", "annotation")
 MODEL_OF = {"dataset": Dataset, "image": Image, "segmentation": Segmentation,
@@ -45,7 +42,7 @@ def _get(doc: dict, *path: str) -> Any:
 
 def _as_int(value: Any) -> int | None:
     """An integer that fits the index's INTEGER columns (32 bits on PostgreSQL), else None:
-    the document and ``image_fields`` keep any other value."""
+    the document (and so the query projection) keeps any other value."""
     if isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31:
         return value
     return None
@@ -152,21 +149,6 @@ def ingest_documents(session: Session, kind: str,
     if kind == "study":
         for row in objects:
             _ingest_study_links(session, row["doc"])
-    elif kind == "image":
-        _ingest_image_fields(session, [row["doc"] for row in objects])
-
-
-def _ingest_image_fields(session: Session, docs: list[dict]) -> None:
-    """Replace the queryable field rows of ``docs`` (see :mod:`mirror.fields`)."""
-    docs = list({doc["_id"]: doc for doc in docs}.values())  # a repeated id: the last wins
-    ids = [doc["_id"] for doc in docs]
-    for start in range(0, len(ids), 500):
-        session.execute(delete(ImageField).where(ImageField.image_id.in_(ids[start:start + 500])))
-    mark_stale(session)
-    rows = [{**row, "seq": seq} for doc in docs
-            for seq, row in enumerate(field_rows(doc["_id"], doc))]
-    for start in range(0, len(rows), 5000):
-        session.execute(ImageField.__table__.insert(), rows[start:start + 5000])
 
 
 def ingest_document(session: Session, kind: str, doc: dict, sha256: str, path: str, size: int,
@@ -222,14 +204,11 @@ def ingest_markup(session: Session, object_id: str, relpath: str, sha256: str, s
 def mark_removed(session: Session, kind: str, object_ids: list[str], when: str) -> int:
     """Flag objects the archive no longer lists; their files stay for snapshots.
 
-    A removed image loses its query rows, so selections never return it."""
+    A removed object is left out of the next projection, so selections never return it."""
     model = MODEL_OF[kind]
     count = 0
     for chunk_start in range(0, len(object_ids), 500):
         chunk = object_ids[chunk_start:chunk_start + 500]
-        if kind == "image":
-            session.execute(delete(ImageField).where(ImageField.image_id.in_(chunk)))
-            mark_stale(session)
         count += session.query(model).filter(model.id.in_(chunk)).update(
             {"removed": True, "removed_at": when}, synchronize_session=False)
     return count

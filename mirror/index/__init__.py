@@ -8,8 +8,6 @@ from mirror.index.models import (
     DocumentVersion,
     Feature,
     Image,
-    ImageBlock,
-    ImageField,
     Listing,
     Meta,
     Segmentation,
@@ -17,12 +15,9 @@ from mirror.index.models import (
     StudyImage,
     SyncItem,
     SyncRun,
-    ValueRun,
-    ValueSet,
 )
 
 __all__ = [
-    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "ImageBlock",
-    "ImageField", "Listing", "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
-    "ValueRun", "ValueSet",
+    "Annotation", "Base", "Blob", "Dataset", "DocumentVersion", "Feature", "Image", "Listing",
+    "Meta", "Segmentation", "Study", "StudyImage", "SyncItem", "SyncRun",
 ]

@@ -1,0 +1,334 @@
+"""Parquet projections: one wide, typed table per kind of object, published with the index.
+
+Selections (:mod:`mirror.query`) and ``mirror sql`` read these files with DuckDB instead of
+the index database, so a reader on any host reads files, whatever the index is (a SQLite
+generation or PostgreSQL). Each publish writes one folder::
+
+    <ns>/index/projection-000042/
+        images.parquet  segmentations.parquet  studies.parquet  datasets.parquet
+        annotations.parquet  study_images.parquet
+        schema.json      which column holds which kind of value of which field
+
+beside ``index-000042.sqlite``, before CURRENT names that generation: a reader of
+generation N reads ``projection-N`` only. On PostgreSQL, where there are no generations,
+the folders are numbered on their own and ``index/PROJECTION`` names the newest.
+
+A table has one row per current (not removed) object, sorted by ``_id``, and a column per
+field path of the documents (``"meta.clinical.diagnosis"``). JSON is not typed per field,
+so each *kind* of value a path holds gets a column: the most common kind gets the path
+itself as its name, the others the path and a suffix (``"b.c:text"``, ``"tags:number[]"``,
+``"meta:object"``). A missing field and a JSON ``null`` are both SQL NULL (a ``:null``
+column, true where the document holds a ``null``, lets an export list the field); a list fills
+every list column of its path (its scalar elements of that kind, possibly none), so that
+"is a list" is one ``IS NOT NULL``.
+
+The builder is generic: per kind, an iterable of ``(object_id, name, document)`` rows. The
+ISIC tables are fed from the index by :func:`index_tables`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from mirror.store import fsync_dir
+
+SCHEMA = "schema.json"
+POINTER = "PROJECTION"  # PostgreSQL mirrors: names the newest projection folder
+TEXT, NUMBER, BOOLEAN, OBJECT, NULL = "text", "number", "boolean", "object", "null"
+LIST_OF = {TEXT: "text[]", NUMBER: "number[]", BOOLEAN: "boolean[]"}
+SQL_TYPE = {TEXT: "VARCHAR", NUMBER: "DOUBLE", BOOLEAN: "BOOLEAN", OBJECT: "BOOLEAN",
+            NULL: "BOOLEAN",
+            "text[]": "VARCHAR[]", "number[]": "DOUBLE[]", "boolean[]": "BOOLEAN[]"}
+_ORDER = (TEXT, NUMBER, BOOLEAN, "text[]", "number[]", "boolean[]")  # ties: this order
+_INT64 = 2**63
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+Row = tuple[str, str | None, dict]
+
+
+def folder_name(number: int) -> str:
+    return f"projection-{number:06d}"
+
+
+def as_float(number: int | float) -> float:
+    """A JSON number as a projection holds it. Integers beyond a float's range (JSON allows
+    any length) become -inf or inf, which still order correctly against every other
+    number; exact equality with such an integer is out of reach anyway."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def _text(value: str) -> str:
+    """Text DuckDB can hold: a lone surrogate (JSON allows ``\\ud800``) becomes U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def _scalar_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, (int, float)):
+        return NUMBER
+    return TEXT if isinstance(value, str) else None
+
+
+class _Table:
+    """The columns of one kind, filled a document at a time (values by row, per path and
+    kind), then typed and written."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.values: dict[str, dict[str, tuple[list[int], list]]] = {}
+
+    def add(self, doc: dict) -> None:
+        self._walk(doc, "", self.rows)
+        self.rows += 1
+
+    def _put(self, path: str, kind: str, row: int, value: Any) -> None:
+        rows, values = self.values.setdefault(path, {}).setdefault(kind, ([], []))
+        rows.append(row)
+        values.append(value)
+
+    def _walk(self, doc: dict, prefix: str, row: int) -> None:
+        for key, value in doc.items():
+            path = f"{prefix}{key}"
+            kind = _scalar_kind(value)
+            if kind == TEXT:
+                self._put(path, TEXT, row, _text(value))
+            elif kind is not None:
+                self._put(path, kind, row, value)
+            elif isinstance(value, dict):
+                self._put(path, OBJECT, row, True)
+                self._walk(value, path + ".", row)
+            elif isinstance(value, list):
+                self._put(path, "list", row, value)
+            elif value is None:  # to a query the same as missing; exports list its column
+                self._put(path, NULL, row, True)
+
+    def columns(self) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, np.ndarray]]]:
+        """``{path: {kind: column}}`` and ``{column: (sql type, values)}``."""
+        fields: dict[str, dict[str, str]] = {}
+        arrays: dict[str, tuple[str, np.ndarray]] = {}
+        used = set(self.values)
+        for path, kinds in self.values.items():
+            typed = dict(kinds)
+            if "list" in typed:
+                typed.update(self._lists(*typed.pop("list")))
+            counts = {k: len(typed[k][0]) for k in _ORDER if k in typed}
+            main = max(counts, key=counts.get) if counts else None
+            fields[path] = {}
+            for kind, (rows, values) in typed.items():
+                name = path if kind == main else _unique(f"{path}:{kind}", used)
+                fields[path][kind] = name
+                arrays[name] = (self._type(kind, values), self._array(kind, rows, values))
+        return fields, arrays
+
+    def _lists(self, rows: list[int], lists: list[list]) -> dict[str, tuple[list, list]]:
+        """A list's scalar elements by kind; every list column of the path gets each list."""
+        split = []
+        for items in lists:
+            by_kind: dict[str, list] = {}
+            for item in items:
+                kind = _scalar_kind(item)
+                if kind is not None:
+                    by_kind.setdefault(kind, []).append(_text(item) if kind == TEXT else item)
+            split.append(by_kind)
+        kinds = sorted({k for by_kind in split for k in by_kind}, key=_ORDER.index) or [TEXT]
+        return {LIST_OF[k]: (rows, [by_kind.get(k, []) for by_kind in split]) for k in kinds}
+
+    @staticmethod
+    def _type(kind: str, values: list) -> str:
+        """BIGINT for a number column of integers only (as SQL users expect), else DOUBLE."""
+        if kind == NUMBER and all(type(v) is int and -_INT64 <= v < _INT64 for v in values):
+            return "BIGINT"
+        return SQL_TYPE[kind]
+
+    def _array(self, kind: str, rows: list[int], values: list) -> np.ndarray:
+        array = np.empty(self.rows, dtype=object)
+        if kind == NUMBER:
+            values = [v if type(v) is int and -_INT64 <= v < _INT64 else as_float(v)
+                      for v in values]
+        elif kind == "number[]":
+            values = [[as_float(v) for v in items] for items in values]
+        array[rows] = values if kind not in LIST_OF.values() else _object_array(values)
+        return array
+
+
+def _object_array(values: list) -> np.ndarray:
+    """A 1-d object array of lists (``np.array`` would make a 2-d one of equal lengths)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _unique(name: str, used: set[str]) -> str:
+    while name in used:
+        name += "~"
+    used.add(name)
+    return name
+
+
+def write_table(path: Path, rows: Iterable[Row]) -> dict:
+    """Write the Parquet table of one kind; returns its schema entry.
+
+    Rows are sorted by ``_id`` (the object id, which replaces any ``_id`` in the document);
+    a document without a ``name`` gets the row's name."""
+    table, ids = _Table(), []
+    for object_id, name, doc in sorted(rows, key=lambda row: row[0]):
+        doc = {**doc, "_id": object_id}
+        if doc.get("name") is None and name is not None:
+            doc["name"] = name
+        table.add(doc)
+        ids.append(object_id)
+    if not table.rows:
+        table.values = {"_id": {TEXT: ([], [])}, "name": {TEXT: ([], [])}}
+    fields, arrays = table.columns()
+    _copy(path, arrays)
+    return {"rows": table.rows, "fields": fields}
+
+
+def _copy(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
+    """``COPY`` the columns to Parquet with DuckDB (it scans a dict of numpy arrays)."""
+    names = list(arrays)
+    data = {f"c{i}": arrays[name][1] for i, name in enumerate(names)}
+    select = ", ".join(f'CAST(c{i} AS {arrays[name][0]}) AS {quote(name)}'
+                       for i, name in enumerate(names))
+    con = duckdb.connect()
+    try:
+        con.register("data", data)
+        con.execute(f"COPY (SELECT {select} FROM data) TO {literal(str(path))} "
+                    "(FORMAT parquet, COMPRESSION zstd)")
+    finally:
+        con.close()
+
+
+def write_links(path: Path, columns: tuple[str, ...], rows: Iterable[tuple]) -> dict:
+    """A plain table of text columns (``study_images``: which images a study holds)."""
+    rows = sorted(rows)
+    arrays = {c: ("VARCHAR", _object_array([r[i] for r in rows])) for i, c in enumerate(columns)}
+    _copy(path, arrays)
+    return {"rows": len(rows), "fields": {c: {TEXT: c} for c in columns}}
+
+
+def quote(name: str) -> str:
+    """A SQL identifier: field paths have dots and spaces, never double quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def build(folder: Path, tables: dict[str, Iterable[Row]],
+          links: dict[str, tuple[tuple[str, ...], Iterable[tuple]]] | None = None) -> None:
+    """Write every table and ``schema.json`` into a new ``folder``, each file synced."""
+    folder.mkdir(parents=True)
+    schema = {}
+    for kind, rows in tables.items():
+        schema[kind] = write_table(folder / f"{kind}.parquet", rows)
+    for name, (columns, rows) in (links or {}).items():
+        schema[name] = write_links(folder / f"{name}.parquet", columns, rows)
+    (folder / SCHEMA).write_text(json.dumps(schema, indent=1, sort_keys=True), encoding="utf-8")
+    for path in folder.iterdir():
+        _fsync(path)
+    fsync_dir(folder)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stage(index_dir: Path, tables: dict[str, Iterable[Row]],
+          links: dict[str, tuple[tuple[str, ...], Iterable[tuple]]] | None = None) -> Path:
+    """Build a projection under a temporary name in ``index_dir`` (see :func:`place`)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    tmp = index_dir / f".tmp-{uuid.uuid4().hex}.projection"
+    try:
+        build(tmp, tables, links)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def place(staged: Path, index_dir: Path, number: int) -> Path:
+    """Rename a staged projection to number ``number``; call before that generation is
+    made current. A folder of that number, left by a publish that died before it moved
+    CURRENT, is replaced."""
+    final = index_dir / folder_name(number)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(staged, final)
+    fsync_dir(index_dir)
+    return final
+
+
+def prune(index_dir: Path, keep_from: int) -> None:
+    """Remove projection folders older than ``keep_from``."""
+    for path in index_dir.glob("projection-*"):
+        if int(path.name.removeprefix("projection-")) < keep_from:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def current_number(index_dir: Path) -> int | None:
+    """The newest projection a PostgreSQL mirror published (:data:`POINTER`), or None."""
+    try:
+        name = (index_dir / POINTER).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    return int(name.removeprefix("projection-"))
+
+
+def write_pointer(index_dir: Path, number: int) -> None:
+    tmp = index_dir / f".tmp-{uuid.uuid4().hex}.pointer"
+    tmp.write_text(folder_name(number) + "\n", encoding="ascii")
+    _fsync(tmp)
+    os.replace(tmp, index_dir / POINTER)
+    fsync_dir(index_dir)
+
+
+# -- the ISIC tables, from the index ---------------------------------------------------------
+
+TABLES = {"images": "Image", "segmentations": "Segmentation", "studies": "Study",
+          "datasets": "Dataset", "annotations": "Annotation"}
+
+
+def index_tables(conn) -> tuple[dict[str, Iterator[Row]], dict]:
+    """The projection rows of every ISIC kind (current objects only) and ``study_images``,
+    read from an index connection."""
+    from sqlalchemy import null, select
+
+    import mirror.index as models
+
+    def rows(model) -> Iterator[Row]:
+        name = getattr(model, "name", None)
+        columns = [model.id, name if name is not None else null(), model.doc]
+        for object_id, object_name, doc in conn.execute(
+                select(*columns).where(model.removed.is_(False))):
+            yield object_id, object_name, json.loads(doc) if isinstance(doc, str) else doc
+
+    tables = {kind: rows(getattr(models, model)) for kind, model in TABLES.items()}
+    links = conn.execute(select(models.StudyImage.study_id, models.StudyImage.image_id))
+    return tables, {"study_images": (("study_id", "image_id"), [tuple(r) for r in links])}
