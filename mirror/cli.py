@@ -234,23 +234,27 @@ def _select(root, wheres, dataset, study, limit=None):
 @click.option("--count", is_flag=True, help="Print only the number of objects selected.")
 def query(root, wheres, dataset, study, kind, columns, fmt, limit, count) -> None:
     """Select images (or other objects) by their metadata, offline, and print them."""
+    from mirror.query import projection_of, select_ids, select_positions
+
+    if count:  # the projection alone answers: no index database, no object rows
+        projection = projection_of(root)
+        try:
+            click.echo(select_positions(projection, list(wheres), dataset, study, limit,
+                                        kind)[1].size)
+        finally:
+            projection.close()
+        return
     from mirror.api import Mirror
     from mirror.export import formatted, metadata_table, object_table
-    from mirror.query import select_ids
 
     if kind in ("images", "image"):
         mirror, selection = _select(root, wheres, dataset, study, limit)
         ids = selection.ids
-        if not count:
-            header, rows = metadata_table(mirror, selection, _csv_list(columns))
+        header, rows = metadata_table(mirror, selection, _csv_list(columns))
     else:
         mirror = Mirror(root)
         ids = select_ids(mirror.projection, list(wheres), dataset, study, limit, kind)
-        if not count:
-            header, rows = object_table(mirror, kind, ids, _csv_list(columns))
-    if count:
-        click.echo(len(ids))
-        return
+        header, rows = object_table(mirror, kind, ids, _csv_list(columns))
     for piece in formatted(header, rows, fmt, ids=ids):
         click.echo(piece, nl=False)
 
@@ -264,12 +268,14 @@ def sql(root, statement, fmt) -> None:
     """Run one read-only SQL STATEMENT over the query projections (tables: images,
     segmentations, studies, datasets, annotations, study_images; fields are quoted columns,
     e.g. "meta.clinical.diagnosis"). See docs/query.md."""
-    from mirror.api import Mirror
     from mirror.export import formatted
-    from mirror.query import plain
+    from mirror.query import plain, projection_of, run_sql
 
-    with Mirror(root) as mirror:
-        header, rows = mirror.sql(statement)
+    projection = projection_of(root)
+    try:
+        header, rows = run_sql(projection, statement)
+    finally:
+        projection.close()
     rows = [[plain(v) for v in row] for row in rows]
     ids = [row[0] for row in rows] if fmt == "ids" and header else None
     for piece in formatted(header, iter(rows), fmt, ids=ids):

@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from mirror.layout import Layout
 from mirror.store import fsync_dir
 
 SCHEMA = "schema.json"
@@ -299,6 +300,18 @@ def current_number(index_dir: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(name.removeprefix("projection-"))
+
+
+def reader_number(layout: Layout, url: str | None) -> int | None:
+    """The projection a reader opening the mirror now reads: the current generation's, or
+    (PostgreSQL, ``url`` set) the newest published. Read without the index database."""
+    if url:
+        return current_number(layout.index_dir)
+    try:
+        name = layout.current.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    return int(name.removeprefix("index-").removesuffix(".sqlite"))
 
 
 def write_pointer(index_dir: Path, number: int) -> None:

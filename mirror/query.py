@@ -284,6 +284,17 @@ def open_projection(index_dir: Path, number: int | None) -> Projection:
     return Projection(index_dir / folder_name(number))
 
 
+def projection_of(root: str | Path) -> Projection:
+    """The projection a reader of the mirror at ``root`` selects from now, opened without
+    the index database (what ``mirror query --count`` and ``mirror sql`` need)."""
+    from mirror.config import layout_for, load_config
+    from mirror.projection import reader_number
+
+    config = load_config(Path(root))
+    layout = layout_for(Path(root), config)
+    return open_projection(layout.index_dir, reader_number(layout, config.index_url))
+
+
 # -- compiling -----------------------------------------------------------------------------
 
 def _kind_of(value: Any) -> str:
