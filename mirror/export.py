@@ -144,7 +144,8 @@ def object_table(mirror: Mirror, kind: str, ids: list[str], columns: list[str] |
         with mirror._engine.connect() as conn:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                docs = dict(conn.execute(select(model.id, model.doc).where(model.id.in_(chunk))))
+                docs = {object_id: doc for object_id, doc in conn.execute(
+                    select(model.id, model.doc).where(model.id.in_(chunk)))}
                 for object_id in chunk:
                     doc = docs[object_id]
                     doc = json.loads(doc) if isinstance(doc, str) else doc

@@ -230,7 +230,14 @@ class Projection:
         return self.schema[table]["fields"]
 
     def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
-        return self.con.execute(sql, params or [])
+        try:
+            return self.con.execute(sql, params or [])
+        except duckdb.IOException:
+            if self.folder.exists():
+                raise
+            raise NoProjectionError(
+                f"{self.folder.name} was removed: newer index generations were published since "
+                "this mirror was opened; open it again to read the current one") from None
 
     def column(self, table: str, name: str) -> np.ndarray:
         """Every value of one column, in row (``_id``) order."""
