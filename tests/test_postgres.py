@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -206,3 +207,48 @@ def test_an_index_from_0003_widens_to_text_and_keeps_its_rows(database):
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     assert names == ["ISIC_0000000", "ISIC_" + "A" * 300]
     engine.dispose()
+
+
+def test_the_reference_semantics_hold_on_a_postgres_index(tmp_path, database):
+    """The documents of tests/test_query.py written to PostgreSQL: the projection its
+    writer publishes answers every operator case, their pairs and 300 random combinations
+    as the plain-Python reference does."""
+    import random
+
+    from mirror.config import utc_now
+    from mirror.index.database import IndexWriter
+    from mirror.ingest import ingest_documents
+    from mirror.layout import Layout
+    from mirror.projection import current_number
+    from mirror.query import OPERATORS, QueryError, criteria, open_projection, select_ids
+    from tests.test_query import LONG, OPERATOR_CASES, PATHS, WORDS, brute, make_doc
+
+    rng = random.Random(7)
+    docs = [make_doc(rng, i) for i in range(400)]
+    docs[0].update(a="melanoma", tags=["ISBI 2017: Training", 1, True])
+    docs[1].update(s=LONG + "melanoma", b={"c": 60, "d": None})
+    writer = IndexWriter(Layout(tmp_path / "m"), url=database)
+    with writer.session() as session:
+        ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+    assert writer.publish() == 0
+    projection = open_projection(writer.layout.index_dir, current_number(writer.layout.index_dir))
+    cases = [[item] for item in OPERATOR_CASES]
+    cases += [list(pair) for pair in zip(OPERATOR_CASES, OPERATOR_CASES[5:], strict=False)]
+    values = [*WORDS, -3, 0, 1, 2.5, 60, True, False]
+    while len(cases) < len(OPERATOR_CASES) * 2 + 300:
+        op = rng.choice(OPERATORS)
+        value = ([rng.choice([None, *values]) for _ in range(rng.randrange(3))]
+                 if op in ("in", "not in") else re.escape(str(rng.choice(values)))[:5]
+                 if op in ("~", "!~") else rng.choice([None, True, False, *values]))
+        cases.append([[rng.choice(PATHS), op, value]])
+    checked = 0
+    for case in cases:
+        try:
+            parsed = criteria(case)
+        except QueryError:
+            continue
+        assert select_ids(projection, parsed) == brute(docs, parsed), case
+        checked += 1
+    assert checked > 250
+    projection.close()
+    writer.close()

@@ -329,3 +329,20 @@ def test_numbers_no_index_can_hold_are_refused_in_criteria(value):
     op = "in" if isinstance(value, list) else ">"
     with pytest.raises(QueryError, match="NaN, infinite or beyond a float's range"):
         criteria([["meta.clinical.age_approx", op, value]])
+
+
+def test_integer_columns_compare_with_fractions_and_lists_of_one_kind(tmp_path):
+    """A field holding only integers is a BIGINT column: a fraction still compares as a
+    number (2 < 2.5, 2 != 2.5); a list of only numbers still answers text and booleans."""
+    docs = [{"_id": f"{i:024x}", "name": f"ISIC_{i}", "n": i, "tags": [i, i + 1]}
+            for i in range(5)]
+    writer = IndexWriter(Layout(tmp_path / "m"))
+    ingest(writer, docs)
+    projection = published(writer)
+    for where in (["n", "==", 2.5], ["n", "<", 2.5], ["n", ">=", 2.5], ["n", "in", [2.0, 9]],
+                  ["n", "!=", 2.0], ["tags", "ni", 2.0], ["tags", "ni", True],
+                  ["tags", "not ni", "2"], ["n", "~", "2"], ["n", "!~", "2"]):
+        parsed = criteria([where])
+        assert select_ids(projection, parsed) == brute(docs, parsed), where
+    projection.close()
+    writer.close()
