@@ -209,7 +209,7 @@ class Projection:
         self.con.execute("SET lock_configuration = true")
         self.lock = threading.Lock()  # a DuckDB connection serves one statement at a time
         self._columns: dict[tuple[str, str], np.ndarray] = {}
-        self._distinct: dict[tuple[str, str], list[str]] = {}
+        self._codes: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}
         self._positions: dict[str, dict[str, int]] = {}
 
     def close(self) -> None:
@@ -245,18 +245,25 @@ class Projection:
         if key not in self._columns:
             with self.lock:
                 found = self.execute(f"SELECT {quote(name)} AS v FROM {quote(table)}")
-                self._columns[key] = found.fetchnumpy()["v"]
+                values = found.fetchnumpy()["v"]
+            if isinstance(values, np.ma.MaskedArray):  # DuckDB's NULLs: None, as in Python
+                values, missing = values.data.astype(object), np.ma.getmaskarray(values)
+                values[missing] = None
+            self._columns[key] = values
         return self._columns[key]
 
-    def distinct(self, table: str, name: str) -> list[str]:
-        """The distinct values of a text column, for regular expressions."""
+    def codes(self, table: str, name: str) -> tuple[list[str], np.ndarray]:
+        """A text column as its distinct values and, per row, the index of its value (the
+        number of values for NULL), for regular expressions."""
         key = (table, name)
-        if key not in self._distinct:
-            with self.lock:
-                rows = self.execute(f"SELECT DISTINCT {quote(name)} FROM {quote(table)} "
-                                    f"WHERE {quote(name)} IS NOT NULL").fetchall()
-            self._distinct[key] = [r[0] for r in rows]
-        return self._distinct[key]
+        if key not in self._codes:
+            index: dict[str, int] = {}
+            column = self.column(table, name)
+            codes = np.fromiter((-1 if v is None else index.setdefault(v, len(index))
+                                 for v in column), np.int64, len(column))
+            codes[codes < 0] = len(index)
+            self._codes[key] = list(index), codes
+        return self._codes[key]
 
     def positions(self, table: str, where: str, params: list) -> np.ndarray:
         """The sorted row positions (``_id`` order) of the rows ``where`` selects."""
@@ -366,8 +373,6 @@ class _Compiler:
             return self._in(path, value)
         if op == "ni":
             return self._contains(path, value)
-        if op == "~":
-            return self._regex(path, value)
         return self._order(path, op, value)
 
     @staticmethod
@@ -409,29 +414,23 @@ class _Compiler:
             return "false"
         return f"coalesce({column} {op} {self.bind(value)}, false)"
 
-    def _regex(self, path: str, pattern: str) -> str:
-        """Python's ``re.search`` over the field's distinct values, then a set of values:
-        the matched ones, or (when fewer) the unmatched ones."""
-        column = self.column(path, TEXT)
-        if column is None:
-            return "false"
-        values = self.projection.distinct(self.table, self.fields[path][TEXT])
-        search = re.compile(pattern).search
-        found = list(filter(search, values))
-        if not found:
-            return "false"
-        if len(found) == len(values):
-            return f"({column} IS NOT NULL)"
-        if len(found) * 2 <= len(values):
-            return f"coalesce({column} IN (SELECT unnest({self.bind_list(found)})), false)"
-        matched = set(found)
-        others = [v for v in values if v not in matched]
-        return (f"({column} IS NOT NULL AND "
-                f"{column} NOT IN (SELECT unnest({self.bind_list(others)})))")
 
-    def bind_list(self, values: list[str]) -> str:
-        self.params.append(values)  # already as the projection holds them
-        return "?::VARCHAR[]"
+def _regex_rows(projection: Projection, table: str, item: Criterion) -> np.ndarray:
+    """The rows a ``~`` or ``!~`` criterion selects, as a boolean array: Python's
+    ``re.search`` over the field's distinct text values, then each row by its value's
+    index (DuckDB's regular expressions are RE2's, which differ from Python's)."""
+    name = projection.fields(table).get(item.field, {}).get(TEXT)
+    if name is None:
+        return np.zeros(projection.schema[table]["rows"], bool)
+    values, codes = projection.codes(table, name)
+    search = re.compile(item.value).search
+    matched = np.fromiter((search(v) is not None for v in [*values, ""]), bool,
+                          len(values) + 1)
+    if item.op == "~":
+        matched[-1] = False  # the last slot is NULL's: no string, so no match
+        return matched[codes]
+    matched[-1] = True  # !~: a string that does not match; NULL is no string
+    return ~matched[codes]
 
 
 # -- running -------------------------------------------------------------------------------
@@ -467,12 +466,19 @@ def _lookup(projection: Projection, table: str, key: str) -> list[str]:
 
 
 def selection_where(projection: Projection, items: Any = None, dataset: str | None = None,
-                    study: str | None = None, kind: str = "images") -> tuple[str, list, str]:
-    """The table, and the SQL condition (with its parameters) the criteria compile to."""
+                    study: str | None = None, kind: str = "images",
+                    regex: list[Criterion] | None = None) -> tuple[str, str, list]:
+    """The table, and the SQL condition (with its parameters) the criteria compile to.
+    With ``regex`` given, regular expressions are left out of the SQL and put there."""
     table = projection.table(kind)
     scope, studies = _scope(projection, table, dataset, study)
     compiler = _Compiler(projection, table)
-    parts = [compiler.condition(item) for item in scope + criteria(items)]
+    parts = []
+    for item in scope + criteria(items):
+        if item.op in ("~", "!~") and regex is not None:
+            regex.append(item)
+        else:
+            parts.append(compiler.condition(item))
     if studies:
         marks = ", ".join(compiler.bind(s) for s in studies)
         parts.append(f'"_id" IN (SELECT image_id FROM study_images WHERE study_id IN ({marks}))')
@@ -482,9 +488,21 @@ def selection_where(projection: Projection, items: Any = None, dataset: str | No
 def select_positions(projection: Projection, items: Any = None, dataset: str | None = None,
                      study: str | None = None, limit: int | None = None,
                      kind: str = "images") -> tuple[str, np.ndarray]:
-    """The table and the sorted row positions of the current objects the criteria select."""
-    table, where, params = selection_where(projection, items, dataset, study, kind)
-    positions = projection.positions(table, where, params)
+    """The table and the sorted row positions of the current objects the criteria select:
+    DuckDB answers the SQL part, numpy combines it with the regular expressions."""
+    regex: list[Criterion] = []
+    table, where, params = selection_where(projection, items, dataset, study, kind, regex)
+    if not regex:
+        positions = projection.positions(table, where, params)
+    else:
+        rows = _regex_rows(projection, table, regex[0])
+        for item in regex[1:]:
+            rows &= _regex_rows(projection, table, item)
+        if where != "true":
+            by_sql = np.zeros(rows.size, bool)
+            by_sql[projection.positions(table, where, params)] = True
+            rows &= by_sql
+        positions = np.flatnonzero(rows)
     return table, positions if limit is None else positions[:max(limit, 0)]
 
 

@@ -346,3 +346,9 @@ def test_integer_columns_compare_with_fractions_and_lists_of_one_kind(tmp_path):
         assert select_ids(projection, parsed) == brute(docs, parsed), where
     projection.close()
     writer.close()
+
+
+@pytest.mark.parametrize("item", [["missing.path", "~", ""], ["a", "~", "x*"], ["a", "!~", "^$"],
+                                  ["s", "!~", ""], ["a", "~", "(?i)NEVUS"], ["s", "~", r"\bb"]])
+def test_patterns_that_match_the_empty_string_never_select_a_missing_field(index, item):
+    check(index, [item])
