@@ -148,8 +148,8 @@ def projection_seconds(root: Path) -> float:
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
         with engine.connect() as conn:
-            tables, links = index_tables(conn)
-            stage(Path(scratch), tables, links)
+            tables, links, digests = index_tables(conn)
+            stage(Path(scratch), tables, links, digests)
         seconds = time.perf_counter() - started
     engine.dispose()
     return seconds

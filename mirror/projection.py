@@ -28,6 +28,7 @@ ISIC tables are fed from the index by :func:`index_tables`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import numpy as np
 from mirror.layout import Layout
 from mirror.store import fsync_dir
 
+FORMAT = 1  # of the tables: a new one rebuilds every table at the next publish
 SCHEMA = "schema.json"
 POINTER = "PROJECTION"  # PostgreSQL mirrors: names the newest projection folder
 TEXT, NUMBER, BOOLEAN, OBJECT, NULL = "text", "number", "boolean", "object", "null"
@@ -97,39 +99,56 @@ class _Table:
 
     def __init__(self) -> None:
         self.rows = 0
-        self.values: dict[str, dict[str, tuple[list[int], list]]] = {}
+        self.slots: dict[tuple[str, str], tuple[list[int], list]] = {}  # (path, kind)
 
     def add(self, doc: dict) -> None:
         self._walk(doc, "", self.rows)
         self.rows += 1
 
-    def _put(self, path: str, kind: str, row: int, value: Any) -> None:
-        rows, values = self.values.setdefault(path, {}).setdefault(kind, ([], []))
-        rows.append(row)
-        values.append(value)
-
     def _walk(self, doc: dict, prefix: str, row: int) -> None:
+        """Every value of ``doc`` into the slot of its path and kind: the inner loop of a
+        publish (millions of values), hence exact type tests and one dict lookup each."""
+        slots = self.slots
         for key, value in doc.items():
-            path = f"{prefix}{key}"
-            kind = _scalar_kind(value)
-            if kind == TEXT:
-                self._put(path, TEXT, row, _text(value))
-            elif kind is not None:
-                self._put(path, kind, row, value)
-            elif isinstance(value, dict):
-                self._put(path, OBJECT, row, True)
-                self._walk(value, path + ".", row)
-            elif isinstance(value, list):
-                self._put(path, "list", row, value)
+            path = prefix + key
+            t = type(value)
+            if t is str:
+                kind = TEXT
+                if not value.isascii():
+                    value = _text(value)
+            elif t is int or t is float:
+                kind = NUMBER
+            elif t is bool:
+                kind = BOOLEAN
+            elif t is dict:
+                kind, value = OBJECT, True
+                self._walk(doc[key], path + ".", row)
+            elif t is list:
+                kind = "list"
             elif value is None:  # to a query the same as missing; exports list its column
-                self._put(path, NULL, row, True)
+                kind, value = NULL, True
+            else:
+                continue
+            slot = slots.get((path, kind))
+            if slot is None:
+                slot = slots[(path, kind)] = ([], [])
+            slot[0].append(row)
+            slot[1].append(value)
+
+    @property
+    def values(self) -> dict[str, dict[str, tuple[list[int], list]]]:
+        by_path: dict[str, dict[str, tuple[list[int], list]]] = {}
+        for (path, kind), slot in self.slots.items():
+            by_path.setdefault(path, {})[kind] = slot
+        return by_path
 
     def columns(self) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, np.ndarray]]]:
         """``{path: {kind: column}}`` and ``{column: (sql type, values)}``."""
         fields: dict[str, dict[str, str]] = {}
         arrays: dict[str, tuple[str, np.ndarray]] = {}
-        used = set(self.values)
-        for path, kinds in self.values.items():
+        by_path = self.values
+        used = set(by_path)
+        for path, kinds in by_path.items():
             typed = dict(kinds)
             if "list" in typed:
                 typed.update(self._lists(*typed.pop("list")))
@@ -200,7 +219,7 @@ def write_table(path: Path, rows: Iterable[Row]) -> dict:
         table.add(doc)
         ids.append(object_id)
     if not table.rows:
-        table.values = {"_id": {TEXT: ([], [])}, "name": {TEXT: ([], [])}}
+        table.slots = {("_id", TEXT): ([], []), ("name", TEXT): ([], [])}
     fields, arrays = table.columns()
     _copy(path, arrays)
     return {"rows": table.rows, "fields": fields}
@@ -238,19 +257,54 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def digest(versions: Iterable[tuple[str, str]]) -> str:
+    """What a table's content depends on: its ``(object id, document version)`` pairs in
+    id order, and this module's format."""
+    hashed = hashlib.sha256(f"mirror-projection/{FORMAT}\n".encode())
+    for object_id, version in versions:
+        hashed.update(f"{object_id}\x1f{version}\n".encode())
+    return hashed.hexdigest()
+
+
 def build(folder: Path, tables: dict[str, Iterable[Row]],
-          links: dict[str, tuple[tuple[str, ...], Iterable[tuple]]] | None = None) -> None:
-    """Write every table and ``schema.json`` into a new ``folder``, each file synced."""
+          links: dict[str, tuple[tuple[str, ...], Iterable[tuple]]] | None = None,
+          digests: dict[str, str] | None = None, previous: Path | None = None) -> None:
+    """Write every table and ``schema.json`` into a new ``folder``, each file synced.
+
+    A table whose digest (see :func:`digest`) equals its digest in the ``previous``
+    projection is that file again, hard-linked (Parquet files are never changed), and its
+    rows are not read: a sync that changed no image does not rebuild the images."""
     folder.mkdir(parents=True)
-    schema = {}
+    schema, digests = {}, digests or {}
+    before = _schema_of(previous)
     for kind, rows in tables.items():
-        schema[kind] = write_table(folder / f"{kind}.parquet", rows)
+        target = folder / f"{kind}.parquet"
+        known = digests.get(kind)
+        if known and before.get(kind, {}).get("digest") == known:
+            _link(previous / target.name, target)
+            schema[kind] = before[kind]
+        else:
+            schema[kind] = {**write_table(target, rows), "digest": known}
     for name, (columns, rows) in (links or {}).items():
         schema[name] = write_links(folder / f"{name}.parquet", columns, rows)
     (folder / SCHEMA).write_text(json.dumps(schema, indent=1, sort_keys=True), encoding="utf-8")
     for path in folder.iterdir():
         _fsync(path)
     fsync_dir(folder)
+
+
+def _schema_of(folder: Path | None) -> dict:
+    try:
+        return json.loads((folder / SCHEMA).read_text(encoding="utf-8")) if folder else {}
+    except (OSError, ValueError):  # none, or unreadable: build everything
+        return {}
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
 
 
 def _fsync(path: Path) -> None:
@@ -262,12 +316,15 @@ def _fsync(path: Path) -> None:
 
 
 def stage(index_dir: Path, tables: dict[str, Iterable[Row]],
-          links: dict[str, tuple[tuple[str, ...], Iterable[tuple]]] | None = None) -> Path:
-    """Build a projection under a temporary name in ``index_dir`` (see :func:`place`)."""
+          links: dict[str, tuple[tuple[str, ...], Iterable[tuple]]] | None = None,
+          digests: dict[str, str] | None = None, previous: int | None = None) -> Path:
+    """Build a projection under a temporary name in ``index_dir`` (see :func:`place`),
+    reusing the unchanged tables of projection number ``previous``."""
     index_dir.mkdir(parents=True, exist_ok=True)
     tmp = index_dir / f".tmp-{uuid.uuid4().hex}.projection"
+    before = None if previous is None else index_dir / folder_name(previous)
     try:
-        build(tmp, tables, links)
+        build(tmp, tables, links, digests, before)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -328,20 +385,26 @@ TABLES = {"images": "Image", "segmentations": "Segmentation", "studies": "Study"
           "datasets": "Dataset", "annotations": "Annotation"}
 
 
-def index_tables(conn) -> tuple[dict[str, Iterator[Row]], dict]:
-    """The projection rows of every ISIC kind (current objects only) and ``study_images``,
-    read from an index connection."""
-    from sqlalchemy import null, select
+def index_tables(conn) -> tuple[dict[str, Iterator[Row]], dict, dict[str, str]]:
+    """The projection rows of every ISIC kind (current objects only, read when iterated),
+    ``study_images``, and the digest of each kind, read from an index connection."""
+    from sqlalchemy import Text, null, select, type_coerce
 
     import mirror.index as models
 
     def rows(model) -> Iterator[Row]:
-        name = getattr(model, "name", None)
-        columns = [model.id, name if name is not None else null(), model.doc]
+        name = getattr(model, "name", None)  # the document as text: json.loads is faster
+        columns = [model.id, name if name is not None else null(), type_coerce(model.doc, Text)]
         for object_id, object_name, doc in conn.execute(
                 select(*columns).where(model.removed.is_(False))):
             yield object_id, object_name, json.loads(doc) if isinstance(doc, str) else doc
 
+    def versions(model) -> Iterator[tuple[str, str]]:
+        return conn.execute(select(model.id, model.doc_sha256)
+                            .where(model.removed.is_(False)).order_by(model.id))
+
     tables = {kind: rows(getattr(models, model)) for kind, model in TABLES.items()}
+    digests = {kind: digest(versions(getattr(models, model))) for kind, model in TABLES.items()}
     links = conn.execute(select(models.StudyImage.study_id, models.StudyImage.image_id))
-    return tables, {"study_images": (("study_id", "image_id"), [tuple(r) for r in links])}
+    return tables, {"study_images": (("study_id", "image_id"), [tuple(r) for r in links])}, \
+        digests

@@ -236,3 +236,31 @@ def test_sql_sees_only_the_projection_folder(root):
         assert rows == [(20,)]
         with pytest.raises(ReadOnlySqlError, match="Permission Error"):
             run_sql(m.projection, f"SELECT * FROM read_parquet('{root}/../*.parquet')")
+
+
+def test_a_publish_links_the_tables_that_did_not_change(tmp_path):
+    """A sync that changed no image does not rebuild the images table: the new projection
+    holds the same file (a hard link); a changed document rebuilds its kind only."""
+    writer = IndexWriter(Layout(tmp_path / "m"))
+    image = {"_id": "a" * 24, "name": "ISIC_1", "n": 1}
+    dataset = {"_id": "d" * 24, "name": "D"}
+    with writer.session() as session:
+        ingest_documents(session, "image", [(image, "1" * 64, "x", 0)], utc_now())
+        ingest_documents(session, "dataset", [(dataset, "2" * 64, "x", 0)], utc_now())
+    index_dir = writer.layout.index_dir
+
+    def inode(number, kind):
+        return (index_dir / f"projection-{number:06d}" / f"{kind}.parquet").stat().st_ino
+
+    assert writer.publish() == 1
+    assert writer.publish() == 2
+    assert inode(1, "images") == inode(2, "images") and inode(1, "datasets") == inode(2, "datasets")
+    with writer.session() as session:
+        ingest_documents(session, "image", [({**image, "n": 2}, "3" * 64, "x", 0)], utc_now())
+    assert writer.publish() == 3
+    assert inode(3, "images") != inode(2, "images") and inode(3, "datasets") == inode(2, "datasets")
+    third = open_projection(index_dir, 3)
+    assert select_ids(third, [["n", "==", 2]]) == [image["_id"]]
+    assert select_ids(third, kind="datasets") == [dataset["_id"]]
+    third.close()
+    writer.close()

@@ -182,8 +182,9 @@ class IndexWriter:
         readers see and only the projections are published)."""
         index_dir = self.layout.index_dir
         if self.url:
-            number = (projection.current_number(index_dir) or 0) + 1
-            projection.place(self._stage_projection(), index_dir, number)
+            previous = projection.current_number(index_dir)
+            number = (previous or 0) + 1
+            projection.place(self._stage_projection(previous), index_dir, number)
             projection.write_pointer(index_dir, number)
             projection.prune(index_dir, number - KEEP_GENERATIONS + 1)
             return 0
@@ -191,7 +192,7 @@ class IndexWriter:
         number = (self.started_from or 0) + 1
         with self.session() as session:
             session.merge(Meta(key="generation", value=str(number)))
-        staged = self._stage_projection()
+        staged = self._stage_projection(self.started_from)
         tmp = index_dir / f".tmp-{uuid.uuid4().hex}.sqlite"
         try:
             self._vacuum_into(tmp)
@@ -212,11 +213,12 @@ class IndexWriter:
         self._prune(number)
         return number
 
-    def _stage_projection(self) -> Path:
-        """The projections of the working database, built under a temporary name."""
+    def _stage_projection(self, previous: int | None) -> Path:
+        """The projections of the working database, built under a temporary name (the
+        tables that did not change since projection ``previous`` linked from it)."""
         with self.engine.connect() as conn:
-            tables, links = projection.index_tables(conn)
-            return projection.stage(self.layout.index_dir, tables, links)
+            tables, links, digests = projection.index_tables(conn)
+            return projection.stage(self.layout.index_dir, tables, links, digests, previous)
 
     def _vacuum_into(self, tmp: Path) -> None:
         with self.engine.connect() as conn:
