@@ -47,6 +47,9 @@ from mirror.store import fsync_dir
 
 FORMAT = 1  # of the tables: a new one rebuilds every table at the next publish
 SCHEMA = "schema.json"
+# Rows per Parquet row group: DuckDB scans row groups in parallel and skips those whose
+# min/max rule a range out; 32,768 was faster than one group of 100,000 (2-7 ms selections)
+ROW_GROUP = 32_768
 POINTER = "PROJECTION"  # PostgreSQL mirrors: names the newest projection folder
 TEXT, NUMBER, BOOLEAN, OBJECT, NULL = "text", "number", "boolean", "object", "null"
 LIST_OF = {TEXT: "text[]", NUMBER: "number[]", BOOLEAN: "boolean[]"}
@@ -211,13 +214,12 @@ def write_table(path: Path, rows: Iterable[Row]) -> dict:
 
     Rows are sorted by ``_id`` (the object id, which replaces any ``_id`` in the document);
     a document without a ``name`` gets the row's name."""
-    table, ids = _Table(), []
+    table = _Table()
     for object_id, name, doc in sorted(rows, key=lambda row: row[0]):
         doc = {**doc, "_id": object_id}
         if doc.get("name") is None and name is not None:
             doc["name"] = name
         table.add(doc)
-        ids.append(object_id)
     if not table.rows:
         table.slots = {("_id", TEXT): ([], []), ("name", TEXT): ([], [])}
     fields, arrays = table.columns()
@@ -235,7 +237,7 @@ def _copy(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
     try:
         con.register("data", data)
         con.execute(f"COPY (SELECT {select} FROM data) TO {literal(str(path))} "
-                    "(FORMAT parquet, COMPRESSION zstd)")
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
     finally:
         con.close()
 
