@@ -322,8 +322,11 @@ def stage(index_dir: Path, tables: dict[str, Iterable[Row]],
           digests: dict[str, str] | None = None, previous: int | None = None) -> Path:
     """Build a projection under a temporary name in ``index_dir`` (see :func:`place`),
     reusing the unchanged tables of projection number ``previous``."""
+    from mirror.files import remove_dead_temps, temp_beside  # writers only: readers start fast
+
     index_dir.mkdir(parents=True, exist_ok=True)
-    tmp = index_dir / f".tmp-{uuid.uuid4().hex}.projection"
+    remove_dead_temps(index_dir)  # a killed publish's staging folder
+    tmp = temp_beside(index_dir / "projection")
     before = None if previous is None else index_dir / folder_name(previous)
     try:
         build(tmp, tables, links, digests, before)

@@ -264,3 +264,17 @@ def test_a_publish_links_the_tables_that_did_not_change(tmp_path):
     assert select_ids(third, kind="datasets") == [dataset["_id"]]
     third.close()
     writer.close()
+
+
+def test_a_killed_publish_leaves_a_staging_folder_the_next_one_removes(tmp_path):
+    writer = IndexWriter(Layout(tmp_path / "m"))
+    index_dir = writer.layout.index_dir
+    dead = index_dir / ".mirror-tmp-0123456789abcdef0123456789abcdef.999999999@nohost~projection"
+    dead.mkdir(parents=True)
+    from mirror.files import _host
+
+    dead = dead.rename(dead.with_name(dead.name.replace("nohost", _host())))
+    (dead / "images.parquet").write_bytes(b"half")
+    assert writer.publish() == 1
+    assert not dead.exists() and (index_dir / "projection-000001" / "images.parquet").exists()
+    writer.close()
