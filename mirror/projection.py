@@ -58,6 +58,7 @@ SQL_TYPE = {TEXT: "VARCHAR", NUMBER: "DOUBLE", BOOLEAN: "BOOLEAN", OBJECT: "BOOL
             "text[]": "VARCHAR[]", "number[]": "DOUBLE[]", "boolean[]": "BOOLEAN[]"}
 _ORDER = (TEXT, NUMBER, BOOLEAN, "text[]", "number[]", "boolean[]")  # ties: this order
 _INT64 = 2**63
+MAX_SHARED_TEXTS = 4096  # distinct texts of a column held once each; beyond, as they come
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Row = tuple[str, str | None, dict]
@@ -96,16 +97,32 @@ def _scalar_kind(value: Any) -> str | None:
     return TEXT if isinstance(value, str) else None
 
 
+class _Slot:
+    """The values of one path and kind, one per row so far (None where it has none), and
+    the distinct texts seen, so that a value repeated in many documents (a dataset's
+    description in every image) is held once."""
+
+    __slots__ = ("values", "count", "texts")
+
+    def __init__(self) -> None:
+        self.values: list = []
+        self.count = 0
+        self.texts: dict[str, str] | None = {}
+
+
 class _Table:
-    """The columns of one kind, filled a document at a time (values by row, per path and
-    kind), then typed and written."""
+    """The columns of one kind, filled a document at a time, then typed and written. The
+    documents are not kept: a publish holds one column entry per value, not 100,000
+    parsed documents."""
 
     def __init__(self) -> None:
         self.rows = 0
-        self.slots: dict[tuple[str, str], tuple[list[int], list]] = {}  # (path, kind)
+        self.ids: list[str] = []
+        self.slots: dict[tuple[str, str], _Slot] = {}  # by (path, kind)
 
-    def add(self, doc: dict) -> None:
+    def add(self, object_id: str, doc: dict) -> None:
         self._walk(doc, "", self.rows)
+        self.ids.append(object_id)
         self.rows += 1
 
     def _walk(self, doc: dict, prefix: str, row: int) -> None:
@@ -134,64 +151,83 @@ class _Table:
                 continue
             slot = slots.get((path, kind))
             if slot is None:
-                slot = slots[(path, kind)] = ([], [])
-            slot[0].append(row)
-            slot[1].append(value)
-
-    @property
-    def values(self) -> dict[str, dict[str, tuple[list[int], list]]]:
-        by_path: dict[str, dict[str, tuple[list[int], list]]] = {}
-        for (path, kind), slot in self.slots.items():
-            by_path.setdefault(path, {})[kind] = slot
-        return by_path
+                slot = slots[(path, kind)] = _Slot()
+            if slot.texts is not None and kind == TEXT:
+                value = slot.texts.setdefault(value, value)
+                if len(slot.texts) > MAX_SHARED_TEXTS:  # names, dates: nothing to share
+                    slot.texts = None
+            values = slot.values
+            if len(values) > row:  # "a.b" as a key and as a path: the last one counts
+                values[row] = value
+                continue
+            if len(values) < row:
+                values.extend([None] * (row - len(values)))
+            values.append(value)
+            slot.count += 1
 
     def columns(self) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, np.ndarray]]]:
-        """``{path: {kind: column}}`` and ``{column: (sql type, values)}``."""
+        """``{path: {kind: column}}`` and ``{column: (sql type, values in id order)}``."""
+        order = None if self.ids == sorted(self.ids) else \
+            sorted(range(self.rows), key=self.ids.__getitem__)
+        by_path: dict[str, dict[str, _Slot]] = {}
+        for (path, kind), slot in self.slots.items():
+            by_path.setdefault(path, {})[kind] = slot
         fields: dict[str, dict[str, str]] = {}
         arrays: dict[str, tuple[str, np.ndarray]] = {}
-        by_path = self.values
         used = set(by_path)
         for path, kinds in by_path.items():
-            typed = dict(kinds)
+            typed = {kind: (slot.count, slot.values) for kind, slot in kinds.items()}
+            for slot in kinds.values():
+                slot.values = []  # each column once in memory: as a list or as an array
             if "list" in typed:
-                typed.update(self._lists(*typed.pop("list")))
-            counts = {k: len(typed[k][0]) for k in _ORDER if k in typed}
+                typed.update(self._lists(typed.pop("list")[1]))
+            counts = {k: typed[k][0] for k in _ORDER if k in typed}
             main = max(counts, key=counts.get) if counts else None
             fields[path] = {}
-            for kind, (rows, values) in typed.items():
+            for kind in list(typed):
+                values = typed.pop(kind)[1]
                 name = path if kind == main else _unique(f"{path}:{kind}", used)
                 fields[path][kind] = name
-                arrays[name] = (self._type(kind, values), self._array(kind, rows, values))
+                array = self._array(kind, values)
+                arrays[name] = (self._type(kind, values), array if order is None else array[order])
         return fields, arrays
 
-    def _lists(self, rows: list[int], lists: list[list]) -> dict[str, tuple[list, list]]:
+    @staticmethod
+    def _lists(lists: list) -> dict[str, tuple[int, list]]:
         """A list's scalar elements by kind; every list column of the path gets each list."""
-        split = []
+        split: list[dict[str, list] | None] = []
         for items in lists:
+            if items is None:
+                split.append(None)
+                continue
             by_kind: dict[str, list] = {}
             for item in items:
                 kind = _scalar_kind(item)
                 if kind is not None:
                     by_kind.setdefault(kind, []).append(_text(item) if kind == TEXT else item)
             split.append(by_kind)
-        kinds = sorted({k for by_kind in split for k in by_kind}, key=_ORDER.index) or [TEXT]
-        return {LIST_OF[k]: (rows, [by_kind.get(k, []) for by_kind in split]) for k in kinds}
+        found = {k for by_kind in split if by_kind for k in by_kind}
+        count = sum(by_kind is not None for by_kind in split)
+        return {LIST_OF[k]: (count, [None if b is None else b.get(k, []) for b in split])
+                for k in sorted(found, key=_ORDER.index) or [TEXT]}
 
     @staticmethod
     def _type(kind: str, values: list) -> str:
         """BIGINT for a number column of integers only (as SQL users expect), else DOUBLE."""
-        if kind == NUMBER and all(type(v) is int and -_INT64 <= v < _INT64 for v in values):
+        if kind == NUMBER and all(type(v) is int and -_INT64 <= v < _INT64
+                                  for v in values if v is not None):
             return "BIGINT"
         return SQL_TYPE[kind]
 
-    def _array(self, kind: str, rows: list[int], values: list) -> np.ndarray:
-        array = np.empty(self.rows, dtype=object)
+    def _array(self, kind: str, values: list) -> np.ndarray:
         if kind == NUMBER:
-            values = [v if type(v) is int and -_INT64 <= v < _INT64 else as_float(v)
-                      for v in values]
+            values = [v if v is None or type(v) is int and -_INT64 <= v < _INT64
+                      else as_float(v) for v in values]
         elif kind == "number[]":
-            values = [[as_float(v) for v in items] for items in values]
-        array[rows] = values if kind not in LIST_OF.values() else _object_array(values)
+            values = [None if items is None else [as_float(v) for v in items]
+                      for items in values]
+        array = np.empty(self.rows, dtype=object)
+        array[:len(values)] = _object_array(values)
         return array
 
 
@@ -212,16 +248,17 @@ def _unique(name: str, used: set[str]) -> str:
 def write_table(path: Path, rows: Iterable[Row]) -> dict:
     """Write the Parquet table of one kind; returns its schema entry.
 
-    Rows are sorted by ``_id`` (the object id, which replaces any ``_id`` in the document);
-    a document without a ``name`` gets the row's name."""
+    The rows may come in any order, and are read once (a generator need not hold them);
+    the table is in ``_id`` order (the object id, which replaces any ``_id`` in the
+    document). A document without a ``name`` gets the row's name."""
     table = _Table()
-    for object_id, name, doc in sorted(rows, key=lambda row: row[0]):
+    for object_id, name, doc in rows:
         doc = {**doc, "_id": object_id}
         if doc.get("name") is None and name is not None:
             doc["name"] = name
-        table.add(doc)
+        table.add(object_id, doc)
     if not table.rows:
-        table.slots = {("_id", TEXT): ([], []), ("name", TEXT): ([], [])}
+        table.slots = {("_id", TEXT): _Slot(), ("name", TEXT): _Slot()}
     fields, arrays = table.columns()
     _copy(path, arrays)
     return {"rows": table.rows, "fields": fields}
@@ -233,7 +270,7 @@ def _copy(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
     data = {f"c{i}": arrays[name][1] for i, name in enumerate(names)}
     select = ", ".join(f'CAST(c{i} AS {arrays[name][0]}) AS {quote(name)}'
                        for i, name in enumerate(names))
-    con = duckdb.connect()
+    con = duckdb.connect(config={"threads": 1})  # more threads buffer row groups: +300 MB
     try:
         con.register("data", data)
         con.execute(f"COPY (SELECT {select} FROM data) TO {literal(str(path))} "
@@ -400,8 +437,8 @@ def index_tables(conn) -> tuple[dict[str, Iterator[Row]], dict, dict[str, str]]:
     def rows(model) -> Iterator[Row]:
         name = getattr(model, "name", None)  # the document as text: json.loads is faster
         columns = [model.id, name if name is not None else null(), type_coerce(model.doc, Text)]
-        for object_id, object_name, doc in conn.execute(
-                select(*columns).where(model.removed.is_(False))):
+        for object_id, object_name, doc in conn.execution_options(stream_results=True).execute(
+                select(*columns).where(model.removed.is_(False)).order_by(model.id)):
             yield object_id, object_name, json.loads(doc) if isinstance(doc, str) else doc
 
     def versions(model) -> Iterator[tuple[str, str]]:
