@@ -50,6 +50,9 @@ SCHEMA = "schema.json"
 # Rows per Parquet row group: DuckDB scans row groups in parallel and skips those whose
 # min/max rule a range out; 32,768 was faster than one group of 100,000 (2-7 ms selections)
 ROW_GROUP = 32_768
+# Documents walked before their columns are written out as a part (the table is then the
+# parts joined): what bounds a publish's memory, about 100 MB for 16,384 ISIC images
+PART = 16_384
 POINTER = "PROJECTION"  # PostgreSQL mirrors: names the newest projection folder
 TEXT, NUMBER, BOOLEAN, OBJECT, NULL = "text", "number", "boolean", "object", "null"
 LIST_OF = {TEXT: "text[]", NUMBER: "number[]", BOOLEAN: "boolean[]"}
@@ -117,12 +120,10 @@ class _Table:
 
     def __init__(self) -> None:
         self.rows = 0
-        self.ids: list[str] = []
         self.slots: dict[tuple[str, str], _Slot] = {}  # by (path, kind)
 
     def add(self, object_id: str, doc: dict) -> None:
         self._walk(doc, "", self.rows)
-        self.ids.append(object_id)
         self.rows += 1
 
     def _walk(self, doc: dict, prefix: str, row: int) -> None:
@@ -165,59 +166,17 @@ class _Table:
             values.append(value)
             slot.count += 1
 
-    def columns(self) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, np.ndarray]]]:
-        """``{path: {kind: column}}`` and ``{column: (sql type, values in id order)}``."""
-        order = None if self.ids == sorted(self.ids) else \
-            sorted(range(self.rows), key=self.ids.__getitem__)
-        by_path: dict[str, dict[str, _Slot]] = {}
+    def flush(self, columns: _Columns) -> dict[str, tuple[str, np.ndarray]]:
+        """This chunk's columns, named and counted by ``columns``; the chunk is emptied."""
+        arrays = {}
         for (path, kind), slot in self.slots.items():
-            by_path.setdefault(path, {})[kind] = slot
-        fields: dict[str, dict[str, str]] = {}
-        arrays: dict[str, tuple[str, np.ndarray]] = {}
-        used = set(by_path)
-        for path, kinds in by_path.items():
-            typed = {kind: (slot.count, slot.values) for kind, slot in kinds.items()}
-            for slot in kinds.values():
-                slot.values = []  # each column once in memory: as a list or as an array
-            if "list" in typed:
-                typed.update(self._lists(typed.pop("list")[1]))
-            counts = {k: typed[k][0] for k in _ORDER if k in typed}
-            main = max(counts, key=counts.get) if counts else None
-            fields[path] = {}
-            for kind in list(typed):
-                values = typed.pop(kind)[1]
-                name = path if kind == main else _unique(f"{path}:{kind}", used)
-                fields[path][kind] = name
-                array = self._array(kind, values)
-                arrays[name] = (self._type(kind, values), array if order is None else array[order])
-        return fields, arrays
-
-    @staticmethod
-    def _lists(lists: list) -> dict[str, tuple[int, list]]:
-        """A list's scalar elements by kind; every list column of the path gets each list."""
-        split: list[dict[str, list] | None] = []
-        for items in lists:
-            if items is None:
-                split.append(None)
-                continue
-            by_kind: dict[str, list] = {}
-            for item in items:
-                kind = _scalar_kind(item)
-                if kind is not None:
-                    by_kind.setdefault(kind, []).append(_text(item) if kind == TEXT else item)
-            split.append(by_kind)
-        found = {k for by_kind in split if by_kind for k in by_kind}
-        count = sum(by_kind is not None for by_kind in split)
-        return {LIST_OF[k]: (count, [None if b is None else b.get(k, []) for b in split])
-                for k in sorted(found, key=_ORDER.index) or [TEXT]}
-
-    @staticmethod
-    def _type(kind: str, values: list) -> str:
-        """BIGINT for a number column of integers only (as SQL users expect), else DOUBLE."""
-        if kind == NUMBER and all(type(v) is int and -_INT64 <= v < _INT64
-                                  for v in values if v is not None):
-            return "BIGINT"
-        return SQL_TYPE[kind]
+            values, slot.values = slot.values, []  # each value once: in a list or an array
+            split = _lists(values) if kind == "list" else {kind: (slot.count, values)}
+            for each, (count, column) in split.items():
+                sql_type = _type(each, column)
+                arrays[columns.add(path, each, count, sql_type)] = (sql_type,
+                                                                    self._array(each, column))
+        return arrays
 
     def _array(self, kind: str, values: list) -> np.ndarray:
         if kind == NUMBER:
@@ -229,6 +188,77 @@ class _Table:
         array = np.empty(self.rows, dtype=object)
         array[:len(values)] = _object_array(values)
         return array
+
+
+def _lists(lists: list) -> dict[str, tuple[int, list]]:
+    """A list's scalar elements by kind, each kind a column; every list column of a path
+    holds each list (see :meth:`_Columns.select` for lists of other chunks)."""
+    split: list[dict[str, list] | None] = []
+    for items in lists:
+        if items is None:
+            split.append(None)
+            continue
+        by_kind: dict[str, list] = {}
+        for item in items:
+            kind = _scalar_kind(item)
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(_text(item) if kind == TEXT else item)
+        split.append(by_kind)
+    found = {k for by_kind in split if by_kind for k in by_kind}
+    count = sum(by_kind is not None for by_kind in split)
+    return {LIST_OF[k]: (count, [None if b is None else b.get(k, []) for b in split])
+            for k in sorted(found, key=_ORDER.index) or [TEXT]}
+
+
+def _type(kind: str, values: list) -> str:
+    """BIGINT for a number column of integers only (as SQL users expect), else DOUBLE."""
+    if kind == NUMBER and all(type(v) is int and -_INT64 <= v < _INT64
+                              for v in values if v is not None):
+        return "BIGINT"
+    return SQL_TYPE[kind]
+
+
+class _Columns:
+    """The columns of a table across its chunks: a part's name for each path and kind, how
+    many values each holds, and its type (DOUBLE if any chunk's numbers needed one)."""
+
+    def __init__(self) -> None:
+        self.names: dict[tuple[str, str], str] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.types: dict[tuple[str, str], str] = {}
+
+    def add(self, path: str, kind: str, count: int, sql_type: str) -> str:
+        key = (path, kind)
+        if key not in self.names:
+            self.names[key], self.counts[key], self.types[key] = f"c{len(self.names)}", 0, sql_type
+        self.counts[key] += count
+        if sql_type == "DOUBLE":
+            self.types[key] = sql_type
+        return self.names[key]
+
+    def select(self) -> tuple[dict[str, dict[str, str]], list[str]]:
+        """The schema's fields and the final table's columns, as SQL over the parts: the
+        path itself names its most common kind, a suffix the others; a list column is an
+        empty list (not NULL) where another chunk's list had no element of its kind."""
+        by_path: dict[str, list[str]] = {}
+        for path, kind in self.names:
+            by_path.setdefault(path, []).append(kind)
+        used, fields, exprs = set(by_path), {}, []
+        for path, kinds in by_path.items():
+            ranked = [k for k in _ORDER if k in kinds]
+            main = max(ranked, key=lambda k: self.counts[(path, k)]) if ranked else None
+            lists = [self.names[(path, k)] for k in kinds if k in LIST_OF.values()]
+            fields[path] = {}
+            for kind in kinds:
+                name = path if kind == main else _unique(f"{path}:{kind}", used)
+                fields[path][kind] = name
+                part, sql_type = self.names[(path, kind)], self.types[(path, kind)]
+                value = f"CAST({part} AS {sql_type})"
+                if kind in LIST_OF.values():
+                    is_list = " OR ".join(f"{c} IS NOT NULL" for c in lists)
+                    value = f"CASE WHEN {is_list} THEN coalesce({value}, []) END"
+                exprs.append(f"{value} AS {quote(name)}")
+        return fields, exprs
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -248,32 +278,57 @@ def _unique(name: str, used: set[str]) -> str:
 def write_table(path: Path, rows: Iterable[Row]) -> dict:
     """Write the Parquet table of one kind; returns its schema entry.
 
-    The rows may come in any order, and are read once (a generator need not hold them);
-    the table is in ``_id`` order (the object id, which replaces any ``_id`` in the
-    document). A document without a ``name`` gets the row's name."""
-    table = _Table()
-    for object_id, name, doc in rows:
-        doc = {**doc, "_id": object_id}
-        if doc.get("name") is None and name is not None:
-            doc["name"] = name
-        table.add(object_id, doc)
-    if not table.rows:
-        table.slots = {("_id", TEXT): _Slot(), ("name", TEXT): _Slot()}
-    fields, arrays = table.columns()
-    _copy(path, arrays)
-    return {"rows": table.rows, "fields": fields}
-
-
-def _copy(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
-    """``COPY`` the columns to Parquet with DuckDB (it scans a dict of numpy arrays)."""
-    names = list(arrays)
-    data = {f"c{i}": arrays[name][1] for i, name in enumerate(names)}
-    select = ", ".join(f'CAST(c{i} AS {arrays[name][0]}) AS {quote(name)}'
-                       for i, name in enumerate(names))
-    con = duckdb.connect(config={"threads": 1})  # more threads buffer row groups: +300 MB
+    The rows are read once (a generator need not hold them) and :data:`PART` at a time,
+    each chunk written as a part that DuckDB then joins into
+    one table, in ``_id`` order (the object id, which replaces any ``_id`` in the document;
+    rows that do not come in that order are sorted). A document without a ``name`` gets
+    the row's name."""
+    parts, columns, total = path.with_name(path.name + ".parts"), _Columns(), 0
+    parts.mkdir()
     try:
-        con.register("data", data)
-        con.execute(f"COPY (SELECT {select} FROM data) TO {literal(str(path))} "
+        table, ordered, last = _Table(), True, ""
+        for object_id, name, doc in rows:
+            doc = {"_id": object_id, **doc}  # _id first, whatever the document's order
+            doc["_id"] = object_id
+            if doc.get("name") is None and name is not None:
+                doc["name"] = name
+            table.add(object_id, doc)
+            ordered, last = ordered and object_id >= last, object_id
+            if table.rows == PART:
+                total += _part(parts, table, columns)
+                table = _Table()
+        if table.rows or not total:
+            total += _part(parts, table, columns)
+        fields, exprs = columns.select()
+        files = ", ".join(literal(str(p)) for p in sorted(parts.iterdir()))
+        order = "" if ordered else ' ORDER BY "_id"'
+        _copy(path, f"SELECT {', '.join(exprs)} FROM read_parquet([{files}], "
+                    f"union_by_name = true){order}")
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    return {"rows": total, "fields": fields}
+
+
+def _part(parts: Path, table: _Table, columns: _Columns) -> int:
+    if not table.rows:  # no rows at all: the columns a table always has
+        table.slots = {("_id", TEXT): _Slot(), ("name", TEXT): _Slot()}
+    arrays = table.flush(columns)
+    names = list(arrays)
+    data = {name: arrays[name][1] for name in names}
+    select = ", ".join(f"CAST({quote(n)} AS {arrays[n][0]}) AS {quote(n)}" for n in names)
+    _copy(parts / f"part-{len(list(parts.iterdir())):06d}.parquet",
+          f"SELECT {select} FROM data", data)
+    return table.rows
+
+
+def _copy(path: Path, select: str, data: dict | None = None) -> None:
+    """``COPY`` a query to Parquet with DuckDB (which scans ``data``, a dict of numpy
+    arrays, as the table ``data``). One thread: more buffer row groups (+300 MB)."""
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        if data is not None:
+            con.register("data", data)
+        con.execute(f"COPY ({select}) TO {literal(str(path))} "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
     finally:
         con.close()
@@ -282,8 +337,9 @@ def _copy(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
 def write_links(path: Path, columns: tuple[str, ...], rows: Iterable[tuple]) -> dict:
     """A plain table of text columns (``study_images``: which images a study holds)."""
     rows = sorted(rows)
-    arrays = {c: ("VARCHAR", _object_array([r[i] for r in rows])) for i, c in enumerate(columns)}
-    _copy(path, arrays)
+    data = {f"c{i}": _object_array([r[i] for r in rows]) for i in range(len(columns))}
+    select = ", ".join(f"CAST(c{i} AS VARCHAR) AS {quote(c)}" for i, c in enumerate(columns))
+    _copy(path, f"SELECT {select} FROM data", data)
     return {"rows": len(rows), "fields": {c: {TEXT: c} for c in columns}}
 
 

@@ -40,7 +40,9 @@ def run(*args):
 
 # -- what a publish writes -------------------------------------------------------------------
 
-def test_a_generic_table_gets_a_typed_column_per_field_and_kind_of_value(tmp_path):
+@pytest.mark.parametrize("part", [32_768, 1])
+def test_a_generic_table_gets_a_typed_column_per_field_and_kind_of_value(tmp_path, part,
+                                                                         monkeypatch):
     """One row per object in id order; a field of one kind is one typed column named by its
     path; other kinds of value at the same path get suffixed columns; any kind of rows can
     be fed (here DICOM-like series)."""
@@ -49,6 +51,7 @@ def test_a_generic_table_gets_a_typed_column_per_field_and_kind_of_value(tmp_pat
             ("s1", "first", {"Modality": "MR", "Slices": 2**70, "Tags": [], "Odd": 5,
                              "Bad": "\ud800x"}),
             ("s3", None, {"Modality": None, "Slices": 7, "Odd": None})]
+    monkeypatch.setattr(projection, "PART", part)  # rows written in parts of this many
     schema = projection.write_table(tmp_path / "series.parquet", rows)
     fields = schema["fields"]
     assert schema["rows"] == 3

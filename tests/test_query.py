@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+import mirror.projection
 from mirror.config import utc_now
 from mirror.index import Image
 from mirror.index.database import IndexWriter
@@ -123,10 +124,12 @@ def ingest(writer: IndexWriter, docs: list[dict]) -> None:
         ingest_documents(session, "image", [(d, "0" * 64, "x", 0) for d in docs], utc_now())
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, 7], ids=["one-part", "parts-of-7"])
+def index(tmp_path_factory, request):
     """Varied documents (every path holds text, numbers, booleans, lists, objects and
-    nulls), published, and their projection opened."""
+    nulls), published, and their projection opened; built in one part, and in parts of
+    7 rows, where each part holds other kinds of values at a path (and lists with elements
+    of other kinds) than the next."""
     rng = random.Random(7)
     docs = [make_doc(rng, i) for i in range(400)]
     docs[0].update(a="melanoma", tags=["ISBI 2017: Training", 1, True])
@@ -134,7 +137,10 @@ def index(tmp_path_factory):
     root = tmp_path_factory.mktemp("query")
     writer = IndexWriter(Layout(root / "mirror"))
     ingest(writer, docs)
-    projection = published(writer)
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param:
+            patch.setattr(mirror.projection, "PART", request.param)
+        projection = published(writer)
     yield projection, docs
     projection.close()
     writer.close()
