@@ -122,7 +122,7 @@ class _Table:
         self.rows = 0
         self.slots: dict[tuple[str, str], _Slot] = {}  # by (path, kind)
 
-    def add(self, object_id: str, doc: dict) -> None:
+    def add(self, doc: dict) -> None:
         self._walk(doc, "", self.rows)
         self.rows += 1
 
@@ -279,8 +279,7 @@ def write_table(path: Path, rows: Iterable[Row]) -> dict:
     """Write the Parquet table of one kind; returns its schema entry.
 
     The rows are read once (a generator need not hold them) and :data:`PART` at a time,
-    each chunk written as a part that DuckDB then joins into
-    one table, in ``_id`` order (the object id, which replaces any ``_id`` in the document;
+    each chunk written as a part that DuckDB then joins into one table, in ``_id`` order (the object id, which replaces any ``_id`` in the document;
     rows that do not come in that order are sorted). A document without a ``name`` gets
     the row's name."""
     parts, columns, total = path.with_name(path.name + ".parts"), _Columns(), 0
@@ -292,7 +291,7 @@ def write_table(path: Path, rows: Iterable[Row]) -> dict:
             doc["_id"] = object_id
             if doc.get("name") is None and name is not None:
                 doc["name"] = name
-            table.add(object_id, doc)
+            table.add(doc)
             ordered, last = ordered and object_id >= last, object_id
             if table.rows == PART:
                 total += _part(parts, table, columns)
