@@ -279,9 +279,9 @@ def write_table(path: Path, rows: Iterable[Row]) -> dict:
     """Write the Parquet table of one kind; returns its schema entry.
 
     The rows are read once (a generator need not hold them) and :data:`PART` at a time,
-    each chunk written as a part that DuckDB then joins into one table, in ``_id`` order (the object id, which replaces any ``_id`` in the document;
-    rows that do not come in that order are sorted). A document without a ``name`` gets
-    the row's name."""
+    each chunk written as a part that DuckDB then joins into one table, in ``_id`` order
+    (the object id, which replaces any ``_id`` in the document; rows that do not come in
+    that order are sorted). A document without a ``name`` gets the row's name."""
     parts, columns, total = path.with_name(path.name + ".parts"), _Columns(), 0
     parts.mkdir()
     try:
