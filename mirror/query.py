@@ -209,7 +209,7 @@ class Projection:
         self.con.execute("SET lock_configuration = true")
         self.lock = threading.Lock()  # a DuckDB connection serves one statement at a time
         self._columns: dict[tuple[str, str], np.ndarray] = {}
-        self._codes: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}
+        self._codes: dict[tuple[str, str], tuple[dict[str, int], np.ndarray]] = {}
         self._positions: dict[str, dict[str, int]] = {}
 
     def close(self) -> None:
@@ -252,9 +252,9 @@ class Projection:
             self._columns[key] = values
         return self._columns[key]
 
-    def codes(self, table: str, name: str) -> tuple[list[str], np.ndarray]:
-        """A text column as its distinct values and, per row, the index of its value (the
-        number of values for NULL), for regular expressions."""
+    def codes(self, table: str, name: str) -> tuple[dict[str, int], np.ndarray]:
+        """A text column as its distinct values (each with its index) and, per row, the
+        index of its value (the number of values for NULL), for regular expressions."""
         key = (table, name)
         if key not in self._codes:
             index: dict[str, int] = {}
@@ -262,7 +262,7 @@ class Projection:
             codes = np.fromiter((-1 if v is None else index.setdefault(v, len(index))
                                  for v in column), np.int64, len(column))
             codes[codes < 0] = len(index)
-            self._codes[key] = list(index), codes
+            self._codes[key] = index, codes
         return self._codes[key]
 
     def positions(self, table: str, where: str, params: list) -> np.ndarray:
@@ -422,14 +422,13 @@ def _regex_rows(projection: Projection, table: str, item: Criterion) -> np.ndarr
     name = projection.fields(table).get(item.field, {}).get(TEXT)
     if name is None:
         return np.zeros(projection.schema[table]["rows"], bool)
-    values, codes = projection.codes(table, name)
-    search = re.compile(item.value).search
-    matched = np.fromiter((search(v) is not None for v in [*values, ""]), bool,
-                          len(values) + 1)
+    index, codes = projection.codes(table, name)
+    found = filter(re.compile(item.value).search, index)  # the fastest loop Python has
+    matched = np.zeros(len(index) + 1, bool)  # the last slot is NULL's: no string
+    matched[np.fromiter(map(index.__getitem__, found), np.int64)] = True
     if item.op == "~":
-        matched[-1] = False  # the last slot is NULL's: no string, so no match
         return matched[codes]
-    matched[-1] = True  # !~: a string that does not match; NULL is no string
+    matched[-1] = True  # !~: a string that does not match, and NULL is no string
     return ~matched[codes]
 
 
