@@ -211,6 +211,7 @@ class Projection:
         self._columns: dict[tuple[str, str], np.ndarray] = {}
         self._codes: dict[tuple[str, str], tuple[dict[str, int], np.ndarray]] = {}
         self._positions: dict[str, dict[str, int]] = {}
+        self._elements: dict[tuple[str, str], tuple[dict[Any, list[int]], np.ndarray]] = {}
 
     def close(self) -> None:
         self.con.close()
@@ -264,6 +265,25 @@ class Projection:
             codes[codes < 0] = len(index)
             self._codes[key] = index, codes
         return self._codes[key]
+
+    def elements(self, table: str, name: str) -> tuple[dict[Any, list[int]], np.ndarray]:
+        """A list column as, per element value, the rows holding it, and which rows hold a
+        list: ``ni`` then costs a lookup, not a decode of every row's list."""
+        key = (table, name)
+        if key not in self._elements:
+            source = f"read_parquet({literal(self.file(table))}, file_row_number = true)"
+            with self.lock:
+                pairs = self.execute(f"SELECT file_row_number, unnest({quote(name)}) "
+                                     f"FROM {source}").fetchall()
+                lists = self.execute(f"SELECT file_row_number FROM {source} "
+                                     f"WHERE {quote(name)} IS NOT NULL").fetchnumpy()
+            holders: dict[Any, list[int]] = {}
+            for row, value in pairs:
+                holders.setdefault(value, []).append(row)
+            is_list = np.zeros(self.schema[table]["rows"], bool)
+            is_list[np.asarray(lists["file_row_number"], np.int64)] = True
+            self._elements[key] = holders, is_list
+        return self._elements[key]
 
     def positions(self, table: str, where: str, params: list) -> np.ndarray:
         """The sorted row positions (``_id`` order) of the rows ``where`` selects."""
@@ -415,14 +435,31 @@ class _Compiler:
         return f"coalesce({column} {op} {self.bind(value)}, false)"
 
 
-def _regex_rows(projection: Projection, table: str, item: Criterion) -> np.ndarray:
-    """The rows a ``~`` or ``!~`` criterion selects, as a boolean array: Python's
-    ``re.search`` over the field's distinct text values, then each row by its value's
-    index (DuckDB's regular expressions are RE2's, which differ from Python's)."""
-    name = projection.fields(table).get(item.field, {}).get(TEXT)
-    if name is None:
-        return np.zeros(projection.schema[table]["rows"], bool)
-    index, codes = projection.codes(table, name)
+def _in_numpy(projection: Projection, table: str, item: Criterion) -> bool:
+    """Criteria numpy answers from per-value rows: regular expressions (Python's ``re``,
+    not DuckDB's RE2) and ``ni`` on a field without text (only list elements to find)."""
+    if item.op in ("~", "!~"):
+        return True
+    return item.op in ("ni", "not ni") and not (
+        isinstance(item.value, str) and TEXT in projection.fields(table).get(item.field, {}))
+
+
+def _numpy_rows(projection: Projection, table: str, item: Criterion) -> np.ndarray:
+    """The rows a criterion of :func:`_in_numpy` selects, as a boolean array."""
+    kinds = projection.fields(table).get(item.field, {})
+    rows = np.zeros(projection.schema[table]["rows"], bool)
+    if item.op in ("ni", "not ni"):
+        lists = [k for k in LIST_OF.values() if k in kinds]
+        name = kinds.get(LIST_OF[_kind_of(item.value)])
+        if name is not None:
+            rows[projection.elements(table, name)[0].get(_bound(item.value), [])] = True
+        if item.op == "ni":
+            return rows
+        is_list = projection.elements(table, kinds[lists[0]])[1] if lists else rows
+        return is_list & ~rows
+    if TEXT not in kinds:
+        return rows
+    index, codes = projection.codes(table, kinds[TEXT])
     found = filter(re.compile(item.value).search, index)  # the fastest loop Python has
     matched = np.zeros(len(index) + 1, bool)  # the last slot is NULL's: no string
     matched[np.fromiter(map(index.__getitem__, found), np.int64)] = True
@@ -466,16 +503,16 @@ def _lookup(projection: Projection, table: str, key: str) -> list[str]:
 
 def selection_where(projection: Projection, items: Any = None, dataset: str | None = None,
                     study: str | None = None, kind: str = "images",
-                    regex: list[Criterion] | None = None) -> tuple[str, str, list]:
+                    rest: list[Criterion] | None = None) -> tuple[str, str, list]:
     """The table, and the SQL condition (with its parameters) the criteria compile to.
-    With ``regex`` given, regular expressions are left out of the SQL and put there."""
+    With ``rest`` given, the criteria numpy answers are left out of the SQL and put there."""
     table = projection.table(kind)
     scope, studies = _scope(projection, table, dataset, study)
     compiler = _Compiler(projection, table)
     parts = []
     for item in scope + criteria(items):
-        if item.op in ("~", "!~") and regex is not None:
-            regex.append(item)
+        if rest is not None and _in_numpy(projection, table, item):
+            rest.append(item)
         else:
             parts.append(compiler.condition(item))
     if studies:
@@ -488,15 +525,15 @@ def select_positions(projection: Projection, items: Any = None, dataset: str | N
                      study: str | None = None, limit: int | None = None,
                      kind: str = "images") -> tuple[str, np.ndarray]:
     """The table and the sorted row positions of the current objects the criteria select:
-    DuckDB answers the SQL part, numpy combines it with the regular expressions."""
-    regex: list[Criterion] = []
-    table, where, params = selection_where(projection, items, dataset, study, kind, regex)
-    if not regex:
+    DuckDB answers the SQL part, numpy combines it with the criteria of :func:`_in_numpy`."""
+    rest: list[Criterion] = []
+    table, where, params = selection_where(projection, items, dataset, study, kind, rest)
+    if not rest:
         positions = projection.positions(table, where, params)
     else:
-        rows = _regex_rows(projection, table, regex[0])
-        for item in regex[1:]:
-            rows &= _regex_rows(projection, table, item)
+        rows = _numpy_rows(projection, table, rest[0])
+        for item in rest[1:]:
+            rows &= _numpy_rows(projection, table, item)
         if where != "true":
             by_sql = np.zeros(rows.size, bool)
             by_sql[projection.positions(table, where, params)] = True
