@@ -43,7 +43,6 @@ import duckdb
 import numpy as np
 
 from mirror.layout import Layout
-from mirror.store import fsync_dir
 
 FORMAT = 1  # of the tables: a new one rebuilds every table at the next publish
 SCHEMA = "schema.json"
@@ -399,6 +398,14 @@ def _link(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:  # a file system without hard links
         shutil.copyfile(source, target)
+
+
+def fsync_dir(folder: Path) -> None:
+    """As :func:`mirror.store.fsync_dir`, imported when a writer needs it: readers of a
+    projection (``mirror query --count``) start without the object store's imports."""
+    from mirror.store import fsync_dir as sync
+
+    sync(folder)
 
 
 def _fsync(path: Path) -> None:
