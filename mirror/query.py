@@ -198,7 +198,8 @@ class Projection:
         except FileNotFoundError:
             raise NoProjectionError(
                 f"the index at {folder.parent} has no query projection {folder.name} (it was "
-                "published by an older version); run 'mirror reindex' to publish one") from None
+                "published by an older version); run 'mirror sync' (or 'mirror reindex', "
+                "offline) to publish one") from None
         self.folder = folder
         self.con = duckdb.connect(":memory:")
         self.con.execute(f"SET allowed_directories = [{literal(str(folder) + os.sep)}]")
