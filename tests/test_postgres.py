@@ -127,6 +127,8 @@ def test_selections_agree_between_sqlite_and_postgres(tmp_path, database):
         assert any(lite.select_images(q).ids for q in QUERIES[2:5])  # not all empty
         assert all(lite.select_images(q).ids for q in QUERIES[-2:])
         assert pg.select("datasets") == lite.select("datasets")
+        statement = 'SELECT "meta.clinical.sex", count(*) FROM images GROUP BY 1 ORDER BY 1'
+        assert pg.sql(statement) == lite.sql(statement)
 
 
 def test_a_reader_keeps_its_projection_while_a_writer_publishes(tmp_path, database):
