@@ -56,6 +56,8 @@ ENVIRONMENT = {
     "MIRROR_PASSWORD": "The password for --username (never stored, never logged).",
     "MIRROR_STATE_DIR": "Where the writer keeps its live database (local disk; default "
                         "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
+    "ISIC_TOKEN": "ISIC API v2 access token (isic user print-token's access_token); held in "
+                  "memory, sent only to the API, never stored or logged.",
     IDC_CATALOG_ENV: "IDC: a folder of idc-index-data Parquet files to sync from instead "
                      "of the installed package (--catalog overrides it).",
 }

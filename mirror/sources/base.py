@@ -193,6 +193,8 @@ class SourceSpec:
     file_options: frozenset[str] = frozenset()
     default_url: str | None = None
     sandbox: str | None = None  # "module:function" serving a local imitation
+    # conn -> {table: (columns, rows)}: link tables published beside the kinds' projections
+    links: Callable[[Any], dict] | None = None
 
     def kind(self, name: str) -> KindSpec:
         for kind in self.kinds:
@@ -278,6 +280,8 @@ class Source(Protocol):
 REGISTRY: dict[str, str] = {
     "isic-v1": "mirror.sources.isic_v1:IsicV1Source",
     "idc": "mirror.sources.idc:IdcSource",
+    "isic-v2": "mirror.sources.isic_v2:IsicV2Source",
+    "tcia-v4": "mirror.sources.tcia.source:TciaSource",
 }
 #: names older mirrors wrote into mirror.json
 ALIASES = {"isic": "isic-v1"}

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from mirror.errors import MirrorError
 from mirror.export import cell
 from mirror.index import ObjectRow
 from mirror.snapshots.manifest import Snapshot, entry, files_of
@@ -32,29 +31,12 @@ SERIES_COLUMNS = ("SeriesInstanceUID", "collection_id", "PatientID", "StudyInsta
                   "Modality", "SeriesDescription", "instanceCount", "license_short_name",
                   "source_DOI", "crdc_series_uuid", "aws_bucket")
 CHUNK = 500
-_OPS = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-        "in": lambda a, b: a in b, "not in": lambda a, b: a not in b}
 
 
 def build_options(snap: Snapshot) -> dict:
     """The sync options that fetch exactly the pinned series (from the same catalog)."""
     return {"what": frozenset({"series"}),
             "scope": {"series": sorted(e["id"] for e in snap.of_kind("series"))}}
-
-
-def select_ids(conn, items: list) -> list[str]:
-    """The current series whose catalog row meets every criterion (==, !=, in, not in)."""
-    for crit in items:
-        if crit.op not in _OPS:
-            raise MirrorError(f"{crit}: IDC snapshots select series with ==, !=, in or "
-                              "not in over catalog columns")
-    chosen = []
-    for uid, doc in conn.execute(select(ObjectRow.id, ObjectRow.doc).where(
-            ObjectRow.kind == "series", ObjectRow.removed.is_(False)).order_by(ObjectRow.id)):
-        doc = json.loads(doc) if isinstance(doc, str) else doc
-        if all(_OPS[c.op](doc.get(c.field), c.value) for c in items):
-            chosen.append(uid)
-    return chosen
 
 
 def pinned_objects(conn, series_ids: list[str], roles: list[str]) -> list[dict]:
