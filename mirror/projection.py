@@ -493,13 +493,14 @@ def index_tables(conn, spec=None) -> tuple[dict[str, Iterator[Row]], dict, dict[
 
     from mirror.ingest import model_of
 
-    def rows(model, where) -> Iterator[Row]:
+    def rows(model, where, shown=None) -> Iterator[Row]:
         # the document as text: json.loads is faster than the driver's JSON decoding
         name = getattr(model, "name", None)  # segmentations and annotations have none
         columns = [model.id, name if name is not None else null(), type_coerce(model.doc, Text)]
         for object_id, object_name, doc in conn.execution_options(stream_results=True).execute(
                 select(*columns).where(model.removed.is_(False), *where).order_by(model.id)):
-            yield object_id, object_name, json.loads(doc) if isinstance(doc, str) else doc
+            doc = json.loads(doc) if isinstance(doc, str) else doc
+            yield object_id, object_name, doc if shown is None else shown(doc)
 
     def versions(model, where) -> Iterator[tuple[str, str]]:
         return conn.execute(select(model.id, model.doc_sha256)
@@ -510,7 +511,7 @@ def index_tables(conn, spec=None) -> tuple[dict[str, Iterator[Row]], dict, dict[
         return tables, {}, digests
     for kind in spec.kinds:
         model, where = model_of(kind)
-        tables[kind.table] = rows(model, where)
+        tables[kind.table] = rows(model, where, kind.projected)
         digests[kind.table] = digest(versions(model, where))
     links = spec.links(conn) if spec.links is not None else {}
     return tables, links, digests

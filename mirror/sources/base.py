@@ -88,6 +88,9 @@ class KindSpec:
     columns: Callable[[dict], dict] | None = None  # typed columns of ``model``
     index: Callable[[Session, list[dict]], None] | None = None  # extra rows (links, ...)
     on_removed: Callable[[Session, list[str]], None] | None = None  # drop those extra rows
+    # what the query projection shows of a document (None: all of it); a DICOM header's
+    # hundreds of tag paths would make a column each, keywords make a few named ones
+    projected: Callable[[dict], dict] | None = None
 
     def valid_id(self, object_id: object) -> bool:
         return isinstance(object_id, str) and bool(self.id_pattern.fullmatch(object_id))

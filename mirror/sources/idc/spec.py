@@ -42,6 +42,7 @@ UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters (every v25 series)."""
 INSTANCE_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 COLLECTION_ID = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+TAG = re.compile(r"[0-9A-Fa-f]{8}")  # keyword_columns keeps private tags by number
 CATALOG_ID = "idc-index-data"
 DICM = b"DICM"
 NEVER = re.compile(r"(?!)")  # IDC has no API URL: --source idc picks it
@@ -53,6 +54,19 @@ def _check_instance_file(path: Path, task: FileTask) -> dict:
     from mirror.sources.dicom import read_header
 
     return read_header(path)
+
+
+def _instance_columns(doc: dict) -> dict:
+    """An instance as selections and ``mirror sql`` see it: its ids and its header's public
+    single-valued attributes by keyword (``Modality``, ``SliceThickness``...), not the
+    DICOM JSON's per-tag objects (one column per tag and field, thousands over IDC)."""
+    from mirror.sources.dicom import keyword_columns
+
+    shown = {k: v for k, v in doc.items() if k != "dicom"}
+    for keyword, value in keyword_columns(doc.get("dicom") or {}).items():
+        if not TAG.fullmatch(keyword) and keyword not in shown and not isinstance(value, list):
+            shown[keyword] = value
+    return shown
 
 
 KINDS = (
@@ -69,7 +83,8 @@ KINDS = (
     KindSpec(name="instance", table="instances", id_pattern=INSTANCE_UUID, parent="series",
              shard=shard_by_hex_suffix, id_of=lambda doc: doc.get("crdc_instance_uuid"),
              name_of=lambda doc: doc.get("SOPInstanceUID"),
-             parent_of=lambda doc: doc.get("SeriesInstanceUID")),
+             parent_of=lambda doc: doc.get("SeriesInstanceUID"),
+             projected=_instance_columns),
 )
 
 ROLES = (

@@ -100,6 +100,13 @@ def test_instances_are_indexed_by_their_headers_and_belong_to_their_catalog_seri
             assert m.file(uuid, "instance").read_bytes()[128:132] == b"DICM"
             sops.add(doc["SOPInstanceUID"])
         assert len(sops) == min(40, len(instances))
+        ct = {i for i in instances if rows[m.document("instance", i)[
+            "SeriesInstanceUID"]]["Modality"] == "CT"}
+        assert ct and set(m.select("instances", ["Modality", "==", "CT"])) == ct  # by keyword
+        header, found = m.sql("SELECT count(*) AS n FROM instances WHERE Modality = 'CT'")
+        assert found == [(len(ct),)]
+        lung = m.select("series", ["collection_id", "==", "lung_phantom"])
+        assert len(lung) == sum(1 for r in rows.values() if r["collection_id"] == "lung_phantom")
         series = m.document("series", next(iter(rows)))
         assert series == rows[series["SeriesInstanceUID"]]  # the catalog row, as shipped
         catalog = m.document("catalog", "idc-index-data")
