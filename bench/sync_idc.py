@@ -97,7 +97,8 @@ def bench_buckets(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         os.environ["MIRROR_STATE_DIR"] = str(tmp / "state")
         started = time.perf_counter()
-        sb = sandbox.start([args.collection], tmp / "sandbox", max_instances=args.max_instances)
+        sb = _Running(args) if args.s3_endpoint else sandbox.start(
+            [args.collection], tmp / "sandbox", max_instances=args.max_instances)
         try:
             rows = list(sb.catalog.rows())
             instances = sum(r["instanceCount"] for r in rows)
@@ -125,7 +126,8 @@ def bench_buckets(args: argparse.Namespace) -> None:
                     shutil.rmtree(root)
             before = sb.seaweed.s3_requests()
             noop_seconds, noop, _ = mirror_sync(root, *scope)
-            noop_requests = sb.seaweed.s3_requests() - before
+            noop_requests = ("n/a (external sandbox)" if isinstance(sb, _Running)
+                             else sb.seaweed.s3_requests() - before)
         finally:
             sb.stop()
     a, a2, b = (statistics.median(x) for x in (per_series, manifest, ours))
@@ -138,6 +140,23 @@ def bench_buckets(args: argparse.Namespace) -> None:
           f"{instances / b:.0f} instances/s")
     print(f"no-op re-sync: {noop_seconds:.2f} s, {noop['requests']} requests counted by the "
           f"mirror, {noop_requests} by SeaweedFS")
+
+
+class _Running:
+    """A sandbox started elsewhere (``python -m mirror.sources.idc.sandbox``): its endpoint
+    and catalog folder; SeaweedFS request counts are then not available."""
+
+    def __init__(self, args: argparse.Namespace):
+        from mirror.sources.idc.catalog import Catalog
+
+        self.s3_endpoint, self.catalog = args.s3_endpoint, Catalog.from_dir(args.catalog)
+        self.seaweed = self
+
+    def s3_requests(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        pass
 
 
 def bench_catalog(args: argparse.Namespace) -> None:
@@ -160,6 +179,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--catalog-only", action="store_true")
+    parser.add_argument("--s3-endpoint", help="use this running sandbox (with --catalog)")
+    parser.add_argument("--catalog", help="the running sandbox's catalog folder")
     args = parser.parse_args()
     if args.catalog_only:
         bench_catalog(args)
