@@ -126,12 +126,14 @@ def _tqdm_progress(quiet: bool):
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
 @click.option("--dry-run", is_flag=True, help="List what changed and print the plan only.")
+@click.option("--full", is_flag=True, help="Re-check every per-object listing now (ISIC v1: "
+              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD).")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def sync(root, url, source, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+         index_url, lease_wait, dry_run, full, allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -151,6 +153,7 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
     options = SyncOptions(what=None if what is None else _csv_choice(what),
                           blobs=None if blobs is None else _csv_choice(blobs), workers=workers,
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
+                          full=full,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals,
                           lease_wait=None if lease_wait < 0 else lease_wait,

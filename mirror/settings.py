@@ -44,6 +44,12 @@ REMOVAL_MIN_COUNT = Setting(
 REMOVAL_MAX_COUNT = Setting(
     "MIRROR_REMOVAL_MAX_COUNT", 100,
     "A sync that would mark more objects than this removed stops, whatever the share.")
+RECHECK_PERIOD = Setting(
+    "MIRROR_RECHECK_PERIOD", 7,
+    "Listings a sync cannot compare in bulk (ISIC v1's segmentations, one request per "
+    "image) are re-checked in rotation, stalest first: every object once per this many "
+    "runs, and none left unchecked longer than this many days. 1 checks all every run; "
+    "'mirror sync --full' checks all once. The archive changes these without a sign.")
 
 #: Variables that are not numbers, listed for the docs page.
 ENVIRONMENT = {
@@ -53,4 +59,4 @@ ENVIRONMENT = {
                         "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
 }
 
-ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT)
+ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, RECHECK_PERIOD)

@@ -10,7 +10,7 @@ from mirror.index import Blob, DocumentVersion, SyncRun
 from mirror.index.database import current_generation
 from mirror.ingest import model_of
 from mirror.reader import reading
-from mirror.sources.base import spec_of
+from mirror.sources.base import source_class, spec_of
 
 
 def mirror_status(root: Path | str) -> dict:
@@ -27,12 +27,14 @@ def mirror_status(root: Path | str) -> dict:
             select(Blob.role, func.count(), func.sum(Blob.size)).group_by(Blob.role))}
         versions = conn.execute(select(func.count(), func.sum(DocumentVersion.size))).one()
         last = conn.execute(select(SyncRun).order_by(SyncRun.id.desc()).limit(1)).first()
+        checks = _freshness(config.source, conn)
     return {
         "root": str(root), "source": config.source, "base_url": config.base_url,
         "authenticated": config.authenticated, "generation": current_generation(layout),
         "objects": objects, "blobs": blobs,
         "documents": {"versions": versions[0], "bytes": int(versions[1] or 0)},
         "bytes": sum(b["bytes"] for b in blobs.values()) + int(versions[1] or 0),
+        "checks": checks,
         "last_sync": None if last is None else {
             "started_at": last.started_at, "finished_at": last.finished_at, "ok": last.ok},
     }
@@ -53,4 +55,30 @@ def status_lines(status: dict) -> list[str]:
     if last:
         state = "ok" if last["ok"] else "incomplete" if last["ok"] is False else "interrupted"
         lines.append(f"last sync {last['finished_at'] or last['started_at']} ({state})")
+    for name, check in status.get("checks", {}).items():
+        lines.append(f"{name}: {check['checked']} of {check['images']} images checked, "
+                     f"oldest check {check['oldest'] or 'never'}"
+                     f"{_ago(check['oldest'])}; {check['never']} never")
     return lines
+
+
+def _freshness(source: str, conn) -> dict:
+    """The source's ``maintenance.freshness(conn)``: listings it re-checks in rotation."""
+    path = getattr(source_class(source), "maintenance", None)
+    if path is None:
+        return {}
+    import importlib
+
+    hook = getattr(importlib.import_module(path), "freshness", None)
+    return hook(conn) if hook is not None else {}
+
+
+def _ago(when: str | None) -> str:
+    if not when:
+        return ""
+    from datetime import UTC, datetime
+
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(when)).total_seconds()
+    unit, size = next((u, s) for u, s in (("days", 86400), ("hours", 3600), ("minutes", 60),
+                                          ("seconds", 1)) if seconds >= s or s == 1)
+    return f" ({seconds / size:.1f} {unit} ago)"

@@ -52,6 +52,7 @@ class SyncOptions:
     image_ids: frozenset[str] | None = None  # only these images (a snapshot build)
     scope: dict = field(default_factory=dict)
     dry_run: bool = False
+    full: bool = False  # re-check now what a source re-checks a share of per run
     allow_mixed: bool = False
     allow_removals: bool = False
     source: str | None = None  # registry name; only when the mirror is created
