@@ -73,8 +73,7 @@ class RecordArchive(Archive):
         return []
 
     def study_ids(self) -> list[str]:
-        ids = super().study_ids()
-        return [x for k, x in enumerate(ids) if super().study_public(k)]
+        return [x for k, x in enumerate(super().study_ids()) if Archive.study_public(self, k)]
 
     def dataset_summary(self, i: int) -> dict:
         return self.records[self.ids[i]].get("dataset") or {}
