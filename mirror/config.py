@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from mirror.errors import MirrorError, MirrorModeError, NotAMirrorError
+from mirror.errors import BadUrlError, MirrorError, MirrorModeError, NotAMirrorError
 from mirror.layout import FORMAT_VERSION, MARKER, Layout
 from mirror.sources.base import ALIASES, source_for_url, spec_of
 
@@ -99,6 +101,8 @@ def open_or_create(
     carried forward in place: the marker is rewritten with the source's current name.
     """
     root = Path(root)
+    if base_url:
+        check_archive_url(base_url)
     if (root / MARKER).exists():
         config = load_config(root)
         if source and ALIASES.get(source, source) != config.source:
@@ -135,6 +139,8 @@ def open_or_create(
 def source_name(root: Path, base_url: str | None, source: str | None) -> str:
     """The source a sync of ``root`` talks to, found without writing anything: the
     mirror's own, or (for a new mirror) ``source`` or the one ``base_url``'s shape names."""
+    if base_url:
+        check_archive_url(base_url)
     if (Path(root) / MARKER).exists():
         return load_config(Path(root)).source
     return _new_source(base_url, source)[0]
@@ -152,6 +158,39 @@ def _new_source(base_url: str | None, source: str | None) -> tuple[str, str]:
     if not base_url:
         raise MirrorError("a new mirror needs --url (the archive's API root) or --source NAME")
     return source_for_url(base_url.rstrip("/")), base_url.rstrip("/")
+
+
+def check_archive_url(url: str) -> None:
+    """Refuse an archive URL (``--url``) that is not ``http(s)://host/...`` or that holds a
+    credential, before anything is written: the URL is stored in ``mirror.json``."""
+    refuse_credentials_in_url(url)
+    try:
+        parts = urlsplit(url)
+        has_host = bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a malformed port or IPv6 address
+        parts, has_host = None, False
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not has_host:
+        shown = url if len(url) <= 80 else url[:77] + "..."
+        hint = "https://" + url.split("://", 1)[-1].lstrip("/")
+        if len(hint) > 80:
+            hint = hint[:77] + "..."
+        raise BadUrlError(f"--url {shown!r} is not an http:// or https:// address; use e.g. "
+                          f"--url {hint}")
+
+
+def refuse_credentials_in_url(url: str) -> None:
+    """A ``user:password@`` (or ``user@``) part in an archive URL is refused without echoing
+    it: the URL would be written to ``mirror.json`` and appear in logs and errors."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        netloc = ""
+    # urlsplit finds no netloc without a scheme ("user:pw@host/api"): look at the text too.
+    head = re.split(r"[/?#]", url.split("://", 1)[-1], maxsplit=1)[0]
+    if "@" in netloc or "@" in head:
+        raise BadUrlError("--url must not contain a user name or password (it would be "
+                          "stored in mirror.json and shown in logs); pass --username and set "
+                          "MIRROR_PASSWORD instead")
 
 
 def _refuse_password_in_url(url: str) -> None:

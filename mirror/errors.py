@@ -77,3 +77,61 @@ class TransientHTTPError(Exception):
         super().__init__(f"HTTP {status} from {url}")
         self.status = status
         self.retry_after = retry_after
+
+
+class SettingError(MirrorError):
+    """A setting (an environment variable) holds a value the tool cannot use."""
+
+
+class ResponseTooLargeError(ArchiveError):
+    """A response body read into memory grew past its cap (a decompression bomb, an endless
+    stream, or a listing far larger than any the archive sends)."""
+
+
+class DeadlineExceededError(ArchiveError):
+    """A request (connect, headers and body) did not finish within its deadline."""
+
+
+class JsonTooDeepError(ArchiveError):
+    """A JSON body is nested deeper than any document the archive sends."""
+
+
+class BadUrlError(MirrorError):
+    """A URL given on the command line cannot be used as it is (no scheme, a credential)."""
+
+
+class SymlinkError(UnsafeNameError):
+    """A symbolic link where the store expects a real shard folder or file: never followed,
+    since it could lead outside the mirror root."""
+
+
+class DicomError(IntegrityError):
+    """Bytes that should be a DICOM Part 10 file are not (no ``DICM`` at byte 128, unreadable)."""
+
+
+class SeriesZipError(IntegrityError):
+    """A series zip (NBIA ``getImage``) is truncated, too large, or disagrees with its MD5 list."""
+
+
+class UnsafeZipEntryError(SeriesZipError, UnsafeNameError):
+    """A zip entry's name or type would write outside the folder it is unpacked into."""
+
+
+class ScopeError(MirrorError):
+    """A scope (criteria or SQL over a catalog) that cannot be run: names the fix."""
+
+
+class CatalogError(MirrorError):
+    """A catalog (idc-index-data Parquet files) is missing, unreadable or lacks a column."""
+
+
+class ListingError(ArchiveError):
+    """A bucket listing broke its bounds: too many keys, a loop, or a foreign prefix."""
+
+
+class SandboxError(MirrorError):
+    """A local sandbox service (SeaweedFS, the emulated APIs) could not start or stop."""
+
+
+class ObjectMissingError(ArchiveError):
+    """An object the catalog or a listing promised is not in the bucket (404)."""

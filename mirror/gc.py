@@ -110,7 +110,7 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
         session.scalars(select(DocumentVersion.path)))
     cutoff = max(time.time() - grace, published)
     for relpath in store.iter_files():
-        if relpath not in indexed and os.stat(store.path(relpath)).st_mtime < cutoff:
+        if relpath not in indexed and os.lstat(store.path(relpath)).st_mtime < cutoff:
             doomed.append((relpath, "not named by the index"))
     return doomed
 
@@ -133,6 +133,6 @@ def _remove_files(store: ObjectStore, paths: list[str]) -> None:
 
 def _size(store: ObjectStore, relpath: str) -> int:
     try:
-        return store.path(relpath).stat().st_size
+        return os.lstat(store.path(relpath)).st_size
     except FileNotFoundError:
         return 0

@@ -66,7 +66,7 @@ OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
 ALIASES = {"match": "~", "not match": "!~", "not is": "is not"}
 _NEGATION = {"!=": "==", "not in": "in", "not ni": "ni", "!~": "~", "is not": "is"}
 MAX_DISTINCT = 5000  # regex over distinct values up to this many, else per row
-_FIELD = re.compile(r"^[^\x00-\x1f\"]+$")  # no control characters, no double quotes
+_FIELD = re.compile(r"[^\x00-\x1f\"]+")  # no control characters, no double quotes
 
 
 class QueryError(MirrorError):
@@ -91,7 +91,7 @@ class Criterion:
 def criterion(field: Any, op: Any, value: Any) -> Criterion:
     """A validated criterion, or a :class:`QueryError` saying what is wrong."""
     shown = f"[{field!r}, {op!r}, {value!r}]"
-    if not isinstance(field, str) or not field.strip(".") or not _FIELD.match(field) \
+    if not isinstance(field, str) or not field.strip(".") or not _FIELD.fullmatch(field) \
             or "" in field.split("."):
         raise QueryError(f"bad field in {shown}: use a dotted path such as "
                          "'meta.clinical.diagnosis'")

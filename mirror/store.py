@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -37,11 +38,13 @@ from typing import BinaryIO
 
 import zstandard
 
-from mirror.errors import DiskFullError, IntegrityError, UnsafeNameError
+from mirror.errors import DiskFullError, IntegrityError, SymlinkError, UnsafeNameError
 from mirror.layout import SHARDS, Layout
 
-HEX_ID = re.compile(r"^[0-9a-f]{24}$")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, so "abc\n" would pass
+# a .match(); check with .fullmatch all the same.
+HEX_ID = re.compile(r"\A[0-9a-f]{24}\Z")
+SAFE_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 SAFE_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # ObjectIds, ISIC_ names' digits, DICOM UIDs
 SAFE_WORD = re.compile(r"[a-z][a-z0-9]{0,31}")  # document kinds and file prefixes
 TEMP_PREFIX = ".tmp-"
@@ -84,7 +87,7 @@ def safe_name(name: str) -> str:
     Names come from the archive and are untrusted: only ``[A-Za-z0-9._-]``, at most
     128 characters, and never ``.`` or ``..``.
     """
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
         shown = repr(name)[:60]
         raise UnsafeNameError(f"refusing unsafe name {shown} from the archive "
                               "(allowed: letters, digits, '.', '_', '-', up to 128)")
@@ -188,7 +191,8 @@ class ObjectStore:
     # -- paths ---------------------------------------------------------------------------
 
     def path(self, relpath: str) -> Path:
-        """Absolute path of ``relpath``, refusing anything that would leave the store."""
+        """Absolute path of ``relpath``, refusing anything that would leave the store,
+        a symbolic link as its shard folder or as the file included."""
         if not isinstance(relpath, str) or "\x00" in relpath or not relpath.startswith("store/"):
             raise UnsafeNameError(f"refusing path {relpath!r} outside the store")
         parts = relpath.split("/")
@@ -196,7 +200,10 @@ class ObjectStore:
             raise UnsafeNameError(f"refusing path {relpath!r} outside the store")
         if parts[1] not in SHARDS:
             raise UnsafeNameError(f"refusing path {relpath!r}: not a shard folder")
-        return self.base / relpath
+        path = self.base / relpath
+        _refuse_link(path.parent)
+        _refuse_link(path)
+        return path
 
     def exists(self, relpath: str) -> bool:
         return self.path(relpath).is_file()
@@ -268,7 +275,7 @@ class ObjectStore:
         hasher, size, head, tail = hashlib.sha256(), 0, b"", b""
         need = magic_offset + 16  # the head kept: magic (at its offset) and end checks
         checked = magic is None
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 if len(head) < need:
@@ -391,6 +398,7 @@ class ObjectStore:
         """Relative paths of every published file (temp files excluded), sorted."""
         for shard in SHARDS:
             folder = self.layout.store / shard
+            _refuse_link(folder)
             if folder.is_dir():
                 for name in sorted(os.listdir(folder)):
                     if not name.startswith(TEMP_PREFIX):
@@ -402,6 +410,7 @@ class ObjectStore:
         found = []
         for shard in SHARDS:
             folder = self.layout.store / shard
+            _refuse_link(folder)
             if folder.is_dir():
                 found += [folder / n for n in sorted(os.listdir(folder))
                           if n.startswith(TEMP_PREFIX)]
@@ -433,6 +442,20 @@ class ObjectStore:
         self.path(relpath).unlink(missing_ok=True)
         with self._lock:
             self._touched.add(self.path(relpath).parent)
+
+
+def _refuse_link(path: Path) -> None:
+    """:class:`SymlinkError` if ``path`` is a symbolic link: sync, gc, export and repair
+    never follow one out of the store (a shard folder linked elsewhere would have gc delete,
+    or sync write, files outside the mirror root)."""
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if is_link:
+        raise SymlinkError(f"refusing to follow the symbolic link {path} (a shard folder or "
+                           "file of the store must be real, not lead elsewhere); replace it "
+                           "with a real folder or file, then run 'mirror verify'")
 
 
 def _disk_full(folder: Path) -> str:

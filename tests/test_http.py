@@ -67,9 +67,27 @@ def test_fetching_keeps_at_most_pool_size_requests_in_flight(sandbox):
 def test_json_the_api_never_sends_is_refused(body, problem):
     """Python's json module accepts NaN, Infinity and 1e400 (as inf); the ISIC API encodes
     with allow_nan=False, and the store could not write them back, so they are invalid."""
-    from mirror.sources.isic_v1.client import parse_json
+    from mirror.sources.http import parse_json
 
     with pytest.raises(ValueError, match=problem):
         parse_json(body)
     assert parse_json(b'[{"age": 1e300, "n": 12345678901234567890123}]') == [
         {"age": 1e300, "n": 12345678901234567890123}]
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b'[{"_id": "a", "age": NaN}]', "NaN is not a JSON number"),
+    (b'[{"_id": "a", "age": Infinity}]', "Infinity is not a JSON number"),
+    (b'[{"_id": "a", "age": -1e400}]', "beyond the range of a float"),
+    (b'[{"_id": "a", "name": "\xff"}]', "utf-8"),
+    (b'\xef\xbb\xbf[1]', "BOM"),
+    (b'[1', "Expecting"),
+])
+def test_the_shared_json_parser_is_as_strict(body, problem):
+    """mirror.sources.http.parse_json: the same rules, for every source."""
+    from mirror.sources.http import parse_json
+
+    with pytest.raises(ValueError, match=problem):
+        parse_json(body)
+    assert parse_json(b'{"n": 12345678901234567890123, "x": [1.5, null]}') == {
+        "n": 12345678901234567890123, "x": [1.5, None]}

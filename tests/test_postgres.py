@@ -1,12 +1,15 @@
 """The same mirror with its index in PostgreSQL (the answer for several writing hosts).
 
-A throwaway server is started with the machine's ``initdb``/``pg_ctl`` (as the
-``postgres`` user when running as root); without them the tests are skipped and say why.
+A throwaway server is started with the machine's ``initdb``/``pg_ctl`` (on PATH, or where
+Debian's ``postgresql`` package puts them, ``/usr/lib/postgresql/<version>/bin``; as the
+``postgres`` user when running as root); without them the tests are skipped and say why,
+except in CI, where the skip is a failure (``needs_server``, see tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import subprocess
@@ -26,6 +29,20 @@ from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
 
 PORT = 55433
+pytestmark = pytest.mark.needs_server
+
+
+def _server_binaries() -> tuple[str, str] | None:
+    """``initdb`` and ``pg_ctl``: from PATH, else from the newest Debian install."""
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        return shutil.which("initdb"), shutil.which("pg_ctl")
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    for folder in sorted(versions, key=lambda f: int(f.split("/")[3]) if f.split("/")[3]
+                         .isdigit() else 0, reverse=True):
+        initdb, pg_ctl = os.path.join(folder, "initdb"), os.path.join(folder, "pg_ctl")
+        if os.access(initdb, os.X_OK) and os.access(pg_ctl, os.X_OK):
+            return initdb, pg_ctl
+    return None
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -37,23 +54,25 @@ def postgres_server():
     if os.environ.get("MIRROR_TEST_POSTGRES_URL"):
         yield os.environ["MIRROR_TEST_POSTGRES_URL"].rstrip("/")
         return
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+    binaries = _server_binaries()
+    if binaries is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    initdb, pg_ctl = binaries
     # Not under pytest's tmp folder: that one is private to root, and the server runs as
     # the postgres user.
     folder = Path(tempfile.mkdtemp(prefix="mirror-pg-"))
     os.chmod(folder, 0o777)
     data = folder / "data"
-    subprocess.run(_as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "mirror"]),
+    subprocess.run(_as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "mirror"]),
                    check=True, capture_output=True)
     options = f"-p {PORT} -k {folder} -c listen_addresses=127.0.0.1"
-    subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-o", options, "-l",
+    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-o", options, "-l",
                                  str(folder / "log"), "-w", "start"]), check=True,
                    capture_output=True)
     try:
         yield f"postgresql://mirror@127.0.0.1:{PORT}"
     finally:
-        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 

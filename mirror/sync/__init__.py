@@ -88,13 +88,17 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     root = Path(root)
     cls = source_class(source_name(root, url, options.source))
     options.resolve(cls.spec)  # a bad choice is refused before anything is written
-    config = open_or_create(root, url, authenticated=username is not None,
-                            allow_mixed=options.allow_mixed, index_url=options.index_url,
-                            source=options.source)
+    http = HttpClient(pool_size=options.workers)  # so are bad settings (MIRROR_* bounds)
+    try:
+        config = open_or_create(root, url, authenticated=username is not None,
+                                allow_mixed=options.allow_mixed, index_url=options.index_url,
+                                source=options.source)
+    except BaseException:
+        http.close()
+        raise
     layout = layout_for(root, config)
     started = time.monotonic()
     summary = SyncSummary(dry_run=options.dry_run)
-    http = HttpClient(pool_size=options.workers)
     source = cls(config.base_url, http)
     try:
         if username is not None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
 
 from mirror.errors import ArchiveError, AuthenticationError
-from mirror.sources.http import HttpClient
+from mirror.sources.http import HttpClient, error_message
 
 log = logging.getLogger("mirror.isic")
 
@@ -72,22 +71,8 @@ class IsicClient:
         self.http.session.headers["Girder-Token"] = self._token
 
     def get_json(self, path: str, **params) -> object:
-        """GET ``path`` (relative to the API root) and parse JSON, with retries."""
-        url = f"{self.base_url}/{path}"
-
-        def fetch() -> object:
-            with self.http.fetching(url, params=params or None) as response:
-                if response.status_code != 200:
-                    raise ArchiveError(f"GET {path} failed: HTTP {response.status_code} "
-                                       f"{_message(response)}")
-                content = response.content
-            try:
-                return parse_json(content)
-            except ValueError as exc:
-                raise requests.exceptions.ContentDecodingError(
-                    f"invalid JSON from {path}: {exc}") from exc
-
-        return self.http.retrying(fetch, f"GET {path}")
+        """GET ``path`` (relative to the API root) as strict, bounded JSON, with retries."""
+        return self.http.get_json(f"{self.base_url}/{path}", params, what=f"GET {path}")
 
     def iter_pages(self, path: str, page: int, **params) -> Iterator[list[dict]]:
         """Pages of a list endpoint, sorted by ``_id``, until a short page.
@@ -169,30 +154,8 @@ def _quote(feature_id: str) -> str:
     return requests.utils.quote(feature_id, safe="")
 
 
-def parse_json(content: bytes) -> object:
-    """Strict JSON: UTF-8 (requests' ``.json()`` would replace bad bytes with U+FFFD), and
-    no ``NaN``/``Infinity`` or numbers beyond a float's range, which Python would accept
-    but the ISIC API never sends (it encodes with ``allow_nan=False``) and no index or
-    stored document could hold."""
-    return json.loads(content, parse_constant=_not_a_number, parse_float=_finite)
-
-
-def _not_a_number(text: str) -> float:
-    raise ValueError(f"{text} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is beyond the range of a float")
-    return value
-
-
 def _message(response: requests.Response) -> str:
-    try:
-        return str(response.json().get("message", ""))[:200]
-    except (ValueError, AttributeError):
-        return response.reason or ""
+    return error_message(response)
 
 
 def _require_list(items: object, what: str) -> list:
