@@ -200,3 +200,23 @@ def test_status_reports_how_stale_the_oldest_segmentation_check_is(tmp_path):
     assert status["checks"]["segmentation listings"]["never"] == 3
     line = [x for x in status_lines(status) if x.startswith("segmentation listings")]
     assert line and "8 of 11 images checked" in line[0] and "ago" in line[0]
+
+
+def test_cli_full_flag_and_status_line(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mirror.cli import main
+
+    root = tmp_path / "m"
+    with serve(images=10, seed=25, private_fraction=0.0) as sb:
+        _sync(root, sb.url)
+        sb.reset_stats()
+        done = CliRunner().invoke(main, ["sync", "--root", str(root), "--blobs", "",
+                                         "--full", "--json"])
+        assert done.exit_code == 0, done.output
+        assert sb.stats()["GET /segmentation"] == 10
+        assert json.loads(done.output)["ok"] is True
+    status = CliRunner().invoke(main, ["status", "--root", str(root)])
+    assert "segmentation listings: 10 of 10 images checked" in status.output
