@@ -27,6 +27,7 @@ class SourceCase:
     start: Callable[[], AbstractContextManager[Archive]]
     noop_requests: int  # the most requests a no-op re-sync may make
     snapshot_args: tuple[str, ...] = field(default=())
+    snapshots: str | None = None  # why snapshots are not offered yet (None: they are)
 
 
 @contextmanager
@@ -37,9 +38,24 @@ def _isic_v1() -> Iterator[Archive]:
         yield Archive(sb.url, lambda: sb.stats().get("total", 0))
 
 
+@contextmanager
+def _tcia_v4() -> Iterator[Archive]:
+    from mirror.sources.tcia.sandbox import start
+
+    sb = start(collections=2, seed=41)
+    try:
+        yield Archive(sb.v4_url, lambda: sb.stats().get("total", 0))
+    finally:
+        sb.stop()
+
+
 CASES = [
     # ISIC v1 (docs/sync.md): datasets, studies, one annotation listing per public study (2),
     # one page of image details, and the segmentation check of ceil(16 / 7) = 3 images: a
     # listing and each document (at most 3 an image)
     SourceCase("isic-v1", _isic_v1, noop_requests=1 + 1 + 2 + 1 + 3 * (1 + 3)),
+    # collections, one getSeries and one collection hash per collection
+    SourceCase("tcia-v4", _tcia_v4, noop_requests=5,
+               snapshots="snapshot create selects with mirror.query, which knows ISIC images "
+                         "only; TCIA has no snapshot hooks yet"),
 ]
