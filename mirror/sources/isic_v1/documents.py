@@ -35,7 +35,7 @@ from mirror import settings
 from mirror.config import utc_now
 from mirror.errors import MirrorError, RemovalGuardError
 from mirror.index import Blob, Listing
-from mirror.ingest import ingest_document_file
+from mirror.ingest import ingest_document_file, upsert
 from mirror.sources.base import HEX_ID, DocumentRun
 from mirror.sources.isic_v1.client import DETAIL_PAGE, IMAGE_IDS_PER_REQUEST, IsicClient
 from mirror.sources.isic_v1.models import Annotation, Image, Segmentation
@@ -46,6 +46,7 @@ log = logging.getLogger("mirror.sync")
 Stored = tuple[dict, StoredFile]
 SEGMENTATION_KEY = "segmentation:"  # + image id: the last check of that image's list
 ANNOTATION_KEY = "annotation:"  # + study id: the last complete listing of its annotations
+SEGMENTATION_BATCH = 200  # checked images indexed (and committed) together
 
 
 def checked_at() -> str:
@@ -176,31 +177,59 @@ class DocumentSync:
         return sorted(due) + [i for _, i in rest[:max(share, stale)]]
 
     def sync_segmentations(self, image_ids: list[str]) -> None:
-        """Re-list each image's segmentations, fetch every detail, record the check."""
+        """Re-list each image's segmentations, fetch every detail, record the check.
+
+        Results are indexed a batch of images at a time (one upsert per table, not one per
+        image): a no-op re-sync checks thousands of images.
+        """
         digests = dict(self.session.execute(select(Image.id, Image.doc_sha256)).all())
+        batch: list[tuple[str, list[Stored]]] = []
         work = completed(self.executor, self._fetch_segmentations, image_ids, self.window)
-        for n, (image_id, future) in enumerate(work, 1):
+        for image_id, future in work:
             try:
                 stored, bad = future.result()
             except Exception as exc:  # noqa: BLE001
                 self.summary.fail("segmentation", image_id, "json", exc)
                 continue
-            self.record("segmentation", stored)
             for shown in bad:
                 self.summary.fail("segmentation", shown, "listing",
                                   f"not an ObjectId (listed for image {image_id}); skipped")
-            if bad:  # the list is suspect: fetch it again next run, remove nothing
+            if bad:  # the list is suspect: record what it showed, check it again next run
+                self.record("segmentation", stored)
                 continue
-            try:
-                self._remove_stale_segmentations(image_id, {d["_id"] for d, _ in stored})
-            except RemovalGuardError as exc:  # suspect list: keep them, ask again next run
-                self.summary.fail("segmentation", image_id, "listing", exc)
-                continue
-            self.session.merge(Listing(key=SEGMENTATION_KEY + image_id,
-                                       digest=digests.get(image_id) or "", count=len(stored),
-                                       fetched_at=checked_at()))
-            if n % 200 == 0:
-                self.commit()
+            batch.append((image_id, stored))
+            if len(batch) >= SEGMENTATION_BATCH:
+                self._record_checks(batch, digests)
+                batch = []
+        self._record_checks(batch, digests)
+
+    def _record_checks(self, batch: list[tuple[str, list[Stored]]],
+                       digests: dict[str, str]) -> None:
+        """Index a batch of checked images' segmentations, mark those their lists no longer
+        show removed (within the removal guard), and record each check."""
+        self.record("segmentation", [item for _, stored in batch for item in stored])
+        listed = {image_id: {d["_id"] for d, _ in stored} for image_id, stored in batch}
+        known: dict[str, set[str]] = {i: set() for i in listed}
+        for start in range(0, len(batch), 500):
+            chunk = list(listed)[start:start + 500]
+            for seg_id, image_id in self.session.execute(
+                    select(Segmentation.id, Segmentation.image_id).where(
+                        Segmentation.image_id.in_(chunk), Segmentation.removed.is_(False))):
+                known[image_id].add(seg_id)
+        rows = []
+        for image_id, stored in batch:
+            if known[image_id] - listed[image_id]:
+                try:
+                    self.remove_missing("segmentation", listed[image_id],
+                                        within=known[image_id],
+                                        where=f"the segmentation listing of image {image_id}")
+                except RemovalGuardError as exc:  # suspect list: keep them, ask again
+                    self.summary.fail("segmentation", image_id, "listing", exc)
+                    continue
+            rows.append({"key": SEGMENTATION_KEY + image_id,
+                         "digest": digests.get(image_id) or "", "count": len(stored),
+                         "fetched_at": checked_at()})
+        upsert(self.session, Listing, rows)
         self.commit()
 
     def _fetch_segmentations(self, image_id: str) -> tuple[list[Stored], list[str]]:
@@ -208,12 +237,6 @@ class DocumentSync:
         items, bad = checked_listing(self.source.segmentations(image_id))
         docs = [self.source.segmentation(item["_id"]) for item in items]
         return self.store_docs("segmentation", docs), bad
-
-    def _remove_stale_segmentations(self, image_id: str, listed: set[str]) -> None:
-        old = set(self.session.scalars(select(Segmentation.id).where(
-            Segmentation.image_id == image_id, Segmentation.removed.is_(False))))
-        self.remove_missing("segmentation", listed, within=old,
-                            where=f"the segmentation listing of image {image_id}")
 
     # -- studies and annotations ------------------------------------------------------------
 
@@ -271,6 +294,8 @@ class DocumentSync:
     def _remove_stale_annotations(self, study_id: str, listed: set[str]) -> bool:
         old = set(self.session.scalars(select(Annotation.id).where(
             Annotation.study_id == study_id, Annotation.removed.is_(False))))
+        if not old - listed:
+            return True
         try:
             self.remove_missing("annotation", listed, within=old,
                                 where=f"the annotation listing of study {study_id}")

@@ -149,7 +149,8 @@ class Archive:
         return sorted(templates()["datasets"].values(), key=lambda d: d["name"])
 
     def is_private(self, i: int) -> bool:
-        return _rng(self.seed, "private", i).random() < self.private_fraction
+        return self.private_fraction > 0 and \
+            _rng(self.seed, "private", i).random() < self.private_fraction
 
     def private_datasets(self) -> list[dict]:
         """Datasets only a logged-in caller sees."""
@@ -475,10 +476,14 @@ class Archive:
         """Up to 30 images; a public study holds public images only (an anonymous caller
         may read every image of a study it may read)."""
         public = self.study_public(k)
+        picked: list[int] = []
         with self.lock:
-            picked = [i for i in range(k, self.count, 5 + k) if i not in self.removed
-                      and not (public and self.is_private(i))]
-        return picked[:30]
+            for i in range(k, self.count, 5 + k):
+                if i not in self.removed and not (public and self.is_private(i)):
+                    picked.append(i)
+                    if len(picked) == 30:
+                        break
+        return picked
 
     def study_features(self, k: int) -> list[str]:
         return FEATURES if k == 0 else FEATURES[k * 3:k * 3 + 4]
