@@ -73,8 +73,10 @@ def sandbox(ctx: click.Context, archive: str, **options) -> None:
             raise MirrorError(f"unknown sandbox option(s) {' '.join(ctx.args)}; see "
                               "'mirror sandbox --help'")
         serve(**options)
-    else:
-        serve(ctx.args)  # that sandbox's own options
+    else:  # that sandbox parses its own options: the ones given here are passed on
+        given = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        sys.exit(serve(given + ctx.args) or 0)
 
 
 def _csv_choice(value: str) -> frozenset[str]:
@@ -110,7 +112,12 @@ def _tqdm_progress(quiet: bool):
 @_root_option
 @click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
               "source (…/api/v1: ISIC v1).")
-@click.option("--source", help="The source of a new mirror (isic-v1, ...); default: from --url.")
+@click.option("--source", help="The source of a new mirror (isic-v1, tcia-v4, ...); default: "
+              "from --url.")
+@click.option("--collection", "collections", multiple=True,
+              help="Only this collection (repeatable; ISIC v2: id, TCIA: name).")
+@click.option("--search", help="Only images the archive's own search finds (ISIC v2's query "
+              "language, passed through), e.g. 'diagnosis_3:\"Melanoma Invasive\"'.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
               "images,datasets,segmentations,studies,annotations).")
@@ -132,8 +139,9 @@ def _tqdm_progress(quiet: bool):
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, source, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, full, allow_removals, as_json, quiet) -> None:
+def sync(root, url, source, collections, search, workers, what, blobs, dataset, study, limit,
+         username, allow_mixed, index_url, lease_wait, dry_run, full, allow_removals, as_json,
+         quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -156,6 +164,7 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
                           full=full,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals,
+                          scope=_scope(collections, search),
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)
@@ -165,6 +174,16 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
         for line in summary.summary_lines():
             click.echo(line)
     sys.exit(0 if summary.ok else 1)
+
+
+def _scope(collections: tuple[str, ...], search: str | None) -> dict:
+    """The source scopes given on the command line (each source reads the ones it knows)."""
+    scope: dict = {}
+    if collections:
+        scope["collection"] = ",".join(collections)
+    if search:
+        scope["search"] = search
+    return scope
 
 
 def _emit(data: dict, lines: list[str], as_json: bool) -> None:
@@ -249,22 +268,62 @@ def _select(root, wheres, dataset, study, limit=None):
 @main.command()
 @_root_option
 @_selection_options
+@click.option("--kind", default="images", show_default=True,
+              help="What to select: images, segmentations, studies, datasets, annotations.")
 @click.option("--columns", help="Comma list of dotted fields (default: isic_id, attribution, "
-              "license, dataset and every acquisition and clinical field).")
+              "license, dataset and every acquisition and clinical field; other kinds: _id, "
+              "name).")
 @click.option("--format", "fmt", default="table", show_default=True,
               type=click.Choice(["table", "csv", "json", "jsonl", "ids"]))
-@click.option("--limit", type=int, help="At most N images (in _id order).")
-@click.option("--count", is_flag=True, help="Print only the number of images selected.")
-def query(root, wheres, dataset, study, columns, fmt, limit, count) -> None:
-    """Select images by their metadata, offline, and print them."""
-    from mirror.export import formatted, metadata_table
+@click.option("--limit", type=int, help="At most N objects (in _id order).")
+@click.option("--count", is_flag=True, help="Print only the number of objects selected.")
+def query(root, wheres, dataset, study, kind, columns, fmt, limit, count) -> None:
+    """Select images (or other objects) by their metadata, offline, and print them."""
+    from mirror.query import projection_of, select_ids, select_positions
 
-    mirror, selection = _select(root, wheres, dataset, study, limit)
-    if count:
-        click.echo(len(selection))
+    if count:  # the projection alone answers: no index database, no object rows
+        projection = projection_of(root)
+        try:
+            click.echo(select_positions(projection, list(wheres), dataset, study, limit,
+                                        kind)[1].size)
+        finally:
+            projection.close()
         return
-    header, rows = metadata_table(mirror, selection, _csv_list(columns))
-    for piece in formatted(header, rows, fmt, ids=selection.ids):
+    from mirror.api import Mirror
+    from mirror.export import formatted, metadata_table, object_table
+
+    if kind in ("images", "image"):
+        mirror, selection = _select(root, wheres, dataset, study, limit)
+        ids = selection.ids
+        header, rows = metadata_table(mirror, selection, _csv_list(columns))
+    else:
+        mirror = Mirror(root)
+        ids = select_ids(mirror.projection, list(wheres), dataset, study, limit, kind)
+        header, rows = object_table(mirror, kind, ids, _csv_list(columns))
+    for piece in formatted(header, rows, fmt, ids=ids):
+        click.echo(piece, nl=False)
+
+
+@main.command()
+@_root_option
+@click.argument("statement")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "csv", "json", "jsonl", "ids"]))
+def sql(root, statement, fmt) -> None:
+    """Run one read-only SQL STATEMENT over the query projections (tables: images,
+    segmentations, studies, datasets, annotations, study_images; fields are quoted columns,
+    e.g. "meta.clinical.diagnosis"). See docs/query.md."""
+    from mirror.export import formatted
+    from mirror.query import plain, projection_of, run_sql
+
+    projection = projection_of(root)
+    try:
+        header, rows = run_sql(projection, statement)
+    finally:
+        projection.close()
+    rows = [[plain(v) for v in row] for row in rows]
+    ids = [row[0] for row in rows] if fmt == "ids" and header else None
+    for piece in formatted(header, iter(rows), fmt, ids=ids):
         click.echo(piece, nl=False)
 
 

@@ -193,6 +193,8 @@ class SourceSpec:
     file_options: frozenset[str] = frozenset()
     default_url: str | None = None
     sandbox: str | None = None  # "module:function" serving a local imitation
+    # conn -> {table: (columns, rows)}: link tables published beside the kinds' projections
+    links: Callable[[Any], dict] | None = None
 
     def kind(self, name: str) -> KindSpec:
         for kind in self.kinds:
@@ -277,6 +279,7 @@ class Source(Protocol):
 #: name -> "module:attribute" of its Source class. Adding a source adds one line here.
 REGISTRY: dict[str, str] = {
     "isic-v1": "mirror.sources.isic_v1:IsicV1Source",
+    "isic-v2": "mirror.sources.isic_v2:IsicV2Source",
     "tcia-v4": "mirror.sources.tcia.source:TciaSource",
 }
 #: names older mirrors wrote into mirror.json

@@ -49,6 +49,14 @@ def _tcia_v4() -> Iterator[Archive]:
         sb.stop()
 
 
+@contextmanager
+def _isic_v2() -> Iterator[Archive]:
+    from mirror.sources.isic_v2.sandbox import start
+
+    with start(images=16, seed=41) as sb:
+        yield Archive(sb.url, lambda: sb.stats().get("total", 0))
+
+
 CASES = [
     # ISIC v1 (docs/sync.md): datasets, studies, one annotation listing per public study (2),
     # one page of image details, and the segmentation check of ceil(16 / 7) = 3 images: a
@@ -58,4 +66,8 @@ CASES = [
     SourceCase("tcia-v4", _tcia_v4, noop_requests=5,
                snapshots="snapshot create selects with mirror.query, which knows ISIC images "
                          "only; TCIA has no snapshot hooks yet"),
+    # image pages, collections and their membership listings, lesions, stats
+    SourceCase("isic-v2", _isic_v2, noop_requests=7,
+               snapshots="snapshot create selects with mirror.query, which knows ISIC v1 "
+                         "images only; ISIC v2 has no snapshot hooks yet"),
 ]

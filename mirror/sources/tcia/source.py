@@ -1,6 +1,6 @@
 """TCIA (NBIA REST v4) as a mirror source: the two things the engine asks, plus series zips.
 
-Documents: the ``getSeries`` rows of the mirrored collections (``--scope collection=X``,
+Documents: the ``getSeries`` rows of the mirrored collections (``--collection X``, repeatable;
 default every collection), planned by :class:`ChangePlanner` (field diff, vanished series
 probed, MD5 hierarchy checked against the mirror's own hashes); the SOPInstanceUIDs of
 every series that is new or whose bytes changed. Files: one task per series whose
