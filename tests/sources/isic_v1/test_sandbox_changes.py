@@ -126,3 +126,19 @@ def test_records_keep_names_and_attribution_and_logging_in_adds_nothing(tmp_path
 def anonymous_datasets(url: str) -> list[dict]:
     return requests.get(f"{url}/dataset", params={"limit": 0, "detail": "true"},
                         timeout=30).json()
+
+
+def test_the_bulk_detail_listing_serves_each_image_document_as_image_id_does(sb):
+    """Research §4.1: ``image?detail=true`` renders ``Image.filter``, as ``image/{id}`` does;
+    the sync's change detection rests on it. Paged by ``_id`` as the sync pages it."""
+    pages = [requests.get(f"{sb.url}/image", params={"detail": "true", "limit": 7,
+                                                     "offset": offset, "sort": "_id",
+                                                     "sortdir": 1}, timeout=30).json()
+             for offset in range(0, 40, 6)]
+    for previous, page in zip(pages, pages[1:], strict=False):
+        if page:
+            assert page[0]["_id"] == previous[-1]["_id"]  # pages overlap by one item
+    listed = {d["_id"]: d for page in pages for d in page}
+    assert len(listed) == sum(not sb.archive.is_private(i) for i in sb.archive.listed())
+    for image_id, doc in list(listed.items())[::5]:
+        assert requests.get(f"{sb.url}/image/{image_id}", timeout=10).json() == doc
