@@ -125,7 +125,8 @@ def _tqdm_progress(quiet: bool):
               "only when creating a mirror.")
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
-@click.option("--dry-run", is_flag=True, help="List what changed and print the plan only.")
+@click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and change nothing: the next real run "
+              "reports the same changes.")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -158,7 +159,7 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
     summary = run_sync(root, url, options, username=username, password=password)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
-    elif not dry_run:
+    else:
         for line in summary.summary_lines():
             click.echo(line)
     sys.exit(0 if summary.ok else 1)

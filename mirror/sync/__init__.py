@@ -124,7 +124,12 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
 
             def commit() -> None:
                 store.flush()  # files durable before the rows that name them
-                session.commit()
+                if options.dry_run:
+                    # One transaction for the whole dry run, rolled back at its end: the
+                    # working database keeps nothing the next run's report depends on.
+                    session.flush()
+                else:
+                    session.commit()
                 session.expunge_all()
 
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,

@@ -69,6 +69,9 @@ class SyncSummary:
                 lines.append(f"{kind + label:18} {counts}")
         lines.append(f"{self.requests} requests ({self.retries} retried), "
                      f"{self.bytes_downloaded / 1e6:.1f} MB in {self.seconds:.1f} s")
+        if self.dry_run:
+            lines.append("dry run: nothing was kept; the next sync reports these changes "
+                         "again and fetches the plan")
         if self.failures:
             lines.append(f"{len(self.failures)} item(s) NOT mirrored; run 'mirror sync' again:")
             lines += [f"  {f.kind} {f.object_id} {f.role}: {f.error}" for f in self.failures[:20]]
