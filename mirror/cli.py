@@ -125,8 +125,8 @@ def _tqdm_progress(quiet: bool):
               "only when creating a mirror.")
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
-@click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and change nothing: the next real run "
-              "reports the same changes.")
+@click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and "
+              "change nothing: the next real run reports the same changes.")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
