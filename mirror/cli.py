@@ -110,6 +110,8 @@ def _tqdm_progress(quiet: bool):
 @_root_option
 @click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
               "source (…/api/v1: ISIC v1).")
+@click.option("--rebase-url", is_flag=True, help="--url differs from the one the mirror "
+              "remembers but is the same archive (it moved); remember the new one.")
 @click.option("--source", help="The source of a new mirror (isic-v1, ...); default: from --url.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
@@ -131,8 +133,8 @@ def _tqdm_progress(quiet: bool):
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, source, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, limit, username,
+         allow_mixed, index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     import os
 
@@ -153,7 +155,7 @@ def sync(root, url, source, workers, what, blobs, dataset, study, limit, usernam
                           blobs=None if blobs is None else _csv_choice(blobs), workers=workers,
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
-                          allow_removals=allow_removals,
+                          allow_removals=allow_removals, rebase_url=rebase_url,
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)
@@ -402,10 +404,12 @@ def snapshot_verify(root, name, as_json) -> None:
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @_root_option
 @click.option("--url", help="Archive API root (default: the one in the manifest).")
+@click.option("--rebase-url", is_flag=True, help="ROOT already mirrors this archive at "
+              "another address; remember --url.")
 @click.option("--username", help="Log in as this user; password from MIRROR_PASSWORD or a prompt.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def snapshot_build(manifest, root, url, username, workers, as_json) -> None:
+def snapshot_build(manifest, root, url, rebase_url, username, workers, as_json) -> None:
     """Fetch exactly what MANIFEST pins into a mirror and check every hash."""
     import os
 
@@ -415,7 +419,7 @@ def snapshot_build(manifest, root, url, username, workers, as_json) -> None:
     if username:
         password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
             f"Password for {username}", hide_input=True, err=True)
-    data = build_snapshot(manifest, root, url, username, password, workers)
+    data = build_snapshot(manifest, root, url, username, password, workers, rebase_url)
     lines = [f"changed: {c}" for c in data["changed"]] + [f"gone: {g}" for g in data["gone"]]
     lines.append(f"{data['name']}: {data['verified']} pinned item(s) verified, "
                  f"{len(data['changed'])} changed, {len(data['gone'])} gone"

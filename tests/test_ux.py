@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
 
 from mirror.cli import main
@@ -38,3 +40,37 @@ def test_a_dry_run_reports_the_changes_and_the_next_run_reports_them_again(tmp_p
     assert _change_lines(real.output) == _change_lines(dry.output)
     assert "thumbnail files    2 fetched" in real.output
     assert "image              8 unchanged" in after.output
+
+
+def test_another_url_on_an_existing_mirror_is_refused_unless_rebased(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=3, seed=5, private_fraction=0.0) as sb:
+        assert _sync(root, sb.url).exit_code == 0
+        first_url = sb.url
+    with serve(images=3, seed=5, private_fraction=0.0) as moved:
+        refused = _sync(root, moved.url)
+        assert refused.exit_code == 2
+        assert refused.output.strip().splitlines() == [
+            f"error: {root} mirrors {first_url}, not {moved.url}; if this is the same archive "
+            "at a new address, add --rebase-url; otherwise choose another --root"]
+        assert json.loads((root / "mirror.json").read_text())["base_url"] == first_url
+        rebased = _sync(root, moved.url, "--rebase-url")
+        assert rebased.exit_code == 0, rebased.output
+        assert "image              3 unchanged" in rebased.output
+    assert json.loads((root / "mirror.json").read_text())["base_url"] == moved.url
+
+
+def test_a_first_sync_that_stores_nothing_leaves_no_mirror(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=3, seed=5, private_fraction=0.0) as sb:
+        wrong = sb.url.replace("/api/v1", "/nothing/api/v1")  # the wrong server
+        failed = _sync(root, wrong)
+        assert failed.exit_code == 2 and failed.output.startswith("error: ")
+        assert len(failed.output.strip().splitlines()) == 1, failed.output
+        assert not root.exists()
+        (tmp_path / "empty").mkdir()
+        assert _sync(tmp_path / "empty", wrong).exit_code == 2
+        assert list((tmp_path / "empty").iterdir()) == []
+        right = _sync(root, sb.url)  # no re-point: the wrong URL was never remembered
+        assert right.exit_code == 0, right.output
+    assert json.loads((root / "mirror.json").read_text())["base_url"] == sb.url

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from mirror.config import MirrorConfig, layout_for, open_or_create, source_name,
 from mirror.errors import MirrorError
 from mirror.index import SyncRun
 from mirror.index.database import IndexWriter
+from mirror.layout import MARKER, Layout
 from mirror.lease import WriterLease
 from mirror.sources.base import Source, SourceSpec, source_class
 from mirror.sources.http import HttpClient
@@ -54,6 +56,7 @@ class SyncOptions:
     dry_run: bool = False
     allow_mixed: bool = False
     allow_removals: bool = False
+    rebase_url: bool = False  # a different url is the same archive at a new address
     source: str | None = None  # registry name; only when the mirror is created
     index_url: str | None = None  # e.g. postgresql://...; only when the mirror is created
     lease_wait: float | None = 0.0
@@ -88,10 +91,11 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     cls = source_class(source_name(root, url, options.source))
     options.resolve(cls.spec)  # a bad choice is refused before anything is written
     http = HttpClient(pool_size=options.workers)  # so are bad settings (MIRROR_* bounds)
+    root_existed, fresh = root.exists(), not (root / MARKER).exists()
     try:
         config = open_or_create(root, url, authenticated=username is not None,
                                 allow_mixed=options.allow_mixed, index_url=options.index_url,
-                                source=options.source)
+                                source=options.source, rebase_url=options.rebase_url)
     except BaseException:
         http.close()
         raise
@@ -99,12 +103,19 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     started = time.monotonic()
     summary = SyncSummary(dry_run=options.dry_run)
     source = cls(config.base_url, http)
+    undone = False
     try:
-        if username is not None:
-            source.login(username, password or "")
         with WriterLease(layout, command="sync", wait=options.lease_wait):
-            _run(layout, config, source, options, summary)
+            try:
+                if username is not None:
+                    source.login(username, password or "")
+                _run(layout, config, source, options, summary)
+            except BaseException:
+                undone = fresh and _undo_empty_mirror(layout)
+                raise
     finally:
+        if undone:
+            _remove_empty_folders(layout, root_existed)
         summary.requests, summary.retries = http.requests_made, http.retries
         summary.seconds = time.monotonic() - started
         http.close()
@@ -155,6 +166,33 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
         summary.generation = writer.publish()
     finally:
         writer.close()
+
+
+def _undo_empty_mirror(layout: Layout) -> bool:
+    """Remove what a first sync made when it failed before storing any file (under the
+    lease, so no other writer is at work); True when it did.
+
+    Otherwise ``mirror.json`` would remember a URL that never worked (the wrong server, a
+    typo), and the next attempt with the right one would be refused as a re-point.
+    """
+    if layout.store.exists() and any(p.is_file() for p in layout.store.rglob("*")):
+        return False  # something was kept: the next run resumes from it
+    layout.marker.unlink(missing_ok=True)
+    if layout.base.is_dir():
+        for child in layout.base.iterdir():
+            if child != layout.locks:  # the lease, released on the way out
+                shutil.rmtree(child, ignore_errors=True)
+    return True
+
+
+def _remove_empty_folders(layout: Layout, root_existed: bool) -> None:
+    """After the lease is released: the folders an undone first sync made, if empty."""
+    folders = [layout.locks, layout.base] + ([] if root_existed else [layout.root])
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty (another writer came) or already gone
 
 
 def _cpu_threads() -> int:
