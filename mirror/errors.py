@@ -103,3 +103,35 @@ class BadUrlError(MirrorError):
 class SymlinkError(UnsafeNameError):
     """A symbolic link where the store expects a real shard folder or file: never followed,
     since it could lead outside the mirror root."""
+
+
+class DicomError(IntegrityError):
+    """Bytes that should be a DICOM Part 10 file are not (no ``DICM`` at byte 128, unreadable)."""
+
+
+class SeriesZipError(IntegrityError):
+    """A series zip (NBIA ``getImage``) is truncated, too large, or disagrees with its MD5 list."""
+
+
+class UnsafeZipEntryError(SeriesZipError, UnsafeNameError):
+    """A zip entry's name or type would write outside the folder it is unpacked into."""
+
+
+class ScopeError(MirrorError):
+    """A scope (criteria or SQL over a catalog) that cannot be run: names the fix."""
+
+
+class CatalogError(MirrorError):
+    """A catalog (idc-index-data Parquet files) is missing, unreadable or lacks a column."""
+
+
+class ListingError(ArchiveError):
+    """A bucket listing broke its bounds: too many keys, a loop, or a foreign prefix."""
+
+
+class SandboxError(MirrorError):
+    """A local sandbox service (SeaweedFS, the emulated APIs) could not start or stop."""
+
+
+class ObjectMissingError(ArchiveError):
+    """An object the catalog or a listing promised is not in the bucket (404)."""
