@@ -14,16 +14,90 @@ import click
 from mirror import __version__
 from mirror.errors import MirrorError
 
+INTERRUPTED = 130  # the shell's code for a run ended by SIGINT; SIGTERM gets it too
+
 
 class _Group(click.Group):
-    """Turns library errors into one clean line and a non-zero exit."""
+    """Turns library errors into one clean line and a non-zero exit; an interrupted run
+    (Ctrl-C, SIGTERM) into exit 130 with the resume hint."""
+
+    def main(self, *args, **kwargs):
+        with _sigterm_interrupts():
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MirrorError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+            kept = getattr(exc, "files_kept", None) or getattr(exc.__context__, "files_kept",
+                                                                None)
+            kept_text = f"{kept} file(s) kept; " if kept is not None else ""
+            _fail(f"interrupted; {kept_text}run the same command to resume", INTERRUPTED,
+                  prefix="")
+        except OSError as exc:  # a full, read-only or vanished disk: one line, not a traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}; check the disk and permissions, then run "
+                  "the same command again", 2)
+        except _database_errors() as exc:
+            _fail(f"the index is damaged ({type(exc).__name__}: {str(exc).splitlines()[0]}"
+                  "); rebuild it with 'mirror reindex'", 2)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    click.echo(f"{prefix}{' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    from sqlalchemy.exc import DatabaseError
+
+    return (sqlite3.DatabaseError, DatabaseError)
+
+
+class _sigterm_interrupts:
+    """While a command runs, SIGTERM (systemd, a batch scheduler, ``kill``) stops it like
+    Ctrl-C: the lease is released and what arrived is kept, instead of a silent death."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _password(username: str) -> str:
+    """MIRROR_PASSWORD, else a prompt; nothing typed is one clear error, not a loop."""
+    import os
+
+    password = os.environ.get("MIRROR_PASSWORD")
+    if password:
+        return password
+    try:
+        password = click.prompt(f"Password for {username}", hide_input=True, err=True,
+                                default="", show_default=False)
+    except click.exceptions.Abort:
+        password = ""
+    if not password:
+        raise MirrorError(f"no password given for {username}; type it at the prompt or set "
+                          "MIRROR_PASSWORD")
+    return password
 
 
 @click.group(cls=_Group)
@@ -136,15 +210,10 @@ def _tqdm_progress(quiet: bool):
 def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, limit, username,
          allow_mixed, index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
-    import os
-
     from mirror.sync import SyncOptions
     from mirror.sync import sync as run_sync
 
-    password = None
-    if username:
-        password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
-            f"Password for {username}", hide_input=True, err=True)
+    password = _password(username) if username else None
     def print_plan(plan: dict) -> None:
         if not as_json and (dry_run or not quiet):
             click.echo(f"plan: {plan['files']} file(s) to fetch, about "
@@ -411,14 +480,9 @@ def snapshot_verify(root, name, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def snapshot_build(manifest, root, url, rebase_url, username, workers, as_json) -> None:
     """Fetch exactly what MANIFEST pins into a mirror and check every hash."""
-    import os
-
     from mirror.snapshots.build import build_snapshot
 
-    password = None
-    if username:
-        password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
-            f"Password for {username}", hide_input=True, err=True)
+    password = _password(username) if username else None
     data = build_snapshot(manifest, root, url, username, password, workers, rebase_url)
     lines = [f"changed: {c}" for c in data["changed"]] + [f"gone: {g}" for g in data["gone"]]
     lines.append(f"{data['name']}: {data['verified']} pinned item(s) verified, "
@@ -438,11 +502,19 @@ def lock() -> None:
 def lock_status(root) -> None:
     """Show who holds the writer lease."""
     from mirror.config import layout_for, load_config
-    from mirror.lease import lease_holder
+    from mirror.lease import holder_is_stale, lease_holder
 
-    holder = lease_holder(layout_for(root, load_config(root)))
-    click.echo("no writer" if holder is None else
-               "held by pid {pid} on {host} ({command}) since {started}".format(**holder))
+    layout = layout_for(root, load_config(root))
+    holder = lease_holder(layout)
+    if holder is None:
+        click.echo("no writer")
+        return
+    line = "held by pid {pid} on {host} ({command}) since {started}".format(**holder)
+    stale = holder_is_stale(layout, holder)
+    if stale:
+        line = (f"stale: {line}, but {stale}; the next writer takes it over (or run "
+                "'mirror lock break')")
+    click.echo(line)
 
 
 @lock.command("break")

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from mirror.cli import main
@@ -74,3 +84,153 @@ def test_a_first_sync_that_stores_nothing_leaves_no_mirror(tmp_path):
         right = _sync(root, sb.url)  # no re-point: the wrong URL was never remembered
         assert right.exit_code == 0, right.output
     assert json.loads((root / "mirror.json").read_text())["base_url"] == sb.url
+
+
+# -- every user error is one line ----------------------------------------------------------
+
+
+def _one_error_line(output: str, exit_code: int, start: str, code: int = 2) -> None:
+    assert exit_code == code, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), output
+
+
+@pytest.fixture(scope="module")
+def small_mirror(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ux") / "m"
+    with serve(images=4, seed=8, private_fraction=0.0) as sb:
+        assert _sync(root, sb.url).exit_code == 0
+    return root
+
+
+def _copy(root, tmp_path):
+    shutil.copytree(root, tmp_path / "copy", symlinks=True)
+    return tmp_path / "copy"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a read-only bind mount needs root and unshare")
+def test_writing_commands_on_a_read_only_root_say_so_in_one_line(small_mirror, tmp_path):
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    script = textwrap.dedent(f"""
+        mount --bind {small_mirror} {mounted} && mount -o remount,ro,bind {mounted} || exit 99
+        for c in sync gc reindex "snapshot create s1" "lock break" status; do
+            {sys.executable} -m mirror $c --root {mounted} >/dev/null 2>{tmp_path}/err
+            echo "$c|$?|$(cat {tmp_path}/err | wc -l)|$(head -c 60 {tmp_path}/err)"
+        done
+    """)
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    if done.returncode == 99 or "Operation not permitted" in done.stderr:
+        pytest.skip(f"no bind mounts here: {done.stderr.strip()[:200]}")
+    rows = [line.split("|") for line in done.stdout.strip().splitlines()]
+    assert [r[0] for r in rows] == ["sync", "gc", "reindex", "snapshot create s1",
+                                    "lock break", "status"], done.stdout + done.stderr
+    for command, code, lines, text in rows[:-1]:
+        assert (code, lines) == ("2", "1"), (command, code, lines, text)
+        assert text.startswith("error: cannot take the writer lease for 'mirror "), text
+    assert rows[-1][1:3] == ["0", "0"]  # reading still works
+
+
+def test_an_empty_password_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["sync", "--root", str(tmp_path / "m"), "--url",
+                                       "http://127.0.0.1:9/api/v1", "--username", "bob"],
+                                input="\n")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: no password given for bob; type it at the prompt or set MIRROR_PASSWORD")
+    assert not (tmp_path / "m").exists()
+
+
+def test_damaged_local_state_is_one_line_naming_the_fix(small_mirror, tmp_path):
+    root = _copy(small_mirror, tmp_path)
+    current = root / "isic" / "index" / "CURRENT"
+    current.chmod(0o644)
+    current.write_text("garbage\n")
+    result = CliRunner().invoke(main, ["status", "--root", str(root)])
+    _one_error_line(result.output, result.exit_code, "error: ")
+    assert "is damaged" in result.output and "mirror reindex" in result.output
+    reindexed = CliRunner().invoke(main, ["reindex", "--root", str(root)])
+    assert reindexed.exit_code == 0, reindexed.output
+    generation = next((root / "isic" / "index").glob("index-*.sqlite"))
+    generation.chmod(0o644)
+    generation.write_bytes(b"not a database" * 100)
+    current.chmod(0o644)
+    current.write_text(generation.name + "\n")
+    result = CliRunner().invoke(main, ["status", "--root", str(root)])
+    _one_error_line(result.output, result.exit_code, "error: the index is damaged")
+    assert "mirror reindex" in result.output
+
+
+def test_a_damaged_working_database_is_rebuilt_from_the_published_index(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=3, seed=9, private_fraction=0.0) as sb:
+        assert _sync(root, sb.url).exit_code == 0
+        for work in Path(os.environ["MIRROR_STATE_DIR"]).rglob("work.sqlite"):
+            work.write_bytes(b"\0garbage" * 1000)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{work}{suffix}").unlink(missing_ok=True)
+        again = _sync(root, sb.url)
+    assert again.exit_code == 0, again.output
+    assert "image              3 unchanged" in again.output
+
+
+# -- interrupted runs ------------------------------------------------------------------------
+
+
+def _start(root, url):
+    cmd = [sys.executable, "-m", "mirror", "sync", "--root", str(root), "--url", url,
+           "--quiet", "--workers", "2", "--blobs", "full"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def _downloads(sb) -> int:
+    return sum(n for k, n in sb.stats().items() if k.endswith("/download"))
+
+
+def _wait_for(sb, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while _downloads(sb) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_sync_exits_130_with_the_resume_hint(tmp_path, signum):
+    root = tmp_path / "m"
+    with serve(images=30, seed=10, private_fraction=0.0, faults="slow=0.3") as sb:
+        child = _start(root, sb.url)
+        _wait_for(sb, 6)
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 130, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        kept = int(re.fullmatch(r"interrupted; (\d+) file\(s\) kept; run the same command "
+                                r"to resume", last).group(1))
+        store = root / "isic" / "store"
+        images = len(list(store.glob("*/image_*.jpg")))
+        # what the run published and indexed; downloads under way when the signal came
+        # finish too, and the next run adopts them without a download
+        assert 4 <= kept <= images, last
+        status = CliRunner().invoke(main, ["lock", "status", "--root", str(root)])
+        assert status.output == "no writer\n"
+        resumed = CliRunner().invoke(main, ["sync", "--root", str(root), "--quiet",
+                                            "--blobs", "full"])
+        assert resumed.exit_code == 0, resumed.output
+    fetched = int(re.search(r"image files\s+(?:\d+ adopted, )?(\d+) fetched",
+                            resumed.output).group(1))
+    assert fetched == 30 - images, resumed.output
+
+
+def test_a_killed_holder_shows_as_stale(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=30, seed=11, private_fraction=0.0, faults="slow=0.3") as sb:
+        child = _start(root, sb.url)
+        _wait_for(sb, 2)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    status = CliRunner().invoke(main, ["lock", "status", "--root", str(root)])
+    assert status.exit_code == 0
+    assert status.output.startswith(f"stale: held by pid {child.pid} on "), status.output
+    assert f"but process {child.pid} is gone; the next writer takes it over" in status.output

@@ -18,6 +18,7 @@ that database instead, and there are no generations.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import uuid
@@ -29,12 +30,13 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from mirror.errors import IndexFenceError, MirrorError
+from mirror.errors import DamagedStateError, IndexFenceError, MirrorError
 from mirror.index.models import Meta
 from mirror.layout import Layout
 from mirror.store import fsync_dir
 
 KEEP_GENERATIONS = 3
+log = logging.getLogger("mirror.index")
 
 
 def current_generation(layout: Layout) -> int | None:
@@ -43,7 +45,14 @@ def current_generation(layout: Layout) -> int | None:
         name = layout.current.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
-    return int(name.removeprefix("index-").removesuffix(".sqlite"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedStateError(f"cannot read {layout.current} ({exc}); rebuild the index with "
+                                "'mirror reindex'") from None
+    number = name.removeprefix("index-").removesuffix(".sqlite")
+    if not number.isdigit():
+        raise DamagedStateError(f"{layout.current} is damaged (it names {name[:40]!r}, not an "
+                                "index generation); rebuild the index with 'mirror reindex'")
+    return int(number)
 
 
 def upgrade_to_head(engine: Engine) -> None:
@@ -95,10 +104,24 @@ def open_reader(layout: Layout, url: str | None = None) -> Engine:
 class IndexWriter:
     """The single writer's view of the index: a local working database plus publishing."""
 
-    def __init__(self, layout: Layout, url: str | None = None, mirror_id: str = ""):
+    def __init__(self, layout: Layout, url: str | None = None, mirror_id: str = "",
+                 rebuild: bool = False):
+        """``rebuild``: the caller replaces every row (reindex), so a damaged CURRENT is
+        no obstacle: the new generation follows the newest one on disk."""
         self.layout = layout
         self.url = url
-        self.started_from = current_generation(layout)
+        try:
+            self.started_from = current_generation(layout)
+        except DamagedStateError:
+            if not rebuild:
+                raise
+            self.started_from = _newest_on_disk(layout)
+            if self.started_from is None:
+                layout.current.unlink()
+            else:
+                _write_current(layout.index_dir,
+                               layout.generation_path(self.started_from).name)
+        self.rebuild = rebuild
         if url:
             self.engine = create_engine(url)
         else:
@@ -124,13 +147,19 @@ class IndexWriter:
             local_generation, local_id = None, None
         else:
             local_generation, local_id = self._local_meta()
-        other_mirror = bool(mirror_id and local_id and local_id != mirror_id)
-        if self.path.exists() and local_generation == self.started_from and not other_mirror:
+            if local_generation is None and not self._readable():
+                log.warning("%s is damaged; starting again from the published index",
+                            self.path)
+                local_id = "damaged"  # never kept: it is rebuilt from the generation
+        other_mirror = bool(local_id == "damaged"
+                            or (mirror_id and local_id and local_id != mirror_id))
+        if (self.path.exists() and local_generation == self.started_from and not other_mirror
+                and not self.rebuild):
             return
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        if self.started_from is None:
-            return
+        if self.started_from is None or self.rebuild:
+            return  # a rebuild starts from an empty schema (and never reads a damaged copy)
         published = self.layout.generation_path(self.started_from)
         source = sqlite3.connect(f"file:{published}?mode=ro&immutable=1", uri=True)
         target = sqlite3.connect(self.path)
@@ -139,6 +168,18 @@ class IndexWriter:
         finally:
             target.close()
             source.close()
+
+    def _readable(self) -> bool:
+        """True when the working database is an SQLite file whose schema can be read."""
+        try:
+            conn = sqlite3.connect(self.path)
+            try:
+                conn.execute("PRAGMA schema_version").fetchone()
+                return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return False
 
     def _local_meta(self) -> tuple[int | None, str | None]:
         """(generation, mirror id) recorded in the working database."""
@@ -234,6 +275,12 @@ class IndexWriter:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _newest_on_disk(layout: Layout) -> int | None:
+    numbers = [int(p.stem.removeprefix("index-")) for p in layout.index_dir.glob("index-*.sqlite")
+               if p.stem.removeprefix("index-").isdigit()]
+    return max(numbers, default=None)
 
 
 def _write_current(index_dir: Path, name: str) -> None:

@@ -110,8 +110,10 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
                 if username is not None:
                     source.login(username, password or "")
                 _run(layout, config, source, options, summary)
-            except BaseException:
+            except BaseException as exc:
                 undone = fresh and _undo_empty_mirror(layout)
+                if isinstance(exc, KeyboardInterrupt):  # the CLI's resume hint counts them
+                    exc.files_kept = summary.files_kept
                 raise
     finally:
         if undone:
@@ -158,8 +160,13 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
                 return
             persist_plan(session, tasks)
             commit()
-            FileFetcher(source, store, session, pool, summary, commit,
-                        _progress(options, len(tasks)), window=4 * options.workers).run(tasks)
+            try:
+                FileFetcher(source, store, session, pool, summary, commit,
+                            _progress(options, len(tasks)), window=4 * options.workers
+                            ).run(tasks)
+            except KeyboardInterrupt:
+                pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
+                raise
             run = session.merge(run)
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
             commit()

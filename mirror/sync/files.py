@@ -107,13 +107,20 @@ class FileFetcher:
         self.done: list[FileTask] = []
 
     def run(self, tasks: list[FileTask]) -> None:
+        try:
+            self._run(tasks)
+        except (DiskFullError, KeyboardInterrupt):
+            self.commit()  # keep what arrived (Ctrl-C, SIGTERM): the next run resumes after it
+            raise
+        self.commit()
+
+    def _run(self, tasks: list[FileTask]) -> None:
         last_commit = time.monotonic()
         for n, (task, future) in enumerate(
                 completed(self.executor, self.fetch, tasks, self.window), 1):
             try:
                 results = future.result()
             except DiskFullError:
-                self.commit()  # keep what arrived: the next run resumes after it
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded and retried next run
                 self._record_failure(task, exc)
@@ -122,7 +129,6 @@ class FileFetcher:
             if n % COMMIT_EVERY == 0 or time.monotonic() - last_commit > 5:
                 self.commit()
                 last_commit = time.monotonic()
-        self.commit()
 
     def commit(self) -> None:
         """Write the buffered rows in bulk, then make files and rows durable, in that order."""
@@ -247,6 +253,7 @@ class FileFetcher:
                                       stored.size, content_type, now, source_sha))
             outcome = "fetched" if fetched else "derived" if source_sha else "adopted"
             self.summary.blobs[(role, outcome)] += 1
+            self.summary.files_kept += 1
             if fetched:
                 self.summary.bytes_downloaded += stored.size
                 self.progress(1, stored.size)

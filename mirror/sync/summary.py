@@ -30,6 +30,7 @@ class SyncSummary:
     generation: int | None = None
     plan: dict = field(default_factory=dict)
     dry_run: bool = False
+    files_kept: int = 0  # files of the plan published so far (an interrupted run keeps them)
 
     @property
     def ok(self) -> bool:
