@@ -201,6 +201,8 @@ def _tqdm_progress(quiet: bool):
               "only when creating a mirror.")
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
+@click.option("--no-space-check", "no_space_check", is_flag=True,
+              help="Fetch even when the size estimate says the disk is too small.")
 @click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and "
               "change nothing: the next real run reports the same changes.")
 @click.option("--allow-removals", is_flag=True,
@@ -208,7 +210,8 @@ def _tqdm_progress(quiet: bool):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, limit, username,
-         allow_mixed, index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+         allow_mixed, index_url, lease_wait, no_space_check, dry_run, allow_removals, as_json,
+         quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     from mirror.sync import SyncOptions
     from mirror.sync import sync as run_sync
@@ -218,13 +221,15 @@ def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, li
         if not as_json and (dry_run or not quiet):
             click.echo(f"plan: {plan['files']} file(s) to fetch, about "
                        f"{plan['estimated_bytes'] / 1e6:.1f} MB; "
-                       f"{plan['free_bytes'] / 1e9:.1f} GB free")
+                       f"{plan['free_bytes'] / 1e9:.1f} GB free"
+                       + (f" (estimate from {plan['basis']})" if plan.get("basis") else ""))
 
     options = SyncOptions(what=None if what is None else _csv_choice(what),
                           blobs=None if blobs is None else _csv_choice(blobs), workers=workers,
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals, rebase_url=rebase_url,
+                          space_check=not no_space_check,
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)

@@ -45,6 +45,12 @@ REMOVAL_MAX_COUNT = Setting(
     "MIRROR_REMOVAL_MAX_COUNT", 100,
     "A sync that would mark more objects than this removed stops, whatever the share.")
 
+SIZE_SAMPLE_FILES = Setting(
+    "MIRROR_SIZE_SAMPLE_FILES", 8,
+    "Files of each role fetched first when the index holds none of that role yet, so that "
+    "the plan's size (and the disk-space check) comes from what this archive's files weigh "
+    "per pixel, not from a rule of thumb. 0 skips the sample.")
+
 #: Variables that are not numbers, listed for the docs page.
 ENVIRONMENT = {
     "MIRROR_ROOT": "The mirror root when --root is not given.",
@@ -53,4 +59,4 @@ ENVIRONMENT = {
                         "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
 }
 
-ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT)
+ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES)

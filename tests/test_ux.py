@@ -234,3 +234,58 @@ def test_a_killed_holder_shows_as_stale(tmp_path):
     assert status.exit_code == 0
     assert status.output.startswith(f"stale: held by pid {child.pid} on "), status.output
     assert f"but process {child.pid} is gone; the next writer takes it over" in status.output
+
+
+# -- the size estimate -------------------------------------------------------------------------
+
+
+def _stored_file_bytes(root) -> int:
+    from mirror.reader import reading
+
+    with reading(root) as r:
+        return sum(size for role, size in r.conn.exec_driver_sql(
+            "SELECT role, size FROM blobs") if role != "markups")
+
+
+def test_the_size_estimate_comes_from_what_the_files_weigh_and_says_so(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=40, seed=3, private_fraction=0.0) as sb:
+        first = CliRunner().invoke(main, ["sync", "--root", str(root), "--url", sb.url])
+        assert first.exit_code == 0, first.output
+        planned = next(line for line in first.output.splitlines() if "plan: " in line)
+        stored = _stored_file_bytes(root)
+        sb.mutate(add=40)
+        again = CliRunner().invoke(main, ["sync", "--root", str(root)])
+        assert again.exit_code == 0, again.output
+        added = _stored_file_bytes(root) - stored
+    mb = float(re.search(r"about ([\d.]+) MB", planned).group(1)) * 1e6
+    assert 0.67 < mb / stored < 1.5, (planned, stored)  # the rule of thumb was 4.7x off
+    assert "(estimate from image: 8 fetched this run, " in planned and "B/pixel" in planned
+    second = next(line for line in again.output.splitlines() if "plan: " in line)
+    assert "image: mean of 40 in the index" in second
+    mb = float(re.search(r"about ([\d.]+) MB", second).group(1)) * 1e6
+    assert 0.67 < mb / added < 1.5, (second, added)
+
+
+def test_a_plan_too_big_for_the_disk_says_by_how_much_and_can_be_overridden(tmp_path,
+                                                                            monkeypatch):
+    from collections import namedtuple
+
+    import mirror.sync.estimate as estimate
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(estimate.shutil, "disk_usage", lambda path: usage(10**9, 0, 1_500_000))
+    root = tmp_path / "m"
+    with serve(images=60, seed=3, private_fraction=0.0) as sb:
+        refused = CliRunner().invoke(main, ["sync", "--root", str(root), "--url", sb.url,
+                                            "--quiet", "--blobs", "full"])
+        lines = refused.output.strip().splitlines()
+        assert refused.exit_code == 2, refused.output
+        assert re.fullmatch(r"error: not enough disk space under \S+: the plan needs about "
+                            r"[\d.]+ GB \(\+10 %\), 0\.00 GB are free, [\d.]+ GB short; free "
+                            r"space, narrow the sync with --blobs/--limit, or pass "
+                            r"--no-space-check if the estimate is too high", lines[-1]), lines
+        forced = CliRunner().invoke(main, ["sync", "--root", str(root), "--quiet", "--blobs",
+                                           "full", "--no-space-check"])
+    assert forced.exit_code == 0, forced.output
+    assert "image files        " in forced.output

@@ -29,7 +29,8 @@ from mirror.sources.base import Source, SourceSpec, source_class
 from mirror.sources.http import HttpClient
 from mirror.store import ObjectStore
 from mirror.sync.documents import DocumentRun
-from mirror.sync.files import FileFetcher, check_disk_space, estimate_bytes, persist_plan
+from mirror.sync.estimate import Weights, check_disk_space, estimate_bytes, sample_tasks
+from mirror.sync.files import FileFetcher, persist_plan
 from mirror.sync.summary import SyncSummary
 
 log = logging.getLogger("mirror.sync")
@@ -57,6 +58,7 @@ class SyncOptions:
     allow_mixed: bool = False
     allow_removals: bool = False
     rebase_url: bool = False  # a different url is the same archive at a new address
+    space_check: bool = True  # False: --no-space-check (the estimate is reported, not enforced)
     source: str | None = None  # registry name; only when the mirror is created
     index_url: str | None = None  # e.g. postgresql://...; only when the mirror is created
     lease_wait: float | None = 0.0
@@ -150,20 +152,32 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
                                allow_removals=options.allow_removals)
             scope = source.sync_documents(docs, options)
             tasks = source.plan_files(session, scope, frozenset(options.blobs))
-            needed = estimate_bytes(source.spec, tasks)
-            free = check_disk_space(layout.root, needed)
-            summary.plan = {"files": len(tasks), "estimated_bytes": needed, "free_bytes": free}
-            if options.on_plan:
-                options.on_plan(summary.plan)
-            if options.dry_run:
-                session.rollback()
-                return
-            persist_plan(session, tasks)
-            commit()
+            weights = Weights.from_index(session, source.spec)
+            sample = [] if options.dry_run else sample_tasks(tasks, weights)
+            fetcher = FileFetcher(source, store, session, pool, summary, commit,
+                                  None if options.dry_run else _progress(options, len(tasks)),
+                                  window=4 * options.workers)
             try:
-                FileFetcher(source, store, session, pool, summary, commit,
-                            _progress(options, len(tasks)), window=4 * options.workers
-                            ).run(tasks)
+                if sample:  # weigh a few of each new role first: the estimate uses them
+                    persist_plan(session, tasks)  # the whole plan: a failure stays in it
+                    fetcher.weights = weights
+                    fetcher.run(sample)
+                    fetcher.weights = None
+                picked = {id(t) for t in sample}
+                rest = [t for t in tasks if id(t) not in picked]
+                needed, basis = estimate_bytes(source.spec, rest, weights)
+                free = check_disk_space(layout.root, needed, options.space_check)
+                weighed = sum(w.bytes for w in weights.sampled.values())  # already on disk
+                summary.plan = {"files": len(tasks), "estimated_bytes": needed + weighed,
+                                "free_bytes": free, "basis": basis}
+                if options.on_plan:
+                    options.on_plan(summary.plan)
+                if options.dry_run:
+                    session.rollback()
+                    return
+                persist_plan(session, rest)
+                commit()
+                fetcher.run(rest)
             except KeyboardInterrupt:
                 pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
                 raise
