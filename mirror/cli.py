@@ -147,8 +147,10 @@ def sandbox(ctx: click.Context, archive: str, **options) -> None:
             raise MirrorError(f"unknown sandbox option(s) {' '.join(ctx.args)}; see "
                               "'mirror sandbox --help'")
         serve(**options)
-    else:
-        serve(ctx.args)  # that sandbox's own options
+    else:  # that sandbox parses its own options: the ones given here are passed on
+        given = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        sys.exit(serve(given + ctx.args) or 0)
 
 
 def _csv_choice(value: str) -> frozenset[str]:
@@ -186,7 +188,12 @@ def _tqdm_progress(quiet: bool):
               "source (…/api/v1: ISIC v1).")
 @click.option("--rebase-url", is_flag=True, help="--url differs from the one the mirror "
               "remembers but is the same archive (it moved); remember the new one.")
-@click.option("--source", help="The source of a new mirror (isic-v1, ...); default: from --url.")
+@click.option("--source", help="The source of a new mirror (isic-v1, tcia-v4, ...); default: "
+              "from --url.")
+@click.option("--collection", "collections", multiple=True,
+              help="Only this collection (repeatable; ISIC v2: id, TCIA: name).")
+@click.option("--search", help="Only images the archive's own search finds (ISIC v2's query "
+              "language, passed through), e.g. 'diagnosis_3:\"Melanoma Invasive\"'.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--what", help="Documents to mirror (default: all the source offers; ISIC v1: "
               "images,datasets,segmentations,studies,annotations).")
@@ -209,9 +216,9 @@ def _tqdm_progress(quiet: bool):
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, limit, username,
-         allow_mixed, index_url, lease_wait, no_space_check, dry_run, allow_removals, as_json,
-         quiet) -> None:
+def sync(root, url, rebase_url, source, collections, search, workers, what, blobs, dataset,
+         study, limit, username, allow_mixed, index_url, lease_wait, no_space_check, dry_run,
+         allow_removals, as_json, quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
     from mirror.sync import SyncOptions
     from mirror.sync import sync as run_sync
@@ -229,7 +236,7 @@ def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, li
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
                           allow_removals=allow_removals, rebase_url=rebase_url,
-                          space_check=not no_space_check,
+                          space_check=not no_space_check, scope=_scope(collections, search),
                           lease_wait=None if lease_wait < 0 else lease_wait,
                           progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
     summary = run_sync(root, url, options, username=username, password=password)
@@ -239,6 +246,16 @@ def sync(root, url, rebase_url, source, workers, what, blobs, dataset, study, li
         for line in summary.summary_lines():
             click.echo(line)
     sys.exit(0 if summary.ok else 1)
+
+
+def _scope(collections: tuple[str, ...], search: str | None) -> dict:
+    """The source scopes given on the command line (each source reads the ones it knows)."""
+    scope: dict = {}
+    if collections:
+        scope["collection"] = ",".join(collections)
+    if search:
+        scope["search"] = search
+    return scope
 
 
 def _emit(data: dict, lines: list[str], as_json: bool) -> None:

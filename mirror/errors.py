@@ -145,3 +145,8 @@ class SandboxError(MirrorError):
 
 class ObjectMissingError(ArchiveError):
     """An object the catalog or a listing promised is not in the bucket (404)."""
+
+
+class InvalidRecordError(ArchiveError):
+    """One record from the archive is malformed or unsafe (bad id, wrong types, foreign URL):
+    it is skipped and reported; the rest of the listing is kept."""

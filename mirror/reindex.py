@@ -24,9 +24,12 @@ from mirror.store import ObjectStore
 from mirror.sync.files import CONTENT_TYPES
 from mirror.writer import writing
 
-DOC_NAME = re.compile(r"(?P<kind>[a-z][a-z0-9]*)_(?P<id>[^_/]+?)\.(?P<sha>[0-9a-f]{16})\.json\.zst")
+DOC_NAME = re.compile(r"(?P<kind>[a-z][a-z0-9]*)_(?P<id>[^/]+?)\.(?P<sha>[0-9a-f]{16})\.json\.zst")
 FILE_NAME = re.compile(r"(?P<prefix>[a-z][a-z0-9]*)_(?P<id>[0-9A-Za-z.-]+?)"
                        r"(?:_[^/]*?)?(?:\.[0-9a-f]{16})?(?P<ext>\.[a-z0-9]{1,5})")
+# Roles without a name part (``thumb_<id>.jpg``): the id may hold '_' (ISIC_nnnnnnn).
+UNNAMED_FILE = re.compile(r"(?P<prefix>[a-z][a-z0-9]*)_(?P<id>[0-9A-Za-z._-]+?)"
+                          r"(?:\.[0-9a-f]{16})?(?P<ext>\.[a-z0-9]{1,5})")
 
 
 def reindex_mirror(root: Path | str) -> dict:
@@ -51,7 +54,7 @@ def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool) -
         if doc := DOC_NAME.fullmatch(name):
             counts["documents"] += 1
             _collect_doc(session, store, spec, relpath, doc["kind"], now, newest, counts)
-        elif (found := FILE_NAME.fullmatch(name)) and spec.role_for_prefix(found["prefix"]):
+        elif (found := _file_name(spec, name)) is not None:
             counts["blobs"] += 1
             sha256, size = store.hash(relpath)
             role = spec.role_for_prefix(found["prefix"]).name
@@ -70,6 +73,15 @@ def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool) -
         ingest_documents(session, spec.kind(kind), [(doc, sha256, relpath, size)], now, **extra)
     _link_derived(session, spec, sources)
     return counts
+
+
+def _file_name(spec: SourceSpec, name: str) -> re.Match | None:
+    """The parts of a file name in the store, when a role of ``spec`` made it."""
+    found = FILE_NAME.fullmatch(name)
+    role = spec.role_for_prefix(found["prefix"]) if found else None
+    if role is not None and not role.named:
+        found = UNNAMED_FILE.fullmatch(name)
+    return found if role is not None else None
 
 
 def _collect_doc(session, store: ObjectStore, spec: SourceSpec, relpath: str, kind: str,

@@ -57,6 +57,8 @@ ENVIRONMENT = {
     "MIRROR_PASSWORD": "The password for --username (never stored, never logged).",
     "MIRROR_STATE_DIR": "Where the writer keeps its live database (local disk; default "
                         "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
+    "ISIC_TOKEN": "ISIC API v2 access token (isic user print-token's access_token); held in "
+                  "memory, sent only to the API, never stored or logged.",
 }
 
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES)

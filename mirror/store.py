@@ -45,7 +45,7 @@ from mirror.layout import SHARDS, Layout
 # a .match(); check with .fullmatch all the same.
 HEX_ID = re.compile(r"\A[0-9a-f]{24}\Z")
 SAFE_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
-SAFE_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # ObjectIds, ISIC_ names' digits, DICOM UIDs
+SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # ObjectIds, ISIC_nnnnnnn, DICOM UIDs
 SAFE_WORD = re.compile(r"[a-z][a-z0-9]{0,31}")  # document kinds and file prefixes
 TEMP_PREFIX = ".tmp-"
 ZSTD_LEVEL = 3

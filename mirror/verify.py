@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 
 from mirror.config import layout_for, load_config
 from mirror.errors import MirrorError
-from mirror.index import Blob, DocumentVersion
+from mirror.index import Blob, DocumentVersion, FileVersion
 from mirror.index.database import open_reader
 from mirror.sources.base import source_hooks, spec_of
 from mirror.store import ObjectStore
@@ -61,6 +61,11 @@ def verify_mirror(root: Path | str, fast: bool = False) -> VerifyReport:
         with engine.connect() as conn:
             rows = [(r.path, r.sha256, r.size) for r in conn.execute(select(Blob))]
             rows += [(r.path, r.sha256, r.size) for r in conn.execute(select(DocumentVersion))]
+            # Older versions of replaced files stay until gc retires them: checked while
+            # they exist, never orphans.
+            current = {r[0] for r in rows}
+            rows += [(r.path, r.sha256, r.size) for r in conn.execute(select(FileVersion))
+                     if r.path not in current and store.exists(r.path)]
             hooks = _hooks(config.source)
             checks = hooks.validation_tasks(conn) if hooks is not None else {}
     finally:

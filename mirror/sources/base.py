@@ -277,6 +277,8 @@ class Source(Protocol):
 #: name -> "module:attribute" of its Source class. Adding a source adds one line here.
 REGISTRY: dict[str, str] = {
     "isic-v1": "mirror.sources.isic_v1:IsicV1Source",
+    "isic-v2": "mirror.sources.isic_v2:IsicV2Source",
+    "tcia-v4": "mirror.sources.tcia.source:TciaSource",
 }
 #: names older mirrors wrote into mirror.json
 ALIASES = {"isic": "isic-v1"}

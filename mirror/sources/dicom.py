@@ -24,7 +24,7 @@ import stat
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -61,12 +61,15 @@ UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 # --- series zips (NBIA getImage) ---------------------------------------------------------
 
 ZIP_MAX_TOTAL = 64 * 2**30
-"""Bytes: the largest uncompressed series zip accepted (declared and actually read). TCIA's
-largest series (whole-slide and long CT runs) are a few GiB; 64 GiB only stops bombs."""
-ZIP_MAX_RATIO = 500.0
+"""Bytes: the largest uncompressed series zip accepted (declared and actually read) when the
+caller knows no better. TCIA's largest series are a few GiB. Callers that know the series'
+size from the archive (``getSeries`` ``FileSize``) should pass a bound derived from it, as
+the TCIA source does: that is the real zip-bomb guard."""
+ZIP_MAX_RATIO = 1024.0
 """Uncompressed/compressed size above which an entry of at least :data:`ZIP_RATIO_MIN_SIZE`
-is taken for a zip bomb. CT/MR slices deflate 2-5x, mostly empty SEG masks ~100x;
-deflate itself tops out near 1032x."""
+is refused. Deflate cannot exceed ~1032x, so this refuses only entries that are almost
+entirely one repeated byte, which no real instance is (CT/MR slices deflate 2-5x, mostly
+empty SEG masks a few hundred times); a lower limit would refuse real masks."""
 ZIP_RATIO_MIN_SIZE = 2**20
 """Entries smaller than this (bytes) skip the ratio check: tiny or blank files compress far
 without being dangerous, and :data:`ZIP_MAX_TOTAL` bounds them anyway."""
@@ -425,156 +428,262 @@ def _parse_md5s(text: str, label: str) -> dict[str, str]:
     return md5s
 
 
+class SeriesZipReader:
+    """A series zip checked as a whole, whose instances are then read one at a time.
+
+        with open_series_zip(path, expected_count=n, series_uid=uid) as series:
+            series.license                       # the LICENSE text, or None
+            for entry in series:                 # ZipEntry, in zip order
+                store(entry.name, entry.chunks())
+        series.instances                         # VerifiedInstance of each, in order
+
+    Opening checks everything the central directory can tell before a byte is unpacked:
+    it reads (a truncated download fails here, even after a 200), every entry is a plain
+    flat file name (no ``..``, absolute path, drive letter, backslash, symlink, encryption
+    or case-insensitive duplicate), entry count, declared total and per-entry ratio are
+    within the limits, ``md5hashes.csv`` lists exactly the instance entries, and their
+    number equals ``expected_count``.
+
+    ``entry.chunks()`` yields an instance's bytes only after its first 132 show the DICOM
+    magic, and raises at its end, *before* returning normally, when the MD5 disagrees
+    with ``md5hashes.csv``, the zip CRC fails, the bytes pass the total limit, the UIDs in
+    its header are missing, belong to another series than ``series_uid`` or repeat an
+    earlier entry's SOPInstanceUID. A consumer that publishes only after the iterator is
+    exhausted (``ObjectStore.put_stream`` does) therefore never publishes a bad instance.
+    The loop itself raises when an entry was not read to its end, and, after the last,
+    when the SOPInstanceUIDs are not exactly ``expected_sop_uids``. Every error is a
+    :class:`SeriesZipError` or :class:`DicomError` with a one-line message.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, expected_count: int | None = None,
+                 expected_sop_uids: Iterable[str] | None = None, series_uid: str | None = None,
+                 require_md5: bool = True, max_total: int = ZIP_MAX_TOTAL,
+                 max_ratio: float = ZIP_MAX_RATIO, max_entries: int = ZIP_MAX_ENTRIES,
+                 label: str | None = None):
+        self.label = label or f"series zip {os.path.basename(os.fspath(path))}"
+        self.expected_sop_uids = (set(expected_sop_uids) if expected_sop_uids is not None
+                                  else None)
+        self.series_uid = series_uid
+        self.max_total = max_total
+        self.instances: list[VerifiedInstance] = []
+        self._sop_seen: dict[str, str] = {}
+        self._read_total = 0
+        try:
+            self.archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise self._damaged(exc) from None
+        try:
+            self._check(expected_count, require_md5, max_ratio, max_entries)
+        except zipfile.BadZipFile as exc:
+            self.archive.close()
+            raise self._damaged(exc) from None
+        except BaseException:
+            self.archive.close()
+            raise
+
+    def _damaged(self, exc: Exception) -> SeriesZipError:
+        return SeriesZipError(f"{self.label} is truncated or damaged ({exc}); download it "
+                              "again")
+
+    def _check(self, expected_count: int | None, require_md5: bool, max_ratio: float,
+               max_entries: int) -> None:
+        infos = self.archive.infolist()
+        _check_directory(infos, self.label, self.max_total, max_ratio, max_entries)
+        by_name = {info.filename: info for info in infos}
+        self.entries = [i for i in infos if i.filename not in (LICENSE_ENTRY, MD5_ENTRY)]
+        if expected_count is not None and len(self.entries) != expected_count:
+            raise SeriesZipError(f"{self.label} holds {len(self.entries)} instances but the "
+                                 f"archive listed {expected_count}: the series changed or the "
+                                 "zip is incomplete; list the series again")
+        self.md5s: dict[str, str] | None = None
+        if MD5_ENTRY in by_name:
+            self.md5s = _parse_md5s(_read_side(self.archive, by_name[MD5_ENTRY], self.label),
+                                    self.label)
+            names = {info.filename for info in self.entries}
+            if set(self.md5s) != names:
+                odd = sorted(set(self.md5s) ^ names)[0]
+                raise SeriesZipError(f"{self.label}: {MD5_ENTRY} and the zip disagree about "
+                                     f"{odd!r}")
+        elif require_md5:
+            raise SeriesZipError(f"{self.label} has no {MD5_ENTRY}: request it with "
+                                 "IncludeMD5=Yes")
+        self.license = (_read_side(self.archive, by_name[LICENSE_ENTRY], self.label)
+                        if LICENSE_ENTRY in by_name else None)
+
+    def __enter__(self) -> SeriesZipReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.archive.close()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[ZipEntry]:
+        for info in self.entries:
+            entry = ZipEntry(info.filename, self.md5s.get(info.filename) if self.md5s else None,
+                             info.file_size, self, info)
+            yield entry
+            if entry.instance is None:
+                raise SeriesZipError(f"{self.label}: {info.filename} was not read to its end")
+        if self.expected_sop_uids is not None and self.expected_sop_uids != set(self._sop_seen):
+            odd = sorted(self.expected_sop_uids ^ set(self._sop_seen))[0]
+            raise SeriesZipError(f"{self.label} and the archive's SOPInstanceUID list disagree "
+                                 f"about {odd}: the series changed; list it again")
+
+    def _read(self, entry: ZipEntry) -> Iterator[bytes]:
+        try:
+            yield from self._read_checked(entry)
+        except zipfile.BadZipFile as exc:
+            raise self._damaged(exc) from None
+
+    def _read_checked(self, entry: ZipEntry) -> Iterator[bytes]:
+        label, name = self.label, entry.name
+        digest = hashlib.md5(usedforsecurity=False)
+        prefix = bytearray()  # kept to read the UIDs from
+        held: bytearray | None = bytearray()  # not yielded until the magic is seen
+        size = 0
+        with self.archive.open(entry.info) as stream:
+            while chunk := stream.read(ZIP_CHUNK):
+                size += len(chunk)
+                digest.update(chunk)
+                if self._read_total + size > self.max_total:
+                    raise SeriesZipError(f"{label} expands past its limit while reading {name}:"
+                                         " refusing a likely zip bomb")
+                if len(prefix) < ZIP_HEADER_PREFIX:
+                    prefix += chunk[:ZIP_HEADER_PREFIX - len(prefix)]
+                if held is not None:
+                    held += chunk
+                    if len(held) < DICOM_HEAD_SIZE and size < entry.size:
+                        continue  # the magic is not in yet
+                    if not is_dicom(held):
+                        raise DicomError(f"{label} entry {name} is not DICOM (no 'DICM' at "
+                                         f"byte {DICOM_MAGIC_OFFSET})")
+                    chunk, held = bytes(held), None
+                yield chunk
+        if held is not None:
+            raise DicomError(f"{label} entry {name} is not DICOM (too short)")
+        md5 = digest.hexdigest()
+        if entry.md5 is not None and md5 != entry.md5:
+            raise SeriesZipError(f"{label} entry {name} has MD5 {md5}, but {MD5_ENTRY} says "
+                                 f"{entry.md5}; download it again")
+        uids = read_uids(bytes(prefix))
+        missing = [k for k, v in uids.items() if not is_valid_uid(v)]
+        if missing:
+            raise DicomError(f"{label} entry {name} has no valid {missing[0]} in its first "
+                             f"{ZIP_HEADER_PREFIX} bytes")
+        if entry.peeked is not None and entry.peeked != uids:
+            raise SeriesZipError(f"{label} entry {name}: its header changed between reads")
+        sop = uids["SOPInstanceUID"]
+        if sop in self._sop_seen:
+            raise SeriesZipError(f"{label}: {name} and {self._sop_seen[sop]} share "
+                                 f"SOPInstanceUID {sop}")
+        if self.series_uid is not None and uids["SeriesInstanceUID"] != self.series_uid:
+            raise SeriesZipError(f"{label}: {name} belongs to series "
+                                 f"{uids['SeriesInstanceUID']}, not {self.series_uid}")
+        self._sop_seen[sop] = name
+        self._read_total += size
+        entry.instance = VerifiedInstance(name, md5, size, sop, uids["SeriesInstanceUID"],
+                                          uids["StudyInstanceUID"])
+        self.instances.append(entry.instance)
+
+
+@dataclass
+class ZipEntry:
+    """One instance entry of a :class:`SeriesZipReader`; read it once with :meth:`chunks`."""
+
+    name: str
+    md5: str | None  # what md5hashes.csv promises
+    size: int  # what the central directory declares
+    reader: SeriesZipReader = field(repr=False)
+    info: zipfile.ZipInfo = field(repr=False)
+    instance: VerifiedInstance | None = None  # set once chunks() ran to its end
+    peeked: dict[str, str] | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        return self.reader._read(self)
+
+    def peek_uids(self) -> dict[str, str]:
+        """The entry's SOP/series/study UIDs, read from its first bytes before streaming
+        it, for a store that names files by SOPInstanceUID. Unverified until
+        :meth:`chunks` has run (which then checks they are the same)."""
+        label = self.reader.label
+        try:
+            with self.reader.archive.open(self.info) as stream:
+                head = stream.read(ZIP_HEADER_PREFIX)
+        except zipfile.BadZipFile as exc:
+            raise self.reader._damaged(exc) from None
+        if not is_dicom(head):
+            raise DicomError(f"{label} entry {self.name} is not DICOM (no 'DICM' at byte "
+                             f"{DICOM_MAGIC_OFFSET})")
+        uids = read_uids(head)
+        missing = [k for k, v in uids.items() if not is_valid_uid(v)]
+        if missing:
+            raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
+        self.peeked = uids
+        return uids
+
+
+def open_series_zip(path: str | os.PathLike, **checks) -> SeriesZipReader:
+    """See :class:`SeriesZipReader` (the keyword arguments are its checks and limits)."""
+    return SeriesZipReader(path, **checks)
+
+
 def safe_unpack_zip(path: str | os.PathLike, sink: InstanceSink, *,
                     expected_count: int | None = None,
                     expected_sop_uids: Iterable[str] | None = None,
                     series_uid: str | None = None,
                     require_md5: bool = True,
                     max_total: int = ZIP_MAX_TOTAL, max_ratio: float = ZIP_MAX_RATIO,
-                    max_entries: int = ZIP_MAX_ENTRIES) -> SeriesZip:
+                    max_entries: int = ZIP_MAX_ENTRIES, label: str | None = None) -> SeriesZip:
     """Verify the series zip at ``path`` and hand its instances to ``sink``, all or nothing.
 
-    The zip must be complete on disk (the download finished), because its central directory
-    comes last: a truncated download fails here even when the server said 200. Checked
-    before any byte is unpacked: the central directory reads, every entry is a plain flat
-    file name (no ``..``, absolute path, drive letter, backslash, symlink, encryption or
-    duplicate), the entry count, declared total size and per-entry ratio are within the
-    limits, ``md5hashes.csv`` lists exactly the instance entries, and their number equals
-    ``expected_count``. Then each instance streams through MD5 and the zip CRC into a
-    staged file of ``sink`` and must start with the DICOM magic; its UIDs are read from
-    its header (no two entries may share a SOPInstanceUID; all must belong to
-    ``series_uid`` and, if given, make up ``expected_sop_uids`` exactly).
-
-    Only when every instance has passed are the staged files committed, in zip order; on
-    any failure every staged file is discarded and a :class:`SeriesZipError` (or
-    :class:`DicomError`) says why, in one line. The sink alone decides where bytes go,
-    so nothing is ever written anywhere it was not told.
+    Every check of :class:`SeriesZipReader` applies (``label`` names the zip in messages,
+    e.g. ``"series <uid>"``; default: its file name). Each instance is written to a staged
+    file of ``sink``; only when every instance has passed are the staged files committed,
+    in zip order. On any failure every staged file is discarded and the error (one line)
+    propagates. The sink alone decides where bytes go, so nothing is ever written anywhere
+    it was not told. For a store that publishes from an iterator itself (and indexes only
+    whole series), iterate :func:`open_series_zip` instead and skip the staging copy.
     """
-    label = f"series zip {os.path.basename(os.fspath(path))}"
-    staged: list[tuple[StagedFile, VerifiedInstance]] = []
+    staged: list[StagedFile] = []
     try:
-        with zipfile.ZipFile(path) as archive:
-            result = _unpack(archive, sink, staged, label, expected_count, expected_sop_uids,
-                             series_uid, require_md5, max_total, max_ratio, max_entries)
-    except zipfile.BadZipFile as exc:
-        _discard(staged)
-        raise SeriesZipError(f"{label} is truncated or damaged ({exc}); download it again") \
-            from None
+        with open_series_zip(path, expected_count=expected_count,
+                             expected_sop_uids=expected_sop_uids, series_uid=series_uid,
+                             require_md5=require_md5, max_total=max_total,
+                             max_ratio=max_ratio, max_entries=max_entries,
+                             label=label) as series:
+            for entry in series:
+                handle = None
+                for chunk in entry.chunks():
+                    if handle is None:
+                        handle = sink.stage(entry.name)
+                        staged.append(handle)
+                    handle.write(chunk)
+            result = SeriesZip(series.license)
+            instances = list(series.instances)
     except BaseException:
-        _discard(staged)
+        for handle in staged:
+            handle.discard()
         raise
     committed = 0
     try:
-        for handle, instance in staged:
+        for handle, instance in zip(staged, instances, strict=True):
             result.stored.append(handle.commit(instance))
             result.instances.append(instance)
             committed += 1
     except BaseException:
-        _discard(staged[committed + 1:])
+        for handle in staged[committed + 1:]:
+            handle.discard()
         raise
     return result
 
 
-def _discard(staged: list[tuple[StagedFile, VerifiedInstance]]) -> None:
-    for handle, _ in staged:
-        handle.discard()
-
-
-def _unpack(archive: zipfile.ZipFile, sink: InstanceSink,
-            staged: list[tuple[StagedFile, VerifiedInstance]], label: str,
-            expected_count: int | None, expected_sop_uids: Iterable[str] | None,
-            series_uid: str | None, require_md5: bool, max_total: int, max_ratio: float,
-            max_entries: int) -> SeriesZip:
-    infos = archive.infolist()
-    _check_directory(infos, label, max_total, max_ratio, max_entries)
-    by_name = {info.filename: info for info in infos}
-    instances = [info for info in infos if info.filename not in (LICENSE_ENTRY, MD5_ENTRY)]
-    if expected_count is not None and len(instances) != expected_count:
-        raise SeriesZipError(f"{label} holds {len(instances)} instances but the archive "
-                             f"listed {expected_count}: the series changed or the zip is "
-                             "incomplete; list the series again")
-    md5s: dict[str, str] | None = None
-    if MD5_ENTRY in by_name:
-        md5s = _parse_md5s(_read_side(archive, by_name[MD5_ENTRY], label), label)
-        names = {info.filename for info in instances}
-        if set(md5s) != names:
-            odd = sorted(set(md5s) ^ names)[0]
-            raise SeriesZipError(f"{label}: {MD5_ENTRY} and the zip disagree about {odd!r}")
-    elif require_md5:
-        raise SeriesZipError(f"{label} has no {MD5_ENTRY}: request it with IncludeMD5=Yes")
-    license_text = (_read_side(archive, by_name[LICENSE_ENTRY], label)
-                    if LICENSE_ENTRY in by_name else None)
-    sop_seen: dict[str, str] = {}
-    read_total = 0
-    for info in instances:
-        instance, size = _stage_one(archive, info, sink, staged, label,
-                                    md5s.get(info.filename) if md5s else None,
-                                    max_total - read_total)
-        read_total += size
-        if instance.sop_uid in sop_seen:
-            raise SeriesZipError(f"{label}: {info.filename} and {sop_seen[instance.sop_uid]} "
-                                 f"share SOPInstanceUID {instance.sop_uid}")
-        sop_seen[instance.sop_uid] = info.filename
-        if series_uid is not None and instance.series_uid != series_uid:
-            raise SeriesZipError(f"{label}: {info.filename} belongs to series "
-                                 f"{instance.series_uid}, not {series_uid}")
-    if expected_sop_uids is not None:
-        expected = set(expected_sop_uids)
-        if expected != set(sop_seen):
-            odd = sorted(expected ^ set(sop_seen))[0]
-            raise SeriesZipError(f"{label} and the archive's SOPInstanceUID list disagree "
-                                 f"about {odd}: the series changed; list it again")
-    return SeriesZip(license_text)
-
-
-def _stage_one(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sink: InstanceSink,
-               staged: list, label: str, md5_expected: str | None,
-               budget: int) -> tuple[VerifiedInstance, int]:
-    digest = hashlib.md5(usedforsecurity=False)
-    prefix = bytearray()
-    size = 0
-    handle: StagedFile | None = None
-    try:
-        with archive.open(info) as stream:
-            while chunk := stream.read(ZIP_CHUNK):
-                size += len(chunk)
-                digest.update(chunk)
-                if size > budget:
-                    raise SeriesZipError(f"{label} expands past its limit while reading "
-                                         f"{info.filename}: refusing a likely zip bomb")
-                if len(prefix) < ZIP_HEADER_PREFIX:
-                    prefix += chunk[:ZIP_HEADER_PREFIX - len(prefix)]
-                if handle is None:
-                    if len(prefix) < DICOM_HEAD_SIZE and size < info.file_size:
-                        continue  # the magic is not in yet
-                    if not is_dicom(prefix):
-                        raise DicomError(f"{label} entry {info.filename} is not DICOM (no "
-                                         f"'DICM' at byte {DICOM_MAGIC_OFFSET})")
-                    handle = sink.stage(info.filename)
-                    handle.write(bytes(prefix[:size - len(chunk)]))  # bytes held back
-                handle.write(chunk)
-        if handle is None:
-            raise DicomError(f"{label} entry {info.filename} is not DICOM (too short)")
-        md5 = digest.hexdigest()
-        if md5_expected is not None and md5 != md5_expected:
-            raise SeriesZipError(f"{label} entry {info.filename} has MD5 {md5}, but "
-                                 f"{MD5_ENTRY} says {md5_expected}; download it again")
-        uids = read_uids(bytes(prefix))
-        instance = VerifiedInstance(info.filename, md5, size, uids["SOPInstanceUID"],
-                                    uids["SeriesInstanceUID"], uids["StudyInstanceUID"])
-        missing = [k for k, v in uids.items() if not is_valid_uid(v)]
-        if missing:
-            raise DicomError(f"{label} entry {info.filename} has no valid {missing[0]} in "
-                             f"its first {ZIP_HEADER_PREFIX} bytes")
-    except BaseException:
-        if handle is not None:
-            handle.discard()
-        raise
-    staged.append((handle, instance))
-    return instance, size
-
-
 __all__ = ["DICOM_MAGIC", "DICOM_MAGIC_OFFSET", "FolderSink", "HEADER_VALUE_LIMIT",
-           "InstanceSink", "SeriesZip", "StagedFile", "TEMPLATES", "VerifiedInstance",
-           "is_dicom", "is_valid_uid", "keyword_columns", "make_instance", "read_header",
-           "read_uids", "safe_unpack_zip", "uid_for"]
+           "InstanceSink", "SeriesZip", "SeriesZipReader", "StagedFile", "TEMPLATES",
+           "VerifiedInstance", "ZipEntry", "is_dicom", "is_valid_uid", "keyword_columns",
+           "make_instance", "open_series_zip", "read_header", "read_uids", "safe_unpack_zip",
+           "uid_for"]

@@ -147,6 +147,15 @@ class HttpClient:
         decoded (else :class:`ResponseTooLargeError`), all within the request's deadline
         (else :class:`DeadlineExceededError`). A streamed body outside :meth:`fetching` is
         bounded by the idle ``timeout`` only: the deadline ends with the headers."""
+        return self._request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs) -> requests.Response:
+        """One POST (no retry; e.g. a form, ``data={...}``) with :meth:`get`'s counting,
+        bounds, deadline and errors: some archives answer queries only to POSTs (TCIA's
+        ``getMD5Hierarchy``)."""
+        return self._request("POST", url, **kwargs)
+
+    def _request(self, method: str, url: str, **kwargs) -> requests.Response:
         if self.offline:
             raise OfflineError(f"offline mode is on; refusing to fetch {url}")
         with self._lock:
@@ -156,11 +165,11 @@ class HttpClient:
         # would send the Girder-Token to whatever host the Location names.
         kwargs.setdefault("allow_redirects", False)
         stream = bool(kwargs.pop("stream", False))
-        log.info("GET %s %s", url, kwargs.get("params") or "")
+        log.info("%s %s %s", method, url, kwargs.get("params") or "")
         for key, value in self._environment(url).items():
             kwargs.setdefault(key, value)
         with self._deadline(url, streamed=stream) as guard:
-            response = self.session.get(url, stream=True, **kwargs)
+            response = self.session.request(method, url, stream=True, **kwargs)
             guard.watch(response)
             _bound_body(response, guard, None if stream else self.max_json_bytes, url)
             if response.is_redirect:

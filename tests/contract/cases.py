@@ -27,6 +27,7 @@ class SourceCase:
     start: Callable[[], AbstractContextManager[Archive]]
     noop_requests: int  # the most requests a no-op re-sync may make
     snapshot_args: tuple[str, ...] = field(default=())
+    snapshots: str | None = None  # why snapshots are not offered yet (None: they are)
 
 
 @contextmanager
@@ -37,7 +38,34 @@ def _isic_v1() -> Iterator[Archive]:
         yield Archive(sb.url, lambda: sb.stats().get("total", 0))
 
 
+@contextmanager
+def _tcia_v4() -> Iterator[Archive]:
+    from mirror.sources.tcia.sandbox import start
+
+    sb = start(collections=2, seed=41)
+    try:
+        yield Archive(sb.v4_url, lambda: sb.stats().get("total", 0))
+    finally:
+        sb.stop()
+
+
+@contextmanager
+def _isic_v2() -> Iterator[Archive]:
+    from mirror.sources.isic_v2.sandbox import start
+
+    with start(images=16, seed=41) as sb:
+        yield Archive(sb.url, lambda: sb.stats().get("total", 0))
+
+
 CASES = [
     # datasets, image summaries, studies (+ their annotation listings when changed)
     SourceCase("isic-v1", _isic_v1, noop_requests=4),
+    # collections, one getSeries and one collection hash per collection
+    SourceCase("tcia-v4", _tcia_v4, noop_requests=5,
+               snapshots="snapshot create selects with mirror.query, which knows ISIC images "
+                         "only; TCIA has no snapshot hooks yet"),
+    # image pages, collections and their membership listings, lesions, stats
+    SourceCase("isic-v2", _isic_v2, noop_requests=7,
+               snapshots="snapshot create selects with mirror.query, which knows ISIC v1 "
+                         "images only; ISIC v2 has no snapshot hooks yet"),
 ]

@@ -100,6 +100,8 @@ def test_reindex_from_the_files_alone_keeps_every_object(synced):
 
 
 def test_snapshot_rebuilt_on_a_fresh_root_exports_the_same_bytes(case, synced, tmp_path):
+    if case.snapshots is not None:
+        pytest.skip(case.snapshots)
     root, archive, _ = synced
     done = run_mirror("snapshot", "create", "--root", str(root), "contract", *case.snapshot_args)
     assert done.returncode == 0, done.stderr

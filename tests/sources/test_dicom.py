@@ -152,6 +152,7 @@ def test_keyword_columns_sequences_and_unknown_tags():
                        "00091001": "private", "PatientName": None, "PixelSpacing": [0.5, 0.5]}
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached")
 @pytest.mark.parametrize("body", [b"<html><body>502 Bad Gateway</body></html>" * 5, b"",
                                   b"\x00" * 128 + b"DICM" + b"\xff" * 40])
 def test_read_header_refuses_non_dicom_in_one_line(body):
@@ -240,8 +241,12 @@ def test_zip_bomb_is_refused_by_ratio_and_by_total(tmp_path):
     assert zpath.stat().st_size < 100_000
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(SeriesZipError, match="zip bomb"):
-        safe_unpack_zip(zpath, FolderSink(out))
+    with pytest.raises(SeriesZipError, match="expands .*x .limit 1024x.: refusing a likely"):
+        safe_unpack_zip(zpath, FolderSink(out))  # zeros deflate ~1030x: one repeated byte
+    with pytest.raises(SeriesZipError, match="limit 200x"):
+        safe_unpack_zip(zpath, FolderSink(out), max_ratio=200)
+    with pytest.raises(SeriesZipError, match="expands to .* bytes, more than the limit"):
+        safe_unpack_zip(zpath, FolderSink(out), max_total=2**20, max_ratio=10_000)
     good = series_zip(tmp_path / "g.zip", good_entries(3))
     with pytest.raises(SeriesZipError, match="zip bomb"):
         safe_unpack_zip(good, FolderSink(out), max_total=50_000)
@@ -359,3 +364,78 @@ def test_a_failing_sink_leaves_nothing_staged(tmp_path):
     with pytest.raises(OSError, match="No space"):
         safe_unpack_zip(zpath, FullSink(out))
     assert tree(out) == []
+
+
+# --- series zips read entry by entry (for a store that publishes from an iterator) -------
+
+def publish_after_exhaustion(chunks, target: Path) -> None:
+    """What ObjectStore.put_stream does: write a temp file, publish only at the end."""
+    temp = target.with_suffix(".part")
+    with open(temp, "wb") as f:
+        try:
+            for chunk in chunks:
+                f.write(chunk)
+        except BaseException:
+            f.close()
+            temp.unlink()
+            raise
+    temp.rename(target)
+
+
+def test_open_series_zip_streams_verified_instances(tmp_path):
+    entries = good_entries(3)
+    zpath = series_zip(tmp_path / "s.zip", entries)
+    out = tmp_path / "out"
+    out.mkdir()
+    with dicom.open_series_zip(zpath, expected_count=3, series_uid=SERIES) as series:
+        assert series.license == "Creative Commons\n" and len(series) == 3
+        for entry in series:
+            assert entry.md5 == md5(dict(entries)[entry.name])
+            publish_after_exhaustion(entry.chunks(), out / entry.name)
+    assert [i.sop_uid for i in series.instances] == [uid_for("test", "sop", str(i))
+                                                     for i in (1, 2, 3)]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == dict(entries)
+
+
+def test_peek_uids_names_an_entry_before_it_streams(tmp_path):
+    entries = good_entries(2) + [("x.dcm", b"<html>" + b" " * 200)]
+    zpath = series_zip(tmp_path / "s.zip", entries)
+    with dicom.open_series_zip(zpath) as series:
+        entries_seen = []
+        with pytest.raises(DicomError, match="x.dcm is not DICOM"):
+            for entry in series:
+                uids = entry.peek_uids()
+                assert uids["SeriesInstanceUID"] == SERIES
+                entries_seen.append(uids["SOPInstanceUID"])
+                b"".join(entry.chunks())
+        assert entries_seen == [uid_for("test", "sop", "1"), uid_for("test", "sop", "2")]
+
+
+def test_open_series_zip_raises_before_a_bad_instance_is_published(tmp_path):
+    entries = good_entries(2)
+    rows = [(entries[0][0], md5(entries[0][1])), (entries[1][0], "f" * 32)]
+    zpath = series_zip(tmp_path / "s.zip", entries, md5_rows=rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SeriesZipError, match="has MD5"):
+        with dicom.open_series_zip(zpath) as series:
+            for entry in series:
+                publish_after_exhaustion(entry.chunks(), out / entry.name)
+    assert tree(out) == [entries[0][0]]  # the good one was published, the bad one never
+
+
+def test_open_series_zip_requires_each_entry_to_be_read(tmp_path):
+    zpath = series_zip(tmp_path / "s.zip", good_entries(2))
+    with pytest.raises(SeriesZipError, match="not read to its end"):
+        with dicom.open_series_zip(zpath) as series:
+            for entry in series:
+                next(entry.chunks())
+
+
+def test_tiny_first_chunks_are_held_back_until_the_magic(tmp_path, monkeypatch):
+    monkeypatch.setattr(dicom, "ZIP_CHUNK", 50)  # the magic arrives in the third chunk
+    entries = good_entries(1)
+    zpath = series_zip(tmp_path / "s.zip", entries)
+    with dicom.open_series_zip(zpath) as series:
+        for entry in series:
+            assert b"".join(entry.chunks()) == entries[0][1]

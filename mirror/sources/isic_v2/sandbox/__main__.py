@@ -1,0 +1,5 @@
+import sys
+
+from mirror.sources.isic_v2.sandbox.server import main
+
+sys.exit(main())

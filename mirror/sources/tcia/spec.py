@@ -1,0 +1,57 @@
+"""What TCIA's NBIA v4 holds, declared for the engine (see :mod:`mirror.sources.base`).
+
+Kinds: series (the ``getSeries`` row, the unit NBIA lists, hashes and zips) and their
+instances (SOPInstanceUIDs from ``getSOPInstanceUIDs``). Collections, patients and studies
+are fields of the series rows, not objects: NBIA changes them only through their series.
+Ids are DICOM UIDs (digits and dots), whose last character would fill ten shard folders
+unevenly, so objects shard by the SHA-256 of the id.
+
+Files: each instance's DICOM bytes (``dicom_<SOPInstanceUID>.dcm``, magic ``DICM`` at byte
+128), fetched a series at a time from one ``getImage`` zip; and per series the MD5 of every
+instance it holds (``md5s_<SeriesInstanceUID>.json``), which lets the next sync compare
+its own hashes with NBIA's ``getMD5Hierarchy`` without reading the DICOM files again.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mirror.sources.base import FileRole, KindSpec, SourceSpec, shard_by_hash
+from mirror.sources.tcia.client import NBIA_V4_URL
+
+UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+"""PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
+DICM = b"DICM"
+
+KINDS = (
+    KindSpec(name="series", table="series", id_pattern=UID, shard=shard_by_hash,
+             id_of=lambda doc: doc.get("SeriesInstanceUID"),
+             name_of=lambda doc: doc.get("SeriesDescription"),
+             parent_of=lambda doc: doc.get("StudyInstanceUID")),
+    KindSpec(name="instance", table="instances", id_pattern=UID, parent="series",
+             shard=shard_by_hash, id_of=lambda doc: doc.get("SOPInstanceUID"),
+             name_of=lambda doc: None, parent_of=lambda doc: doc.get("SeriesInstanceUID")),
+)
+
+ROLES = (
+    FileRole("dicom", "dicom", "dicom", (DICM,), magic_offset=128, exts=(".dcm",),
+             bytes_per_pixel=0, fixed_bytes=0),
+    FileRole("md5s", "md5s", None, exts=(".json",), exported=False),
+)
+
+SPEC = SourceSpec(
+    name="tcia-v4",
+    archive="tcia",
+    api="nbia-v4",
+    title="TCIA NBIA REST API v4",
+    namespace="tcia",
+    organization="The Cancer Imaging Archive (TCIA)",
+    url_pattern=re.compile(r"/nbia-api/services/v4/?$"),
+    kinds=KINDS,
+    roles=ROLES,
+    main_kind="series",
+    parts=frozenset({"series"}),
+    file_options=frozenset({"dicom"}),
+    default_url=NBIA_V4_URL,
+    sandbox="mirror.sources.tcia.sandbox.server:main",
+)
