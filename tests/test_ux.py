@@ -289,3 +289,39 @@ def test_a_plan_too_big_for_the_disk_says_by_how_much_and_can_be_overridden(tmp_
                                            "full", "--no-space-check"])
     assert forced.exit_code == 0, forced.output
     assert "image files        " in forced.output
+
+
+# -- status and the run record --------------------------------------------------------------
+
+
+def _bytes_under(root) -> int:
+    seen, total = set(), 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            info = os.lstat(Path(folder) / name)
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def test_status_counts_every_byte_under_the_root_and_the_run_record_is_true(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=6, seed=12, private_fraction=0.0) as sb:
+        done = CliRunner().invoke(main, ["sync", "--root", str(root), "--url", sb.url,
+                                         "--quiet", "--json"])
+        assert done.exit_code == 0, done.output
+    summary = json.loads(done.output)
+    assert CliRunner().invoke(main, ["snapshot", "create", "--root", str(root), "s"]
+                              ).exit_code == 0
+    status = json.loads(CliRunner().invoke(main, ["status", "--root", str(root), "--json"]
+                                           ).output)
+    assert status["bytes"] == _bytes_under(root)
+    index = sum(p.stat().st_size for p in (root / "isic" / "index").iterdir())
+    assert status["disk"]["index"] == index > 0 and status["disk"]["snapshots"] > 0
+    assert status["disk"]["store"] == _bytes_under(root / "isic" / "store")
+    assert status["last_sync"]["requests"] == summary["requests"] > 0
+    assert status["last_sync"]["seconds"] > 0
+    lines = CliRunner().invoke(main, ["status", "--root", str(root)]).output
+    assert f"total    {status['bytes'] / 1e6:.1f} MB under the root: store " in lines
+    assert f", {summary['requests']} requests, " in lines

@@ -111,7 +111,7 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
             try:
                 if username is not None:
                     source.login(username, password or "")
-                _run(layout, config, source, options, summary)
+                _run(layout, config, source, options, summary, started)
             except BaseException as exc:
                 undone = fresh and _undo_empty_mirror(layout)
                 if isinstance(exc, KeyboardInterrupt):  # the CLI's resume hint counts them
@@ -120,14 +120,13 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     finally:
         if undone:
             _remove_empty_folders(layout, root_existed)
-        summary.requests, summary.retries = http.requests_made, http.retries
-        summary.seconds = time.monotonic() - started
+        _measure(summary, http, started)
         http.close()
     return summary
 
 
 def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
-         summary: SyncSummary) -> None:
+         summary: SyncSummary, started: float) -> None:
     store = ObjectStore(layout, batch_durability=True)
     store.clean_temp()
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
@@ -182,11 +181,17 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
                 pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
                 raise
             run = session.merge(run)
+            _measure(summary, source.http, started)  # the record holds the true figures
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
             commit()
         summary.generation = writer.publish()
     finally:
         writer.close()
+
+
+def _measure(summary: SyncSummary, http: HttpClient, started: float) -> None:
+    summary.requests, summary.retries = http.requests_made, http.retries
+    summary.seconds = time.monotonic() - started
 
 
 def _undo_empty_mirror(layout: Layout) -> bool:
