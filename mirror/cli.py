@@ -373,13 +373,15 @@ def export() -> None:
 @click.argument("out", type=click.Path(dir_okay=False))
 @_selection_options
 @click.option("--columns", help="Comma list of dotted fields instead of the default columns.")
-def export_metadata_command(root, out, wheres, dataset, study, columns) -> None:
-    """Write OUT.csv or OUT.parquet (one row per image) and attribution.txt beside it."""
+@click.option("--replace", is_flag=True, help="Overwrite OUT (and its attribution file).")
+def export_metadata_command(root, out, wheres, dataset, study, columns, replace) -> None:
+    """Write OUT.csv or OUT.parquet (one row per image) and OUT.attribution.txt beside it."""
     from mirror.export import export_metadata
 
     mirror, selection = _select(root, wheres, dataset, study)
-    data = export_metadata(mirror, out, selection, _csv_list(columns))
-    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}")
+    data = export_metadata(mirror, out, selection, _csv_list(columns), replace=replace)
+    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}"
+               + (f", attribution in {data['attribution']}" if data.get("attribution") else ""))
 
 
 @export.command("files")
@@ -391,13 +393,17 @@ def export_metadata_command(root, out, wheres, dataset, study, columns) -> None:
               help="How files get into DEST (hard links share the store's read-only bytes).")
 @click.option("--blobs", default="full,masks", show_default=True,
               help="Files per image: full, thumbnail, superpixels, masks.")
+@click.option("--replace", is_flag=True, help="DEST holds an older export: swap it for this "
+              "one atomically (otherwise a non-empty DEST is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export_files_command(root, dest, wheres, dataset, study, link, blobs, as_json) -> None:
+def export_files_command(root, dest, wheres, dataset, study, link, blobs, replace,
+                         as_json) -> None:
     """DEST/<name>.jpg (masks and superpixels beside), metadata.csv, attribution.txt."""
     from mirror.export import export_files, export_files_lines
 
     mirror, selection = _select(root, wheres, dataset, study)
-    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link)
+    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link,
+                        replace=replace)
     _emit(data, export_files_lines(mirror, data, dest), as_json)
     sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
 

@@ -106,6 +106,10 @@ class JsonTooDeepError(ArchiveError):
     """A JSON body is nested deeper than any document the archive sends."""
 
 
+class ExportDestError(MirrorError):
+    """An export would mix with what its destination already holds."""
+
+
 class BadUrlError(MirrorError):
     """A URL given on the command line cannot be used as it is (no scheme, a credential)."""
 

@@ -325,3 +325,55 @@ def test_status_counts_every_byte_under_the_root_and_the_run_record_is_true(tmp_
     lines = CliRunner().invoke(main, ["status", "--root", str(root)]).output
     assert f"total    {status['bytes'] / 1e6:.1f} MB under the root: store " in lines
     assert f", {summary['requests']} requests, " in lines
+
+
+# -- exports ------------------------------------------------------------------------------
+
+
+def test_an_export_into_a_folder_holding_one_is_refused_or_swapped_whole(small_mirror,
+                                                                         tmp_path):
+    dest = tmp_path / "out"
+    run = CliRunner().invoke
+    first = run(main, ["export", "files", "--root", str(small_mirror), str(dest), "--blobs",
+                       "thumbnail"])
+    assert first.exit_code == 0, first.output
+    before = sorted(p.name for p in dest.iterdir())
+    assert any(n.endswith(".jpg") for n in before) and "metadata.csv" in before
+    refused = run(main, ["export", "files", "--root", str(small_mirror), str(dest),
+                         "--where", "name == ISIC_0000000", "--blobs", "thumbnail"])
+    _one_error_line(refused.output, refused.exit_code,
+                    f"error: {dest} is not empty; choose a new or empty folder, or pass "
+                    "--replace to swap it for this export")
+    assert sorted(p.name for p in dest.iterdir()) == before
+    swapped = run(main, ["export", "files", "--root", str(small_mirror), str(dest),
+                         "--where", "name == ISIC_0000000", "--blobs", "thumbnail",
+                         "--replace"])
+    assert swapped.exit_code == 0, swapped.output
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "ISIC_0000000_thumbnail.jpg", "attribution.txt", "metadata.csv"]
+    assert len((dest / "metadata.csv").read_text().splitlines()) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+def test_each_metadata_export_has_its_own_attribution_file(small_mirror, tmp_path):
+    run = CliRunner().invoke
+    for name, where in (("all.csv", []), ("one.csv", ["--where", "name == ISIC_0000000"])):
+        done = run(main, ["export", "metadata", "--root", str(small_mirror),
+                          str(tmp_path / name), *where])
+        assert done.exit_code == 0, done.output
+        assert done.output.strip().endswith(
+            f"attribution in {tmp_path / name.replace('.csv', '.attribution.txt')}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "all.attribution.txt", "all.csv", "one.attribution.txt", "one.csv"]
+    counts = [sum(int(line.split("\t")[0]) for line in
+                  (tmp_path / f).read_text().splitlines()[2:])
+              for f in ("all.attribution.txt", "one.attribution.txt")]
+    assert counts == [4, 1]
+    again = run(main, ["export", "metadata", "--root", str(small_mirror),
+                       str(tmp_path / "one.csv")])
+    _one_error_line(again.output, again.exit_code, f"error: {tmp_path / 'one.csv'} exists; "
+                    "choose another name, or pass --replace to overwrite it")
+    replaced = run(main, ["export", "metadata", "--root", str(small_mirror),
+                          str(tmp_path / "one.csv"), "--replace"])
+    assert replaced.exit_code == 0
+    assert len((tmp_path / "one.csv").read_text().splitlines()) == 5
