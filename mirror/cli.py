@@ -431,6 +431,18 @@ def snapshot_create(root, name, wheres, dataset, study, blobs) -> None:
                f"id {snap.manifest['snapshot_id'][:16]}")
 
 
+@snapshot.command("delete")
+@_root_option
+@click.argument("name")
+def snapshot_delete(root, name) -> None:
+    """Unpin snapshot NAME; the files it pinned go only through 'mirror gc'."""
+    from mirror.snapshots import delete_snapshot
+
+    data = delete_snapshot(root, name)
+    click.echo(f"deleted snapshot {name} (id {data['snapshot_id'][:16]}, {data['objects']} "
+               "pinned object(s)); 'mirror gc' removes the files nothing else needs")
+
+
 @snapshot.command("list")
 @_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -377,3 +377,64 @@ def test_each_metadata_export_has_its_own_attribution_file(small_mirror, tmp_pat
                           str(tmp_path / "one.csv"), "--replace"])
     assert replaced.exit_code == 0
     assert len((tmp_path / "one.csv").read_text().splitlines()) == 5
+
+
+# -- snapshot identity ------------------------------------------------------------------------
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_two_mirrors_of_one_archive_state_make_the_same_snapshot(tmp_path, monkeypatch):
+    import mirror.snapshots.manifest as manifest_module
+
+    roots = [tmp_path / "a", tmp_path / "b"]
+    run = CliRunner().invoke
+    with serve(images=5, seed=13, private_fraction=0.0) as sb:
+        for root in roots:
+            assert _sync(root, sb.url).exit_code == 0
+    ids, exports = [], []
+    for n, root in enumerate(roots):  # created "a year apart"
+        monkeypatch.setattr(manifest_module, "utc_now", lambda n=n: f"202{5 + n}-01-01T00:00:00")
+        made = run(main, ["snapshot", "create", "--root", str(root), "pin", "--blobs",
+                          "thumbnail"])
+        assert made.exit_code == 0, made.output
+        ids.append(json.loads(run(main, ["snapshot", "show", "--root", str(root), "pin"]
+                                  ).output)["snapshot_id"])
+        for fmt in ("tar", "bagit", "dir"):
+            dest = tmp_path / f"{root.name}-{fmt}" / ("x.tar" if fmt == "tar" else "x")
+            dest.parent.mkdir()
+            done = run(main, ["snapshot", "export", "--root", str(root), "pin", str(dest),
+                              "--format", fmt])
+            assert done.exit_code == 0, done.output
+        exports.append({fmt: _tree_bytes(tmp_path / f"{root.name}-{fmt}")
+                        for fmt in ("tar", "bagit", "dir")})
+    assert ids[0] == ids[1]
+    assert exports[0] == exports[1]
+    listed = run(main, ["snapshot", "list", "--root", str(roots[1])]).output
+    assert listed.startswith("pin\t2026-01-01T00:00:00\t")  # local history, outside the id
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    fixed = run(main, ["snapshot", "create", "--root", str(roots[0]), "fixed", "--blobs",
+                       "thumbnail"])
+    assert fixed.exit_code == 0
+    shown = json.loads(run(main, ["snapshot", "show", "--root", str(roots[0]), "fixed"]).output)
+    assert shown["created"] == "2026-01-01T00:00:00+00:00"
+
+
+def test_snapshot_delete_unpins_and_gc_then_may_remove_the_files(tmp_path):
+    root = tmp_path / "m"
+    run = CliRunner().invoke
+    with serve(images=4, seed=14, private_fraction=0.0) as sb:
+        assert _sync(root, sb.url).exit_code == 0
+        assert run(main, ["snapshot", "create", "--root", str(root), "typo", "--where",
+                          "name == NOPE"]).exit_code == 0
+        deleted = run(main, ["snapshot", "delete", "--root", str(root), "typo"])
+        assert deleted.exit_code == 0, deleted.output
+        assert deleted.output.startswith("deleted snapshot typo (id ")
+        assert "no snapshots" in run(main, ["snapshot", "list", "--root", str(root)]).output
+        again = run(main, ["snapshot", "create", "--root", str(root), "typo"])
+        assert again.exit_code == 0, again.output  # the name is free again
+        missing = run(main, ["snapshot", "delete", "--root", str(root), "nope"])
+    _one_error_line(missing.output, missing.exit_code, "error: no snapshot 'nope' in ")

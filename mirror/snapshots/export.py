@@ -2,8 +2,9 @@
 
 Determinism comes from the members (sorted, bytes from pinned hashes, see
 :mod:`mirror.snapshots.payload`) and from fixing everything a container would take from the
-machine: tar members carry mtime = the manifest's creation time, mode 0644, owner 0:0 and
-no user or group names; the bag's ``Bagging-Date`` is the manifest's creation date. Every
+machine: tar members carry mtime = the snapshot's content time (``content_epoch``: never the
+wall clock), mode 0644, owner 0:0 and no user or group names; the bag's ``Bagging-Date`` is
+the date of that time. Every
 export is built beside its destination under a temporary name and renamed into place, so
 a reader (or a killed export) never leaves a half-written dataset at ``DEST``.
 """
@@ -15,12 +16,12 @@ import os
 import shutil
 import tarfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mirror.errors import IntegrityError, MirrorError
 from mirror.files import remove_dead_temps, temp_beside
-from mirror.snapshots.manifest import Snapshot, snapshot_source
+from mirror.snapshots.manifest import Snapshot, content_epoch, snapshot_source
 from mirror.snapshots.payload import Member
 from mirror.sources.base import spec_of
 
@@ -29,8 +30,7 @@ BAG_ALGORITHMS = ("sha256", "sha512")
 
 
 def _epoch(snap: Snapshot) -> int:
-    return int(datetime.fromisoformat(snap.manifest["created"].replace("Z", "+00:00"))
-               .timestamp())
+    return content_epoch(snap)
 
 
 def _checked(member: Member, extra: list | tuple = ()) -> Iterator[bytes]:
@@ -147,7 +147,7 @@ def _bag_info(snap: Snapshot, members: list[Member]) -> bytes:
     octets = sum(m.size for m in members)
     lines = [
         ("Bag-Software-Agent", f"mirror ({snap.manifest['format']})"),
-        ("Bagging-Date", snap.manifest["created"][:10]),
+        ("Bagging-Date", datetime.fromtimestamp(_epoch(snap), UTC).date().isoformat()),
         ("External-Description", f"Snapshot {snap.name} of {snap.manifest['source']['base_url']}"),
         ("External-Identifier", f"sha256:{snap.manifest['snapshot_id']}"),
         ("Payload-Oxum", f"{octets}.{len(members)}"),
