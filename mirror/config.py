@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mirror.errors import BadUrlError, MirrorError, MirrorModeError, NotAMirrorError
-from mirror.layout import FORMAT_VERSION, MARKER, Layout
+from mirror.layout import FORMAT_VERSION, MARKER, Layout, shared_mkdir
 from mirror.sources.base import ALIASES, source_for_url, spec_of
 
 
@@ -75,7 +75,7 @@ def load_config(root: Path) -> MirrorConfig:
 def save_config(root: Path, config: MirrorConfig) -> None:
     """Write ``mirror.json`` atomically (temp file, fsync, replace)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    shared_mkdir(root, root)
     data = json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=root)
     try:

@@ -28,7 +28,7 @@ import filelock
 
 from mirror.config import utc_now
 from mirror.errors import ReadOnlyMirrorError, WriterBusyError
-from mirror.layout import Layout
+from mirror.layout import Layout, shared_mkdir
 
 LEASE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 30.0
@@ -121,7 +121,7 @@ class WriterLease:
         self._acquire(self._local.acquire, deadline)
         try:
             try:
-                self.layout.locks.mkdir(parents=True, exist_ok=True)
+                shared_mkdir(self.layout.locks, self.layout.root)
                 self._lease = filelock.SoftFileLease(
                     str(_lease_path(self.layout)), lease_duration=LEASE_SECONDS,
                     heartbeat_interval=HEARTBEAT_SECONDS, thread_local=False)

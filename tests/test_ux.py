@@ -438,3 +438,100 @@ def test_snapshot_delete_unpins_and_gc_then_may_remove_the_files(tmp_path):
         assert again.exit_code == 0, again.output  # the name is free again
         missing = run(main, ["snapshot", "delete", "--root", str(root), "nope"])
     _one_error_line(missing.output, missing.exit_code, "error: no snapshot 'nope' in ")
+
+
+# -- lab sharing ----------------------------------------------------------------------------
+
+
+def _as_user(uid: int, gid: int, groups: list[int], state: Path, work) -> int:
+    """Run ``work()`` in a forked child as ``uid`` (umask 022); its exit code (0: ok).
+
+    Forked, not exec'd: the interpreter lives under /root, which other users cannot read;
+    the parent has imported every module the work needs (it ran the same commands)."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 3
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            os.umask(0o022)
+            os.environ["MIRROR_STATE_DIR"] = str(state)
+            code = work()
+        except BaseException as exc:  # noqa: BLE001 - reported by the exit code and stderr
+            os.write(2, f"as uid {uid}: {type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _cli_code(*args: str) -> int:
+    result = CliRunner().invoke(main, list(args))
+    if result.exit_code:
+        os.write(2, result.output.encode())
+    return result.exit_code
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                    reason="needs root to make a lab group and two users")
+def test_every_folder_is_group_shared_so_a_second_member_can_write(tmp_path):
+    import grp
+    import pwd
+    import uuid
+
+    from mirror.sync import SyncOptions, sync
+
+    tag = uuid.uuid4().hex[:6]
+    group, alice, bob = f"mxlab{tag}", f"mxa{tag}", f"mxb{tag}"
+    share = Path(f"/tmp/mirror-share-{tag}")
+    made: list[list[str]] = []
+    try:
+        for cmd in (["groupadd", group], ["useradd", "-M", "-N", "-g", group, alice],
+                    ["useradd", "-M", "-N", "-g", "nogroup", "-G", group, bob]):
+            subprocess.run(cmd, check=True, capture_output=True)
+            made.append(cmd)
+        gid = grp.getgrnam(group).gr_gid
+        users = {name: pwd.getpwnam(name) for name in (alice, bob)}
+        share.mkdir(mode=0o777)
+        share.chmod(0o1777)  # like /tmp: anyone may make a folder here
+        for name, user in users.items():
+            (share / f"state-{name}").mkdir()
+            os.chown(share / f"state-{name}", user.pw_uid, user.pw_gid)
+        root = share / "m"
+        with serve(images=6, seed=15, private_fraction=0.0) as sb:
+            # as root first, elsewhere: every module the children need is imported
+            warm = tmp_path / "warm"
+            assert sync(warm, sb.url, SyncOptions(blobs=frozenset({"thumbnail"}))).ok
+            for args in (["snapshot", "create", "--root", str(warm), "w"],
+                         ["gc", "--root", str(warm)], ["reindex", "--root", str(warm)],
+                         ["lock", "status", "--root", str(warm)]):
+                assert _cli_code(*args) == 0
+            a = users[alice]
+            assert _as_user(a.pw_uid, a.pw_gid, [gid], share / f"state-{alice}",
+                            lambda: _cli_code("sync", "--root", str(root), "--url", sb.url,
+                                              "--quiet", "--blobs", "thumbnail")) == 0
+            folders = [root] + [Path(d) for d, _, _ in os.walk(root) if Path(d) != root]
+            modes = {str(f.relative_to(share)): oct(f.stat().st_mode & 0o7777)
+                     for f in folders}
+            assert set(modes.values()) == {"0o2775"}, modes
+            assert {"m", "m/isic", "m/isic/index", "m/isic/locks", "m/isic/store"} <= set(modes)
+            assert {f.stat().st_gid for f in folders} == {gid}
+            sb.mutate(add=3)
+            b = users[bob]
+            for args in (["sync", "--root", str(root), "--quiet", "--blobs", "thumbnail"],
+                         ["snapshot", "create", "--root", str(root), "s"],
+                         ["gc", "--root", str(root)], ["reindex", "--root", str(root)]):
+                code = _as_user(b.pw_uid, b.pw_gid, [gid], share / f"state-{bob}",
+                                lambda args=args: _cli_code(*args))
+                assert code == 0, args
+        snapshots = root / "isic" / "snapshots"
+        assert oct(snapshots.stat().st_mode & 0o7777) == oct((snapshots / "s").stat().st_mode
+                                                             & 0o7777) == "0o2775"
+        status = json.loads(CliRunner().invoke(main, ["status", "--root", str(root), "--json"]
+                                               ).output)
+        assert status["objects"]["image"]["current"] == 9
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
+        for cmd in reversed(made):
+            undo = ["groupdel", cmd[1]] if cmd[0] == "groupadd" else ["userdel", cmd[-1]]
+            subprocess.run(undo, capture_output=True)

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mirror.errors import DamagedStateError, IndexFenceError, MirrorError
 from mirror.index.models import Meta
-from mirror.layout import Layout
+from mirror.layout import Layout, shared_mkdir
 from mirror.store import fsync_dir
 
 KEEP_GENERATIONS = 3
@@ -223,7 +223,7 @@ class IndexWriter:
         with self.session() as session:
             session.merge(Meta(key="generation", value=str(number)))
         index_dir = self.layout.index_dir
-        index_dir.mkdir(parents=True, exist_ok=True)
+        shared_mkdir(index_dir, self.layout.root)
         tmp = index_dir / f".tmp-{uuid.uuid4().hex}.sqlite"
         try:
             self._vacuum_into(tmp)

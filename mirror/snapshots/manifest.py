@@ -26,7 +26,7 @@ from mirror.errors import MirrorError, MissingObjectError
 from mirror.files import write_bytes_atomic
 from mirror.index import Blob, DocumentVersion
 from mirror.index.database import open_reader
-from mirror.layout import Layout
+from mirror.layout import Layout, shared_mkdir
 from mirror.lease import WriterLease
 from mirror.sources.base import ALIASES, source_class, source_hooks, spec_of
 from mirror.store import UnsafeNameError, safe_name
@@ -199,7 +199,7 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
 def save_manifest(folder: Path, manifest: dict) -> None:
     """Write a new snapshot's manifest, read-only (call under the writer lease), and beside
     it when this mirror pinned it (``created``: local history, outside the manifest)."""
-    folder.mkdir(parents=True)
+    shared_mkdir(folder, folder.parents[2])  # <root>/<namespace>/snapshots/<name>
     write_bytes_atomic(folder / CREATED, (utc_now() + "\n").encode())
     write_bytes_atomic(folder / "snapshot.json", canonical(manifest))
     os.chmod(folder / "snapshot.json", 0o444)
