@@ -535,3 +535,41 @@ def test_every_folder_is_group_shared_so_a_second_member_can_write(tmp_path):
         for cmd in reversed(made):
             undo = ["groupdel", cmd[1]] if cmd[0] == "groupadd" else ["userdel", cmd[-1]]
             subprocess.run(undo, capture_output=True)
+
+
+# -- reindex ---------------------------------------------------------------------------------
+
+
+def test_reindex_brings_back_what_the_last_sync_published_and_costs_no_extra_requests(
+        tmp_path):
+    from mirror.api import Mirror
+    from mirror.config import layout_for, load_config
+    from mirror.store import ObjectStore
+
+    root = tmp_path / "m"
+    with serve(images=12, seed=16, private_fraction=0.0) as sb:
+        assert _sync(root, sb.url).exit_code == 0
+        gone = sb.mutate(update=2, remove=1)
+        assert _sync(root, sb.url).exit_code == 0
+        changed = gone["updated"][0]
+        published = Mirror(root).image(changed).json
+        # A version that was stored but never published (a dry run's, say), dated later:
+        # the largest ``updated`` is not the current version.
+        store = ObjectStore(layout_for(root, load_config(root)))
+        store.put_json("image", changed, {**published, "updated": "2999-01-01T00:00:00+00:00",
+                                          "name": "NOT-PUBLISHED"}, shard=changed[-1])
+        normal = json.loads(CliRunner().invoke(main, ["sync", "--root", str(root), "--quiet",
+                                                      "--json", "--blobs", "thumbnail"]
+                                               ).output)["requests"]
+        done = CliRunner().invoke(main, ["reindex", "--root", str(root), "--json"])
+        assert done.exit_code == 0, done.output
+        m = Mirror(root)
+        assert m.image(changed).json == published
+        removed = json.loads(CliRunner().invoke(main, ["status", "--root", str(root),
+                                                       "--json"]).output)["objects"]["image"]
+        assert removed == {"current": 11, "removed": 1}
+        after = CliRunner().invoke(main, ["sync", "--root", str(root), "--quiet", "--json",
+                                          "--blobs", "thumbnail"])
+    summary = json.loads(after.output)
+    assert summary["requests"] == normal, (summary["requests"], normal)
+    assert summary["objects"]["image"] == {"unchanged": 11}

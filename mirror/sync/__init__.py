@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror import ledger
 from mirror.config import MirrorConfig, layout_for, open_or_create, source_name, utc_now
 from mirror.errors import MirrorError
 from mirror.index import SyncRun
@@ -185,6 +186,8 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
             commit()
         summary.generation = writer.publish()
+        with writer.session() as session:  # what this generation holds, for reindex
+            ledger.record(layout, session, source.spec, summary.generation)
     finally:
         writer.close()
 
