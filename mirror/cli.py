@@ -103,10 +103,18 @@ def _password(username: str) -> str:
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="mirror")
 @click.option("-v", "--verbose", count=True, help="-v shows requests, -vv debug.")
-def main(verbose: int) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--progress", "progress_mode", default="auto", show_default=True,
+              type=click.Choice(["auto", "bar", "plain", "none"]),
+              help="auto: bars on a terminal; plain periodic lines when stderr is not a "
+                   "terminal and -v is given; otherwise nothing.")
+def main(verbose: int, quiet: bool, progress_mode: str) -> None:
     """Keep a local, offline, verifiable mirror of a medical-imaging archive."""
+    from mirror import progress
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    progress.choose(progress_mode, verbose=verbose, quiet=quiet)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -163,25 +171,6 @@ def _root_option(f):
                         help="Mirror folder (or set MIRROR_ROOT).")(f)
 
 
-def _tqdm_progress(quiet: bool):
-    """A progress factory for the sync engine: one bar for files, one for bytes."""
-    if quiet:
-        return None
-    from tqdm import tqdm
-
-    def factory(label: str, total: int):
-        files = tqdm(total=total, unit="file", desc=label, leave=False)
-        data = tqdm(unit="B", unit_scale=True, desc="bytes", leave=False)
-
-        def update(items: int, nbytes: int) -> None:
-            files.update(items)
-            data.update(nbytes)
-
-        return update
-
-    return factory
-
-
 @main.command()
 @_root_option
 @click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
@@ -215,7 +204,7 @@ def _tqdm_progress(quiet: bool):
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output (as 'mirror -q sync').")
 def sync(root, url, rebase_url, source, collections, search, workers, what, blobs, dataset,
          study, limit, username, allow_mixed, index_url, lease_wait, no_space_check, dry_run,
          allow_removals, as_json, quiet) -> None:
@@ -238,7 +227,11 @@ def sync(root, url, rebase_url, source, collections, search, workers, what, blob
                           allow_removals=allow_removals, rebase_url=rebase_url,
                           space_check=not no_space_check, scope=_scope(collections, search),
                           lease_wait=None if lease_wait < 0 else lease_wait,
-                          progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
+                          on_plan=print_plan)
+    if quiet or as_json:
+        from mirror import progress
+
+        progress.choose("none")
     summary = run_sync(root, url, options, username=username, password=password)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2, sort_keys=True))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
-from mirror import ledger
+from mirror import ledger, progress
 from mirror.config import utc_now
 from mirror.index import Base, Blob, DocumentVersion, Listing
 from mirror.ingest import ingest_blob, ingest_document_file, ingest_documents, mark_removed
@@ -77,21 +77,36 @@ def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool,
     newest: dict[tuple[str, str], tuple[tuple, dict, str, str, int]] = {}
     now = utc_now()
     sources: dict[tuple[str, str], str] = {}  # (object, role) -> sha256, for derived files
-    for relpath in store.iter_files():
-        name = relpath.rsplit("/", 1)[-1]
-        if doc := DOC_NAME.fullmatch(name):
-            counts["documents"] += 1
-            _collect_doc(session, store, spec, relpath, doc["kind"], now, newest, counts,
-                         published or ledger.Ledger())
-        elif (found := _file_name(spec, name)) is not None:
-            counts["blobs"] += 1
-            sha256, size = store.hash(relpath)
-            role = spec.role_for_prefix(found["prefix"]).name
-            sources[(found["id"], role)] = sha256
-            ingest_blob(session, found["id"], role, relpath, sha256, size,
-                        CONTENT_TYPES.get(found["ext"]), now)
-        else:
-            counts["skipped"] += 1
+    with progress.task("reindex", unit="file") as step:
+        for relpath in store.iter_files():
+            _ingest_one(session, store, spec, relpath, now, newest, counts, sources,
+                        published or ledger.Ledger())
+            step.update(1, detail=f"{counts['documents']} document(s), "
+                                  f"{counts['blobs']} file(s)")
+    _ingest_newest(session, spec, newest, public, now)
+    _link_derived(session, spec, sources)
+    return counts
+
+
+def _ingest_one(session, store: ObjectStore, spec: SourceSpec, relpath: str, now: str,
+                newest: dict, counts: dict, sources: dict, published: ledger.Ledger) -> None:
+    name = relpath.rsplit("/", 1)[-1]
+    if doc := DOC_NAME.fullmatch(name):
+        counts["documents"] += 1
+        _collect_doc(session, store, spec, relpath, doc["kind"], now, newest, counts, published)
+    elif (found := _file_name(spec, name)) is not None:
+        counts["blobs"] += 1
+        sha256, size = store.hash(relpath)
+        role = spec.role_for_prefix(found["prefix"]).name
+        sources[(found["id"], role)] = sha256
+        ingest_blob(session, found["id"], role, relpath, sha256, size,
+                    CONTENT_TYPES.get(found["ext"]), now)
+    else:
+        counts["skipped"] += 1
+
+
+def _ingest_newest(session, spec: SourceSpec, newest: dict, public: bool, now: str) -> None:
+    """Index the chosen version of each object as its current one."""
     document_roles = {r.prefix: r.name for r in spec.roles if ".json.zst" in r.exts}
     for (kind, _), (_, doc, sha256, relpath, size) in sorted(newest.items()):
         if kind in document_roles:
@@ -100,8 +115,6 @@ def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool,
             continue
         extra = {"public": public} if hasattr(spec.kind(kind).model, "public") else {}
         ingest_documents(session, spec.kind(kind), [(doc, sha256, relpath, size)], now, **extra)
-    _link_derived(session, spec, sources)
-    return counts
 
 
 def _file_name(spec: SourceSpec, name: str) -> re.Match | None:

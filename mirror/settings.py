@@ -51,6 +51,18 @@ SIZE_SAMPLE_FILES = Setting(
     "the plan's size (and the disk-space check) comes from what this archive's files weigh "
     "per pixel, not from a rule of thumb. 0 skips the sample.")
 
+PUBLISH_EVERY_OBJECTS = Setting(
+    "MIRROR_PUBLISH_EVERY_OBJECTS", 5000,
+    "A sync publishes an index generation after this many more objects and files, so "
+    "readers can query a long first sync while it runs (each publish copies the index).")
+PUBLISH_EVERY_SECONDS = Setting(
+    "MIRROR_PUBLISH_EVERY_SECONDS", 300,
+    "... or after this many seconds since the last publish, whichever comes first.")
+PROGRESS_INTERVAL = Setting(
+    "MIRROR_PROGRESS_INTERVAL", 10,
+    "Seconds between plain progress lines (--progress=plain, or -v when stderr is not a "
+    "terminal).")
+
 #: Variables that are not numbers, listed for the docs page.
 ENVIRONMENT = {
     "MIRROR_ROOT": "The mirror root when --root is not given.",
@@ -61,4 +73,5 @@ ENVIRONMENT = {
                   "memory, sent only to the API, never stored or logged.",
 }
 
-ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES)
+ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
+       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL)

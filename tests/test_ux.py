@@ -573,3 +573,74 @@ def test_reindex_brings_back_what_the_last_sync_published_and_costs_no_extra_req
     summary = json.loads(after.output)
     assert summary["requests"] == normal, (summary["requests"], normal)
     assert summary["objects"]["image"] == {"unchanged": 11}
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+def _subprocess_sync(root, url, *flags, env=None):
+    cmd = [sys.executable, "-m", "mirror", *flags, "sync", "--root", str(root), "--url", url,
+           "--blobs", "thumbnail"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})})
+
+
+def test_progress_goes_to_a_terminal_only_plain_lines_on_request_nothing_with_q(tmp_path):
+    with serve(images=40, seed=17, private_fraction=0.0) as sb:
+        cron = _subprocess_sync(tmp_path / "a", sb.url)  # stderr redirected: nothing
+        assert cron.returncode == 0, cron.stderr
+        assert cron.stderr == "" and "\r" not in cron.stdout
+        plain = _subprocess_sync(tmp_path / "b", sb.url, "--progress=plain",
+                                 env={"MIRROR_PROGRESS_INTERVAL": "0"})
+        assert plain.returncode == 0, plain.stderr
+        verbose = _subprocess_sync(tmp_path / "c", sb.url, "-v")
+        quiet = _subprocess_sync(tmp_path / "d", sb.url, "-q", "--progress=plain")
+    lines = plain.stderr.splitlines()
+    assert "\r" not in plain.stderr
+    assert any(re.fullmatch(r"documents: \d+ document\(s\)(; done in [\d.]+ s)? "
+                            r"\(annotation \d+, dataset \d+, image \d+(, segmentation \d+)?.*\)",
+                            line) for line in lines), lines
+    files = [line for line in lines if line.startswith("files: ")]
+    assert files[-1].startswith("files: 40/40 file(s), ") and "/" in files[-1].split(",")[1]
+    assert re.search(r"\d+ %, about \d+ s left", "\n".join(files)), files
+    assert any(line.startswith("files: ") for line in verbose.stderr.splitlines())
+    assert quiet.stderr == ""
+
+
+def test_verify_gc_reindex_and_exports_report_progress(small_mirror, tmp_path):
+    run = CliRunner().invoke
+    root = _copy(small_mirror, tmp_path)
+    env = {"MIRROR_PROGRESS_INTERVAL": "0"}
+    for args, label in ((["verify"], "verify: "), (["gc"], "gc: scanning: "),
+                        (["reindex"], "reindex: "),
+                        (["export", "files", "--blobs", "thumbnail"], "export: ")):
+        extra = [str(tmp_path / "out")] if args[0] == "export" else []
+        done = run(main, ["--progress=plain", *args, "--root", str(root), *extra], env=env)
+        assert done.exit_code == 0, done.output
+        assert any(line.startswith(label) and "done in" in line
+                   for line in done.output.splitlines()), (args, done.output)
+
+
+def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
+    root = tmp_path / "m"
+    with serve(images=40, seed=18, private_fraction=0.0, faults="slow=0.5") as sb:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mirror", "sync", "--root", str(root), "--url", sb.url,
+             "--quiet", "--workers", "2", "--blobs", "full"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": os.getcwd(), "MIRROR_PUBLISH_EVERY_OBJECTS": "10"})
+        try:
+            deadline, during = time.monotonic() + 60, None
+            while time.monotonic() < deadline and child.poll() is None:
+                done = CliRunner().invoke(main, ["status", "--root", str(root), "--json"])
+                if done.exit_code == 0:
+                    during = json.loads(done.output)
+                    if during["blobs"].get("image", {}).get("files", 0) > 0:
+                        break
+                time.sleep(0.2)
+            assert child.poll() is None, "the sync ended before a reader could look"
+            assert during and during["objects"]["image"]["current"] == 40, during
+            assert 0 < during["blobs"]["image"]["files"] < 40
+        finally:
+            child.wait(timeout=120)
+    assert child.returncode == 0, child.stderr

@@ -90,6 +90,14 @@ def open_reader(layout: Layout, url: str | None = None) -> Engine:
         return create_engine(url, isolation_level="REPEATABLE READ")
     generation = current_generation(layout)
     if generation is None:
+        from mirror.lease import lease_holder
+
+        holder = lease_holder(layout)
+        if holder is not None:
+            raise MirrorError(
+                f"no index published yet under {layout.root}: its first sync (pid "
+                f"{holder.get('pid')} on {holder.get('host')}) publishes one every few minutes "
+                "(MIRROR_PUBLISH_EVERY_SECONDS); try again shortly")
         raise MirrorError(f"no index published yet under {layout.root}; "
                           "run 'mirror sync' or 'mirror reindex'")
     path = layout.generation_path(generation).resolve()

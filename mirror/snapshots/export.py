@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mirror import progress
 from mirror.errors import IntegrityError, MirrorError
 from mirror.files import remove_dead_temps, temp_beside
 from mirror.snapshots.manifest import Snapshot, content_epoch, snapshot_source
@@ -159,6 +160,26 @@ def _bag_info(snap: Snapshot, members: list[Member]) -> bytes:
 WRITERS = {"dir": export_dir, "tar": export_tar, "bagit": export_bagit}
 
 
+class _reported(list):
+    """The members, reporting progress the first time a writer goes through them (the
+    one that writes them; BagIt reads the list again for its manifests)."""
+
+    def __init__(self, members: list[Member], label: str):
+        super().__init__(members)
+        self.label, self.reported = label, False
+
+    def __iter__(self):
+        if self.reported:
+            yield from list.__iter__(self)
+            return
+        self.reported = True
+        with progress.task(self.label, total=len(self), unit="file",
+                           total_bytes=sum(m.size for m in list.__iter__(self))) as step:
+            for member in list.__iter__(self):
+                yield member
+                step.update(1, member.size)
+
+
 def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str) -> dict:
     """Write ``members`` at ``dest`` in ``fmt``; returns counts and bytes."""
     if fmt not in WRITERS:
@@ -169,6 +190,6 @@ def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str)
                           "overwrites one)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(dest.parent, dest.name)
-    WRITERS[fmt](snap, members, dest)
+    WRITERS[fmt](snap, _reported(members, f"export {fmt}"), dest)
     return {"files": len(members), "bytes": sum(m.size for m in members), "path": str(dest),
             "format": fmt}

@@ -16,10 +16,11 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror import ledger
+from mirror import ledger, progress, settings
 from mirror.config import MirrorConfig, layout_for, open_or_create, source_name, utc_now
 from mirror.errors import MirrorError
 from mirror.index import SyncRun
@@ -137,6 +138,8 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             run = SyncRun(command="sync", started_at=utc_now())
             session.add(run)
 
+            publisher = _Publisher(writer, layout, source.spec, summary)
+
             def commit() -> None:
                 store.flush()  # files durable before the rows that name them
                 if options.dry_run:
@@ -145,42 +148,32 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
                     session.flush()
                 else:
                     session.commit()
+                    publisher.maybe()
                 session.expunge_all()
 
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
                                public=not config.authenticated, window=4 * options.workers,
                                allow_removals=options.allow_removals)
-            scope = source.sync_documents(docs, options)
+            with progress.task("documents", unit="document") as step:
+                seen: dict[str, int] = {}
+
+                def recorded(kind: str, n: int) -> None:
+                    seen[kind] = seen.get(kind, 0) + n
+                    step.update(n, detail=", ".join(f"{k} {v}" for k, v in sorted(seen.items())))
+
+                docs.on_recorded = recorded
+                scope = source.sync_documents(docs, options)
             tasks = source.plan_files(session, scope, frozenset(options.blobs))
             weights = Weights.from_index(session, source.spec)
             sample = [] if options.dry_run else sample_tasks(tasks, weights)
-            fetcher = FileFetcher(source, store, session, pool, summary, commit,
-                                  None if options.dry_run else _progress(options, len(tasks)),
-                                  window=4 * options.workers)
-            try:
-                if sample:  # weigh a few of each new role first: the estimate uses them
-                    persist_plan(session, tasks)  # the whole plan: a failure stays in it
-                    fetcher.weights = weights
-                    fetcher.run(sample)
-                    fetcher.weights = None
-                picked = {id(t) for t in sample}
-                rest = [t for t in tasks if id(t) not in picked]
-                needed, basis = estimate_bytes(source.spec, rest, weights)
-                free = check_disk_space(layout.root, needed, options.space_check)
-                weighed = sum(w.bytes for w in weights.sampled.values())  # already on disk
-                summary.plan = {"files": len(tasks), "estimated_bytes": needed + weighed,
-                                "free_bytes": free, "basis": basis}
-                if options.on_plan:
-                    options.on_plan(summary.plan)
-                if options.dry_run:
-                    session.rollback()
-                    return
-                persist_plan(session, rest)
-                commit()
-                fetcher.run(rest)
-            except KeyboardInterrupt:
-                pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
-                raise
+            step = (progress.task("files", total=len(tasks), unit="file", total_bytes=0)
+                    if tasks and not options.dry_run else nullcontext(None))
+            with step as files_step:
+                _files(layout, source, options, summary, session, store, pool, commit, tasks,
+                       weights, sample, files_step)
+            if options.dry_run:
+                session.rollback()
+                return
             run = session.merge(run)
             _measure(summary, source.http, started)  # the record holds the true figures
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
@@ -190,6 +183,72 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             ledger.record(layout, session, source.spec, summary.generation)
     finally:
         writer.close()
+
+
+def _files(layout, source, options, summary, session, store, pool, commit, tasks, weights,
+           sample, files_step) -> None:
+    """The size sample, the plan and its disk check, then the files."""
+    legacy = _progress(options, len(tasks)) if not options.dry_run else None
+
+    def report(items: int, nbytes: int) -> None:
+        if files_step is not None:
+            files_step.update(items, nbytes)
+        if legacy is not None:
+            legacy(items, nbytes)
+
+    fetcher = FileFetcher(source, store, session, pool, summary, commit, report,
+                          window=4 * options.workers)
+    try:
+        if sample:  # weigh a few of each new role first: the estimate uses them
+            persist_plan(session, tasks)  # the whole plan: a failure stays in it
+            fetcher.weights = weights
+            fetcher.run(sample)
+            fetcher.weights = None
+        picked = {id(t) for t in sample}
+        rest = [t for t in tasks if id(t) not in picked]
+        needed, basis = estimate_bytes(source.spec, rest, weights)
+        free = check_disk_space(layout.root, needed, options.space_check)
+        weighed = sum(w.bytes for w in weights.sampled.values())  # already on disk
+        summary.plan = {"files": len(tasks), "estimated_bytes": needed + weighed,
+                        "free_bytes": free, "basis": basis}
+        if files_step is not None:
+            files_step.expect_bytes(needed + weighed)
+        if options.on_plan:
+            options.on_plan(summary.plan)
+        if options.dry_run:
+            return
+        persist_plan(session, rest)
+        commit()
+        fetcher.run(rest)
+    except KeyboardInterrupt:
+        pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
+        raise
+
+
+class _Publisher:
+    """Publishes the index during a long run (``settings.PUBLISH_EVERY_*``), so readers can
+    work during a first sync instead of waiting hours for its end."""
+
+    def __init__(self, writer: IndexWriter, layout: Layout, spec: SourceSpec,
+                 summary: SyncSummary):
+        self.writer, self.layout, self.spec, self.summary = writer, layout, spec, summary
+        self.last_time, self.last_count = time.monotonic(), 0
+
+    def _count(self) -> int:
+        return sum(self.summary.objects.values()) + self.summary.files_kept
+
+    def maybe(self) -> None:
+        count = self._count()
+        due = (count - self.last_count >= settings.PUBLISH_EVERY_OBJECTS.get()
+               or time.monotonic() - self.last_time >= settings.PUBLISH_EVERY_SECONDS.get())
+        if not due or count == self.last_count:
+            return
+        generation = self.writer.publish()
+        with self.writer.session() as session:
+            ledger.record(self.layout, session, self.spec, generation)
+        log.info("published index generation %s during the run (%s objects and files so "
+                 "far)", generation, count)
+        self.last_time, self.last_count = time.monotonic(), count
 
 
 def _measure(summary: SyncSummary, http: HttpClient, started: float) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from mirror import query
+from mirror import progress, query
 from mirror.errors import MirrorError
 from mirror.export import attribution_path, csv_bytes, field_value, write_parquet
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
@@ -185,7 +185,8 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
     remove_dead_temps(dest)
     summary: dict[str, Any] = {"images": len(selection), "files": 0, "linked": {},
                                "missing": [], "skipped_names": []}
-    with mirror._engine.connect() as conn:
+    with mirror._engine.connect() as conn, \
+            progress.task("export", total=len(selection), unit="image") as step:
         for start in range(0, len(selection.ids), CHUNK):
             ids = selection.ids[start:start + CHUNK]
             names = selection.names[start:start + CHUNK]
@@ -193,6 +194,7 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
             masks = _masks(conn, ids) if "masks" in blobs else {}
             for image_id, name in zip(ids, names, strict=True):
                 _export_image(mirror, dest, image_id, name, blobs, paths, masks, link, summary)
+                step.update(1, detail=f"{summary['files']} file(s)")
     header, rows = metadata_table(mirror, selection)
     write_bytes_atomic(dest / "metadata.csv", csv_bytes(header, rows))
     write_bytes_atomic(dest / "attribution.txt",
