@@ -28,11 +28,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mirror import query
 from mirror.config import layout_for, load_config
 from mirror.errors import MissingObjectError
 from mirror.index import Blob
-from mirror.index.database import open_reader
+from mirror.index.database import current_generation, open_reader
 from mirror.ingest import model_of
+from mirror.projection import current_number
 from mirror.sources.base import SourceSpec, source_class
 from mirror.store import ObjectStore
 
@@ -49,8 +51,25 @@ class Mirror:
         self.source: SourceSpec = source_class(self.config.source).spec
         self.layout = layout_for(self.root, self.config)
         self.store = ObjectStore(self.layout)
-        self._engine = open_reader(self.layout, self.config.index_url)
+        self._projection: query.Projection | None = None
+        self._open()
         self._objects = _objects_of(self)
+
+    def _open(self) -> None:
+        """The index and the number of its projection: the generation's own, or (PostgreSQL)
+        the newest the writer published."""
+        url = self.config.index_url
+        generation = None if url else current_generation(self.layout)
+        self._engine = open_reader(self.layout, url, generation)
+        self._projection_number = current_number(self.layout.index_dir) if url else generation
+
+    @property
+    def projection(self) -> query.Projection:
+        """The Parquet projection of the index this mirror was opened on (opened once)."""
+        if self._projection is None:
+            self._projection = query.open_projection(self.layout.index_dir,
+                                                     self._projection_number)
+        return self._projection
 
     def __repr__(self) -> str:
         return f"Mirror({str(self.root)!r})"
@@ -74,6 +93,9 @@ class Mirror:
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._projection is not None:
+            self._projection.close()
+            self._projection = None
 
     def __enter__(self) -> Mirror:
         return self
@@ -86,8 +108,8 @@ class Mirror:
         from mirror.sync import SyncOptions, sync
 
         summary = sync(self.root, url, SyncOptions(**options))
-        self._engine.dispose()
-        self._engine = open_reader(self.layout, self.config.index_url)
+        self.close()
+        self._open()
         return summary
 
     # -- any source ------------------------------------------------------------------------
@@ -111,6 +133,16 @@ class Mirror:
         if not include_removed:
             statement = statement.where(model.removed.is_(False))
         return [r[0] for r in self._all(statement)]
+
+    def select(self, kind: str, criteria: Any = None, limit: int | None = None) -> list[str]:
+        """The sorted ids of the current objects of ``kind`` (a table name: ``images``,
+        ``series``...) whose documents meet ``criteria`` (see :mod:`mirror.query`)."""
+        return query.select_ids(self.projection, criteria, limit=limit, kind=kind)
+
+    def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
+        """The header and rows of one read-only SQL statement over the projection's tables
+        (one per kind: ``images``, ``segmentations``, ...; see ``mirror sql``)."""
+        return query.run_sql(self.projection, statement)
 
     def file(self, object_id: str, role: str) -> Path:
         """The current file of ``role`` of an object (e.g. ``"image"``, ``"mask"``)."""

@@ -333,22 +333,62 @@ def _select(root, wheres, dataset, study, limit=None):
 @main.command()
 @_root_option
 @_selection_options
+@click.option("--kind", default="images", show_default=True,
+              help="What to select: images, segmentations, studies, datasets, annotations.")
 @click.option("--columns", help="Comma list of dotted fields (default: isic_id, attribution, "
-              "license, dataset and every acquisition and clinical field).")
+              "license, dataset and every acquisition and clinical field; other kinds: _id, "
+              "name).")
 @click.option("--format", "fmt", default="table", show_default=True,
               type=click.Choice(["table", "csv", "json", "jsonl", "ids"]))
-@click.option("--limit", type=int, help="At most N images (in _id order).")
-@click.option("--count", is_flag=True, help="Print only the number of images selected.")
-def query(root, wheres, dataset, study, columns, fmt, limit, count) -> None:
-    """Select images by their metadata, offline, and print them."""
-    from mirror.export import formatted, metadata_table
+@click.option("--limit", type=int, help="At most N objects (in _id order).")
+@click.option("--count", is_flag=True, help="Print only the number of objects selected.")
+def query(root, wheres, dataset, study, kind, columns, fmt, limit, count) -> None:
+    """Select images (or other objects) by their metadata, offline, and print them."""
+    from mirror.query import projection_of, select_ids, select_positions
 
-    mirror, selection = _select(root, wheres, dataset, study, limit)
-    if count:
-        click.echo(len(selection))
+    if count:  # the projection alone answers: no index database, no object rows
+        projection = projection_of(root)
+        try:
+            click.echo(select_positions(projection, list(wheres), dataset, study, limit,
+                                        kind)[1].size)
+        finally:
+            projection.close()
         return
-    header, rows = metadata_table(mirror, selection, _csv_list(columns))
-    for piece in formatted(header, rows, fmt, ids=selection.ids):
+    from mirror.api import Mirror
+    from mirror.export import formatted, metadata_table, object_table
+
+    if kind in ("images", "image"):
+        mirror, selection = _select(root, wheres, dataset, study, limit)
+        ids = selection.ids
+        header, rows = metadata_table(mirror, selection, _csv_list(columns))
+    else:
+        mirror = Mirror(root)
+        ids = select_ids(mirror.projection, list(wheres), dataset, study, limit, kind)
+        header, rows = object_table(mirror, kind, ids, _csv_list(columns))
+    for piece in formatted(header, rows, fmt, ids=ids):
+        click.echo(piece, nl=False)
+
+
+@main.command()
+@_root_option
+@click.argument("statement")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "csv", "json", "jsonl", "ids"]))
+def sql(root, statement, fmt) -> None:
+    """Run one read-only SQL STATEMENT over the query projections (tables: images,
+    segmentations, studies, datasets, annotations, study_images; fields are quoted columns,
+    e.g. "meta.clinical.diagnosis"). See docs/query.md."""
+    from mirror.export import formatted
+    from mirror.query import plain, projection_of, run_sql
+
+    projection = projection_of(root)
+    try:
+        header, rows = run_sql(projection, statement)
+    finally:
+        projection.close()
+    rows = [[plain(v) for v in row] for row in rows]
+    ids = [row[0] for row in rows] if fmt == "ids" and header else None
+    for piece in formatted(header, iter(rows), fmt, ids=ids):
         click.echo(piece, nl=False)
 
 

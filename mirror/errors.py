@@ -154,3 +154,15 @@ class ObjectMissingError(ArchiveError):
 class InvalidRecordError(ArchiveError):
     """One record from the archive is malformed or unsafe (bad id, wrong types, foreign URL):
     it is skipped and reported; the rest of the listing is kept."""
+
+
+class QueryError(MirrorError):
+    """A malformed criterion: names the criterion and how to write it."""
+
+
+class NoProjectionError(MirrorError):
+    """The published index has no Parquet projection to select from."""
+
+
+class ReadOnlySqlError(MirrorError):
+    """``mirror sql`` was given something other than one read-only statement."""

@@ -20,6 +20,7 @@ from mirror.files import staged_folder, write_bytes_atomic
 from mirror.sources.base import source_hooks
 
 FORMATS = ("table", "csv", "json", "jsonl", "ids")
+CHUNK = 500  # ids per statement
 
 if TYPE_CHECKING:
     from mirror.api import Mirror
@@ -63,6 +64,32 @@ def export_files(mirror: Mirror, dest: Path, selection: Any, *args: Any,
     non-empty ``dest`` is refused unless ``replace``, which swaps it atomically."""
     with staged_folder(Path(dest), replace) as staging:
         return exports_of(mirror).export_files(mirror, staging, selection, *args, **options)
+
+
+def object_table(mirror: Mirror, kind: str, ids: list[str], columns: list[str] | None = None
+                 ) -> tuple[list[str], Iterator[list[Any]]]:
+    """The header and rows of selected objects of any kind (a projection table name):
+    dotted fields of their documents (default ``_id`` and, when the kind has names,
+    ``name``). Sources with their own table (ISIC images) use :func:`metadata_table`."""
+    from sqlalchemy import select
+
+    from mirror.ingest import model_of
+
+    table = mirror.projection.table(kind)
+    columns = columns or [c for c in ("_id", "name") if c in mirror.projection.fields(table)]
+    model, where = model_of(mirror.source.kind_of_table(table))
+
+    def rows() -> Iterator[list[Any]]:
+        with mirror._engine.connect() as conn:
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+                docs = dict(conn.execute(select(model.id, model.doc).where(
+                    model.id.in_(chunk), *where)).all())
+                for object_id in chunk:
+                    doc = docs[object_id]
+                    doc = json.loads(doc) if isinstance(doc, str) else doc
+                    yield [field_value(doc, c) for c in columns]
+    return columns, rows()
 
 
 def export_files_lines(mirror: Mirror, summary: dict, dest: Path) -> list[str]:

@@ -1,76 +1,57 @@
-"""Select images by any field of their documents, with isicarchive's operators, in SQL.
+"""Select objects by any field of their documents, with isicarchive's operators, in DuckDB.
 
-A criterion is ``[field, op, value]``: ``field`` a dotted path into the image detail
-document (``meta.clinical.diagnosis``, ``dataset.name``, ``notes.tags``, ``name``...),
-``op`` one of :data:`OPERATORS`, ``value`` a JSON value. A list of criteria must all hold.
+A criterion is ``[field, op, value]``: ``field`` a dotted path into the document
+(``meta.clinical.diagnosis``, ``dataset.name``, ``notes.tags``, ``name``...), ``op`` one of
+:data:`OPERATORS`, ``value`` a JSON value. A list of criteria must all hold.
 
-    >>> select_ids(conn, [["meta.clinical.diagnosis", "==", "melanoma"],
-    ...                   ["meta.clinical.age_approx", ">=", 60]])
+    >>> select_ids(projection, [["meta.clinical.diagnosis", "==", "melanoma"],
+    ...                         ["meta.clinical.age_approx", ">=", 60]])
 
-The criteria are answered from value sets (:mod:`mirror.valuesets`: the images of each
-value, combined with numpy) when the index has them, else compiled to SQL over
-``image_fields`` (see :mod:`mirror.fields`); both give the same answers. Every field name
-and value is a bound parameter, so no input can change a statement. A field
-that is missing and one that is ``null`` are the same (``None``). As in isicarchive, an
-operator that cannot apply to a value (``<`` on a string field against a number, ``~`` on
-a number) does not select the image; ``!=``, ``not in`` and ``is not`` are the exact
-negations of ``==``, ``in`` and ``is``, so they select images where the field is missing.
-``docs/query.md`` lists every operator with examples.
+Criteria are compiled to one DuckDB statement over the Parquet projection of the
+generation (:mod:`mirror.projection`), where each kind of value of a field has its own
+typed column. Every value is a bound parameter and every field a quoted column found in
+the projection's schema, so no input can change a statement. A field that is missing and
+one that is ``null`` are the same (``None``). As in isicarchive, an operator that cannot
+apply to a value (``<`` on a string field against a number, ``~`` on a number) does not
+select the object; ``!=``, ``not in`` and ``is not`` are the exact negations of ``==``,
+``in`` and ``is``, so they select objects where the field is missing. Regular expressions
+are Python's ``re.search``, run over the field's distinct values (not DuckDB's RE2).
+``docs/query.md`` lists every operator with examples; ``mirror sql`` (:func:`run_sql`)
+runs a read-only statement of one's own over the same tables.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
-from sqlalchemy import and_, false, func, not_, or_, select, true
-from sqlalchemy.orm import aliased
-from sqlalchemy.sql.elements import ColumnElement
 
-from mirror.errors import MirrorError, MissingObjectError
-from mirror.fields import (
-    BOOL,
-    KINDS,
-    LIST,
-    LONG_TEXT,
-    MAX_INDEXED_TEXT,
-    NULL,
+from mirror.errors import MissingObjectError, NoProjectionError, QueryError, ReadOnlySqlError
+from mirror.projection import (
+    BOOLEAN,
+    LIST_OF,
     NUMBER,
+    SCHEMA,
     TEXT,
     as_float,
-)
-from mirror.index import ImageField, ValueSet
-from mirror.sources.isic_v1.models import Dataset, Image, Study, StudyImage
-from mirror.valueruns import Span, points, span_positions
-from mirror.valuesets import (
-    ANY,
-    SEPARATOR,
-    all_bits,
-    fresh_count,
-    ids_at,
-    joined_ids,
-    kinds_at,
-    mask_of,
-    no_bits,
-    positions_of,
-    set_bits,
+    literal,
+    quote,
 )
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
 ALIASES = {"match": "~", "not match": "!~", "not is": "is not"}
 _NEGATION = {"!=": "==", "not in": "in", "not ni": "ni", "!~": "~", "is not": "is"}
-MAX_DISTINCT = 5000  # regex over distinct values up to this many, else per row
 _FIELD = re.compile(r"[^\x00-\x1f\"]+")  # no control characters, no double quotes
-
-
-class QueryError(MirrorError):
-    """A malformed criterion: names the criterion and how to write it."""
 
 
 @dataclass(frozen=True)
@@ -196,428 +177,422 @@ def parse_value(text: str) -> Any:
     return text if isinstance(value, dict) else value
 
 
+# -- the projection a reader selects from ---------------------------------------------------
+
+SINGULAR = {"image": "images", "segmentation": "segmentations", "study": "studies",
+            "dataset": "datasets", "annotation": "annotations", "series": "series",
+            "instance": "instances", "collection": "collections"}
+
+
+class Projection:
+    """One published projection folder, opened with DuckDB.
+
+    The connection may read the files of this folder only (``enable_external_access`` off,
+    the folder the one allowed directory, the configuration locked), and each table is a
+    view named after its kind. The ``_id`` column and each field's distinct text values are
+    read once and kept: the files never change."""
+
+    def __init__(self, folder: Path):
+        try:
+            self.schema = json.loads((folder / SCHEMA).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NoProjectionError(
+                f"the index at {folder.parent} has no query projection {folder.name} (it was "
+                "published by an older version); run 'mirror sync' (or 'mirror reindex', "
+                "offline) to publish one") from None
+        self.folder = folder
+        self.con = duckdb.connect(":memory:")
+        self.con.execute(f"SET allowed_directories = [{literal(str(folder) + os.sep)}]")
+        self.con.execute("SET enable_external_access = false")
+        for table in self.schema:
+            self.con.execute(f"CREATE VIEW {quote(table)} AS SELECT * FROM "
+                             f"read_parquet({literal(self.file(table))})")
+        self.con.execute("SET lock_configuration = true")
+        self.lock = threading.Lock()  # a DuckDB connection serves one statement at a time
+        self._columns: dict[tuple[str, str], np.ndarray] = {}
+        self._codes: dict[tuple[str, str], tuple[dict[str, int], np.ndarray]] = {}
+        self._positions: dict[str, dict[str, int]] = {}
+        self._elements: dict[tuple[str, str], tuple[dict[Any, list[int]], np.ndarray]] = {}
+
+    def close(self) -> None:
+        self.con.close()
+
+    def file(self, table: str) -> str:
+        return str(self.folder / f"{table}.parquet")
+
+    def table(self, kind: str) -> str:
+        """The table of ``kind`` (``images`` or ``image``), or a clear error."""
+        table = kind if kind in self.schema else SINGULAR.get(kind, "")
+        if table not in self.schema or table == "study_images":
+            kinds = ", ".join(t for t in self.schema if t != "study_images")
+            raise QueryError(f"no kind {kind!r} in this mirror's projection; use one of {kinds}")
+        return table
+
+    def fields(self, table: str) -> dict[str, dict[str, str]]:
+        return self.schema[table]["fields"]
+
+    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        try:
+            return self.con.execute(sql, params or [])
+        except duckdb.IOException:
+            if self.folder.exists():
+                raise
+            raise NoProjectionError(
+                f"{self.folder.name} was removed: newer index generations were published since "
+                "this mirror was opened; open it again to read the current one") from None
+
+    def column(self, table: str, name: str) -> np.ndarray:
+        """Every value of one column, in row (``_id``) order."""
+        key = (table, name)
+        if key not in self._columns:
+            with self.lock:
+                found = self.execute(f"SELECT {quote(name)} AS v FROM {quote(table)}")
+                values = found.fetchnumpy()["v"]
+            if isinstance(values, np.ma.MaskedArray):  # DuckDB's NULLs: None, as in Python
+                values, missing = values.data.astype(object), np.ma.getmaskarray(values)
+                values[missing] = None
+            self._columns[key] = values
+        return self._columns[key]
+
+    def codes(self, table: str, name: str) -> tuple[dict[str, int], np.ndarray]:
+        """A text column as its distinct values (each with its index) and, per row, the
+        index of its value (the number of values for NULL), for regular expressions."""
+        key = (table, name)
+        if key not in self._codes:
+            index: dict[str, int] = {}
+            column = self.column(table, name)
+            codes = np.fromiter((-1 if v is None else index.setdefault(v, len(index))
+                                 for v in column), np.int64, len(column))
+            codes[codes < 0] = len(index)
+            self._codes[key] = index, codes
+        return self._codes[key]
+
+    def elements(self, table: str, name: str) -> tuple[dict[Any, list[int]], np.ndarray]:
+        """A list column as, per element value, the rows holding it, and which rows hold a
+        list: ``ni`` then costs a lookup, not a decode of every row's list."""
+        key = (table, name)
+        if key not in self._elements:
+            source = f"read_parquet({literal(self.file(table))}, file_row_number = true)"
+            with self.lock:
+                pairs = self.execute(f"SELECT file_row_number, unnest({quote(name)}) "
+                                     f"FROM {source}").fetchall()
+                lists = self.execute(f"SELECT file_row_number FROM {source} "
+                                     f"WHERE {quote(name)} IS NOT NULL").fetchnumpy()
+            holders: dict[Any, list[int]] = {}
+            for row, value in pairs:
+                holders.setdefault(value, []).append(row)
+            is_list = np.zeros(self.schema[table]["rows"], bool)
+            is_list[np.asarray(lists["file_row_number"], np.int64)] = True
+            self._elements[key] = holders, is_list
+        return self._elements[key]
+
+    def positions(self, table: str, where: str, params: list) -> np.ndarray:
+        """The sorted row positions (``_id`` order) of the rows ``where`` selects."""
+        sql = (f"SELECT file_row_number AS p FROM read_parquet({literal(self.file(table))}, "
+               f"file_row_number = true) WHERE {where}")
+        with self.lock:
+            found = self.execute(sql, params).fetchnumpy()["p"]
+        return np.sort(np.asarray(found, dtype=np.int64))
+
+    def positions_of(self, table: str, ids: Sequence[str]) -> np.ndarray:
+        """The row positions of ``ids`` (each must be in the table)."""
+        if table not in self._positions:
+            self._positions[table] = {i: p for p, i in enumerate(self.column(table, "_id"))}
+        index = self._positions[table]
+        return np.fromiter((index[i] for i in ids), np.int64, len(ids))
+
+    def values(self, table: str, path: str, ids: Sequence[str]) -> list:
+        """The text values of field ``path`` (``name``) of ``ids``, in order."""
+        name = self.fields(table).get(path, {}).get(TEXT)
+        if name is None:
+            return [None] * len(ids)
+        return self.column(table, name)[self.positions_of(table, ids)].tolist()
+
+
+def open_projection(index_dir: Path, number: int | None) -> Projection:
+    """The projection of generation ``number`` under ``index_dir``."""
+    from mirror.projection import folder_name
+
+    if number is None:
+        raise NoProjectionError(f"no query projection published yet under {index_dir}; run "
+                                "'mirror sync' or 'mirror reindex'")
+    return Projection(index_dir / folder_name(number))
+
+
+def projection_of(root: str | Path) -> Projection:
+    """The projection a reader of the mirror at ``root`` selects from now, opened without
+    the index database (what ``mirror query --count`` and ``mirror sql`` need)."""
+    from mirror.config import layout_for, load_config
+    from mirror.projection import reader_number
+
+    config = load_config(Path(root))
+    layout = layout_for(Path(root), config)
+    return open_projection(layout.index_dir, reader_number(layout, config.index_url))
+
+
 # -- compiling -----------------------------------------------------------------------------
 
-@dataclass
-class _Rows:
-    """Images with a field row at ``path`` (an element row when ``elem``) meeting ``test``;
-    ``test`` takes an aliased ``image_fields`` table and returns a condition on it."""
-
-    path: str
-    elem: bool
-    test: Any
-    document: bool = False  # the test reads the stored document (long text)
-    compares: bool = False  # the test compares numbers or text (not only kinds or booleans)
-    span: Span | None = None  # those values, for value runs; None: not a range or points
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return BOOLEAN
+    return NUMBER if isinstance(value, (int, float)) else TEXT
 
 
-@dataclass
-class _Match:
-    """True for an image when any of ``rows`` matches, or (``absent``) the field is None."""
+def _bound(value: Any) -> Any:
+    """A criterion value as the projection holds it: numbers as floats, text as DuckDB can
+    hold it (a lone surrogate as U+FFFD)."""
+    from mirror.projection import _text
 
-    rows: list[_Rows]
-    absent: bool = False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return as_float(value)
+    return _text(value)
 
 
 class _Compiler:
-    """Turns criteria into SQL over ``image_fields``, on one connection.
+    """Turns criteria into one boolean SQL expression (with ``?`` parameters) over a table.
 
-    It asks the index which kinds of value a field holds (one indexed ``EXISTS`` each) and
-    leaves out branches that cannot match, so most criteria become a single index range.
-    """
+    Every part is ``coalesce(..., false)``: a missing field makes a comparison NULL, and a
+    criterion must be true or false so that ``NOT`` is its exact negation."""
 
-    def __init__(self, conn):
-        self.conn = conn
-        self.dialect = conn.dialect.name
-        self._kinds: dict[tuple[str, bool, str], bool] = {}
-        self._counts: dict[str, int] = {}
+    def __init__(self, projection: Projection, table: str):
+        self.projection, self.table = projection, table
+        self.fields = projection.fields(table)
+        self.params: list = []
 
-    def count(self, path: str) -> int:
-        """Images with a row (any kind) at ``path`` (an index-only count)."""
-        if path not in self._counts:
-            self._counts[path] = self.conn.execute(select(func.count()).where(
-                ImageField.path == path, ImageField.elem.is_(False))).scalar()
-        return self._counts[path]
+    def bind(self, value: Any) -> str:
+        self.params.append(_bound(value))
+        return "?"
 
-    def everywhere(self, path: str) -> bool:
-        """Every current image has ``path`` (maybe null): then "absent" is just "null"."""
-        return self.count(path) == self.count("_id")
+    def column(self, path: str, kind: str) -> str | None:
+        name = self.fields.get(path, {}).get(kind)
+        return None if name is None else quote(name)
 
-    def has_kind(self, path: str, elem: bool, kind: str) -> bool:
-        key = (path, elem, kind)
-        if key not in self._kinds:
-            probe = select(ImageField.image_id).where(
-                ImageField.path == path, ImageField.elem == elem, ImageField.kind == kind)
-            self._kinds[key] = self.conn.execute(probe.limit(1)).first() is not None
-        return self._kinds[key]
+    def condition(self, item: Criterion) -> str:
+        expr = self.positive(item.field, _NEGATION.get(item.op, item.op), item.value)
+        if item.op not in _NEGATION:
+            return expr
+        guard = self.guard(item)
+        return f"(NOT {expr})" if guard is None else f"({guard} AND NOT {expr})"
 
-    def driver(self, item: Criterion) -> _Rows | None:
-        """The criterion as one indexed row range, when it is one."""
-        if item.op in _NEGATION:
-            return None
-        match = self._normal(item.field, self._positive(item.field, item.op, item.value))
-        return match.rows[0] if len(match.rows) == 1 and not match.absent else None
-
-    def _normal(self, path: str, match: _Match) -> _Match:
-        """One row test for the field's own row (each image has at most one), absorbing
-        "absent" when every image has the field."""
-        own = [r.test for r in match.rows if not r.elem]
-        absent = match.absent
-        if absent and self.everywhere(path):
-            own.append(lambda t: t.kind == NULL)
-            absent = False
-        rows = [r for r in match.rows if r.elem]
-        if own:
-            rows.append(_Rows(path, False, own[0] if len(own) == 1 else
-                              lambda t: or_(*(test(t) for test in own))))
-        return _Match(rows, absent)
-
-    def condition(self, item: Criterion, key) -> ColumnElement[bool]:
-        """A condition on the image id column ``key`` that is true when ``item`` holds."""
-        match = self._normal(item.field, self._positive(
-            item.field, _NEGATION.get(item.op, item.op), item.value))
-        parts = [self.member(key, rows) for rows in match.rows]
-        if match.absent:
-            parts.append(not_(self.member(key, _Rows(item.field, False,
-                                                     lambda t: t.kind != NULL))))
-        expr = or_(*parts) if parts else false()
-        return not_(expr) if item.op in _NEGATION else expr
-
-    def member(self, key, rows: _Rows) -> ColumnElement[bool]:
-        """``key`` has a row in ``rows`` (a set SQLite builds once, then probes).
-
-        A correlated ``EXISTS`` per candidate was tried: SQLite's planner then scanned the
-        value index for every candidate instead of seeking the primary key (minutes, not
-        milliseconds, on 100,000 images), so sets it is."""
-        table = aliased(ImageField)
-        return key.in_(select(table.image_id).where(
-            table.path == rows.path, table.elem == rows.elem, rows.test(table)))
-
-    def guard(self, item: Criterion) -> _Rows | None:
+    def guard(self, item: Criterion) -> str | None:
         """For ``not ni`` and ``!~``: the field must be of a type the operator reads."""
-        text = [TEXT, LONG_TEXT] if isinstance(item.value, str) else []
+        text = self.column(item.field, TEXT) if isinstance(item.value, str) else None
         if item.op == "not ni":
-            return _Rows(item.field, False, lambda t: t.kind.in_([LIST, *text]))
+            lists = [self.column(item.field, k) for k in LIST_OF.values()]
+            present = [f"{c} IS NOT NULL" for c in [*lists, text] if c]
+            return f"({' OR '.join(present)})" if present else "false"
         if item.op == "!~":
-            return _Rows(item.field, False, lambda t: t.kind.in_(text))
+            return f"({text} IS NOT NULL)" if text else "false"
         return None
 
-    # -- operators -------------------------------------------------------------------------
-
-    def _positive(self, path: str, op: str, value: Any) -> _Match:
+    def positive(self, path: str, op: str, value: Any) -> str:
         if op in ("==", "is"):
-            return _Match([], absent=True) if value is None else self._in(path, [value])
+            return self._in(path, [value])
         if op == "in":
             return self._in(path, value)
         if op == "ni":
             return self._contains(path, value)
-        if op == "~":
-            return self._regex(path, value)
         return self._order(path, op, value)
 
-    def _regex(self, path: str, pattern: str) -> _Match:
-        """Python's ``re.search`` over the field's distinct short values (few, for most
-        fields), then an indexed ``IN``; a per-row regex only for many distinct values."""
-        rows = self._text(path, lambda col: col.regexp_match(pattern), short=False)
-        if not self.has_kind(path, False, TEXT):
-            return _Match(rows)
-        values = self.conn.execute(select(ImageField.txt).distinct().where(
-            ImageField.path == path, ImageField.elem.is_(False), ImageField.kind == TEXT)
-            .limit(MAX_DISTINCT + 1)).scalars().all()
-        if len(values) > MAX_DISTINCT:
-            return _Match(rows + self._text(path, lambda col: col.regexp_match(pattern),
-                                            long=False))
-        regex = re.compile(pattern)
-        found = [v for v in values if regex.search(v)]
-        if found:
-            rows.append(_Rows(path, False, lambda t: and_(t.kind == TEXT, t.txt.in_(found))))
-        return _Match(rows)
+    @staticmethod
+    def _any(parts: list[str]) -> str:
+        return f"({' OR '.join(parts)})" if parts else "false"
 
-    def _in(self, path: str, values: list, elem: bool = False) -> _Match:
-        """The field equals one of ``values`` (``None`` meaning absent)."""
-        rows = []
-        numbers = [float(v) for v in values if isinstance(v, (int, float))
-                   and not isinstance(v, bool)]
-        flags = [1.0 if v else 0.0 for v in values if isinstance(v, bool)]
-        for kind, nums in ((NUMBER, numbers), (BOOL, flags)):
-            if nums and self.has_kind(path, elem, kind):
-                rows.append(_Rows(path, elem, lambda t, k=kind, n=nums: and_(
-                    t.kind == k, t.num == n[0] if len(n) == 1 else t.num.in_(n)),
-                    compares=kind == NUMBER,  # booleans have value sets on every path
-                    span=points(NUMBER, nums) if kind == NUMBER else None))
-        texts = [v for v in values if isinstance(v, str)]
-        if texts:
-            rows += self._text(path, lambda col: col == texts[0] if len(texts) == 1
-                               else col.in_(texts), elem=elem,
-                               long=any(len(v) > MAX_INDEXED_TEXT for v in texts),
-                               span=points(TEXT, texts))
-        return _Match(rows, absent=None in values)
+    def _in(self, path: str, values: list) -> str:
+        """The field equals one of ``values`` (``None`` meaning missing or null)."""
+        parts = []
+        for kind in (TEXT, NUMBER, BOOLEAN):
+            wanted = [v for v in values if v is not None and _kind_of(v) == kind]
+            column = self.column(path, kind)
+            if wanted and column:
+                marks = ", ".join(self.bind(v) for v in wanted)
+                parts.append(f"coalesce({column} IN ({marks}), false)")
+        if None in values:
+            parts.append(self._missing(path))
+        return self._any(parts)
 
-    def _text(self, path: str, test, elem: bool = False, long: bool = True,
-              short: bool = True, span: Span | None = None) -> list[_Rows]:
-        """Row ranges for a text test (``span``: the same test as a range or points, when it
-        is one); long text is read from the document itself."""
-        rows = []
-        if short and self.has_kind(path, elem, TEXT):
-            rows.append(_Rows(path, elem, lambda t: and_(t.kind == TEXT, test(t.txt)),
-                              compares=True, span=span))
-        if long and not elem and self.has_kind(path, elem, LONG_TEXT):
-            keys = tuple(path.split("."))
+    def _missing(self, path: str) -> str:
+        columns = [quote(name) for kind, name in self.fields.get(path, {}).items()
+                   if kind != "null"]
+        return f"({' AND '.join(f'{c} IS NULL' for c in columns)})" if columns else "true"
 
-            def in_document(t):
-                stored = (select(Image.doc[keys].as_string()).where(Image.id == t.image_id)
-                          .scalar_subquery())
-                return and_(t.kind == LONG_TEXT, test(stored))
-            rows.append(_Rows(path, elem, in_document, document=True))
-        return rows
-
-    def _contains(self, path: str, value: Any) -> _Match:
+    def _contains(self, path: str, value: Any) -> str:
         """``value`` is an element of the list at ``path``, or a substring of its text."""
-        rows = self._in(path, [value], elem=True).rows
-        if isinstance(value, str):
-            position = func.strpos if self.dialect == "postgresql" else func.instr
-            rows += self._text(path, lambda col: position(col, value) > 0)
-        return _Match(rows)
+        parts = []
+        elements = self.column(path, LIST_OF[_kind_of(value)])
+        if elements:
+            parts.append(f"coalesce(list_contains({elements}, {self.bind(value)}), false)")
+        text = self.column(path, TEXT)
+        if isinstance(value, str) and text:
+            parts.append(f"coalesce(contains({text}, {self.bind(value)}), false)")
+        return self._any(parts)
 
-    def _order(self, path: str, op: str, value: Any) -> _Match:
-        compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-                   ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}[op]
-        kind = TEXT if isinstance(value, str) else NUMBER
-        bound = value if kind == TEXT else float(value)
-        span = (Span(kind, hi=bound, hi_incl=op == "<=") if op in ("<", "<=")
-                else Span(kind, lo=bound, lo_incl=op == ">="))
-        if kind == TEXT:
-            return _Match(self._text(path, lambda col: compare(col, value), span=span))
-        if not self.has_kind(path, False, NUMBER):
-            return _Match([])
-        return _Match([_Rows(path, False, lambda t: and_(t.kind == NUMBER,
-                                                          compare(t.num, bound)),
-                             compares=True, span=span)])
+    def _order(self, path: str, op: str, value: Any) -> str:
+        column = self.column(path, _kind_of(value))
+        if column is None:
+            return "false"
+        return f"coalesce({column} {op} {self.bind(value)}, false)"
+
+
+def _in_numpy(projection: Projection, table: str, item: Criterion) -> bool:
+    """Criteria numpy answers from per-value rows: regular expressions (Python's ``re``,
+    not DuckDB's RE2) and ``ni`` on a field without text (only list elements to find)."""
+    if item.op in ("~", "!~"):
+        return True
+    return item.op in ("ni", "not ni") and not (
+        isinstance(item.value, str) and TEXT in projection.fields(table).get(item.field, {}))
+
+
+def _numpy_rows(projection: Projection, table: str, item: Criterion) -> np.ndarray:
+    """The rows a criterion of :func:`_in_numpy` selects, as a boolean array."""
+    kinds = projection.fields(table).get(item.field, {})
+    rows = np.zeros(projection.schema[table]["rows"], bool)
+    if item.op in ("ni", "not ni"):
+        lists = [k for k in LIST_OF.values() if k in kinds]
+        name = kinds.get(LIST_OF[_kind_of(item.value)])
+        if name is not None:
+            rows[projection.elements(table, name)[0].get(_bound(item.value), [])] = True
+        if item.op == "ni":
+            return rows
+        is_list = projection.elements(table, kinds[lists[0]])[1] if lists else rows
+        return is_list & ~rows
+    if TEXT not in kinds:
+        return rows
+    index, codes = projection.codes(table, kinds[TEXT])
+    found = filter(re.compile(item.value).search, index)  # the fastest loop Python has
+    matched = np.zeros(len(index) + 1, bool)  # the last slot is NULL's: no string
+    matched[np.fromiter(map(index.__getitem__, found), np.int64)] = True
+    if item.op == "~":
+        return matched[codes]
+    matched[-1] = True  # !~: a string that does not match, and NULL is no string
+    return ~matched[codes]
 
 
 # -- running -------------------------------------------------------------------------------
 
-def _scope(conn, dataset: str | None, study: str | None) -> tuple[list[Criterion], list]:
-    """A dataset as a criterion on ``dataset._id``; a study as a list of its image ids."""
+def _scope(projection: Projection, table: str, dataset: str | None, study: str | None
+           ) -> tuple[list[Criterion], list[str]]:
+    """A dataset as a criterion on ``dataset._id``; a study as the ids of the studies."""
+    if (dataset or study) and table != "images":
+        raise QueryError(f"--dataset and --study scope images only, not {table}")
     items, studies = [], []
     if dataset:
-        found = conn.execute(select(Dataset.id).where(
-            (Dataset.id == dataset) | (Dataset.name == dataset))).scalars().all()
+        found = _lookup(projection, "datasets", dataset)
         if not found:
             raise MissingObjectError(f"no dataset {dataset!r} in this mirror; "
                                      "'mirror status' lists what is mirrored")
-        items.append(Criterion("dataset._id", "in", list(found)))
+        items.append(Criterion("dataset._id", "in", found))
     if study:
-        studies = conn.execute(select(Study.id).where(
-            (Study.id == study) | (Study.name == study))).scalars().all()
+        studies = _lookup(projection, "studies", study)
         if not studies:
             raise MissingObjectError(f"no study {study!r} in this mirror; sync studies with "
                                      "'mirror sync --what studies,annotations'")
     return items, studies
 
 
-def _driving_sets(compiler: _Compiler, items: list[Criterion]) -> tuple[list[_Rows], list]:
-    """Plain row-range criteria (same-field ones merged: ``age >= 40`` and ``age < 60`` are
-    one range) and the other criteria."""
-    merged: dict[str, list] = {}
-    sets, others = [], []
-    for item in items:
-        rows = compiler.driver(item)
-        if rows is None:
-            others.append(item)
-        elif rows.elem:  # element rows: two tests may hold on different elements
-            sets.append(rows)
+def _lookup(projection: Projection, table: str, key: str) -> list[str]:
+    """The ids of the objects of ``table`` whose id or name is ``key``."""
+    name = projection.fields(table).get("name", {}).get(TEXT)
+    where = '"_id" = ?' + (f" OR {quote(name)} = ?" if name else "")
+    with projection.lock:
+        rows = projection.execute(f'SELECT "_id" FROM {quote(table)} WHERE {where}',
+                                  [key, key] if name else [key]).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def selection_where(projection: Projection, items: Any = None, dataset: str | None = None,
+                    study: str | None = None, kind: str = "images",
+                    rest: list[Criterion] | None = None) -> tuple[str, str, list]:
+    """The table, and the SQL condition (with its parameters) the criteria compile to.
+    With ``rest`` given, the criteria numpy answers are left out of the SQL and put there."""
+    table = projection.table(kind)
+    scope, studies = _scope(projection, table, dataset, study)
+    compiler = _Compiler(projection, table)
+    parts = []
+    for item in scope + criteria(items):
+        if rest is not None and _in_numpy(projection, table, item):
+            rest.append(item)
         else:
-            merged.setdefault(rows.path, []).append(rows.test)
-    for path, tests in merged.items():
-        sets.append(_Rows(path, False, lambda t, tests=tests: and_(*(x(t) for x in tests))))
-    return sets, others
-
-
-def _estimate(conn, rows: _Rows) -> int:
-    """How many field rows a range covers (an index-only count)."""
-    table = aliased(ImageField)
-    return conn.execute(select(func.count()).select_from(table).where(
-        table.path == rows.path, table.elem == rows.elem, rows.test(table))).scalar()
-
-
-def _plan(conn, items: Any, dataset: str | None, study: str | None):
-    """The selection statement, and whether its ids can repeat (an element-row driver)."""
-    compiler = _Compiler(conn)
-    scope, studies = _scope(conn, dataset, study)
-    items = scope + criteria(items)
-    sets, others = _driving_sets(compiler, items)
-    if len(sets) > 1:
-        sets.sort(key=lambda rows: _estimate(conn, rows))
-    driver = sets.pop(0) if sets else _Rows("_id", False, lambda t: true())
-    base = aliased(ImageField)
-    key = base.image_id
-    conditions = [base.path == driver.path, base.elem == driver.elem, driver.test(base)]
-    conditions += [compiler.member(key, rows) for rows in sets]
-    conditions += [compiler.condition(item, key) for item in others]
-    conditions += [compiler.member(key, guard) for guard in map(compiler.guard, items) if guard]
+            parts.append(compiler.condition(item))
     if studies:
-        conditions.append(key.in_(select(StudyImage.image_id)
-                                  .where(StudyImage.study_id.in_(studies))))
-    return select(key).where(*conditions), driver.elem
+        marks = ", ".join(compiler.bind(s) for s in studies)
+        parts.append(f'"_id" IN (SELECT image_id FROM study_images WHERE study_id IN ({marks}))')
+    return table, " AND ".join(parts) or "true", compiler.params
 
 
-def selection_statement(conn, items: Any = None, dataset: str | None = None,
-                        study: str | None = None):
-    """``SELECT image_id`` of the current images the criteria select (unordered, may repeat).
-
-    The smallest plain row range drives the query; the other criteria filter its ids.
-    Removed images have no field rows, so they are never selected.
-    """
-    return _plan(conn, items, dataset, study)[0]
-
-
-METHODS = ("auto", "sql", "sets")
-
-
-def select_ids(conn, items: Any = None, dataset: str | None = None, study: str | None = None,
-               limit: int | None = None, method: str = "auto") -> Sequence[str]:
-    """The ``_id`` of every current image the criteria select, sorted: a list, or an
-    :class:`~mirror.valuesets.IdList` that makes the strings as they are read.
-
-    ``method`` is for tests and benchmarks: ``"sets"`` insists on value sets
-    (:mod:`mirror.valuesets`), ``"sql"`` on ``image_fields``; ``"auto"`` uses value sets
-    when they are fresh and can answer, which is almost always."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}")
-    if method != "sql":
-        ids = _select_with_sets(conn, items, dataset, study, limit)
-        if ids is not None:
-            return ids
-        if method == "sets":
-            raise QueryError("value sets cannot answer this selection (stale, a study scope, "
-                             "a text test on long text, or a field with too many values)")
-    statement, repeats = _plan(conn, items, dataset, study)
-    if limit is not None:
-        column = statement.selected_columns[0]
-        return list(conn.execute(statement.distinct().order_by(column).limit(limit)).scalars())
-    inner = statement.subquery()
-    joined = conn.execute(select(joined_ids(conn, inner.c.image_id))).scalar()
-    if not joined:
-        return []
-    ids = joined.split(SEPARATOR)
-    if repeats:
-        return sorted(set(ids))
-    ids.sort()  # usually sorted runs already (the index orders ids within a value)
-    return ids
+def select_positions(projection: Projection, items: Any = None, dataset: str | None = None,
+                     study: str | None = None, limit: int | None = None,
+                     kind: str = "images") -> tuple[str, np.ndarray]:
+    """The table and the sorted row positions of the current objects the criteria select:
+    DuckDB answers the SQL part, numpy combines it with the criteria of :func:`_in_numpy`."""
+    rest: list[Criterion] = []
+    table, where, params = selection_where(projection, items, dataset, study, kind, rest)
+    if not rest:
+        positions = projection.positions(table, where, params)
+    else:
+        rows = _numpy_rows(projection, table, rest[0])
+        for item in rest[1:]:
+            rows &= _numpy_rows(projection, table, item)
+        if where != "true":
+            by_sql = np.zeros(rows.size, bool)
+            by_sql[projection.positions(table, where, params)] = True
+            rows &= by_sql
+        positions = np.flatnonzero(rows)
+    return table, positions if limit is None else positions[:max(limit, 0)]
 
 
-class _NoValueSets(Exception):
-    """A criterion value sets cannot answer: it reads the documents (long text), or its
-    field has too many distinct values to have value sets."""
+def select_ids(projection: Projection, items: Any = None, dataset: str | None = None,
+               study: str | None = None, limit: int | None = None,
+               kind: str = "images") -> list[str]:
+    """The ``_id`` of every current object of ``kind`` the criteria select, sorted."""
+    table, positions = select_positions(projection, items, dataset, study, limit, kind)
+    return projection.column(table, "_id")[positions].tolist()
 
 
-class _Sets:
-    """Criteria evaluated over value sets: each row range is the union of the stored sets
-    of the values it covers, as a bitmap over image positions."""
+# -- mirror sql ----------------------------------------------------------------------------
 
-    def __init__(self, compiler: _Compiler, count: int):
-        self.compiler, self.conn, self.count = compiler, compiler.conn, count
-        self._covered: dict[str, bool] = {}
-        self._ranged: set[str] = set()  # paths whose numbers and text are in value runs
-
-    def check_covered(self, path: str) -> None:
-        """Raises when ``path`` has neither value sets nor runs; else answers the compiler's
-        ``has_kind`` questions about it from one query, instead of one index probe each."""
-        if path not in self._covered:
-            found = kinds_at(self.conn, path)
-            self._covered[path] = found is not None
-            pairs, ranged = found or (set(), False)
-            if ranged:
-                self._ranged.add(path)
-            for elem in (False, True):
-                for kind in KINDS:
-                    self.compiler._kinds[(path, elem, kind)] = (elem, kind) in pairs
-        if not self._covered[path]:
-            raise _NoValueSets(path)
-
-    def item(self, item: Criterion) -> np.ndarray:
-        """A bitmap over image positions (see :func:`~mirror.valuesets.no_bits`): the
-        images ``item`` selects."""
-        op = _NEGATION.get(item.op, item.op)
-        self.check_covered(item.field)
-        if op == "~":
-            mask = self._regex(item.field, item.value)
-        else:
-            match = self.compiler._positive(item.field, op, item.value)
-            mask = self.empty()
-            for rows in match.rows:
-                mask |= self.rows(rows)
-            if match.absent:
-                mask |= ~self.rows(_Rows(item.field, False, lambda t: t.kind == ANY))
-        guard = self.compiler.guard(item)
-        if item.op in _NEGATION:
-            mask = ~mask
-        return mask & self.rows(guard) if guard else mask
-
-    def empty(self) -> np.ndarray:
-        return no_bits(self.count)
-
-    def rows(self, rows: _Rows) -> np.ndarray:
-        if rows.document:
-            raise _NoValueSets(rows.path)
-        self.check_covered(rows.path)
-        if rows.compares and rows.path in self._ranged:
-            if rows.span is None:  # a substring or a regex: image_fields answers
-                raise _NoValueSets(rows.path)
-            return self._span(rows.path, rows.elem, rows.span)
-        return mask_of(self.conn, self.count, and_(
-            ValueSet.path == rows.path, ValueSet.elem == rows.elem, rows.test(ValueSet)))
-
-    def _span(self, path: str, elem: bool, span: Span) -> np.ndarray:
-        if self.conn.dialect.name == "postgresql":
-            span = span.without_nul()  # as the index stores text there
-        positions = span_positions(self.conn, path, elem, span)
-        if positions is None:
-            raise _NoValueSets(path)
-        bits = no_bits(self.count)
-        set_bits(bits, positions, self.count)
-        return bits
-
-    def _regex(self, path: str, pattern: str) -> np.ndarray:
-        """Python's ``re.search`` over the field's distinct values (one value set each);
-        :meth:`item` has checked that the path has value sets."""
-        if path in self._ranged or self.compiler.has_kind(path, False, LONG_TEXT):
-            raise _NoValueSets(path)
-        regex = re.compile(pattern)
-        values = self.conn.execute(select(ValueSet.txt).where(
-            ValueSet.path == path, ValueSet.elem.is_(False), ValueSet.kind == TEXT)).scalars()
-        found = [v for v in values if regex.search(v)]
-        mask = self.empty()
-        for start in range(0, len(found), 1000):  # bound the statement's parameters
-            chunk = found[start:start + 1000]
-            mask |= self.rows(_Rows(path, False, lambda t, c=chunk: and_(t.kind == TEXT,
-                                                                         t.txt.in_(c))))
-        return mask
+READ_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
-def _select_with_sets(conn, items: Any, dataset: str | None, study: str | None,
-                      limit: int | None) -> Sequence[str] | None:
-    """The selection from value sets, or None when they cannot answer it."""
-    count = None if study else fresh_count(conn)
-    if count is None:
-        return None
-    items = _scope(conn, dataset, None)[0] + criteria(items)
-    sets = _Sets(_Compiler(conn), count)
-    mask = all_bits(sets.count)
+def run_sql(projection: Projection, sql: str) -> tuple[list[str], list[tuple]]:
+    """The header and rows of one read-only statement over the projection's tables.
+
+    Anything but a single ``SELECT`` (``WITH``, ``DESCRIBE``, ``SUMMARIZE`` and ``SHOW``
+    are ``SELECT``\\ s) or ``EXPLAIN`` is refused before it runs. The connection could not
+    write outside the projection folder or change its settings anyway, but a refusal
+    names the problem instead of failing halfway."""
     try:
-        for item in items:
-            mask &= sets.item(item)
-    except _NoValueSets:
-        return None
-    positions = positions_of(mask, sets.count)
-    return ids_at(conn, positions if limit is None else positions[:limit])
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ReadOnlySqlError(f"cannot parse the SQL: {_first_line(exc)}") from None
+    if len(statements) != 1:
+        raise ReadOnlySqlError(f"give exactly one statement, not {len(statements)}; "
+                               "join them with WITH or UNION")
+    kind = statements[0].type.name
+    if kind not in READ_STATEMENTS:
+        raise ReadOnlySqlError(f"mirror sql only reads: a {kind} statement is refused; "
+                               f"use SELECT over {', '.join(projection.schema)}")
+    try:
+        with projection.lock:
+            result = projection.execute(sql)
+            header = [d[0] for d in result.description or []]
+            return header, result.fetchall()
+    except duckdb.Error as exc:
+        raise ReadOnlySqlError(f"the SQL failed: {_first_line(exc)}") from None
 
 
-def names_of(conn, ids: list[str]) -> list[str]:
-    """The names of ``ids``, in the same order."""
-    found: dict[str, str] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        found.update(conn.execute(select(Image.id, Image.name).where(Image.id.in_(chunk))).all())
-    return [found[i] for i in ids]
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def plain(value: Any) -> Any:
+    """A SQL value as JSON can hold it (dates, decimals and the like as text)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,9 +25,12 @@ from sqlalchemy import create_engine, text
 
 from mirror.errors import MirrorModeError
 from mirror.sources.isic_v1.sandbox import serve
+from mirror.sources.isic_v1.spec import SPEC
 from mirror.status import mirror_status
 from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
+
+IMAGE = SPEC.kind("image")
 
 PORT = 55433
 pytestmark = pytest.mark.needs_server
@@ -95,7 +99,12 @@ def test_sync_verify_and_status_with_a_postgres_index(tmp_path, database):
         again = sync(root, options=SyncOptions(workers=4))
         assert again.ok and again.requests <= 5 and again.bytes_downloaded == 0
     assert summary.generation == 0  # no SQLite generations: PostgreSQL is the index
-    assert not (root / "isic" / "index").exists()
+    index_dir = root / "isic" / "index"
+    assert not list(index_dir.glob("index-*.sqlite"))
+    # but the projections selections read are files in the mirror root, one per publish
+    assert (index_dir / "PROJECTION").read_text().strip() == "projection-000002"
+    assert sorted(p.name for p in index_dir.glob("projection-*")) == [
+        "projection-000001", "projection-000002"]
     status = mirror_status(root)
     assert status["objects"]["image"]["current"] == 8
     assert verify_mirror(root).ok
@@ -126,62 +135,44 @@ QUERIES = [
 ]
 
 
-@pytest.mark.parametrize("runs", [False, True], ids=["value-sets", "value-runs"])
-def test_selections_agree_between_sqlite_and_postgres(tmp_path, database, runs, monkeypatch):
-    """Value runs: every field with more than 5 values (names, dates, ages, sizes...) is
-    kept in runs of 4 values, so that ranges over them read and cut runs."""
-    import mirror.valueruns
-    import mirror.valuesets
+def test_selections_agree_between_sqlite_and_postgres(tmp_path, database):
+    """Both writers publish the same projections, so selections agree."""
     from mirror import Mirror
-    from mirror.query import select_ids
-    from mirror.valuesets import is_fresh
 
-    if runs:
-        monkeypatch.setattr(mirror.valuesets, "MIN_MAX_VALUES", 5)
-        monkeypatch.setattr(mirror.valueruns, "RUN", 4)
     with serve(images=25, seed=4, private_fraction=0.0) as sb:
         options = {"what": frozenset({"images", "datasets"}), "blobs": frozenset()}
         assert sync(tmp_path / "lite", sb.url, SyncOptions(**options)).ok
         assert sync(tmp_path / "pg", sb.url, SyncOptions(index_url=database, **options)).ok
     with Mirror(tmp_path / "lite") as lite, Mirror(tmp_path / "pg") as pg:
-        with pg._engine.connect() as conn:
-            assert is_fresh(conn)  # published: selections read value sets
         for query in QUERIES:
-            expected = lite.select_images(query).ids
-            assert pg.select_images(query).ids == expected, query
-            with pg._engine.connect() as conn:  # and image_fields alone agrees
-                assert select_ids(conn, query, method="sql") == expected, query
-            if runs and "~" not in query[0][1] and "ni" not in query[0][1]:
-                with pg._engine.connect() as conn:  # runs answer it, without image_fields
-                    assert select_ids(conn, query, method="sets") == expected, query
+            assert pg.select_images(query).ids == lite.select_images(query).ids, query
         assert any(lite.select_images(q).ids for q in QUERIES[2:5])  # not all empty
         assert all(lite.select_images(q).ids for q in QUERIES[-2:])
+        assert pg.select("datasets") == lite.select("datasets")
+        statement = 'SELECT "meta.clinical.sex", count(*) FROM images GROUP BY 1 ORDER BY 1'
+        assert pg.sql(statement) == lite.sql(statement)
 
 
-def test_a_reader_keeps_one_snapshot_while_a_writer_publishes(tmp_path, database):
-    """A selection reads value sets and id blocks in several statements; a publish in
-    between (here: the blocks replaced) must not mix two versions of the index."""
-    import numpy as np
-
-    from mirror.config import layout_for, load_config
-    from mirror.index.database import open_reader
-    from mirror.valuesets import fresh_count, ids_at
+def test_a_reader_keeps_its_projection_while_a_writer_publishes(tmp_path, database):
+    """A PostgreSQL reader selects from the projection that was newest when it opened the
+    mirror, whatever the writer publishes meanwhile; a reader opened later sees the new
+    one. The selection reads files only: with the database gone it still answers."""
+    from mirror import Mirror
 
     root = tmp_path / "m"
+    options = {"what": frozenset({"images", "datasets"}), "blobs": frozenset()}
     with serve(images=6, seed=2, private_fraction=0.0) as sb:
-        options = {"what": frozenset({"images", "datasets"}), "blobs": frozenset()}
         assert sync(root, sb.url, SyncOptions(index_url=database, **options)).ok
-    reader = open_reader(layout_for(root, load_config(root)), database)
-    try:
-        with reader.connect() as conn:
-            count = fresh_count(conn)  # the reader's snapshot starts here
-            with create_engine(database).begin() as writer:
-                writer.execute(text("DELETE FROM image_blocks"))
-            assert len(ids_at(conn, np.arange(count))) == count == 6
-        with reader.connect() as conn:  # a new transaction sees the writer's change
-            assert ids_at(conn, np.arange(count)) == []
-    finally:
-        reader.dispose()
+        with Mirror(root) as before:
+            assert len(before.select_images()) == 6
+            sb.mutate(add=3)
+            assert sync(root, sb.url, SyncOptions(**options)).ok
+            assert len(before.select_images()) == 6
+            before._engine.dispose()
+            before._engine = create_engine("postgresql://nobody@127.0.0.1:9/none")
+            assert len(before.select_images([["name", "~", "^ISIC"]])) == 6
+        with Mirror(root) as after:
+            assert len(after.select_images()) == 9
 
 
 def test_archive_text_of_any_length_and_character_is_indexed(tmp_path, database):
@@ -243,3 +234,48 @@ def test_an_index_from_0003_widens_to_text_and_keeps_its_rows(database):
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     assert names == ["ISIC_0000000", "ISIC_" + "A" * 300]
     engine.dispose()
+
+
+def test_the_reference_semantics_hold_on_a_postgres_index(tmp_path, database):
+    """The documents of tests/test_query.py written to PostgreSQL: the projection its
+    writer publishes answers every operator case, their pairs and 300 random combinations
+    as the plain-Python reference does."""
+    import random
+
+    from mirror.config import utc_now
+    from mirror.index.database import IndexWriter
+    from mirror.ingest import ingest_documents
+    from mirror.layout import Layout
+    from mirror.projection import current_number
+    from mirror.query import OPERATORS, QueryError, criteria, open_projection, select_ids
+    from tests.test_query import LONG, OPERATOR_CASES, PATHS, WORDS, brute, make_doc
+
+    rng = random.Random(7)
+    docs = [make_doc(rng, i) for i in range(400)]
+    docs[0].update(a="melanoma", tags=["ISBI 2017: Training", 1, True])
+    docs[1].update(s=LONG + "melanoma", b={"c": 60, "d": None})
+    writer = IndexWriter(Layout(tmp_path / "m"), url=database, spec=SPEC)
+    with writer.session() as session:
+        ingest_documents(session, IMAGE, [(d, "0" * 64, "x", 0) for d in docs], utc_now())
+    assert writer.publish() == 0
+    projection = open_projection(writer.layout.index_dir, current_number(writer.layout.index_dir))
+    cases = [[item] for item in OPERATOR_CASES]
+    cases += [list(pair) for pair in zip(OPERATOR_CASES, OPERATOR_CASES[5:], strict=False)]
+    values = [*WORDS, -3, 0, 1, 2.5, 60, True, False]
+    while len(cases) < len(OPERATOR_CASES) * 2 + 300:
+        op = rng.choice(OPERATORS)
+        value = ([rng.choice([None, *values]) for _ in range(rng.randrange(3))]
+                 if op in ("in", "not in") else re.escape(str(rng.choice(values)))[:5]
+                 if op in ("~", "!~") else rng.choice([None, True, False, *values]))
+        cases.append([[rng.choice(PATHS), op, value]])
+    checked = 0
+    for case in cases:
+        try:
+            parsed = criteria(case)
+        except QueryError:
+            continue
+        assert select_ids(projection, parsed) == brute(docs, parsed), case
+        checked += 1
+    assert checked > 250
+    projection.close()
+    writer.close()

@@ -11,18 +11,14 @@ from mirror.index.models import (
     Blob,
     DocumentVersion,
     FileVersion,
-    ImageBlock,
-    ImageField,
     Listing,
     Meta,
     ObjectRow,
     SyncItem,
     SyncRun,
-    ValueRun,
-    ValueSet,
 )
 
 __all__ = [
-    "Base", "Blob", "DocumentVersion", "FileVersion", "ImageBlock", "ImageField", "Listing",
-    "Meta", "ObjectRow", "SyncItem", "SyncRun", "ValueRun", "ValueSet",
+    "Base", "Blob", "DocumentVersion", "FileVersion", "Listing", "Meta", "ObjectRow",
+    "SyncItem", "SyncRun",
 ]

@@ -14,12 +14,17 @@ mounts, work. The newest few generations are kept for readers that still hold on
 
 With ``index_url`` set (e.g. ``postgresql://...``) the writer and the readers share
 that database instead, and there are no generations.
+
+Either way each publish also writes the Parquet projections selections read
+(:mod:`mirror.projection`): ``index/projection-000042/`` beside generation 42, made before
+CURRENT names it; on PostgreSQL ``index/PROJECTION`` names the newest one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -30,6 +35,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from mirror import projection
 from mirror.errors import DamagedStateError, IndexFenceError, MirrorError
 from mirror.index.models import Meta
 from mirror.layout import Layout, shared_mkdir
@@ -80,15 +86,15 @@ def _sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-def open_reader(layout: Layout, url: str | None = None) -> Engine:
-    """A read-only engine on the current generation (or on ``url``).
+def open_reader(layout: Layout, url: str | None = None, generation: int | None = None
+                ) -> Engine:
+    """A read-only engine on ``generation`` (default: the current one), or on ``url``.
 
-    On PostgreSQL each reader transaction is one snapshot (REPEATABLE READ): a selection
-    reads value sets and id blocks in several statements, and a sync may publish new ones
-    in between; a generation file gives SQLite readers the same guarantee."""
+    On PostgreSQL each reader transaction is one snapshot (REPEATABLE READ), as a
+    generation file is for SQLite readers."""
     if url:
         return create_engine(url, isolation_level="REPEATABLE READ")
-    generation = current_generation(layout)
+    generation = generation or current_generation(layout)
     if generation is None:
         from mirror.lease import lease_holder
 
@@ -113,11 +119,14 @@ class IndexWriter:
     """The single writer's view of the index: a local working database plus publishing."""
 
     def __init__(self, layout: Layout, url: str | None = None, mirror_id: str = "",
-                 rebuild: bool = False):
-        """``rebuild``: the caller replaces every row (reindex), so a damaged CURRENT is
+                 spec=None, rebuild: bool = False):
+        """``spec``: the source whose kinds the projections hold (default: the one the
+        root's ``mirror.json`` names; without either, a publish writes no tables).
+        ``rebuild``: the caller replaces every row (reindex), so a damaged CURRENT is
         no obstacle: the new generation follows the newest one on disk."""
         self.layout = layout
         self.url = url
+        self.spec = spec
         try:
             self.started_from = current_generation(layout)
         except DamagedStateError:
@@ -216,22 +225,24 @@ class IndexWriter:
             session.close()
 
     def publish(self) -> int:
-        """Publish the working database as the next read-only generation; returns its number.
-
-        Derived query tables (:mod:`mirror.valuesets`) are brought up to date first, on
-        PostgreSQL too, where the live database is what readers see."""
-        from mirror.valuesets import refresh
-
-        with self.session() as session:
-            refresh(session)
+        """Publish the working database as the next read-only generation, with its
+        projections; returns its number (0 on PostgreSQL, where the database itself is what
+        readers see and only the projections are published)."""
+        index_dir = self.layout.index_dir
+        shared_mkdir(index_dir, self.layout.root)
         if self.url:
+            previous = projection.current_number(index_dir)
+            number = (previous or 0) + 1
+            projection.place(self._stage_projection(previous), index_dir, number)
+            projection.write_pointer(index_dir, number)
+            projection.prune(index_dir, number - KEEP_GENERATIONS + 1)
             return 0
         self._fence()
         number = (self.started_from or 0) + 1
         with self.session() as session:
             session.merge(Meta(key="generation", value=str(number)))
-        index_dir = self.layout.index_dir
         shared_mkdir(index_dir, self.layout.root)
+        staged = self._stage_projection(self.started_from)
         tmp = index_dir / f".tmp-{uuid.uuid4().hex}.sqlite"
         try:
             self._vacuum_into(tmp)
@@ -242,13 +253,28 @@ class IndexWriter:
                 raise IndexFenceError(f"index generation {number} already exists: another "
                                       "writer got there first; run the command again") from None
             fsync_dir(index_dir)
+            projection.place(staged, index_dir, number)
             self._fence()
             _write_current(index_dir, final.name)
         finally:
             tmp.unlink(missing_ok=True)
+            shutil.rmtree(staged, ignore_errors=True)
         self.started_from = number
         self._prune(number)
         return number
+
+    def _stage_projection(self, previous: int | None) -> Path:
+        """The projections of the working database, built under a temporary name (the
+        tables that did not change since projection ``previous`` linked from it)."""
+        spec = self.spec
+        if spec is None and self.layout.marker.exists():  # the mirror's own source
+            from mirror.config import load_config
+            from mirror.sources.base import spec_of
+
+            spec = spec_of(load_config(self.layout.root).source)
+        with self.engine.connect() as conn:
+            tables, links, digests = projection.index_tables(conn, spec)
+            return projection.stage(self.layout.index_dir, tables, links, digests, previous)
 
     def _vacuum_into(self, tmp: Path) -> None:
         with self.engine.connect() as conn:
@@ -280,6 +306,7 @@ class IndexWriter:
             number = int(path.stem.removeprefix("index-"))
             if number <= newest - KEEP_GENERATIONS:
                 path.unlink(missing_ok=True)
+        projection.prune(self.layout.index_dir, newest - KEEP_GENERATIONS + 1)
 
     def close(self) -> None:
         self.engine.dispose()

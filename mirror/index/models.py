@@ -12,10 +12,8 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     Boolean,
-    Float,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
 )
@@ -73,71 +71,6 @@ class _Document:
     synced_at: Mapped[str] = mapped_column(String(40))
 
 
-class ImageField(Base):
-    """One queryable field of an image document (see :mod:`mirror.fields`).
-
-    Clustered by ``(image_id, path)`` (SQLite: WITHOUT ROWID), so checking one field of one
-    image is a single seek; the covering indexes below serve ranges of values."""
-
-    __tablename__ = "image_fields"
-    __table_args__ = {"sqlite_with_rowid": False}
-    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    path: Mapped[str] = mapped_column(ArchiveText(512), primary_key=True)
-    elem: Mapped[bool] = mapped_column(Boolean, primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(1))
-    num: Mapped[float | None] = mapped_column(Float)
-    txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
-
-
-class ValueSet(Base):
-    """The current images holding one value at one field path (see :mod:`mirror.valuesets`).
-
-    Derived from ``image_fields`` whenever a writer publishes the index: ``positions`` are
-    image positions in ``image_blocks`` order, as a bitmap (``dense``) or as sorted uint32.
-    Kind ``*`` is every image with a non-null value at the path."""
-
-    __tablename__ = "value_sets"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(ArchiveText(512))
-    elem: Mapped[bool] = mapped_column(Boolean)
-    kind: Mapped[str] = mapped_column(String(1))
-    num: Mapped[float | None] = mapped_column(Float)
-    txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
-    count: Mapped[int] = mapped_column(Integer)
-    dense: Mapped[bool] = mapped_column(Boolean)
-    positions: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class ValueRun(Base):
-    """A run of up to ``RUN`` values of one kind at one path with many distinct values
-    (names, dates), in value order, with the image position of each (see
-    :mod:`mirror.valueruns`). ``first``/``last`` are the run's smallest and largest value, so
-    a range reads whole runs inside it and cuts only the runs at its ends."""
-
-    __tablename__ = "value_runs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(ArchiveText(512))
-    elem: Mapped[bool] = mapped_column(Boolean)
-    kind: Mapped[str] = mapped_column(String(1))
-    run: Mapped[int] = mapped_column(Integer)
-    first_num: Mapped[float | None] = mapped_column(Float)
-    last_num: Mapped[float | None] = mapped_column(Float)
-    first_txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
-    last_txt: Mapped[str | None] = mapped_column(ArchiveText(collate_c=True))
-    count: Mapped[int] = mapped_column(Integer)
-    positions: Mapped[bytes] = mapped_column(LargeBinary)  # uint32 LE, in value order
-    vals: Mapped[bytes] = mapped_column(LargeBinary)  # float64 LE, or a JSON list of text
-
-
-class ImageBlock(Base):
-    """The ids of the current images in sorted order, ``BLOCK`` per row: position ``p`` is
-    id ``p % BLOCK`` of block ``p // BLOCK`` (UTF-8, each id followed by U+001F)."""
-
-    __tablename__ = "image_blocks"
-    block: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    width: Mapped[int] = mapped_column(Integer)  # of every id, or 0 when they differ
-    ids: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Blob(Base):
@@ -230,13 +163,5 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-# Covering indexes: a selection reads image ids from the index alone, never the table.
-Index("ix_image_fields_num", ImageField.path, ImageField.elem, ImageField.kind, ImageField.num,
-      ImageField.image_id)
-Index("ix_image_fields_txt", ImageField.path, ImageField.elem, ImageField.kind, ImageField.txt,
-      ImageField.image_id)
-Index("ix_value_sets_num", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.num)
-Index("ix_value_sets_txt", ValueSet.path, ValueSet.elem, ValueSet.kind, ValueSet.txt)
-Index("ix_value_runs_path", ValueRun.path, ValueRun.elem, ValueRun.kind, ValueRun.run)
 Index("ix_blobs_sha256", Blob.sha256)
 Index("ix_objects_parent", ObjectRow.kind, ObjectRow.parent_id)

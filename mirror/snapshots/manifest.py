@@ -25,9 +25,10 @@ from mirror.config import MirrorConfig, layout_for, load_config, utc_now
 from mirror.errors import MirrorError, MissingObjectError
 from mirror.files import write_bytes_atomic
 from mirror.index import Blob, DocumentVersion
-from mirror.index.database import open_reader
+from mirror.index.database import current_generation, open_reader
 from mirror.layout import Layout, shared_mkdir
 from mirror.lease import WriterLease
+from mirror.projection import current_number
 from mirror.sources.base import ALIASES, source_class, source_hooks, spec_of
 from mirror.store import UnsafeNameError, safe_name
 
@@ -182,14 +183,18 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
         if folder.exists():
             raise MirrorError(f"a snapshot named {name!r} exists and snapshots never change; "
                               "choose another name")
-        engine = open_reader(layout, config.index_url)
+        generation = None if config.index_url else current_generation(layout)
+        engine = open_reader(layout, config.index_url, generation)
+        number = current_number(layout.index_dir) if config.index_url else generation
+        projection = query.open_projection(layout.index_dir, number)
         try:
+            items = query.criteria(where)
+            ids = query.select_ids(projection, items, dataset=dataset, study=study)
             with engine.connect() as conn:
-                items = query.criteria(where)
-                ids = query.select_ids(conn, items, dataset=dataset, study=study)
                 objects = source_hooks(config.source, "snapshots").pinned_objects(
                     conn, ids, roles)
         finally:
+            projection.close()
             engine.dispose()
         manifest = _manifest(config, name, items, dataset, study, blobs, objects)
         save_manifest(folder, manifest)

@@ -193,6 +193,8 @@ class SourceSpec:
     file_options: frozenset[str] = frozenset()
     default_url: str | None = None
     sandbox: str | None = None  # "module:function" serving a local imitation
+    # conn -> {table: (columns, rows)}: link tables published beside the kinds' projections
+    links: Callable[[Any], dict] | None = None
 
     def kind(self, name: str) -> KindSpec:
         for kind in self.kinds:

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from mirror import progress, query
+from mirror import progress
 from mirror.errors import MirrorError
 from mirror.export import attribution_path, csv_bytes, field_value, write_parquet
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
-from mirror.index import Blob, ImageField
+from mirror.index import Blob
+from mirror.projection import BOOLEAN, NULL, NUMBER, TEXT, literal, quote
 from mirror.sources.isic_v1.client import BLOB_KINDS
 from mirror.sources.isic_v1.models import Dataset, Image, Segmentation
 from mirror.store import UnsafeNameError, safe_name
@@ -43,22 +44,29 @@ def blob_roles(blobs: list[str] | tuple[str, ...]) -> list[str]:
 
 # -- the metadata table --------------------------------------------------------------------
 
-def _ids(conn, selection: ImageSelection):
-    """The selection again, as a subquery (it may hold more ids than a statement can bind)."""
-    return query.selection_statement(conn, selection.criteria, selection.dataset,
-                                     selection.study).subquery()
-
-
 def default_columns(mirror: Mirror, selection: ImageSelection) -> list[str]:
     """``isic_id, attribution, copyright_license, dataset`` plus every acquisition and
-    clinical field any selected image has, sorted (the columns isic-cli writes)."""
-    with mirror._engine.connect() as conn:
-        paths = conn.execute(select(ImageField.path).distinct().where(
-            ImageField.elem.is_(False), ImageField.image_id.in_(select(_ids(conn, selection))),
-            ImageField.kind.not_in(["o", "a"]),
-            ImageField.path.like("meta.%"))).scalars().all()
-    fields = [p for p in paths if p.startswith(_DEFAULT_GROUPS) and p.count(".") == 2]
-    return FIXED_COLUMNS + sorted(fields, key=lambda p: (p.split(".")[2], p))
+    clinical field any selected image has (a scalar or a null), sorted (the columns
+    isic-cli writes)."""
+    projection = mirror.projection
+    fields = projection.fields("images")
+    candidates = {path: [quote(name) for kind, name in kinds.items()
+                         if kind in (TEXT, NUMBER, BOOLEAN, NULL)]
+                  for path, kinds in fields.items()
+                  if path.startswith(_DEFAULT_GROUPS) and path.count(".") == 2}
+    candidates = {path: columns for path, columns in candidates.items() if columns}
+    present = []
+    if candidates and len(selection):
+        tests = ", ".join(f"bool_or({' OR '.join(f'{c} IS NOT NULL' for c in columns)})"
+                          for columns in candidates.values())
+        positions = projection.positions_of("images", selection.ids).tolist()
+        with projection.lock:
+            found = projection.execute(
+                f"SELECT {tests} FROM read_parquet({literal(projection.file('images'))}, "
+                "file_row_number = true) WHERE file_row_number IN "
+                "(SELECT unnest(?::BIGINT[]))", [positions]).fetchone()
+        present = [path for path, has in zip(candidates, found, strict=True) if has]
+    return FIXED_COLUMNS + sorted(present, key=lambda p: (p.split(".")[2], p))
 
 
 def _header(columns: list[str]) -> list[str]:
@@ -106,13 +114,18 @@ def metadata_table(mirror: Mirror, selection: ImageSelection,
 
 def attribution_rows(mirror: Mirror, selection: ImageSelection) -> list[tuple]:
     """``(count, dataset, license, attribution)`` per dataset, most images first."""
+    counts: dict[str | None, int] = {}
     with mirror._engine.connect() as conn:
-        counts = conn.execute(
-            select(Image.dataset_id, func.count())
-            .where(Image.id.in_(select(_ids(conn, selection)))).group_by(Image.dataset_id)).all()
+        for start in range(0, len(selection.ids), CHUNK):
+            chunk = selection.ids[start:start + CHUNK]
+            for dataset_id, count in conn.execute(
+                    select(Image.dataset_id, func.count()).where(Image.id.in_(chunk))
+                    .group_by(Image.dataset_id)):
+                counts[dataset_id] = counts.get(dataset_id, 0) + count
         datasets = {row[0]: row[1:] for row in conn.execute(
             select(Dataset.id, Dataset.name, Dataset.license, Dataset.attribution))}
-    rows = [(n, *datasets.get(ds, (ds or "unknown dataset", None, None))) for ds, n in counts]
+    rows = [(n, *datasets.get(ds, (ds or "unknown dataset", None, None)))
+            for ds, n in counts.items()]
     return sorted(rows, key=lambda r: (-r[0], str(r[1])))
 
 

@@ -26,7 +26,6 @@ from mirror.sources.isic_v1.models import (
     Study,
     StudyImage,
 )
-from mirror.valuesets import IdList
 
 if TYPE_CHECKING:
     from mirror.api import Mirror
@@ -63,7 +62,8 @@ class IsicV1Objects:
     def select_images(self, criteria: Any = None, sub_select: bool = False,
                       dataset: str | None = None, study: str | None = None,
                       limit: int | None = None) -> ImageSelection:
-        """Images whose documents meet ``criteria``, selected in SQL (see :mod:`mirror.query`).
+        """Images whose documents meet ``criteria``, selected by DuckDB over the projection
+        of the index (see :mod:`mirror.query`).
 
         ``criteria`` is ``[field, op, value]`` or a list of them (all must hold), e.g.
         ``[["meta.clinical.diagnosis", "==", "melanoma"], ["dataset.name", "ni", "HAM"]]``.
@@ -75,8 +75,8 @@ class IsicV1Objects:
         if previous is not None:
             items = previous.criteria + items
             dataset, study = dataset or previous.dataset, study or previous.study
-        with self._mirror._engine.connect() as conn:
-            ids = query.select_ids(conn, items, dataset=dataset, study=study, limit=limit)
+        ids = query.select_ids(self._mirror.projection, items, dataset=dataset, study=study,
+                               limit=limit)
         self.image_selection = ImageSelection(self._mirror, items, ids, dataset, study)
         return self.image_selection
 
@@ -107,9 +107,7 @@ class IsicV1Objects:
 class ImageSelection:
     """The images a selection found, in ``_id`` order; names and images are read on demand.
 
-    :attr:`ids` is a read-only sequence of ``_id`` strings (often a
-    :class:`mirror.valuesets.IdList`, which makes each string when it is read);
-    ``list(selection.ids)`` gives a plain list."""
+    :attr:`ids` is the sorted list of their ``_id`` strings."""
 
     def __init__(self, mirror: Mirror, criteria: list, ids: Sequence[str],
                  dataset: str | None = None, study: str | None = None):
@@ -119,8 +117,7 @@ class ImageSelection:
     @cached_property
     def names(self) -> list[str]:
         """The ISIC names, in the order of :attr:`ids`."""
-        with self.mirror._engine.connect() as conn:
-            return query.names_of(conn, self.ids)
+        return self.mirror.projection.values("images", "name", self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,7 +130,7 @@ class ImageSelection:
 
     @cached_property
     def _members(self) -> Container[str]:
-        return self.ids if isinstance(self.ids, IdList) else set(self.ids)  # IdList: bisects
+        return set(self.ids)
 
     def __repr__(self) -> str:
         shown = " and ".join(str(c) for c in self.criteria) or "all images"

@@ -12,11 +12,8 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from mirror.fields import field_rows
-from mirror.index import ImageField
 from mirror.ingest import upsert
 from mirror.sources.isic_v1.models import Feature, StudyImage
-from mirror.valuesets import mark_stale
 
 
 def _get(doc: dict, *path: str) -> Any:
@@ -29,7 +26,7 @@ def _get(doc: dict, *path: str) -> Any:
 
 def _as_int(value: Any) -> int | None:
     """An integer that fits the index's INTEGER columns (32 bits on PostgreSQL), else None:
-    the document and ``image_fields`` keep any other value."""
+    the document (and so the query projection) keeps any other value."""
     if isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31:
         return value
     return None
@@ -106,24 +103,12 @@ def annotation_columns(doc: dict) -> dict:
             "status": _as_str(doc.get("status"))}
 
 
-def index_images(session: Session, docs: list[dict]) -> None:
-    """Replace the queryable field rows of ``docs`` (see :mod:`mirror.fields`)."""
-    docs = list({doc["_id"]: doc for doc in docs}.values())  # a repeated id: the last wins
-    ids = [doc["_id"] for doc in docs]
-    for start in range(0, len(ids), 500):
-        session.execute(delete(ImageField).where(ImageField.image_id.in_(ids[start:start + 500])))
-    mark_stale(session)
-    rows = [{**row, "seq": seq} for doc in docs
-            for seq, row in enumerate(field_rows(doc["_id"], doc))]
-    for start in range(0, len(rows), 5000):
-        session.execute(ImageField.__table__.insert(), rows[start:start + 5000])
+def study_image_links(conn) -> dict:
+    """``study_images`` for the projection: a study scope selects by it."""
+    from sqlalchemy import select
 
-
-def images_removed(session: Session, ids: list[str]) -> None:
-    """A removed image loses its query rows, so selections never return it."""
-    for start in range(0, len(ids), 500):
-        session.execute(delete(ImageField).where(ImageField.image_id.in_(ids[start:start + 500])))
-    mark_stale(session)
+    rows = conn.execute(select(StudyImage.study_id, StudyImage.image_id))
+    return {"study_images": (("study_id", "image_id"), [tuple(r) for r in rows])}
 
 
 def index_studies(session: Session, docs: list[dict]) -> None:

@@ -51,8 +51,7 @@ def _kind(name: str, table: str, model, columns, **more) -> KindSpec:
 
 KINDS = (
     _kind("dataset", "datasets", models.Dataset, projection.dataset_columns),
-    _kind("image", "images", models.Image, projection.image_columns, parent="dataset",
-          index=projection.index_images, on_removed=projection.images_removed),
+    _kind("image", "images", models.Image, projection.image_columns, parent="dataset"),
     _kind("segmentation", "segmentations", models.Segmentation,
           projection.segmentation_columns, parent="image"),
     _kind("study", "studies", models.Study, projection.study_columns,
@@ -90,4 +89,5 @@ SPEC = SourceSpec(
     file_options=frozenset({"full", "thumbnail", "superpixels", "masks"}),
     default_url=DEFAULT_URL,
     sandbox="mirror.sources.isic_v1.sandbox.server:run_forever",
+    links=projection.study_image_links,
 )
