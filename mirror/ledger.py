@@ -99,6 +99,8 @@ def _append(layout: Layout, entries: list[dict]) -> None:
                     for e in entries)
     fd = os.open(path_of(layout), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o664)
     try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o664)  # whatever the umask: every member of the group appends
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data  # end a line torn by a crash; replay skips its remains
