@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -644,3 +645,45 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
         finally:
             child.wait(timeout=120)
     assert child.returncode == 0, child.stderr
+
+
+# -- the docs are true -----------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+README = DOCS.parent / "README.md"
+
+
+def test_the_python_api_page_names_ids_the_demo_mirror_holds():
+    """The demo mirrors every image of the sandbox with seed 0 (``mirror/demo.py``)."""
+    from mirror.sources.isic_v1.sandbox.data import Archive
+
+    ids = set(re.findall(r'm\.image\("([0-9a-f]{24})"\)', (DOCS / "python-api.md").read_text()))
+    assert ids, "the page shows an image by _id"
+    archive = Archive(200, seed=0, private_fraction=0.0)
+    served = {archive.image_id(i): f"ISIC_{i:07d}" for i in range(200)}
+    assert ids <= set(served), ids - set(served)
+    assert served["52c35a8094545b38f85804f0"] == "ISIC_0000000"  # the sandbox's naming
+
+
+def test_documented_command_lines_parse():
+    """Every ``mirror ...`` line in the README and docs/sync.md names options that exist
+    where they are written (``-v`` is a group option: ``mirror -v sync``, not ``sync -v``)."""
+    lines = []
+    for page in (README, DOCS / "sync.md", DOCS / "operations.md"):
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.DOTALL):
+            lines += [line.split("#")[0].strip() for line in block.splitlines()
+                      if line.strip().startswith("mirror ")]
+    assert len(lines) > 10
+    for line in lines:
+        if "[" in line or "…" in line or "..." in line:
+            continue  # a usage synopsis, not a command to run
+        args = shlex.split(line)[1:]
+        result = CliRunner().invoke(main, [*args, "--help"] if "--help" not in args else args)
+        assert "No such option" not in result.output and result.exit_code == 0, (line,
+                                                                               result.output)
+
+
+def test_readme_says_how_to_get_mirror_on_path():
+    text = README.read_text()
+    assert ". .venv/bin/activate" in text
+    assert "mirror sync -v" not in (DOCS / "sync.md").read_text()
