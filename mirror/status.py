@@ -83,7 +83,8 @@ def status_lines(status: dict) -> list[str]:
                  f"{disk['snapshots'] / 1e6:.1f} MB, other {disk['other'] / 1e6:.1f} MB")
     last = status["last_sync"]
     if last:
-        state = "ok" if last["ok"] else "incomplete" if last["ok"] is False else "interrupted"
+        state = ("ok" if last["ok"] else "incomplete" if last["ok"] is False
+                 else "running or interrupted")
         figures = ""
         if last.get("requests") is not None:
             figures = f", {last['requests']} requests, {(last['seconds'] or 0):.1f} s"
