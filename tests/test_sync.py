@@ -262,7 +262,7 @@ def test_failures_are_reported_with_nonzero_exit_then_retried(tmp_path):
         assert {f.role for f in first.failures} == {"image"}
         pending = _work_items(root)
         assert {(f.object_id, "failed") for f in first.failures} == set(pending)
-        second = sync(root, clean.url, SyncOptions(workers=2))
+        second = sync(root, clean.url, SyncOptions(workers=2, rebase_url=True))
         assert second.ok, second.failures
     assert verify_mirror(root).ok
 
