@@ -126,20 +126,32 @@ def peak_rss_metadata_sync(images: int, workers: int) -> tuple[float, float]:
     return rss_kb / 1024, seconds
 
 
-def noop_resync(images: int, workers: int) -> tuple[float, int, float, int]:
-    """Seconds and requests of a first metadata sync and of a re-sync with nothing changed."""
+def noop_resync(images: int, workers: int, resyncs: int = 1) -> list[tuple[float, int]]:
+    """(seconds, requests) of a first metadata sync (``--blobs ''``, every document) and of
+    ``resyncs`` re-syncs with nothing changed."""
     sandbox, url = start_sandbox(images)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["MIRROR_STATE_DIR"] = f"{tmp}/state"
             options = SyncOptions(workers=workers, blobs=frozenset())
-            first = sync(f"{tmp}/m", url, options)
-            again = sync(f"{tmp}/m", url, options)
-            assert first.ok and again.ok
+            runs = []
+            for _ in range(1 + resyncs):
+                summary = sync(f"{tmp}/m", url, options)
+                assert summary.ok, summary.failures[:3]
+                runs.append((summary.seconds, summary.requests))
     finally:
         sandbox.terminate()
         sandbox.wait()
-    return first.seconds, first.requests, again.seconds, again.requests
+    return runs
+
+
+def print_noop(sizes: list[int], workers: int, resyncs: int) -> None:
+    """The no-op re-sync cost at each archive size (docs/performance.md, docs/sync.md)."""
+    for images in sizes:
+        (first, n_first), *again = noop_resync(images, workers, resyncs)
+        shown = ", ".join(f"{s:.1f} s ({n} requests)" for s, n in again)
+        print(f"{images} images, all documents: first sync {first:.1f} s ({n_first} "
+              f"requests); unchanged re-sync(s): {shown}", flush=True)
 
 
 def main() -> None:
@@ -147,15 +159,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rss-images", type=int, default=100_000)
+    parser.add_argument("--noop", default="",
+                        help="only the no-op re-sync cost at these sizes, e.g. 10000,30000")
+    parser.add_argument("--resyncs", type=int, default=1,
+                        help="unchanged re-syncs measured after each first sync (--noop)")
     parser.add_argument("--skip-sequential", action="store_true",
                         help="skip (a), the slow baseline (for quick iterations)")
     parser.add_argument("--latency", type=float, default=0.03,
                         help="sandbox round trip per request, seconds (a real archive's RTT)")
     args = parser.parse_args()
+    if args.noop:
+        print_noop([int(n) for n in args.noop.split(",")], args.workers, args.resyncs)
+        return
     if args.images == 0:  # only the metadata figures
-        first, n_first, again, n_again = noop_resync(10_000, args.workers)
-        print(f"10000 images, all documents: first sync {first:.1f} s ({n_first} requests), "
-              f"unchanged re-sync {again:.2f} s ({n_again} requests)")
+        print_noop([10_000], args.workers, args.resyncs)
         if args.rss_images:
             rss, seconds = peak_rss_metadata_sync(args.rss_images, args.workers)
             print(f"metadata-only sync of {args.rss_images} images: {seconds:.1f} s, "

@@ -181,8 +181,19 @@ class Mirror:
         if relpath is None:
             raise MissingObjectError(
                 f"the {what} of {object_id} is not mirrored; run 'mirror sync --root "
-                f"{self.root}' with --blobs including it")
+                f"{self.root}' with --blobs including {self._option_of(role)}")
         return self.store.path(relpath)
+
+    def _option_of(self, role: str) -> str:
+        """The ``--blobs`` choice that fetches files of ``role`` (a derived file's: the
+        choice of the file it is made from)."""
+        try:
+            found = self.source.role(role)
+            if found.option is None and found.derived_from:
+                found = self.source.role(found.derived_from)
+        except Exception:  # noqa: BLE001 - an unknown role: say it plainly
+            return "it"
+        return found.option or "it"
 
     def _blob_json(self, object_id: str, role: str) -> dict | None:
         relpath = self._blob_relpath(object_id, role)

@@ -14,25 +14,107 @@ import click
 from mirror import __version__
 from mirror.errors import MirrorError
 
+INTERRUPTED = 130  # the shell's code for a run ended by SIGINT; SIGTERM gets it too
+
 
 class _Group(click.Group):
-    """Turns library errors into one clean line and a non-zero exit."""
+    """Turns library errors into one clean line and a non-zero exit; an interrupted run
+    (Ctrl-C, SIGTERM) into exit 130 with the resume hint."""
+
+    def main(self, *args, **kwargs):
+        with _sigterm_interrupts():
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MirrorError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+            kept = getattr(exc, "files_kept", None) or getattr(exc.__context__, "files_kept",
+                                                                None)
+            kept_text = f"{kept} file(s) kept; " if kept is not None else ""
+            _fail(f"interrupted; {kept_text}run the same command to resume", INTERRUPTED,
+                  prefix="")
+        except OSError as exc:  # a full, read-only or vanished disk: one line, not a traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}; check the disk and permissions, then run "
+                  "the same command again", 2)
+        except _database_errors() as exc:
+            _fail(f"the index is damaged ({type(exc).__name__}: {str(exc).splitlines()[0]}"
+                  "); rebuild it with 'mirror reindex'", 2)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    click.echo(f"{prefix}{' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    from sqlalchemy.exc import DatabaseError
+
+    return (sqlite3.DatabaseError, DatabaseError)
+
+
+class _sigterm_interrupts:
+    """While a command runs, SIGTERM (systemd, a batch scheduler, ``kill``) stops it like
+    Ctrl-C: the lease is released and what arrived is kept, instead of a silent death."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _password(username: str) -> str:
+    """MIRROR_PASSWORD, else a prompt; nothing typed is one clear error, not a loop."""
+    import os
+
+    password = os.environ.get("MIRROR_PASSWORD")
+    if password:
+        return password
+    try:
+        password = click.prompt(f"Password for {username}", hide_input=True, err=True,
+                                default="", show_default=False)
+    except click.exceptions.Abort:
+        password = ""
+    if not password:
+        raise MirrorError(f"no password given for {username}; type it at the prompt or set "
+                          "MIRROR_PASSWORD")
+    return password
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="mirror")
 @click.option("-v", "--verbose", count=True, help="-v shows requests, -vv debug.")
-def main(verbose: int) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--progress", "progress_mode", default="auto", show_default=True,
+              type=click.Choice(["auto", "bar", "plain", "none"]),
+              help="auto: bars on a terminal; plain periodic lines when stderr is not a "
+                   "terminal and -v is given; otherwise nothing.")
+def main(verbose: int, quiet: bool, progress_mode: str) -> None:
     """Keep a local, offline, verifiable mirror of a medical-imaging archive."""
+    from mirror import progress
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    progress.choose(progress_mode, verbose=verbose, quiet=quiet)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -89,29 +171,12 @@ def _root_option(f):
                         help="Mirror folder (or set MIRROR_ROOT).")(f)
 
 
-def _tqdm_progress(quiet: bool):
-    """A progress factory for the sync engine: one bar for files, one for bytes."""
-    if quiet:
-        return None
-    from tqdm import tqdm
-
-    def factory(label: str, total: int):
-        files = tqdm(total=total, unit="file", desc=label, leave=False)
-        data = tqdm(unit="B", unit_scale=True, desc="bytes", leave=False)
-
-        def update(items: int, nbytes: int) -> None:
-            files.update(items)
-            data.update(nbytes)
-
-        return update
-
-    return factory
-
-
 @main.command()
 @_root_option
 @click.option("--url", help="Archive API root; remembered in the mirror. Its shape picks the "
               "source (…/api/v1: ISIC v1).")
+@click.option("--rebase-url", is_flag=True, help="--url differs from the one the mirror "
+              "remembers but is the same archive (it moved); remember the new one.")
 @click.option("--source", help="The source of a new mirror (isic-v1, tcia-v4, ...); default: "
               "from --url.")
 @click.option("--collection", "collections", multiple=True,
@@ -139,45 +204,53 @@ def _tqdm_progress(quiet: bool):
               "only when creating a mirror.")
 @click.option("--wait", "lease_wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another writer (-1 waits forever).")
-@click.option("--dry-run", is_flag=True, help="List what changed and print the plan only.")
+@click.option("--no-space-check", "no_space_check", is_flag=True,
+              help="Fetch even when the size estimate says the disk is too small.")
+@click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and "
+              "change nothing: the next real run reports the same changes.")
+@click.option("--full", is_flag=True, help="Re-check every per-object listing now (ISIC v1: "
+              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD).")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sync(root, url, source, collections, search, scope_where, scope_sql, s3_endpoint,
+@click.option("--quiet", "-q", is_flag=True, help="No progress output (as 'mirror -q sync').")
+def sync(root, url, rebase_url, source, collections, search, scope_where, scope_sql, s3_endpoint,
          catalog_dir, workers, what, blobs, dataset, study, limit, username, allow_mixed,
-         index_url, lease_wait, dry_run, allow_removals, as_json, quiet) -> None:
+         index_url, lease_wait, no_space_check, dry_run, full, allow_removals, as_json,
+         quiet) -> None:
     """Create or update a mirror from the archive (incremental, resumable)."""
-    import os
-
     from mirror.sync import SyncOptions
     from mirror.sync import sync as run_sync
 
-    password = None
-    if username:
-        password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
-            f"Password for {username}", hide_input=True, err=True)
+    password = _password(username) if username else None
     def print_plan(plan: dict) -> None:
         if not as_json and (dry_run or not quiet):
             click.echo(f"plan: {plan['files']} file(s) to fetch, about "
                        f"{plan['estimated_bytes'] / 1e6:.1f} MB; "
-                       f"{plan['free_bytes'] / 1e9:.1f} GB free")
+                       f"{plan['free_bytes'] / 1e9:.1f} GB free"
+                       + (f" (estimate from {plan['basis']})" if plan.get("basis") else ""))
 
     options = SyncOptions(what=None if what is None else _csv_choice(what),
                           blobs=None if blobs is None else _csv_choice(blobs), workers=workers,
                           dataset=dataset, study=study, limit=limit, dry_run=dry_run,
+                          full=full,
                           allow_mixed=allow_mixed, index_url=index_url, source=source,
-                          allow_removals=allow_removals,
+                          allow_removals=allow_removals, rebase_url=rebase_url,
+                          space_check=not no_space_check,
                           scope={**_scope(collections, search),
                                  **{k: v for k, v in (("where", scope_where), ("sql", scope_sql),
                                                       ("s3_endpoint", s3_endpoint),
                                                       ("catalog", catalog_dir)) if v}},
                           lease_wait=None if lease_wait < 0 else lease_wait,
-                          progress=_tqdm_progress(quiet or as_json), on_plan=print_plan)
+                          on_plan=print_plan)
+    if quiet or as_json:
+        from mirror import progress
+
+        progress.choose("none")
     summary = run_sync(root, url, options, username=username, password=password)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
-    elif not dry_run:
+    else:
         for line in summary.summary_lines():
             click.echo(line)
     sys.exit(0 if summary.ok else 1)
@@ -348,13 +421,15 @@ def export() -> None:
 @click.argument("out", type=click.Path(dir_okay=False))
 @_selection_options
 @click.option("--columns", help="Comma list of dotted fields instead of the default columns.")
-def export_metadata_command(root, out, wheres, dataset, study, columns) -> None:
-    """Write OUT.csv or OUT.parquet (one row per image) and attribution.txt beside it."""
+@click.option("--replace", is_flag=True, help="Overwrite OUT (and its attribution file).")
+def export_metadata_command(root, out, wheres, dataset, study, columns, replace) -> None:
+    """Write OUT.csv or OUT.parquet (one row per image) and OUT.attribution.txt beside it."""
     from mirror.export import export_metadata
 
     mirror, selection = _select(root, wheres, dataset, study)
-    data = export_metadata(mirror, out, selection, _csv_list(columns))
-    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}")
+    data = export_metadata(mirror, out, selection, _csv_list(columns), replace=replace)
+    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}"
+               + (f", attribution in {data['attribution']}" if data.get("attribution") else ""))
 
 
 @export.command("files")
@@ -366,13 +441,17 @@ def export_metadata_command(root, out, wheres, dataset, study, columns) -> None:
               help="How files get into DEST (hard links share the store's read-only bytes).")
 @click.option("--blobs", default="full,masks", show_default=True,
               help="Files per image: full, thumbnail, superpixels, masks.")
+@click.option("--replace", is_flag=True, help="DEST holds an older export: swap it for this "
+              "one atomically (otherwise a non-empty DEST is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export_files_command(root, dest, wheres, dataset, study, link, blobs, as_json) -> None:
+def export_files_command(root, dest, wheres, dataset, study, link, blobs, replace,
+                         as_json) -> None:
     """DEST/<name>.jpg (masks and superpixels beside), metadata.csv, attribution.txt."""
     from mirror.export import export_files, export_files_lines
 
     mirror, selection = _select(root, wheres, dataset, study)
-    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link)
+    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link,
+                        replace=replace)
     _emit(data, export_files_lines(mirror, data, dest), as_json)
     sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
 
@@ -398,6 +477,18 @@ def snapshot_create(root, name, wheres, dataset, study, blobs) -> None:
     click.echo(f"snapshot {name}: {len(snap.of_kind('image'))} image(s), "
                f"{len(snap.objects)} document(s), {files} file(s); "
                f"id {snap.manifest['snapshot_id'][:16]}")
+
+
+@snapshot.command("delete")
+@_root_option
+@click.argument("name")
+def snapshot_delete(root, name) -> None:
+    """Unpin snapshot NAME; the files it pinned go only through 'mirror gc'."""
+    from mirror.snapshots import delete_snapshot
+
+    data = delete_snapshot(root, name)
+    click.echo(f"deleted snapshot {name} (id {data['snapshot_id'][:16]}, {data['objects']} "
+               "pinned object(s)); 'mirror gc' removes the files nothing else needs")
 
 
 @snapshot.command("list")
@@ -470,20 +561,17 @@ def snapshot_verify(root, name, as_json) -> None:
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @_root_option
 @click.option("--url", help="Archive API root (default: the one in the manifest).")
+@click.option("--rebase-url", is_flag=True, help="ROOT already mirrors this archive at "
+              "another address; remember --url.")
 @click.option("--username", help="Log in as this user; password from MIRROR_PASSWORD or a prompt.")
 @click.option("--workers", default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def snapshot_build(manifest, root, url, username, workers, as_json) -> None:
+def snapshot_build(manifest, root, url, rebase_url, username, workers, as_json) -> None:
     """Fetch exactly what MANIFEST pins into a mirror and check every hash."""
-    import os
-
     from mirror.snapshots.build import build_snapshot
 
-    password = None
-    if username:
-        password = os.environ.get("MIRROR_PASSWORD") or click.prompt(
-            f"Password for {username}", hide_input=True, err=True)
-    data = build_snapshot(manifest, root, url, username, password, workers)
+    password = _password(username) if username else None
+    data = build_snapshot(manifest, root, url, username, password, workers, rebase_url)
     lines = [f"changed: {c}" for c in data["changed"]] + [f"gone: {g}" for g in data["gone"]]
     lines.append(f"{data['name']}: {data['verified']} pinned item(s) verified, "
                  f"{len(data['changed'])} changed, {len(data['gone'])} gone"
@@ -502,11 +590,19 @@ def lock() -> None:
 def lock_status(root) -> None:
     """Show who holds the writer lease."""
     from mirror.config import layout_for, load_config
-    from mirror.lease import lease_holder
+    from mirror.lease import holder_is_stale, lease_holder
 
-    holder = lease_holder(layout_for(root, load_config(root)))
-    click.echo("no writer" if holder is None else
-               "held by pid {pid} on {host} ({command}) since {started}".format(**holder))
+    layout = layout_for(root, load_config(root))
+    holder = lease_holder(layout)
+    if holder is None:
+        click.echo("no writer")
+        return
+    line = "held by pid {pid} on {host} ({command}) since {started}".format(**holder)
+    stale = holder_is_stale(layout, holder)
+    if stale:
+        line = (f"stale: {line}, but {stale}; the next writer takes it over (or run "
+                "'mirror lock break')")
+    click.echo(line)
 
 
 @lock.command("break")

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mirror.errors import BadUrlError, MirrorError, MirrorModeError, NotAMirrorError
-from mirror.layout import FORMAT_VERSION, MARKER, Layout
+from mirror.layout import FORMAT_VERSION, MARKER, Layout, shared_mkdir
 from mirror.sources.base import ALIASES, source_for_url, spec_of
 
 
@@ -75,7 +75,7 @@ def load_config(root: Path) -> MirrorConfig:
 def save_config(root: Path, config: MirrorConfig) -> None:
     """Write ``mirror.json`` atomically (temp file, fsync, replace)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    shared_mkdir(root, root)
     data = json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=root)
     try:
@@ -92,13 +92,16 @@ def save_config(root: Path, config: MirrorConfig) -> None:
 
 def open_or_create(
     root: Path, base_url: str | None, authenticated: bool, allow_mixed: bool = False,
-    index_url: str | None = None, source: str | None = None,
+    index_url: str | None = None, source: str | None = None, rebase_url: bool = False,
 ) -> MirrorConfig:
     """Config of an existing mirror, checked against this run; or a new mirror's config.
 
     A new mirror's source is ``source`` or, without it, the one whose URL shape
     ``base_url`` has. A mirror made by an older release (``"source": "isic"``) is
     carried forward in place: the marker is rewritten with the source's current name.
+    A different ``base_url`` for an existing mirror is refused unless ``rebase_url``
+    says it is the same archive at a new address: a typo'd or wrong server would
+    otherwise be remembered, and its listing could mark the whole mirror removed.
     """
     root = Path(root)
     if base_url:
@@ -123,6 +126,11 @@ def open_or_create(
                 "use the same mode, or pass --allow-mixed to mix them knowingly"
             )
         if base_url and base_url.rstrip("/") != config.base_url:
+            if not rebase_url:
+                raise MirrorModeError(
+                    f"{root} mirrors {config.base_url}, not {base_url.rstrip('/')}; if this "
+                    "is the same archive at a new address, add --rebase-url; otherwise "
+                    "choose another --root")
             config.base_url = base_url.rstrip("/")
             save_config(root, config)
         return config

@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in status_lines(mirror_status(root)):
         print("  " + line)
-    print("\nThe sandbox is gone; the mirror works offline. Try:")
-    print(f"  .venv/bin/mirror status --root {root}")
-    print(f"  .venv/bin/mirror verify --root {root}")
+    print("\nThe sandbox is gone; the mirror works offline. Put mirror on PATH, then try:")
+    print("  . .venv/bin/activate")
+    print(f"  mirror status --root {root}")
+    print(f"  mirror verify --root {root}")
     return 0 if summary.ok and again.ok else 1
 
 

@@ -33,6 +33,16 @@ class WriterBusyError(MirrorError):
     """Another process holds the writer lease."""
 
 
+class ReadOnlyMirrorError(MirrorError):
+    """The mirror root cannot be written here (a read-only mount, no group permission):
+    reading commands work, writing ones cannot take the lease."""
+
+
+class DamagedStateError(MirrorError):
+    """Local state (the index's CURRENT, a generation, the writer's working database) is
+    not what the mirror wrote; the message names the file and the command that rebuilds it."""
+
+
 class ArchiveError(MirrorError):
     """The archive answered with an error the client cannot recover from."""
 
@@ -94,6 +104,10 @@ class DeadlineExceededError(ArchiveError):
 
 class JsonTooDeepError(ArchiveError):
     """A JSON body is nested deeper than any document the archive sends."""
+
+
+class ExportDestError(MirrorError):
+    """An export would mix with what its destination already holds."""
 
 
 class BadUrlError(MirrorError):

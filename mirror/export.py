@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mirror.errors import MirrorError
-from mirror.files import write_bytes_atomic
+from mirror.errors import ExportDestError, MirrorError
+from mirror.files import staged_folder, write_bytes_atomic
 from mirror.sources.base import source_hooks
 
 FORMATS = ("table", "csv", "json", "jsonl", "ids")
@@ -38,15 +38,32 @@ def metadata_table(mirror: Mirror, selection: Any, columns: list[str] | None = N
 
 
 def export_metadata(mirror: Mirror, out: Path, selection: Any,
-                    columns: list[str] | None = None) -> dict:
-    """Write the metadata table (CSV or Parquet, by ``out``'s suffix) and its provenance."""
+                    columns: list[str] | None = None, replace: bool = False) -> dict:
+    """Write the metadata table (CSV or Parquet, by ``out``'s suffix) and its provenance
+    (:func:`attribution_path`). An existing table is replaced only with ``replace``."""
+    out = Path(out)
+    existing = [p for p in (out, attribution_path(out)) if p.exists()]
+    if existing and not replace:
+        raise ExportDestError(f"{existing[0]} exists; choose another name, or pass --replace "
+                              "to overwrite it")
     return exports_of(mirror).export_metadata(mirror, out, selection, columns)
 
 
-def export_files(mirror: Mirror, dest: Path, selection: Any, *args: Any, **options: Any
-                 ) -> dict:
-    """Place the selected objects' files under ``dest`` (links or copies)."""
-    return exports_of(mirror).export_files(mirror, dest, selection, *args, **options)
+def attribution_path(out: Path) -> Path:
+    """The provenance file of the table ``out``: ``OUT.attribution.txt`` beside it, so two
+    exports in one folder keep one each."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.attribution.txt")
+
+
+def export_files(mirror: Mirror, dest: Path, selection: Any, *args: Any,
+                 replace: bool = False, **options: Any) -> dict:
+    """Place the selected objects' files under ``dest`` (links or copies).
+
+    The export is made in a folder beside ``dest`` and moved into place when complete; a
+    non-empty ``dest`` is refused unless ``replace``, which swaps it atomically."""
+    with staged_folder(Path(dest), replace) as staging:
+        return exports_of(mirror).export_files(mirror, staging, selection, *args, **options)
 
 
 def object_table(mirror: Mirror, kind: str, ids: list[str], columns: list[str] | None = None

@@ -9,17 +9,20 @@ next export of the same folder removes (when their process is dead: see
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import re
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from mirror.errors import MirrorError
+from mirror.errors import ExportDestError, MirrorError
 from mirror.lease import pid_alive
 
 TMP_PREFIX = ".mirror-tmp-"
@@ -119,3 +122,55 @@ def _place_temp(source: Path, tmp: Path, link: str) -> str:
     shutil.copyfile(source, tmp)
     os.chmod(tmp, 0o644)
     return "copy"
+
+
+@contextmanager
+def staged_folder(dest: Path, replace: bool = False) -> Iterator[Path]:
+    """A new folder beside ``dest`` to fill; on success it becomes ``dest``.
+
+    A non-empty ``dest`` is refused (an export mixed into an older one leaves the old files
+    beside a new ``metadata.csv``) unless ``replace``: then the two folders are exchanged
+    in one atomic step where the kernel offers it (``renameat2``), and the old one is
+    deleted. Readers see the old export or the new one, never a mixture; a killed export
+    leaves only its staging folder, which the next export beside it removes.
+    """
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise ExportDestError(f"{dest} is a file, not a folder; choose a new or empty folder")
+    if dest.is_dir() and any(dest.iterdir()) and not replace:
+        raise ExportDestError(f"{dest} is not empty; choose a new or empty folder, or pass "
+                              "--replace to swap it for this export")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(dest.parent, dest.name)
+    staging = temp_beside(dest)
+    staging.mkdir()
+    try:
+        yield staging
+        if dest.is_dir() and any(dest.iterdir()):
+            _exchange(staging, dest)  # staging now holds the old export
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, dest)  # onto nothing, or onto an empty folder
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); elsewhere, two
+    renames (a reader may then briefly find ``b`` missing, never mixed)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd = -100
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+    aside = temp_beside(b)
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)

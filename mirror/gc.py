@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
+from mirror import progress
 from mirror.index import Blob, DocumentVersion
 from mirror.ingest import model_of
 from mirror.sources.base import SourceSpec, spec_of
@@ -109,9 +110,11 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
     indexed = set(session.scalars(select(Blob.path))) | set(
         session.scalars(select(DocumentVersion.path)))
     cutoff = max(time.time() - grace, published)
-    for relpath in store.iter_files():
-        if relpath not in indexed and os.lstat(store.path(relpath)).st_mtime < cutoff:
-            doomed.append((relpath, "not named by the index"))
+    with progress.task("gc: scanning", unit="file") as step:
+        for relpath in store.iter_files():
+            if relpath not in indexed and os.lstat(store.path(relpath)).st_mtime < cutoff:
+                doomed.append((relpath, "not named by the index"))
+            step.update(1)
     return doomed
 
 
@@ -125,9 +128,11 @@ def _forget(session, paths: list[str]) -> None:
 
 
 def _remove_files(store: ObjectStore, paths: list[str]) -> None:
-    for relpath in paths:
-        if store.exists(relpath):
-            store.remove(relpath)
+    with progress.task("gc: removing", total=len(paths), unit="file") as step:
+        for relpath in paths:
+            if store.exists(relpath):
+                store.remove(relpath)
+            step.update(1)
     store.flush()  # the removals are durable before gc reports them
 
 

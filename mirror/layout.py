@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT_VERSION = 1
+SHARED_DIR_MODE = 0o2775  # group-writable, setgid: a lab group shares the mirror
 MARKER = "mirror.json"
 SHARDS = "0123456789abcdef"
 
@@ -85,3 +86,31 @@ class Layout:
             base = Path(xdg) / "mirror"
         key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
         return base / f"{self.namespace}-{key}"
+
+
+def shared_mkdir(path: Path, root: Path) -> None:
+    """Create ``path`` (inside the mirror ``root``) and the folders above it up to ``root``,
+    each group-writable and setgid (:data:`SHARED_DIR_MODE`), whatever the umask.
+
+    Every member of the group that owns the root can then take the lease, publish an index
+    generation and collect garbage, since setgid hands the root's group down to every
+    folder and file made under it. Folders above the root are made as usual; a folder
+    that exists keeps its mode (it may be an administrator's choice, or not ours).
+    """
+    path, root = Path(path), Path(root)
+    if path.is_dir():
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    folder = root
+    for part in (root, *path.relative_to(root).parts):
+        folder = root if part is root else folder / part
+        if folder.is_dir():
+            continue
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # another process made it: its mode is its own
+        try:
+            os.chmod(folder, SHARED_DIR_MODE)
+        except OSError:
+            pass  # a file system that keeps no modes (SMB without unix extensions)

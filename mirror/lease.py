@@ -27,8 +27,8 @@ from pathlib import Path
 import filelock
 
 from mirror.config import utc_now
-from mirror.errors import WriterBusyError
-from mirror.layout import Layout
+from mirror.errors import ReadOnlyMirrorError, WriterBusyError
+from mirror.layout import Layout, shared_mkdir
 
 LEASE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 30.0
@@ -55,9 +55,39 @@ def lease_holder(layout: Layout) -> dict | None:
 def break_lease(layout: Layout) -> bool:
     """Remove the lease marker (operator escape hatch for a holder known to be dead)."""
     existed = _lease_path(layout).exists()
-    _lease_path(layout).unlink(missing_ok=True)
-    _holder_path(layout).unlink(missing_ok=True)
+    try:
+        _lease_path(layout).unlink(missing_ok=True)
+        _holder_path(layout).unlink(missing_ok=True)
+    except OSError as exc:
+        raise _not_writable(layout, "lock break", exc) from None
     return existed
+
+
+def holder_is_stale(layout: Layout, holder: dict) -> str | None:
+    """Why the lease ``holder`` is dead, or None while it may be alive.
+
+    On this host the process is asked directly (a SIGKILLed writer leaves its lease behind);
+    from another host the lease counts as dead once its heartbeat is older than
+    ``LEASE_SECONDS`` (the next writer takes it over then anyway)."""
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and pid and not pid_alive(int(pid)):
+        return f"process {pid} is gone"
+    try:
+        age = time.time() - _lease_path(layout).stat().st_mtime
+    except OSError:
+        return None
+    if age > LEASE_SECONDS:
+        return f"its heartbeat stopped {age:.0f} s ago"
+    return None
+
+
+def _not_writable(layout: Layout, command: str, exc: OSError) -> ReadOnlyMirrorError:
+    reason = exc.strerror or type(exc).__name__
+    return ReadOnlyMirrorError(
+        f"cannot take the writer lease for 'mirror {command}' under {layout.locks} "
+        f"({reason}): the mirror is read-only here; reading commands (status, query, export, "
+        "verify, snapshot export) work; write from a host and user that can write it (the "
+        "mirror's group, see docs/operations.md)")
 
 
 def pid_alive(pid: int) -> bool:
@@ -90,12 +120,17 @@ class WriterLease:
         deadline = None if self.wait is None else time.monotonic() + self.wait
         self._acquire(self._local.acquire, deadline)
         try:
-            self.layout.locks.mkdir(parents=True, exist_ok=True)
-            self._lease = filelock.SoftFileLease(
-                str(_lease_path(self.layout)), lease_duration=LEASE_SECONDS,
-                heartbeat_interval=HEARTBEAT_SECONDS, thread_local=False)
-            self._acquire(self._lease.acquire, deadline, remote=True)
-            self._write_holder()
+            try:
+                shared_mkdir(self.layout.locks, self.layout.root)
+                self._lease = filelock.SoftFileLease(
+                    str(_lease_path(self.layout)), lease_duration=LEASE_SECONDS,
+                    heartbeat_interval=HEARTBEAT_SECONDS, thread_local=False)
+                self._acquire(self._lease.acquire, deadline, remote=True)
+                self._write_holder()
+            except OSError as exc:
+                if self._lease is not None and self._lease.is_locked:
+                    self._lease.release()
+                raise _not_writable(self.layout, self.command, exc) from None
         except BaseException:
             self._local.release()
             raise

@@ -42,7 +42,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mirror.layout import Layout
+from mirror.layout import SHARED_DIR_MODE, Layout
 
 FORMAT = 1  # of the tables: a new one rebuilds every table at the next publish
 SCHEMA = "schema.json"
@@ -368,6 +368,7 @@ def build(folder: Path, tables: dict[str, Iterable[Row]],
     projection is that file again, hard-linked (Parquet files are never changed), and its
     rows are not read: a sync that changed no image does not rebuild the images."""
     folder.mkdir(parents=True)
+    os.chmod(folder, SHARED_DIR_MODE)  # the lab group prunes it later (docs/layout.md)
     schema, digests = {}, digests or {}
     before = _schema_of(previous)
     for kind, rows in tables.items():

@@ -50,6 +50,8 @@ from mirror.projection import (
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "ni", "not ni",
              "~", "!~", "is", "is not")
 ALIASES = {"match": "~", "not match": "!~", "not is": "is not"}
+#: isicarchive's operators that take no value: ``[field, "is None", anything]``
+VALUELESS = {"is None": "is", "not is None": "is not"}
 _NEGATION = {"!=": "==", "not in": "in", "not ni": "ni", "!~": "~", "is not": "is"}
 _FIELD = re.compile(r"[^\x00-\x1f\"]+")  # no control characters, no double quotes
 
@@ -76,6 +78,8 @@ def criterion(field: Any, op: Any, value: Any) -> Criterion:
             or "" in field.split("."):
         raise QueryError(f"bad field in {shown}: use a dotted path such as "
                          "'meta.clinical.diagnosis'")
+    if op in VALUELESS:  # isicarchive ignores the value of these
+        op, value = VALUELESS[op], None
     op = ALIASES.get(op, op)
     if op not in OPERATORS:
         raise QueryError(f"unknown operator {op!r} in {shown}; use one of "

@@ -4,9 +4,15 @@ The index is a cache: every document version and file is a file whose name says 
 is (see ``docs/layout.md``): ``<kind>_<id>.<sha16>.json.zst`` for documents and
 ``<prefix>_<id>[_<name>][.<sha16>].<ext>`` for files, the prefix naming one of the
 source's file roles. Rebuilding reads each document, re-hashes each file, picks the
-newest version of each object as current (largest ``updated``, then newest file), and
-publishes a new generation. What is lost: removal marks and the sync bookkeeping
-(listings, plan), which the next sync recomputes with a few more requests.
+current version of each object, and publishes a new generation.
+
+Which version is current, which objects are marked removed, and the digests of the
+listings the last sync fetched come from the ledger (:mod:`mirror.ledger`), which every
+publish appends to: so a reindex brings back exactly what the last sync published, and the
+sync after it costs what a normal re-sync costs. Objects the ledger does not name (a
+mirror older than the ledger) fall back to the largest ``updated``, then the newest file;
+what is lost then is removal marks and the listing digests, which the next sync
+recomputes with more requests.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
+from mirror import ledger, progress
 from mirror.config import utc_now
-from mirror.index import Base, Blob, DocumentVersion
-from mirror.ingest import ingest_blob, ingest_document_file, ingest_documents
+from mirror.index import Base, Blob, DocumentVersion, Listing
+from mirror.ingest import ingest_blob, ingest_document_file, ingest_documents, mark_removed
 from mirror.sources.base import SourceSpec, spec_of
 from mirror.store import ObjectStore
 from mirror.sync.files import CONTENT_TYPES
@@ -36,33 +43,70 @@ def reindex_mirror(root: Path | str) -> dict:
     """Rebuild the index of ``root`` from its files; returns counts of what was indexed."""
     with writing(root, "reindex") as w:
         spec = spec_of(w.config.source)
+        published = ledger.replay(w.layout)
         with w.index.session() as session:
             for table in reversed(Base.metadata.sorted_tables):
                 session.execute(delete(table))
-            counts = _ingest_store(session, w.store, spec, public=not w.config.authenticated)
+            counts = _ingest_store(session, w.store, spec, public=not w.config.authenticated,
+                                   published=published)
+            counts["from_ledger"] = _restore_from_ledger(session, spec, published)
         generation = w.index.publish()
+        with w.index.session() as session:
+            ledger.record(w.layout, session, spec, generation)
     return {"generation": generation, **counts}
 
 
-def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool) -> dict:
+def _restore_from_ledger(session, spec: SourceSpec, published: ledger.Ledger) -> int:
+    """Removal marks and listing digests as the last publish left them; returns how many
+    objects the ledger named."""
+    removed: dict[str, list[str]] = {}
+    for (kind, object_id), sha in published.documents.items():
+        if sha is None and spec.has_kind(kind):
+            removed.setdefault(kind, []).append(object_id)
+    for kind, ids in removed.items():
+        mark_removed(session, spec.kind(kind), sorted(ids), utc_now())
+    now = utc_now()
+    session.add_all(Listing(key=key, digest=digest, count=count, fetched_at=now)
+                    for key, (digest, count) in published.listings.items())
+    return len(published.documents)
+
+
+def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool,
+                  published: ledger.Ledger | None = None) -> dict:
     counts = {"documents": 0, "blobs": 0, "skipped": 0}
     newest: dict[tuple[str, str], tuple[tuple, dict, str, str, int]] = {}
     now = utc_now()
     sources: dict[tuple[str, str], str] = {}  # (object, role) -> sha256, for derived files
-    for relpath in store.iter_files():
-        name = relpath.rsplit("/", 1)[-1]
-        if doc := DOC_NAME.fullmatch(name):
-            counts["documents"] += 1
-            _collect_doc(session, store, spec, relpath, doc["kind"], now, newest, counts)
-        elif (found := _file_name(spec, name)) is not None:
-            counts["blobs"] += 1
-            sha256, size = store.hash(relpath)
-            role = spec.role_for_prefix(found["prefix"]).name
-            sources[(found["id"], role)] = sha256
-            ingest_blob(session, found["id"], role, relpath, sha256, size,
-                        CONTENT_TYPES.get(found["ext"]), now)
-        else:
-            counts["skipped"] += 1
+    with progress.task("reindex", unit="file") as step:
+        for relpath in store.iter_files():
+            _ingest_one(session, store, spec, relpath, now, newest, counts, sources,
+                        published or ledger.Ledger())
+            step.update(1, detail=f"{counts['documents']} document(s), "
+                                  f"{counts['blobs']} file(s)")
+    _ingest_newest(session, spec, newest, public, now)
+    _link_derived(session, spec, sources)
+    return counts
+
+
+def _ingest_one(session, store: ObjectStore, spec: SourceSpec, relpath: str, now: str,
+                newest: dict, counts: dict, sources: dict, published: ledger.Ledger) -> None:
+    name = relpath.rsplit("/", 1)[-1]
+    if doc := DOC_NAME.fullmatch(name):
+        counts["documents"] += 1
+        _collect_doc(session, store, spec, relpath, doc["kind"], now, newest, counts, published)
+    elif (found := _file_name(spec, name)) is not None:
+        counts["blobs"] += 1
+        sha256, size = store.hash(relpath)
+        role = spec.role_for_prefix(found["prefix"]).name
+        sources[(found["id"], role)] = sha256
+        ingest_blob(session, found["id"], role, relpath, sha256, size,
+                    CONTENT_TYPES.get(found["ext"]), now)
+    else:
+        counts["skipped"] += 1
+
+
+def _ingest_newest(session, spec: SourceSpec, newest: dict, public: bool, now: str) -> None:
+    """Index the chosen version of each object as its current one."""
     document_roles = {r.prefix: r.name for r in spec.roles if ".json.zst" in r.exts}
     for (kind, _), (_, doc, sha256, relpath, size) in sorted(newest.items()):
         if kind in document_roles:
@@ -71,8 +115,6 @@ def _ingest_store(session, store: ObjectStore, spec: SourceSpec, public: bool) -
             continue
         extra = {"public": public} if hasattr(spec.kind(kind).model, "public") else {}
         ingest_documents(session, spec.kind(kind), [(doc, sha256, relpath, size)], now, **extra)
-    _link_derived(session, spec, sources)
-    return counts
 
 
 def _file_name(spec: SourceSpec, name: str) -> re.Match | None:
@@ -85,7 +127,7 @@ def _file_name(spec: SourceSpec, name: str) -> re.Match | None:
 
 
 def _collect_doc(session, store: ObjectStore, spec: SourceSpec, relpath: str, kind: str,
-                 now: str, newest: dict, counts: dict) -> None:
+                 now: str, newest: dict, counts: dict, published: ledger.Ledger) -> None:
     doc = store.read_json(relpath)
     sha256, size = store.hash(relpath)
     is_role = any(r.prefix == kind and ".json.zst" in r.exts for r in spec.roles)
@@ -95,8 +137,10 @@ def _collect_doc(session, store: ObjectStore, spec: SourceSpec, relpath: str, ki
     object_id = spec.kind(kind).id_of(doc) if spec.has_kind(kind) else doc.get("_id")
     session.merge(DocumentVersion(kind=kind, object_id=object_id, sha256=sha256, path=relpath,
                                   size=size, fetched_at=now))
-    # Document files (markups) carry no ``updated``: the newest file is the current one.
-    rank = (str(doc.get("updated") or ""), store.path(relpath).stat().st_mtime_ns)
+    # The version the last publish made current wins; else the largest ``updated``, and
+    # for document files (markups), which carry none, the newest file.
+    chosen = published.documents.get((kind, object_id)) == sha256
+    rank = (chosen, str(doc.get("updated") or ""), store.path(relpath).stat().st_mtime_ns)
     key = (kind, object_id)
     if key not in newest or rank > newest[key][0]:
         newest[key] = (rank, doc, sha256, relpath, size)

@@ -44,6 +44,30 @@ REMOVAL_MIN_COUNT = Setting(
 REMOVAL_MAX_COUNT = Setting(
     "MIRROR_REMOVAL_MAX_COUNT", 100,
     "A sync that would mark more objects than this removed stops, whatever the share.")
+RECHECK_PERIOD = Setting(
+    "MIRROR_RECHECK_PERIOD", 7,
+    "Listings a sync cannot compare in bulk (ISIC v1's segmentations, one request per "
+    "image) are re-checked in rotation, stalest first: every object once per this many "
+    "runs, and none left unchecked longer than this many days. 1 checks all every run; "
+    "'mirror sync --full' checks all once. The archive changes these without a sign.")
+
+SIZE_SAMPLE_FILES = Setting(
+    "MIRROR_SIZE_SAMPLE_FILES", 8,
+    "Files of each role fetched first when the index holds none of that role yet, so that "
+    "the plan's size (and the disk-space check) comes from what this archive's files weigh "
+    "per pixel, not from a rule of thumb. 0 skips the sample.")
+
+PUBLISH_EVERY_OBJECTS = Setting(
+    "MIRROR_PUBLISH_EVERY_OBJECTS", 5000,
+    "A sync publishes an index generation after this many more objects and files, so "
+    "readers can query a long first sync while it runs (each publish copies the index).")
+PUBLISH_EVERY_SECONDS = Setting(
+    "MIRROR_PUBLISH_EVERY_SECONDS", 300,
+    "... or after this many seconds since the last publish, whichever comes first.")
+PROGRESS_INTERVAL = Setting(
+    "MIRROR_PROGRESS_INTERVAL", 10,
+    "Seconds between plain progress lines (--progress=plain, or -v when stderr is not a "
+    "terminal).")
 
 IDC_CATALOG_ENV = "MIRROR_IDC_CATALOG"
 """A folder of idc-index-data Parquet files (``idc_index.parquet``, ...) that IDC syncs read
@@ -62,4 +86,5 @@ ENVIRONMENT = {
                      "of the installed package (--catalog overrides it).",
 }
 
-ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT)
+ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
+       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD)

@@ -39,7 +39,7 @@ from typing import BinaryIO
 import zstandard
 
 from mirror.errors import DiskFullError, IntegrityError, SymlinkError, UnsafeNameError
-from mirror.layout import SHARDS, Layout
+from mirror.layout import SHARDS, Layout, shared_mkdir
 
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, so "abc\n" would pass
 # a .match(); check with .fullmatch all the same.
@@ -345,11 +345,7 @@ class ObjectStore:
 
     def _ensure_dir(self, folder: Path) -> None:
         if not folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                os.chmod(folder, 0o2775)
-            except OSError:
-                pass  # not ours (a shared NAS folder): leave its mode alone
+            shared_mkdir(folder, self.layout.root)  # 2775, like every folder of the mirror
             fsync_dir(folder.parent)
 
     @staticmethod

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
+from mirror import progress
 from mirror.config import layout_for, load_config
 from mirror.errors import MirrorError
 from mirror.index import Blob, DocumentVersion, FileVersion
@@ -71,13 +72,16 @@ def verify_mirror(root: Path | str, fast: bool = False) -> VerifyReport:
     finally:
         engine.dispose()
     report = VerifyReport()
-    for relpath, sha256, size in sorted(rows):
-        report.checked += 1
-        problem = _check_file(store, relpath, sha256, size, fast)
-        if problem is None and relpath in checks and not fast:
-            problem = _check_valid(store, spec_of(config.source), relpath, checks[relpath])
-        if problem:
-            report.problems.append(problem)
+    with progress.task("verify", total=len(rows), unit="file",
+                       total_bytes=sum(size for _, _, size in rows)) as step:
+        for relpath, sha256, size in sorted(rows):
+            report.checked += 1
+            problem = _check_file(store, relpath, sha256, size, fast)
+            if problem is None and relpath in checks and not fast:
+                problem = _check_valid(store, spec_of(config.source), relpath, checks[relpath])
+            if problem:
+                report.problems.append(problem)
+            step.update(1, size, detail=f"{len(report.problems)} problem(s)")
     _find_strays(store, layout, {r[0] for r in rows}, report)
     return report
 

@@ -31,7 +31,8 @@ def writing(root: Path | str, command: str) -> Iterator[Writing]:
     config = load_config(root)
     layout = layout_for(root, config)
     with WriterLease(layout, command=command):
-        index = IndexWriter(layout, config.index_url, mirror_id=config.id)
+        index = IndexWriter(layout, config.index_url, mirror_id=config.id,
+                            rebuild=command == "reindex")
         try:
             yield Writing(config, layout, ObjectStore(layout), index)
         finally:

@@ -46,8 +46,11 @@ def test_unknown_names_and_missing_files_say_what_to_do(m, tmp_path):
     with Mirror(root) as meta_only:
         img = meta_only.image("ISIC_0000000")
         assert img.meta  # metadata is there
-        with pytest.raises(MissingObjectError, match="image file .* not mirrored.*--blobs"):
+        with pytest.raises(MissingObjectError,
+                           match="image file .* not mirrored.*--blobs including full$"):
             _ = img.path
+        with pytest.raises(MissingObjectError, match="--blobs including superpixels$"):
+            _ = img.superpixels
 
 
 def test_superpixels_come_from_the_npz_with_isicarchive_map(m):

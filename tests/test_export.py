@@ -76,7 +76,7 @@ def test_metadata_csv_has_provenance_and_every_clinical_field(m, tmp_path):
         img = m.image(row["isic_id"])
         assert row["copyright_license"] == m.dataset(img.json["dataset"]["_id"]).license
         assert row["age_approx"] == str(img.meta["clinical"]["age_approx"])
-    attribution = (tmp_path / "attribution.txt").read_text()
+    attribution = (tmp_path / "meta.attribution.txt").read_text()
     assert sum(int(line.split("\t")[0]) for line in attribution.splitlines()[2:]) == len(rows)
 
 
@@ -110,13 +110,14 @@ def test_export_files_links_the_stored_bytes(m, root, tmp_path):
     table = list(csv.DictReader(open(dest / "metadata.csv", encoding="utf-8")))
     assert [r["isic_id"] for r in table] == selection.names
     assert (dest / "attribution.txt").exists()
-    dead = temp_beside(dest / "x.jpg").name.replace(f".{os.getpid()}@", ".999999999@")
-    (dest / dead).write_bytes(b"a killed export's partial file")
-    running = temp_beside(dest / "y.jpg")  # a concurrent export's file in progress
-    running.write_bytes(b"being written")
-    again = export_files(m, dest, selection, ["full"], link="copy")  # replaces in place
+    # A killed export leaves only its staging folder beside DEST; the next one removes it.
+    dead = temp_beside(dest).name.replace(f".{os.getpid()}@", ".999999999@")
+    (tmp_path / dead).mkdir()
+    (tmp_path / dead / "x.jpg").write_bytes(b"a killed export's partial file")
+    again = export_files(m, dest, selection, ["full"], link="copy", replace=True)
     assert again["linked"] == {"copy": len(selection)}
-    assert [p.name for p in dest.glob(".mirror-tmp-*")] == [running.name]
+    assert list(tmp_path.glob(".mirror-tmp-*")) == []
+    assert not list(dest.glob("*_mask_*"))  # the older export is gone whole
 
 
 def test_query_cli_formats(root):

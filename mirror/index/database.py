@@ -22,6 +22,7 @@ CURRENT names it; on PostgreSQL ``index/PROJECTION`` names the newest one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -35,12 +36,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from mirror import projection
-from mirror.errors import IndexFenceError, MirrorError
+from mirror.errors import DamagedStateError, IndexFenceError, MirrorError
 from mirror.index.models import Meta
-from mirror.layout import Layout
+from mirror.layout import Layout, shared_mkdir
 from mirror.store import fsync_dir
 
 KEEP_GENERATIONS = 3
+log = logging.getLogger("mirror.index")
 
 
 def current_generation(layout: Layout) -> int | None:
@@ -49,7 +51,14 @@ def current_generation(layout: Layout) -> int | None:
         name = layout.current.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
-    return int(name.removeprefix("index-").removesuffix(".sqlite"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedStateError(f"cannot read {layout.current} ({exc}); rebuild the index with "
+                                "'mirror reindex'") from None
+    number = name.removeprefix("index-").removesuffix(".sqlite")
+    if not number.isdigit():
+        raise DamagedStateError(f"{layout.current} is damaged (it names {name[:40]!r}, not an "
+                                "index generation); rebuild the index with 'mirror reindex'")
+    return int(number)
 
 
 def upgrade_to_head(engine: Engine) -> None:
@@ -87,6 +96,14 @@ def open_reader(layout: Layout, url: str | None = None, generation: int | None =
         return create_engine(url, isolation_level="REPEATABLE READ")
     generation = generation or current_generation(layout)
     if generation is None:
+        from mirror.lease import lease_holder
+
+        holder = lease_holder(layout)
+        if holder is not None:
+            raise MirrorError(
+                f"no index published yet under {layout.root}: its first sync (pid "
+                f"{holder.get('pid')} on {holder.get('host')}) publishes one every few minutes "
+                "(MIRROR_PUBLISH_EVERY_SECONDS); try again shortly")
         raise MirrorError(f"no index published yet under {layout.root}; "
                           "run 'mirror sync' or 'mirror reindex'")
     path = layout.generation_path(generation).resolve()
@@ -102,13 +119,26 @@ class IndexWriter:
     """The single writer's view of the index: a local working database plus publishing."""
 
     def __init__(self, layout: Layout, url: str | None = None, mirror_id: str = "",
-                 spec=None):
+                 spec=None, rebuild: bool = False):
         """``spec``: the source whose kinds the projections hold (default: the one the
-        root's ``mirror.json`` names; without either, a publish writes no tables)."""
+        root's ``mirror.json`` names; without either, a publish writes no tables).
+        ``rebuild``: the caller replaces every row (reindex), so a damaged CURRENT is
+        no obstacle: the new generation follows the newest one on disk."""
         self.layout = layout
         self.url = url
         self.spec = spec
-        self.started_from = current_generation(layout)
+        try:
+            self.started_from = current_generation(layout)
+        except DamagedStateError:
+            if not rebuild:
+                raise
+            self.started_from = _newest_on_disk(layout)
+            if self.started_from is None:
+                layout.current.unlink()
+            else:
+                _write_current(layout.index_dir,
+                               layout.generation_path(self.started_from).name)
+        self.rebuild = rebuild
         if url:
             self.engine = create_engine(url)
         else:
@@ -134,13 +164,19 @@ class IndexWriter:
             local_generation, local_id = None, None
         else:
             local_generation, local_id = self._local_meta()
-        other_mirror = bool(mirror_id and local_id and local_id != mirror_id)
-        if self.path.exists() and local_generation == self.started_from and not other_mirror:
+            if local_generation is None and not self._readable():
+                log.warning("%s is damaged; starting again from the published index",
+                            self.path)
+                local_id = "damaged"  # never kept: it is rebuilt from the generation
+        other_mirror = bool(local_id == "damaged"
+                            or (mirror_id and local_id and local_id != mirror_id))
+        if (self.path.exists() and local_generation == self.started_from and not other_mirror
+                and not self.rebuild):
             return
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        if self.started_from is None:
-            return
+        if self.started_from is None or self.rebuild:
+            return  # a rebuild starts from an empty schema (and never reads a damaged copy)
         published = self.layout.generation_path(self.started_from)
         source = sqlite3.connect(f"file:{published}?mode=ro&immutable=1", uri=True)
         target = sqlite3.connect(self.path)
@@ -149,6 +185,18 @@ class IndexWriter:
         finally:
             target.close()
             source.close()
+
+    def _readable(self) -> bool:
+        """True when the working database is an SQLite file whose schema can be read."""
+        try:
+            conn = sqlite3.connect(self.path)
+            try:
+                conn.execute("PRAGMA schema_version").fetchone()
+                return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return False
 
     def _local_meta(self) -> tuple[int | None, str | None]:
         """(generation, mirror id) recorded in the working database."""
@@ -181,6 +229,7 @@ class IndexWriter:
         projections; returns its number (0 on PostgreSQL, where the database itself is what
         readers see and only the projections are published)."""
         index_dir = self.layout.index_dir
+        shared_mkdir(index_dir, self.layout.root)
         if self.url:
             previous = projection.current_number(index_dir)
             number = (previous or 0) + 1
@@ -192,6 +241,7 @@ class IndexWriter:
         number = (self.started_from or 0) + 1
         with self.session() as session:
             session.merge(Meta(key="generation", value=str(number)))
+        shared_mkdir(index_dir, self.layout.root)
         staged = self._stage_projection(self.started_from)
         tmp = index_dir / f".tmp-{uuid.uuid4().hex}.sqlite"
         try:
@@ -260,6 +310,12 @@ class IndexWriter:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _newest_on_disk(layout: Layout) -> int | None:
+    numbers = [int(p.stem.removeprefix("index-")) for p in layout.index_dir.glob("index-*.sqlite")
+               if p.stem.removeprefix("index-").isdigit()]
+    return max(numbers, default=None)
 
 
 def _write_current(index_dir: Path, name: str) -> None:

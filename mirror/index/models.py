@@ -124,7 +124,9 @@ class DocumentVersion(Base):
 
 
 class Listing(Base):
-    """Digest of the last listing of one endpoint, so a no-op re-sync costs few requests."""
+    """The last complete listing of one endpoint: a digest of what it showed (or of the
+    document it was made for), its size and when, so a sync knows what it may skip and which
+    listings are stalest (ISIC v1: ``segmentation:<image id>``, ``annotation:<study id>``)."""
 
     __tablename__ = "listings"
     key: Mapped[str] = mapped_column(String(512), primary_key=True)

@@ -21,6 +21,7 @@ from mirror.snapshots.export import FORMATS, export_snapshot
 from mirror.snapshots.manifest import (
     Snapshot,
     create_snapshot,
+    delete_snapshot,
     list_snapshots,
     load_manifest,
     open_snapshot,
@@ -28,8 +29,9 @@ from mirror.snapshots.manifest import (
 from mirror.snapshots.payload import Locator, all_members, stored_members
 from mirror.store import ObjectStore
 
-__all__ = ["FORMATS", "Snapshot", "create_snapshot", "diff_lines", "diff_snapshots", "export",
-           "list_snapshots", "load_manifest", "open_snapshot", "verify_snapshot"]
+__all__ = ["FORMATS", "Snapshot", "create_snapshot", "delete_snapshot", "diff_lines",
+           "diff_snapshots", "export", "list_snapshots", "load_manifest", "open_snapshot",
+           "verify_snapshot"]
 
 
 @contextmanager

@@ -33,12 +33,15 @@ from mirror.sync import SyncOptions, sync
 
 def build_snapshot(manifest_path: Path | str, root: Path | str, url: str | None = None,
                    username: str | None = None, password: str | None = None,
-                   workers: int = 8) -> dict:
-    """Rebuild the snapshot of ``manifest_path`` into ``root``; returns a report."""
+                   workers: int = 8, rebase_url: bool = False) -> dict:
+    """Rebuild the snapshot of ``manifest_path`` into ``root``; returns a report.
+
+    ``rebase_url``: ``root`` is a mirror that remembers another address of the archive."""
     snap = load_manifest(manifest_path)
     selection = snap.manifest["selection"]
     options = SyncOptions(blobs=frozenset(selection["blobs"]), workers=workers,
-                          source=snapshot_source(snap), **snapshot_hooks(snap).build_options(snap))
+                          source=snapshot_source(snap), rebase_url=rebase_url,
+                          **snapshot_hooks(snap).build_options(snap))
     summary = sync(root, url or snap.manifest["source"]["base_url"], options,
                    username=username, password=password)
     report = compare(snap, Path(root))

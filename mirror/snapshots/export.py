@@ -2,8 +2,9 @@
 
 Determinism comes from the members (sorted, bytes from pinned hashes, see
 :mod:`mirror.snapshots.payload`) and from fixing everything a container would take from the
-machine: tar members carry mtime = the manifest's creation time, mode 0644, owner 0:0 and
-no user or group names; the bag's ``Bagging-Date`` is the manifest's creation date. Every
+machine: tar members carry mtime = the snapshot's content time (``content_epoch``: never the
+wall clock), mode 0644, owner 0:0 and no user or group names; the bag's ``Bagging-Date`` is
+the date of that time. Every
 export is built beside its destination under a temporary name and renamed into place, so
 a reader (or a killed export) never leaves a half-written dataset at ``DEST``.
 """
@@ -15,12 +16,13 @@ import os
 import shutil
 import tarfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
+from mirror import progress
 from mirror.errors import IntegrityError, MirrorError
 from mirror.files import remove_dead_temps, temp_beside
-from mirror.snapshots.manifest import Snapshot, snapshot_source
+from mirror.snapshots.manifest import Snapshot, content_epoch, snapshot_source
 from mirror.snapshots.payload import Member
 from mirror.sources.base import spec_of
 
@@ -29,8 +31,7 @@ BAG_ALGORITHMS = ("sha256", "sha512")
 
 
 def _epoch(snap: Snapshot) -> int:
-    return int(datetime.fromisoformat(snap.manifest["created"].replace("Z", "+00:00"))
-               .timestamp())
+    return content_epoch(snap)
 
 
 def _checked(member: Member, extra: list | tuple = ()) -> Iterator[bytes]:
@@ -147,7 +148,7 @@ def _bag_info(snap: Snapshot, members: list[Member]) -> bytes:
     octets = sum(m.size for m in members)
     lines = [
         ("Bag-Software-Agent", f"mirror ({snap.manifest['format']})"),
-        ("Bagging-Date", snap.manifest["created"][:10]),
+        ("Bagging-Date", datetime.fromtimestamp(_epoch(snap), UTC).date().isoformat()),
         ("External-Description", f"Snapshot {snap.name} of {snap.manifest['source']['base_url']}"),
         ("External-Identifier", f"sha256:{snap.manifest['snapshot_id']}"),
         ("Payload-Oxum", f"{octets}.{len(members)}"),
@@ -157,6 +158,26 @@ def _bag_info(snap: Snapshot, members: list[Member]) -> bytes:
 
 
 WRITERS = {"dir": export_dir, "tar": export_tar, "bagit": export_bagit}
+
+
+class _reported(list):
+    """The members, reporting progress the first time a writer goes through them (the
+    one that writes them; BagIt reads the list again for its manifests)."""
+
+    def __init__(self, members: list[Member], label: str):
+        super().__init__(members)
+        self.label, self.reported = label, False
+
+    def __iter__(self):
+        if self.reported:
+            yield from list.__iter__(self)
+            return
+        self.reported = True
+        with progress.task(self.label, total=len(self), unit="file",
+                           total_bytes=sum(m.size for m in list.__iter__(self))) as step:
+            for member in list.__iter__(self):
+                yield member
+                step.update(1, member.size)
 
 
 def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str) -> dict:
@@ -169,6 +190,6 @@ def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str)
                           "overwrites one)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(dest.parent, dest.name)
-    WRITERS[fmt](snap, members, dest)
+    WRITERS[fmt](snap, _reported(members, f"export {fmt}"), dest)
     return {"files": len(members), "bytes": sum(m.size for m in members), "path": str(dest),
             "format": fmt}

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from mirror.errors import MirrorError, MissingObjectError
 from mirror.files import write_bytes_atomic
 from mirror.index import Blob, DocumentVersion
 from mirror.index.database import current_generation, open_reader
-from mirror.layout import Layout
+from mirror.layout import Layout, shared_mkdir
 from mirror.lease import WriterLease
 from mirror.projection import current_number
 from mirror.sources.base import ALIASES, source_class, source_hooks, spec_of
@@ -38,6 +40,40 @@ def canonical(document: dict) -> bytes:
     """The manifest's bytes: sorted keys, compact, UTF-8, one trailing newline."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False).encode() + b"\n"
+
+
+def content_epoch(snap: Snapshot) -> int:
+    """The time a snapshot's exports carry (tar mtimes, BagIt's Bagging-Date).
+
+    Not the wall clock of its creation, which would make two mirrors of one archive state
+    export different bytes: the manifest's ``created`` when it has one (older manifests,
+    or ``SOURCE_DATE_EPOCH`` at creation), else the newest ``updated`` of what it pins,
+    the time of the archive state it holds."""
+    if snap.manifest.get("created"):
+        return _epoch_of(snap.manifest["created"]) or 0
+    times = (_epoch_of(o.get("updated")) for o in snap.objects)
+    return max((t for t in times if t is not None), default=0)
+
+
+def _epoch_of(text: object) -> int | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+
+
+def _source_date() -> str | None:
+    """``SOURCE_DATE_EPOCH`` (the reproducible-builds convention) as ISO 8601, if set."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise MirrorError(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds; unset it or "
+                          "give e.g. 1767225600")
+    return datetime.fromtimestamp(int(raw), UTC).isoformat()
 
 
 def snapshot_id(manifest: dict) -> str:
@@ -124,7 +160,8 @@ def list_snapshots(root: Path | str) -> list[dict]:
     out = []
     for path in sorted(layout.snapshots.glob("*/snapshot.json")):
         snap = load_manifest(path)
-        out.append({"name": snap.name, "created": snap.manifest["created"],
+        created = snap.manifest.get("created") or _read_created(path.parent)
+        out.append({"name": snap.name, "created": created,
                     "snapshot_id": snap.manifest["snapshot_id"],
                     "images": len(snap.of_kind("image")),
                     "files": sum(len(o.get("files", [])) for o in snap.objects)})
@@ -166,10 +203,36 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
 
 
 def save_manifest(folder: Path, manifest: dict) -> None:
-    """Write a new snapshot's manifest, read-only (call under the writer lease)."""
-    folder.mkdir(parents=True)
+    """Write a new snapshot's manifest, read-only (call under the writer lease), and beside
+    it when this mirror pinned it (``created``: local history, outside the manifest)."""
+    shared_mkdir(folder, folder.parents[2])  # <root>/<namespace>/snapshots/<name>
+    write_bytes_atomic(folder / CREATED, (utc_now() + "\n").encode())
     write_bytes_atomic(folder / "snapshot.json", canonical(manifest))
     os.chmod(folder / "snapshot.json", 0o444)
+
+
+CREATED = "created"  # beside snapshot.json: when this mirror pinned or registered it
+
+
+def _read_created(folder: Path) -> str:
+    try:
+        return (folder / CREATED).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def delete_snapshot(root: Path | str, name: str) -> dict:
+    """Unpin snapshot ``name``: its manifest goes; the files it pinned stay until ``mirror
+    gc`` removes those that nothing else needs (another snapshot, the current index)."""
+    snap = open_snapshot(root, name)
+    layout = layout_for(Path(root), load_config(Path(root)))
+    folder = snapshot_dir(layout, name)
+    with WriterLease(layout, command="snapshot delete"):  # not while gc reads the pins
+        aside = folder.with_name(f".deleting-{folder.name}")
+        os.rename(folder, aside)  # gone at once for gc and readers, whatever follows
+        shutil.rmtree(aside)
+    return {"name": name, "snapshot_id": snap.manifest["snapshot_id"],
+            "objects": len(snap.objects)}
 
 
 def _manifest(config: MirrorConfig, name: str, items: list, dataset: str | None,
@@ -177,7 +240,6 @@ def _manifest(config: MirrorConfig, name: str, items: list, dataset: str | None,
     manifest = {
         "format": FORMAT,
         "name": name,
-        "created": utc_now(),
         "tool": {"name": "mirror", "version": __version__},
         "source": {"archive": spec_of(config.source).archive,
                    "api": spec_of(config.source).api, "name": config.source,
@@ -187,6 +249,8 @@ def _manifest(config: MirrorConfig, name: str, items: list, dataset: str | None,
                       "images": sum(1 for o in objects if o["kind"] == "image")},
         "objects": objects,
     }
+    if _source_date():  # reproducible builds: a fixed time is content, not wall clock
+        manifest["created"] = _source_date()
     manifest["snapshot_id"] = snapshot_id(manifest)
     return manifest
 

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror import ledger, progress, settings
 from mirror.config import MirrorConfig, layout_for, open_or_create, source_name, utc_now
 from mirror.errors import MirrorError
 from mirror.index import SyncRun
 from mirror.index.database import IndexWriter
+from mirror.layout import MARKER, Layout
 from mirror.lease import WriterLease
 from mirror.sources.base import Source, SourceSpec, source_class
 from mirror.sources.http import HttpClient
 from mirror.store import ObjectStore
 from mirror.sync.documents import DocumentRun
-from mirror.sync.files import FileFetcher, check_disk_space, estimate_bytes, persist_plan
+from mirror.sync.estimate import Weights, check_disk_space, estimate_bytes, sample_tasks
+from mirror.sync.files import FileFetcher, persist_plan
 from mirror.sync.summary import SyncSummary
 
 log = logging.getLogger("mirror.sync")
@@ -52,8 +57,11 @@ class SyncOptions:
     image_ids: frozenset[str] | None = None  # only these images (a snapshot build)
     scope: dict = field(default_factory=dict)
     dry_run: bool = False
+    full: bool = False  # re-check now what a source re-checks a share of per run
     allow_mixed: bool = False
     allow_removals: bool = False
+    rebase_url: bool = False  # a different url is the same archive at a new address
+    space_check: bool = True  # False: --no-space-check (the estimate is reported, not enforced)
     source: str | None = None  # registry name; only when the mirror is created
     index_url: str | None = None  # e.g. postgresql://...; only when the mirror is created
     lease_wait: float | None = 0.0
@@ -88,10 +96,11 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     cls = source_class(source_name(root, url, options.source))
     options.resolve(cls.spec)  # a bad choice is refused before anything is written
     http = HttpClient(pool_size=options.workers)  # so are bad settings (MIRROR_* bounds)
+    root_existed, fresh = root.exists(), not (root / MARKER).exists()
     try:
         config = open_or_create(root, url, authenticated=username is not None,
                                 allow_mixed=options.allow_mixed, index_url=options.index_url,
-                                source=options.source)
+                                source=options.source, rebase_url=options.rebase_url)
     except BaseException:
         http.close()
         raise
@@ -99,20 +108,28 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     started = time.monotonic()
     summary = SyncSummary(dry_run=options.dry_run)
     source = cls(config.base_url, http)
+    undone = False
     try:
-        if username is not None:
-            source.login(username, password or "")
         with WriterLease(layout, command="sync", wait=options.lease_wait):
-            _run(layout, config, source, options, summary)
+            try:
+                if username is not None:
+                    source.login(username, password or "")
+                _run(layout, config, source, options, summary, started)
+            except BaseException as exc:
+                undone = fresh and _undo_empty_mirror(layout)
+                if isinstance(exc, KeyboardInterrupt):  # the CLI's resume hint counts them
+                    exc.files_kept = summary.files_kept
+                raise
     finally:
-        summary.requests, summary.retries = http.requests_made, http.retries
-        summary.seconds = time.monotonic() - started
+        if undone:
+            _remove_empty_folders(layout, root_existed)
+        _measure(summary, http, started)
         http.close()
     return summary
 
 
 def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
-         summary: SyncSummary) -> None:
+         summary: SyncSummary, started: float) -> None:
     store = ObjectStore(layout, batch_durability=True)
     store.clean_temp()
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
@@ -122,34 +139,149 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             run = SyncRun(command="sync", started_at=utc_now())
             session.add(run)
 
+            publisher = _Publisher(writer, layout, source.spec, summary)
+
             def commit() -> None:
                 store.flush()  # files durable before the rows that name them
-                session.commit()
+                if options.dry_run:
+                    # One transaction for the whole dry run, rolled back at its end: the
+                    # working database keeps nothing the next run's report depends on.
+                    session.flush()
+                else:
+                    session.commit()
+                    publisher.maybe()
                 session.expunge_all()
 
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
                                public=not config.authenticated, window=4 * options.workers,
                                allow_removals=options.allow_removals)
-            scope = source.sync_documents(docs, options)
+            with progress.task("documents", unit="document") as step:
+                seen: dict[str, int] = {}
+
+                def recorded(kind: str, n: int) -> None:
+                    seen[kind] = seen.get(kind, 0) + n
+                    step.update(n, detail=", ".join(f"{k} {v}" for k, v in sorted(seen.items())))
+
+                docs.on_recorded = recorded
+                scope = source.sync_documents(docs, options)
             tasks = source.plan_files(session, scope, frozenset(options.blobs))
-            needed = estimate_bytes(source.spec, tasks)
-            free = check_disk_space(layout.root, needed)
-            summary.plan = {"files": len(tasks), "estimated_bytes": needed, "free_bytes": free}
-            if options.on_plan:
-                options.on_plan(summary.plan)
+            weights = Weights.from_index(session, source.spec)
+            sample = [] if options.dry_run else sample_tasks(tasks, weights)
+            step = (progress.task("files", total=len(tasks), unit="file", total_bytes=0)
+                    if tasks and not options.dry_run else nullcontext(None))
+            with step as files_step:
+                _files(layout, source, options, summary, session, store, pool, commit, tasks,
+                       weights, sample, files_step)
             if options.dry_run:
                 session.rollback()
                 return
-            persist_plan(session, tasks)
-            commit()
-            FileFetcher(source, store, session, pool, summary, commit,
-                        _progress(options, len(tasks)), window=4 * options.workers).run(tasks)
             run = session.merge(run)
+            _measure(summary, source.http, started)  # the record holds the true figures
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
             commit()
         summary.generation = writer.publish()
+        with writer.session() as session:  # what this generation holds, for reindex
+            ledger.record(layout, session, source.spec, summary.generation)
     finally:
         writer.close()
+
+
+def _files(layout, source, options, summary, session, store, pool, commit, tasks, weights,
+           sample, files_step) -> None:
+    """The size sample, the plan and its disk check, then the files."""
+    legacy = _progress(options, len(tasks)) if not options.dry_run else None
+
+    def report(items: int, nbytes: int) -> None:
+        if files_step is not None:
+            files_step.update(items, nbytes)
+        if legacy is not None:
+            legacy(items, nbytes)
+
+    fetcher = FileFetcher(source, store, session, pool, summary, commit, report,
+                          window=4 * options.workers)
+    try:
+        if sample:  # weigh a few of each new role first: the estimate uses them
+            persist_plan(session, tasks)  # the whole plan: a failure stays in it
+            fetcher.weights = weights
+            fetcher.run(sample)
+            fetcher.weights = None
+        picked = {id(t) for t in sample}
+        rest = [t for t in tasks if id(t) not in picked]
+        needed, basis = estimate_bytes(source.spec, rest, weights)
+        free = check_disk_space(layout.root, needed, options.space_check)
+        weighed = sum(w.bytes for w in weights.sampled.values())  # already on disk
+        summary.plan = {"files": len(tasks), "estimated_bytes": needed + weighed,
+                        "free_bytes": free, "basis": basis}
+        if files_step is not None:
+            files_step.expect_bytes(needed + weighed)
+        if options.on_plan:
+            options.on_plan(summary.plan)
+        if options.dry_run:
+            return
+        persist_plan(session, rest)
+        commit()
+        fetcher.run(rest)
+    except KeyboardInterrupt:
+        pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
+        raise
+
+
+class _Publisher:
+    """Publishes the index during a long run (``settings.PUBLISH_EVERY_*``), so readers can
+    work during a first sync instead of waiting hours for its end."""
+
+    def __init__(self, writer: IndexWriter, layout: Layout, spec: SourceSpec,
+                 summary: SyncSummary):
+        self.writer, self.layout, self.spec, self.summary = writer, layout, spec, summary
+        self.last_time, self.last_count = time.monotonic(), 0
+
+    def _count(self) -> int:
+        return sum(self.summary.objects.values()) + self.summary.files_kept
+
+    def maybe(self) -> None:
+        count = self._count()
+        due = (count - self.last_count >= settings.PUBLISH_EVERY_OBJECTS.get()
+               or time.monotonic() - self.last_time >= settings.PUBLISH_EVERY_SECONDS.get())
+        if not due or count == self.last_count:
+            return
+        generation = self.writer.publish()
+        with self.writer.session() as session:
+            ledger.record(self.layout, session, self.spec, generation)
+        log.info("published index generation %s during the run (%s objects and files so "
+                 "far)", generation, count)
+        self.last_time, self.last_count = time.monotonic(), count
+
+
+def _measure(summary: SyncSummary, http: HttpClient, started: float) -> None:
+    summary.requests, summary.retries = http.requests_made, http.retries
+    summary.seconds = time.monotonic() - started
+
+
+def _undo_empty_mirror(layout: Layout) -> bool:
+    """Remove what a first sync made when it failed before storing any file (under the
+    lease, so no other writer is at work); True when it did.
+
+    Otherwise ``mirror.json`` would remember a URL that never worked (the wrong server, a
+    typo), and the next attempt with the right one would be refused as a re-point.
+    """
+    if layout.store.exists() and any(p.is_file() for p in layout.store.rglob("*")):
+        return False  # something was kept: the next run resumes from it
+    layout.marker.unlink(missing_ok=True)
+    if layout.base.is_dir():
+        for child in layout.base.iterdir():
+            if child != layout.locks:  # the lease, released on the way out
+                shutil.rmtree(child, ignore_errors=True)
+    return True
+
+
+def _remove_empty_folders(layout: Layout, root_existed: bool) -> None:
+    """After the lease is released: the folders an undone first sync made, if empty."""
+    folders = [layout.locks, layout.base] + ([] if root_existed else [layout.root])
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty (another writer came) or already gone
 
 
 def _cpu_threads() -> int:

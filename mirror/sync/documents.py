@@ -37,6 +37,7 @@ class DocumentRun:
         self.public = public
         self.window = window  # tasks in flight: bounds memory, keeps workers busy
         self.allow_removals = allow_removals
+        self.on_recorded: Callable[[str, int], None] = lambda kind, n: None  # progress
 
     def commit(self) -> None:
         self._commit()
@@ -60,6 +61,7 @@ class DocumentRun:
         ingest_documents(self.session, spec,
                          [(doc, info.sha256, info.relpath, info.size) for doc, info in stored],
                          utc_now(), **extra)
+        self.on_recorded(kind, len(stored))
 
     def remove_missing(self, kind: str, listed: set[str], *,
                        within: set[str] | None = None, where: str | None = None) -> None:

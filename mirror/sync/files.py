@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -26,8 +25,9 @@ from mirror.config import utc_now
 from mirror.errors import ArchiveError, DiskFullError, MirrorError
 from mirror.index import SyncItem
 from mirror.ingest import blob_row, ingest_blobs
-from mirror.sources.base import FileRole, FileTask, Source, SourceSpec
+from mirror.sources.base import FileRole, FileTask, Source
 from mirror.store import ObjectStore, StoredFile, blob_relpath, extension_for
+from mirror.sync.estimate import Weights, check_disk_space, estimate_bytes  # noqa: F401
 from mirror.sync.pool import completed
 from mirror.sync.summary import SyncSummary
 
@@ -39,26 +39,6 @@ CHUNK = 256 * 1024
 COMMIT_EVERY = 200
 # object id, role, file, content type, sha256 of the file it derives from, fetched (not adopted)
 Result = tuple[str, str, StoredFile, str, "str | None", bool]
-
-
-def estimate_bytes(spec: SourceSpec, tasks: list[FileTask]) -> int:
-    """Bytes the plan will need: the archive's own sizes where it gives them, else the
-    role's rule of thumb per pixel."""
-    total = 0
-    for task in tasks:
-        role = spec.role(task.role)
-        total += task.size or int(task.pixels * role.bytes_per_pixel) + role.fixed_bytes
-    return total
-
-
-def check_disk_space(root, needed: int) -> int:
-    """Free bytes under ``root``; a clear error when ``needed`` (+10 %) does not fit."""
-    free = shutil.disk_usage(root).free
-    if needed * 1.1 > free:
-        raise MirrorError(
-            f"not enough disk space under {root}: the plan needs about {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB are free; free space or narrow the sync with --blobs/--limit")
-    return free
 
 
 def persist_plan(session: Session, tasks: list[FileTask]) -> None:
@@ -103,17 +83,25 @@ class FileFetcher:
         self.executor, self.summary, self._commit = executor, summary, commit
         self.progress = progress or (lambda items, nbytes: None)
         self.window = window
+        self.weights: Weights | None = None  # set to weigh what arrives (the size sample)
         self.rows: list[dict] = []  # file rows waiting for the next commit
         self.done: list[FileTask] = []
 
     def run(self, tasks: list[FileTask]) -> None:
+        try:
+            self._run(tasks)
+        except (DiskFullError, KeyboardInterrupt):
+            self.commit()  # keep what arrived (Ctrl-C, SIGTERM): the next run resumes after it
+            raise
+        self.commit()
+
+    def _run(self, tasks: list[FileTask]) -> None:
         last_commit = time.monotonic()
         for n, (task, future) in enumerate(
                 completed(self.executor, self.fetch, tasks, self.window), 1):
             try:
                 results = future.result()
             except DiskFullError:
-                self.commit()  # keep what arrived: the next run resumes after it
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded and retried next run
                 self._record_failure(task, exc)
@@ -122,7 +110,6 @@ class FileFetcher:
             if n % COMMIT_EVERY == 0 or time.monotonic() - last_commit > 5:
                 self.commit()
                 last_commit = time.monotonic()
-        self.commit()
 
     def commit(self) -> None:
         """Write the buffered rows in bulk, then make files and rows durable, in that order."""
@@ -242,11 +229,14 @@ class FileFetcher:
 
     def _record_success(self, task: FileTask, results: list[Result]) -> None:
         now = utc_now()
+        if self.weights is not None:
+            self.weights.weigh(task, sum(stored.size for _, _, stored, *_ in results))
         for object_id, role, stored, content_type, source_sha, fetched in results:
             self.rows.append(blob_row(object_id, role, stored.relpath, stored.sha256,
                                       stored.size, content_type, now, source_sha))
             outcome = "fetched" if fetched else "derived" if source_sha else "adopted"
             self.summary.blobs[(role, outcome)] += 1
+            self.summary.files_kept += 1
             if fetched:
                 self.summary.bytes_downloaded += stored.size
                 self.progress(1, stored.size)

@@ -30,6 +30,7 @@ class SyncSummary:
     generation: int | None = None
     plan: dict = field(default_factory=dict)
     dry_run: bool = False
+    files_kept: int = 0  # files of the plan published so far (an interrupted run keeps them)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,9 @@ class SyncSummary:
                 lines.append(f"{kind + label:18} {counts}")
         lines.append(f"{self.requests} requests ({self.retries} retried), "
                      f"{self.bytes_downloaded / 1e6:.1f} MB in {self.seconds:.1f} s")
+        if self.dry_run:
+            lines.append("dry run: nothing was kept; the next sync reports these changes "
+                         "again and fetches the plan")
         if self.failures:
             lines.append(f"{len(self.failures)} item(s) NOT mirrored; run 'mirror sync' again:")
             lines += [f"  {f.kind} {f.object_id} {f.role}: {f.error}" for f in self.failures[:20]]

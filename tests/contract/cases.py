@@ -81,8 +81,10 @@ def _isic_v2() -> Iterator[Archive]:
 
 
 CASES = [
-    # datasets, image summaries, studies (+ their annotation listings when changed)
-    SourceCase("isic-v1", _isic_v1, noop_requests=4),
+    # ISIC v1 (docs/sync.md): datasets, studies, one annotation listing per public study (2),
+    # one page of image details, and the segmentation check of ceil(16 / 7) = 3 images: a
+    # listing and each document (at most 3 an image)
+    SourceCase("isic-v1", _isic_v1, noop_requests=1 + 1 + 2 + 1 + 3 * (1 + 3)),
     # collections, one getSeries and one collection hash per collection
     SourceCase("tcia-v4", _tcia_v4, noop_requests=5,
                snapshots="snapshot create selects with mirror.query, which knows ISIC images "

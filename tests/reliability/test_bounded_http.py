@@ -264,6 +264,6 @@ def test_a_stalled_file_download_is_a_reported_failure_and_the_next_run_fetches_
     assert all("did not finish answering within 1 s" in f["error"]
                for f in summary["failures"]), summary["failures"]
     with serve(images=4, seed=7, private_fraction=0.0) as sb:
-        healthy = run_mirror(*args, "--url", sb.url)
+        healthy = run_mirror(*args, "--url", sb.url, "--rebase-url")  # same archive, new port
     assert healthy.returncode == 0, healthy.stderr[-2000:]
     assert json.loads(healthy.stdout)["failures"] == []

@@ -209,7 +209,7 @@ def test_non_hex_and_duplicate_ids_in_listings(tmp_path):
 
 
 def test_pagination_that_repeats_or_skips_items_stops_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(mirror.sources.isic_v1.client, "SUMMARY_PAGE", 4)  # page through 10 images
+    monkeypatch.setattr(mirror.sources.isic_v1.client, "DETAIL_PAGE", 4)  # page through 10 images
     out = hostile_run(tmp_path, "paging", NO_BLOBS)
     assert out.error is not None and "listing" in str(out.error)
     assert not any(r.removed for r in _rows(out.root, Image)), "a skipped image was 'removed'"

@@ -41,26 +41,26 @@ class IsicV1Source(IsicClient):
         docs.commit()
         study_images: set[str] | None = None
         if "studies" in what or options.study:
-            changed = docs.sync_studies(options.study)
+            studies = docs.sync_studies(options.study)
             if options.study:
                 study_images = _study_image_ids(run.session, options.study)
             if "annotations" in what:
-                docs.sync_annotations(changed, markups=True)
+                docs.sync_annotations(studies, markups=True)
         restrict = study_images
         if options.image_ids is not None:
             restrict = set(options.image_ids) & (restrict if restrict is not None
                                                  else set(options.image_ids))
         scope = restrict
         if "images" in what:
-            todo, listed, complete = docs.plan_images(restrict, options.limit)
             keep = dataset_filter(datasets, options.dataset)
-            docs.sync_images(todo, keep)
+            listed, complete = docs.sync_images(restrict, options.limit, keep)
             if complete and options.dataset is None:
                 docs.remove_missing("image", listed)
             scope = _scope(run.session, listed, keep, options)
             docs.commit()
         if "segmentations" in what:
-            docs.sync_segmentations(docs.images_needing_segmentations(scope))
+            full = bool(getattr(options, "full", False))
+            docs.sync_segmentations(docs.images_needing_segmentations(scope, full=full))
         return scope
 
     def plan_files(self, session: Session, scope: set[str] | None,

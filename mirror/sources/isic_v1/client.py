@@ -21,7 +21,9 @@ from mirror.sources.http import HttpClient, error_message
 log = logging.getLogger("mirror.isic")
 
 IMAGE_IDS_PER_REQUEST = 300  # server-side maximum (400 above it)
-SUMMARY_PAGE = 10_000
+# Image details per page of the bulk listing (``image?detail=true``): what isicarchive's
+# ``cache_images`` asks the real archive for (research §9), about 4.5 MB of JSON a page.
+DETAIL_PAGE = 3000
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,18 @@ class IsicClient:
 
     def image_summaries(self) -> Iterator[dict]:
         """Every listed image as ``{_id, name, updated}``."""
-        for items in self.iter_pages("image", SUMMARY_PAGE):
+        for items in self.iter_pages("image", DETAIL_PAGE):
             yield from items
+
+    def image_detail_pages(self) -> Iterator[list[dict]]:
+        """Every listed image's detail document, a page at a time, sorted by ``_id``.
+
+        The real archive serves ``Image.filter`` for each item with ``detail=true``, the
+        document ``image/{id}`` and ``image?imageIds=`` serve (research §4.1), so this is
+        the one way to see every change: the archive saves QC reviews, metadata and
+        renames without touching ``updated``.
+        """
+        yield from self.iter_pages("image", DETAIL_PAGE, detail="true")
 
     def image_details(self, ids: list[str]) -> list[dict]:
         """Full detail documents for up to 300 ids in one request."""

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from mirror import progress
 from mirror.errors import MirrorError
-from mirror.export import csv_bytes, field_value, write_parquet
+from mirror.export import attribution_path, csv_bytes, field_value, write_parquet
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob
 from mirror.projection import BOOLEAN, NULL, NUMBER, TEXT, literal, quote
@@ -138,7 +139,7 @@ def attribution_text(rows: list[tuple]) -> str:
 
 def export_metadata(mirror: Mirror, out: Path, selection: ImageSelection,
                     columns: list[str] | None = None) -> dict:
-    """Write ``out`` (``.csv`` or ``.parquet``) and ``attribution.txt`` beside it."""
+    """Write ``out`` (``.csv`` or ``.parquet``) and ``OUT.attribution.txt`` beside it."""
     out = Path(out)
     if out.suffix not in (".csv", ".parquet"):
         raise MirrorError(f"cannot tell the format of {out.name}: name it .csv or .parquet")
@@ -147,9 +148,11 @@ def export_metadata(mirror: Mirror, out: Path, selection: ImageSelection,
         write_parquet(out, header, rows)
     else:
         write_bytes_atomic(out, csv_bytes(header, rows))
-    write_bytes_atomic(out.parent / "attribution.txt",
+    attribution = attribution_path(out)
+    write_bytes_atomic(attribution,
                        attribution_text(attribution_rows(mirror, selection)).encode())
-    return {"images": len(selection), "columns": len(header), "path": str(out)}
+    return {"images": len(selection), "columns": len(header), "path": str(out),
+            "attribution": str(attribution)}
 
 
 # -- a folder of files ---------------------------------------------------------------------
@@ -195,7 +198,8 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
     remove_dead_temps(dest)
     summary: dict[str, Any] = {"images": len(selection), "files": 0, "linked": {},
                                "missing": [], "skipped_names": []}
-    with mirror._engine.connect() as conn:
+    with mirror._engine.connect() as conn, \
+            progress.task("export", total=len(selection), unit="image") as step:
         for start in range(0, len(selection.ids), CHUNK):
             ids = selection.ids[start:start + CHUNK]
             names = selection.names[start:start + CHUNK]
@@ -203,6 +207,7 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
             masks = _masks(conn, ids) if "masks" in blobs else {}
             for image_id, name in zip(ids, names, strict=True):
                 _export_image(mirror, dest, image_id, name, blobs, paths, masks, link, summary)
+                step.update(1, detail=f"{summary['files']} file(s)")
     header, rows = metadata_table(mirror, selection)
     write_bytes_atomic(dest / "metadata.csv", csv_bytes(header, rows))
     write_bytes_atomic(dest / "attribution.txt",

@@ -59,7 +59,8 @@ class IsicV1Objects:
             query = query.where(Image.removed.is_(False))
         return [r[0] for r in self._all(query)]
 
-    def select_images(self, criteria: Any = None, sub_select: bool = False,
+    def select_images(self, criteria: Any = None, sub_select: Any = False,
+                      add_to_selection: bool = False, remove_from_selection: bool = False,
                       dataset: str | None = None, study: str | None = None,
                       limit: int | None = None) -> ImageSelection:
         """Images whose documents meet ``criteria``, selected by DuckDB over the projection
@@ -67,18 +68,43 @@ class IsicV1Objects:
 
         ``criteria`` is ``[field, op, value]`` or a list of them (all must hold), e.g.
         ``[["meta.clinical.diagnosis", "==", "melanoma"], ["dataset.name", "ni", "HAM"]]``.
-        With ``sub_select=True`` the previous selection (kept as ``m.image_selection``) is
-        refined. The result is also stored as ``m.image_selection``.
+        As in isicarchive's ``select_images``: ``sub_select=True`` refines the previous
+        selection (kept as ``m.image_selection``; none yet: nothing is selected);
+        ``sub_select`` a list (of ids or image documents) or a dict (keyed by id) selects
+        among those images only; ``add_to_selection`` adds what is found to the previous
+        selection, ``remove_from_selection`` removes it from it. The result is also stored
+        as ``m.image_selection``.
         """
         items = query.criteria(criteria)
-        previous = self.image_selection if sub_select else None
-        if previous is not None:
+        previous = self.image_selection
+        if isinstance(sub_select, (list, tuple, set, frozenset, dict)):
+            items = items + [query.criterion("_id", "in", _ids_of(sub_select))]
+        elif sub_select:
+            if previous is None:
+                self.image_selection = ImageSelection(self._mirror, items, [], dataset, study)
+                return self.image_selection
             items = previous.criteria + items
             dataset, study = dataset or previous.dataset, study or previous.study
+            add_to_selection = False  # isicarchive: a refinement replaces the selection
         ids = query.select_ids(self._mirror.projection, items, dataset=dataset, study=study,
                                limit=limit)
-        self.image_selection = ImageSelection(self._mirror, items, ids, dataset, study)
-        return self.image_selection
+        selection = ImageSelection(self._mirror, items, ids, dataset, study)
+        if add_to_selection or remove_from_selection:
+            selection = self._combined(previous, ids, add_to_selection)
+        self.image_selection = selection
+        return selection
+
+    def _combined(self, previous: ImageSelection | None, found: Sequence[str],
+                  add: bool) -> ImageSelection:
+        """The previous selection with ``found`` added or removed, as an id criterion (so
+        exports and snapshots can state it again)."""
+        before = list(previous.ids) if previous is not None else []
+        if add:
+            ids = sorted(set(before).union(found))
+        else:
+            drop = set(found)
+            ids = [i for i in before if i not in drop]
+        return ImageSelection(self._mirror, [query.criterion("_id", "in", ids)], ids)
 
     def images_frame(self, criteria: Any = None, columns: list[str] | None = None, **scope: Any):
         """A pandas DataFrame, one row per selected image (needs ``pip install mirror[pandas]``)."""
@@ -133,8 +159,28 @@ class ImageSelection:
         return set(self.ids)
 
     def __repr__(self) -> str:
-        shown = " and ".join(str(c) for c in self.criteria) or "all images"
+        shown = " and ".join(_short(c) for c in self.criteria) or "all images"
         return f"<ImageSelection {len(self)} images: {shown}>"
+
+
+def _short(criterion: query.Criterion) -> str:
+    """A criterion as text, a long list of values cut to its length."""
+    if isinstance(criterion.value, list) and len(criterion.value) > 5:
+        return f"{criterion.field} {criterion.op} [{len(criterion.value)} values]"
+    return str(criterion)
+
+
+def _ids_of(images: Any) -> list[str]:
+    """The ids of isicarchive's ``sub_select``: a dict's keys, or a list's ids (strings, or
+    image documents with an ``_id``)."""
+    if isinstance(images, dict):
+        images = list(images)
+    ids = [item.get("_id") if isinstance(item, dict) else item for item in images]
+    bad = [i for i in ids if not isinstance(i, str)]
+    if bad:
+        raise query.QueryError(f"sub_select holds {bad[0]!r}, not an image id; give a list "
+                               "of ids or image documents, or a dict keyed by id")
+    return sorted(set(ids))
 
 
 class MirrorImage:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from mirror.sources.isic_v1.sandbox import blobs
-from mirror.sources.isic_v1.sandbox.data import PRIVATE_DATASETS, USERS, Archive, iso
+from mirror.sources.isic_v1.sandbox.data import USERS, Archive, iso
 
 OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 TRUE = {"true", "on", "1", "yes"}
@@ -115,6 +115,7 @@ class SandboxAPI:
         self.tokens: set[str] = set()
         self.routes: list[tuple[str, tuple[str, ...], Callable[..., Response]]] = [
             ("image", (), self.list_images),
+            ("image", ("histogram",), self.image_histogram),
             ("image", ("{id}",), self.get_image),
             ("image", ("{id}", "download"), self.download_image),
             ("image", ("{id}", "thumbnail"), self.image_thumbnail),
@@ -122,15 +123,21 @@ class SandboxAPI:
             ("segmentation", (), self.list_segmentations),
             ("segmentation", ("{id}",), self.get_segmentation),
             ("segmentation", ("{id}", "mask"), self.segmentation_mask),
+            ("segmentation", ("{id}", "thumbnail"), self.segmentation_thumbnail),
             ("dataset", (), self.list_datasets),
             ("dataset", ("{id}",), self.get_dataset),
+            ("dataset", ("{id}", "access"), self.dataset_admin_only),
+            ("dataset", ("{id}", "metadata"), self.dataset_admin_only),
+            ("dataset", ("{id}", "review"), self.dataset_admin_only),
             ("study", (), self.list_studies),
             ("study", ("{id}",), self.get_study),
             ("annotation", (), self.list_annotations),
             ("annotation", ("{id}",), self.get_annotation),
             ("annotation", ("{id}", "markup", "{f}", "superpixels"), self.markup_values),
+            ("annotation", ("{id}", "markup", "{f}", "rendered"), self.markup_rendered),
             ("annotation", ("{id}", "markup", "{f}"), self.markup_mask),
             ("annotation", ("{id}", "{f}", "mask"), self.markup_mask),
+            ("annotation", ("{id}", "{f}", "render"), self.markup_rendered),
             ("annotation", ("{id}", "{f}"), self.markup_values),
             ("user", ("authentication",), self.authenticate),
             ("user", ("me",), self.me),
@@ -205,6 +212,14 @@ class SandboxAPI:
                             "ObjectIds is required.", "validation", field="imageIds")
         return set(ids)
 
+    def image_histogram(self, req: Request) -> Response:
+        """Facet counts over the images the caller may read (research §5.8)."""
+        if "filter" in req.params:
+            raise RestError(400, "The sandbox does not implement the filter query language.")
+        docs = [self.archive.image_detail(i) for i in self.archive.listed()
+                if self._visible(i, req.user)]
+        return Response.json(histogram(docs))
+
     def get_image(self, req: Request, image_id: str) -> Response:
         return Response.json(self.archive.image_detail(self._image(image_id, req.user)))
 
@@ -215,7 +230,7 @@ class SandboxAPI:
             raise RestError(400, f'Unallowed contentDisposition type "{disposition}".',
                             "validation", field="contentDisposition")
         return Response.file(blobs.image_jpeg(self.archive, i), "image/jpeg",
-                             f"ISIC_{i:07d}.jpg", disposition)
+                             f"{self.archive.image_name(i)}.jpg", disposition)
 
     def image_thumbnail(self, req: Request, image_id: str) -> Response:
         i = self._image(image_id, req.user)
@@ -228,7 +243,7 @@ class SandboxAPI:
     def image_superpixels(self, req: Request, image_id: str) -> Response:
         i = self._image(image_id, req.user)
         return Response.file(blobs.superpixels_png(self.archive, i), "image/png",
-                             f"ISIC_{i:07d}_superpixels_v3.0.png")
+                             f"{self.archive.image_name(i)}_superpixels_v3.0.png")
 
     # -- segmentations -------------------------------------------------------------------------
 
@@ -260,17 +275,32 @@ class SandboxAPI:
         if self.archive.segmentation_failed(i, j):
             raise RestError(410, "This segmentation is failed, and thus has no mask.")
         return Response.file(blobs.mask_png(self.archive, i, j), "image/png",
-                             f"ISIC_{i:07d}_segmentation.png")
+                             f"{self.archive.image_name(i)}_segmentation.png",
+                             _disposition(req.params))
+
+    def segmentation_thumbnail(self, req: Request, seg_id: str) -> Response:
+        """The image with the mask's outline (the real one draws it green), as JPEG."""
+        i, j = self._segmentation(seg_id, req.user)
+        if self.archive.segmentation_failed(i, j):
+            raise RestError(410, "This segmentation is failed, and thus has no thumbnail.")
+        try:
+            width = max(1, int(req.params.get("width", 256)))
+        except ValueError:
+            raise RestError(400, "Invalid value for width.") from None
+        return Response.file(blobs.segmentation_thumbnail(self.archive, i, j, width),
+                             "image/jpeg", f"{self.archive.image_name(i)}_segmentation.jpg",
+                             _disposition(req.params, "inline"))
 
     # -- datasets ------------------------------------------------------------------------------
 
     def _datasets(self, user: dict | None) -> list[dict]:
-        return self.archive.datasets() + (PRIVATE_DATASETS if user else [])
+        return self.archive.datasets() + (self.archive.private_datasets() if user else [])
 
     def _dataset_detail(self, summary: dict) -> dict:
         count = sum(1 for i in self.archive.listed()
                     if self.archive.dataset_summary(i)["_id"] == summary["_id"])
-        return {**summary, "_modelType": "dataset", "attribution": "Anonymous",
+        return {**_summary_fields(summary), "_modelType": "dataset",
+                "attribution": self.archive.dataset_attribution(summary),
                 "count": count, "created": summary["updated"], "creator": USERS[0]}
 
     def list_datasets(self, req: Request) -> Response:
@@ -279,17 +309,31 @@ class SandboxAPI:
                        reverse=sortdir == -1)
         page = _page(items, limit, offset)
         detail = _bool(req.params, "detail")
-        return Response.json([self._dataset_detail(d) if detail else d for d in page])
+        return Response.json([self._dataset_detail(d) if detail else _summary_fields(d)
+                              for d in page])
 
-    def get_dataset(self, req: Request, dataset_id: str) -> Response:
+    def _dataset(self, dataset_id: str, user: dict | None) -> dict:
         _object_id(dataset_id)
-        for summary in self._datasets(None) + PRIVATE_DATASETS:
+        private = self.archive.private_datasets()
+        for summary in self._datasets(None) + private:
             if summary["_id"] == dataset_id:
-                if summary in PRIVATE_DATASETS and req.user is None:
+                if summary in private and user is None:
                     raise RestError(401, f"Read access denied for folder {dataset_id} "
                                     "(user None).", "access")
-                return Response.json(self._dataset_detail(summary))
+                return summary
         raise RestError(400, f"Invalid dataset id ({dataset_id}).")
+
+    def get_dataset(self, req: Request, dataset_id: str) -> Response:
+        return Response.json(self._dataset_detail(self._dataset(dataset_id, req.user)))
+
+    def dataset_admin_only(self, req: Request, dataset_id: str) -> Response:
+        """``access``, ``metadata``, ``review``: ``@access.user`` routes for dataset admins
+        and QC reviewers. Anonymous callers get 401; the sandbox user is neither (403)."""
+        if req.user is None:
+            raise RestError(401, "You must be logged in.", "access")
+        self._dataset(dataset_id, req.user)
+        raise RestError(403, f"Admin access denied for dataset {dataset_id} (user "
+                        f"{req.user['_id']}).", "access")
 
     # -- studies and annotations -----------------------------------------------------------------
 
@@ -374,12 +418,20 @@ class SandboxAPI:
     def markup_values(self, req: Request, annotation_id: str, feature: str) -> Response:
         return Response.json(self._markup(req, annotation_id, feature)[1])
 
+    def markup_rendered(self, req: Request, annotation_id: str, feature: str) -> Response:
+        """The image with possible (250, 250, 0) and definite (0, 0, 255) superpixels."""
+        (k, pos, _), values = self._markup(req, annotation_id, feature)
+        i = self.archive.study_images(k)[pos]
+        return Response.file(blobs.markup_rendered(self.archive, i, values), "image/jpeg",
+                             f"annotation_{annotation_id}_{_markup_name(feature)}.jpg",
+                             _disposition(req.params, "inline"))
+
     def markup_mask(self, req: Request, annotation_id: str, feature: str) -> Response:
         (k, pos, _), values = self._markup(req, annotation_id, feature)
         i = self.archive.study_images(k)[pos]
-        name = feature.replace(" : ", " ; ").replace("/", ",")
         return Response.file(blobs.markup_png(self.archive, i, values), "image/png",
-                             f"annotation_{annotation_id}_{name}.png", "inline")
+                             f"annotation_{annotation_id}_{_markup_name(feature)}.png",
+                             "inline")
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -402,3 +454,77 @@ class SandboxAPI:
 
     def me(self, req: Request) -> Response:
         return Response.json(req.user)
+
+
+def _summary_fields(dataset: dict) -> dict:
+    """A dataset summary as the archive lists it (``filterSummary``)."""
+    return {k: dataset[k] for k in ("_accessLevel", "_id", "description", "license", "name",
+                                    "updated") if k in dataset}
+
+
+def _disposition(params: dict, default: str = "attachment") -> str:
+    value = params.get("contentDisposition", default)
+    if value not in ("inline", "attachment"):
+        raise RestError(400, f'Unallowed contentDisposition type "{value}".', "validation",
+                        field="contentDisposition")
+    return value
+
+
+def _markup_name(feature: str) -> str:
+    return feature.replace(" : ", " ; ").replace("/", ",")
+
+
+CATEGORICAL_FACETS = (
+    "meta.datasetId", "meta.clinical.benign_malignant", "meta.clinical.sex",
+    "meta.clinical.diagnosis_confirm_type", "meta.clinical.diagnosis",
+    "meta.clinical.nevus_type", "meta.clinical.melanocytic", "meta.clinical.personal_hx_mm",
+    "meta.clinical.family_hx_mm", "meta.clinical.mel_class", "meta.clinical.mel_type",
+    "meta.clinical.mel_mitotic_index", "meta.clinical.mel_ulcer",
+    "meta.clinical.anatom_site_general", "meta.acquisition.image_type",
+    "meta.acquisition.dermoscopic_type", "meta.acquisition.blurry",
+    "meta.acquisition.color_tint", "meta.acquisition.hairy", "meta.acquisition.marker_pen")
+ORDINAL_FACETS = (
+    ("meta.clinical.age_approx", (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)),
+    ("meta.clinical.clin_size_long_diam_mm",
+     (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 110.0)),
+    ("meta.clinical.mel_thick_mm", (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)),
+)
+
+
+def histogram(docs: list[dict]) -> dict:
+    """``Image.getHistograms`` (isic_archive/models/image.py) over image details: Mongo's
+    ``$sortByCount`` per categorical facet, ``$unwind`` + count for tags, ``$bucket`` with a
+    null default for ordinal facets; bins sorted by label, null last."""
+    from collections import Counter
+
+    def value(doc: dict, path: str) -> object:
+        if path == "meta.datasetId":
+            return (doc.get("dataset") or {}).get("_id")
+        node: object = doc
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    def bins(counts: Counter) -> list[dict]:
+        ordered = sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0]))
+        return [{"count": n, "label": label} for label, n in ordered]
+
+    out: dict = {"__passedFilters__": [{"count": len(docs), "label": "count"}]}
+    for facet in CATEGORICAL_FACETS:
+        out[facet] = bins(Counter(value(d, facet) for d in docs))
+    tags: Counter = Counter()
+    for doc in docs:
+        tags.update((doc.get("notes") or {}).get("tags") or [None])
+    out["meta.tags"] = bins(tags)
+    for facet, bounds in ORDINAL_FACETS:
+        low: Counter = Counter()
+        for doc in docs:
+            v = value(doc, facet)
+            numeric = isinstance(v, int | float) and not isinstance(v, bool)
+            low[next((lo for lo, hi in zip(bounds, bounds[1:], strict=False)
+                      if numeric and lo <= v < hi), None)] += 1
+        out[facet] = [{"count": n, "highBound": bounds[bounds.index(lo) + 1],
+                       "label": f"[{lo} - {bounds[bounds.index(lo) + 1]})", "lowBound": lo}
+                      if lo is not None else {"count": n, "label": None}
+                      for lo, n in sorted(low.items(), key=lambda kv: (kv[0] is None, kv[0]))]
+    return out

@@ -145,11 +145,40 @@ def markup_png(archive: Archive, i: int, values: list[float]) -> bytes:
     return _encode(Image.fromarray(lut[superpixel_labels(archive, i)], "L"), "PNG")
 
 
+def segmentation_thumbnail(archive: Archive, i: int, j: int, width: int = 256) -> bytes:
+    """The image at ``width`` with the mask's boundary drawn green, as JPEG."""
+    def make() -> bytes:
+        full_w, full_h = archive.image_size(i)
+        size = (width, max(1, round(full_h * width / full_w)))
+        rgb = np.array(_render(archive.seed, i, full_w, full_h).resize(size, Image.BILINEAR))
+        field = _lesion_field(archive.seed, i, full_w, full_h) + 0.05 * j
+        inside = np.array(Image.fromarray((field > 0).astype(np.uint8) * 255, "L")
+                          .resize(size, Image.NEAREST)) > 0
+        edge = inside & ~(np.roll(inside, 1, 0) & np.roll(inside, -1, 0)
+                          & np.roll(inside, 1, 1) & np.roll(inside, -1, 1))
+        rgb[edge] = (0, 255, 0)
+        return _encode(Image.fromarray(rgb, "RGB"), "JPEG", quality=85)
+    return _cache.get(_key(archive, i, "segthumb", j, width), make)
+
+
+def markup_rendered(archive: Archive, i: int, values: list[float]) -> bytes:
+    """The image with possible superpixels (250, 250, 0) and definite ones (0, 0, 255)."""
+    width, height = archive.image_size(i)
+    rgb = np.array(_render(archive.seed, i, width, height).resize((width, height),
+                                                                  Image.BILINEAR))
+    labels = superpixel_labels(archive, i)
+    marks = np.asarray(values, np.float32)[labels]
+    rgb[(marks > 0) & (marks < 1)] = (250, 250, 0)
+    rgb[marks >= 1] = (0, 0, 255)
+    return _encode(Image.fromarray(rgb, "RGB"), "JPEG", quality=85)
+
+
 def _encode(img: Image.Image, fmt: str, **options) -> bytes:
     out = io.BytesIO()
     img.save(out, fmt, **options)
     return out.getvalue()
 
 
-__all__ = ["image_jpeg", "markup_png", "mask_png", "superpixel_labels",
+__all__ = ["image_jpeg", "markup_png", "markup_rendered", "mask_png", "segmentation_thumbnail",
+           "superpixel_labels",
            "superpixels_png", "thumbnail_jpeg"]

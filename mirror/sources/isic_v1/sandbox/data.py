@@ -31,12 +31,14 @@ WIDTHS = (600, 640, 1022, 1024, 1504, 2000)
 SUPERPIXELS = 1000
 USERS = [{"_id": f"5450e996bae47865794e4d{n:02x}", "name": f"User {name}"}
          for n, name in enumerate(("6VSN", "Q3ZK", "M7TB", "HX2P", "W9DA"))]
+# Ids of the archive's masterFeatures.json (isic_archive/models/), the only feature ids a
+# study may hold: isicarchive looks each one up in its copy of that list.
 FEATURES = [
     "Globules / Clods : Regular", "Globules / Clods : Irregular",
-    "Lines : Reticular : Pigment network : Typical",
+    "Lines : Typical pigment network / Reticulation",
     "Lines : Angulated lines / Polygons / Zig-zag pattern",
     "Structureless : Blue-whitish veil", "Dots : Regular", "Dots : Irregular",
-    "Pattern : Symmetry (1 axis / 2 axes)", "Vessels : Dotted", "Regression structures : Scar-like",
+    "Pattern : Starburst", "Vessels : Dotted", "Regression structures : Scarlike depigmentation",
     "Shiny white structures : Rosettes", "Lines : Branched streaks",
 ]
 QUESTIONS = [
@@ -75,10 +77,24 @@ def _rng(*parts: object) -> random.Random:
 
 @dataclass
 class ImageState:
-    """Mutations applied to one image since start (the archive can change while it runs)."""
+    """Mutations applied to one image since start (the archive can change while it runs).
+
+    ``updated`` and ``revision`` are the old, convenient change (``mutate(update=...)``):
+    a later ``updated`` and a different age. The others are how the real archive changes
+    an image, none of which touches ``updated`` (Girder's ``Item.save``): ``clinical``
+    and ``tags`` (``applyMetadata``, a tag), ``name`` (``renameImage``), ``reviewed``
+    (a QC review); segmentations saved on themselves only (``added`` segmentation
+    documents, ``reviews`` appended to existing ones by position).
+    """
 
     updated: float | None = None
     revision: int = 0
+    clinical: dict = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None
+    reviewed: dict | None = None
+    added: list[dict] = field(default_factory=list)
+    reviews: dict[int, list[dict]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)  # hashed by identity: blob caches are keyed on the archive
@@ -90,6 +106,8 @@ class Archive:
     private_fraction: float = 0.1
     removed: set[int] = field(default_factory=set)
     changed: dict[int, ImageState] = field(default_factory=dict)
+    last_silent: float = 0.0  # the time of the latest change_silently
+    added_segmentations: dict[str, int] = field(default_factory=dict)  # id -> image
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -131,7 +149,17 @@ class Archive:
         return sorted(templates()["datasets"].values(), key=lambda d: d["name"])
 
     def is_private(self, i: int) -> bool:
-        return _rng(self.seed, "private", i).random() < self.private_fraction
+        return self.private_fraction > 0 and \
+            _rng(self.seed, "private", i).random() < self.private_fraction
+
+    def private_datasets(self) -> list[dict]:
+        """Datasets only a logged-in caller sees."""
+        return PRIVATE_DATASETS
+
+    def dataset_attribution(self, summary: dict) -> str:
+        """A dataset detail's ``attribution``: the one its summary carries, else
+        "Anonymous", the value ISIC credits the MSK datasets with."""
+        return summary.get("attribution") or "Anonymous"
 
     def image_template(self, i: int) -> dict:
         pool = templates()["images"]
@@ -158,8 +186,30 @@ class Archive:
             updated = state.updated
         return iso(created), iso(updated)
 
+    def image_name(self, i: int) -> str:
+        state = self.changed.get(i)
+        return state.name if state and state.name else f"ISIC_{i:07d}"
+
     def image_summary(self, i: int) -> dict:
-        return {"_id": self.image_id(i), "name": f"ISIC_{i:07d}", "updated": self.image_dates(i)[1]}
+        return {"_id": self.image_id(i), "name": self.image_name(i),
+                "updated": self.image_dates(i)[1]}
+
+    def apply_changes(self, i: int, doc: dict) -> dict:
+        """``doc`` with the changes made to image ``i`` that leave ``updated`` alone."""
+        state = self.changed.get(i)
+        if state is None:
+            return doc
+        if state.name:
+            doc["name"] = state.name
+        if state.clinical:
+            doc.setdefault("meta", {}).setdefault("clinical", {}).update(state.clinical)
+        notes = doc.setdefault("notes", {})
+        if state.tags:
+            notes["tags"] = list(notes.get("tags") or []) + [
+                t for t in state.tags if t not in (notes.get("tags") or [])]
+        if state.reviewed:
+            notes["reviewed"] = dict(state.reviewed)
+        return doc
 
     def image_detail(self, i: int) -> dict:
         template = self.image_template(i)
@@ -171,7 +221,7 @@ class Archive:
         state = self.changed.get(i)
         if state and state.revision and isinstance(meta["clinical"].get("age_approx"), int):
             meta["clinical"]["age_approx"] += 5 * state.revision  # a visible metadata change
-        return {
+        return self.apply_changes(i, {
             "_id": self.image_id(i), "_modelType": "image", "created": created,
             "creator": USERS[rng.randrange(len(USERS))], "dataset": self.dataset_summary(i),
             "meta": meta, "name": f"ISIC_{i:07d}",
@@ -179,54 +229,187 @@ class Archive:
                                    "userId": USERS[0]["_id"]},
                       "tags": list(template["tags"])},
             "updated": updated,
-        }
+        })
 
     # -- mutations ---------------------------------------------------------------------------
 
     def mutate(self, add: int = 0, update: int = 0, remove: int = 0,
-               update_ids: list[str] | None = None, remove_ids: list[str] | None = None) -> dict:
+               update_ids: list[str] | None = None, remove_ids: list[str] | None = None,
+               **silent) -> dict:
+        """Change the archive while it runs.
+
+        ``add``, ``update`` (a later ``updated`` and a new age), ``remove``: counts of
+        random images, or ``update_ids``/``remove_ids``. The keywords of
+        :meth:`change_silently` change images and segmentations the way the real archive
+        does, without touching ``updated``.
+        """
         with self.lock:
-            rng = _rng(self.seed, "mutate", self.count, len(self.removed), len(self.changed))
-            live = self.listed()
-            to_update = [self.image_index(x) for x in update_ids or []]
-            to_update += rng.sample(live, min(update, len(live)))
-            to_remove = [self.image_index(x) for x in remove_ids or []]
-            rest = [i for i in live if i not in to_update]
-            to_remove += rng.sample(rest, min(remove, len(rest)))
-            latest = max([START + SPAN] + [s.updated or 0 for s in self.changed.values()])
-            for n, i in enumerate(i for i in to_update if i is not None):
+            out = self._mutate(add, update, remove, update_ids, remove_ids)
+            if silent:
+                out.update(self.change_silently(**silent))
+            return out
+
+    def _mutate(self, add: int, update: int, remove: int, update_ids: list[str] | None,
+                remove_ids: list[str] | None) -> dict:
+        rng = _rng(self.seed, "mutate", self.count, len(self.removed), len(self.changed))
+        live = self.listed()
+        to_update = [self.image_index(x) for x in update_ids or []]
+        to_update += rng.sample(live, min(update, len(live)))
+        to_remove = [self.image_index(x) for x in remove_ids or []]
+        rest = [i for i in live if i not in to_update]
+        to_remove += rng.sample(rest, min(remove, len(rest)))
+        latest = self.latest_change()
+        for n, i in enumerate(i for i in to_update if i is not None):
+            state = self.changed.setdefault(i, ImageState())
+            state.updated, state.revision = latest + 60 * (n + 1) + 0.25, state.revision + 1
+        self.removed.update(i for i in to_remove if i is not None)
+        added = list(range(self.count, self.count + add))
+        self.count += add
+        return {"added": [self.image_id(i) for i in added],
+                "updated": [self.image_id(i) for i in to_update if i is not None],
+                "removed": [self.image_id(i) for i in to_remove if i is not None]}
+
+    def latest_change(self) -> float:
+        """A time after every date the archive shows, for the next change."""
+        return max([START + SPAN, self.last_silent]
+                   + [s.updated or 0 for s in self.changed.values()])
+
+    SILENT = ("metadata", "tags", "renames", "reviews", "segment", "review_segmentations")
+
+    def change_silently(self, metadata: dict[str, dict] | None = None,
+                        tags: dict[str, str] | None = None,
+                        renames: dict[str, str] | None = None,
+                        reviews: list[str] | None = None, segment: list[str] | None = None,
+                        review_segmentations: list[str] | None = None) -> dict:
+        """Changes the real archive makes without touching any image's ``updated``.
+
+        ``metadata``: ``{image id: {clinical field: value}}`` (``applyMetadata``);
+        ``tags``: ``{image id: tag}`` added to ``notes.tags``; ``renames``: ``{image id:
+        new name}`` (``renameImage``); ``reviews``: image ids given a new QC review
+        (``notes.reviewed``); ``segment``: image ids given one more segmentation
+        (``createSegmentation``: the image is not saved); ``review_segmentations``:
+        segmentation ids given one more (expert) review. Returns the ids touched, and the
+        new segmentations' ids as ``segmented``.
+        """
+        with self.lock:
+            stamp = self.latest_change() + 1.5
+            touched: set[str] = set()
+
+            def state_of(image_id: str) -> ImageState:
+                i = self.image_index(image_id)
+                if i is None:
+                    raise ValueError(f"no image {image_id}")
+                touched.add(image_id)
+                return self.changed.setdefault(i, ImageState())
+
+            for image_id, fields in (metadata or {}).items():
+                state_of(image_id).clinical.update(fields)
+            for image_id, tag in (tags or {}).items():
+                state_of(image_id).tags.append(tag)
+            for image_id, name in (renames or {}).items():
+                state_of(image_id).name = name
+            for image_id in reviews or []:
+                state_of(image_id).reviewed = {"accepted": True, "time": iso(stamp),
+                                               "userId": USERS[4]["_id"]}
+            segmented = [self._add_segmentation(image_id, stamp + n)
+                         for n, image_id in enumerate(segment or [])]
+            for n, seg_id in enumerate(review_segmentations or []):
+                found = self.segmentation_index(seg_id)
+                if found is None:
+                    raise ValueError(f"no segmentation {seg_id}")
+                i, j = found
+                review = {"approved": True, "skill": "expert", "time": iso(stamp + n),
+                          "userId": USERS[2]["_id"]}
                 state = self.changed.setdefault(i, ImageState())
-                state.updated, state.revision = latest + 60 * (n + 1) + 0.25, state.revision + 1
-            self.removed.update(i for i in to_remove if i is not None)
-            added = list(range(self.count, self.count + add))
-            self.count += add
-            return {"added": [self.image_id(i) for i in added],
-                    "updated": [self.image_id(i) for i in to_update if i is not None],
-                    "removed": [self.image_id(i) for i in to_remove if i is not None]}
+                base = self.segmentation_count(i) - len(state.added)
+                if j >= base:
+                    state.added[j - base]["reviews"].append(review)
+                else:
+                    state.reviews.setdefault(j, []).append(review)
+            self.last_silent = stamp + len(segmented) + len(review_segmentations or [])
+            return {"changed": sorted(touched), "segmented": segmented,
+                    "reviewed_segmentations": list(review_segmentations or [])}
+
+    def _add_segmentation(self, image_id: str, when: float) -> str:
+        i = self.image_index(image_id)
+        if i is None:
+            raise ValueError(f"no image {image_id}")
+        state = self.changed.setdefault(i, ImageState())
+        serial = len(self.added_segmentations) + 1
+        seg_id = f"{int(when):08x}{self.seg_machine[:8]}ad{serial:06x}"
+        state.added.append({
+            "_id": seg_id, "created": iso(when), "creator": USERS[1], "failed": False,
+            "imageId": image_id,
+            "meta": {"source": "autofill", "startTime": iso(when - 90),
+                     "stopTime": iso(when - 30)},
+            "reviews": [{"approved": True, "skill": "novice", "time": iso(when),
+                         "userId": USERS[1]["_id"]}]})
+        self.added_segmentations[seg_id] = i
+        return seg_id
+
+    def added_segmentation(self, seg_id: str) -> tuple[int, int] | None:
+        """(image, position) of a segmentation added by :meth:`change_silently`."""
+        i = self.added_segmentations.get(seg_id)
+        if i is None or i in self.removed:
+            return None
+        state = self.changed[i]
+        base = self.segmentation_count(i) - len(state.added)
+        position = next(n for n, d in enumerate(state.added) if d["_id"] == seg_id)
+        return i, base + position
+
+    def added_count(self, i: int) -> int:
+        state = self.changed.get(i)
+        return len(state.added) if state else 0
+
+    def changed_segmentation(self, i: int, j: int, detail: dict) -> dict:
+        """``detail`` (of base segmentation ``j``) with the reviews added since start."""
+        state = self.changed.get(i)
+        if state and state.reviews.get(j):
+            detail["reviews"] = list(detail["reviews"]) + [dict(r) for r in state.reviews[j]]
+        return detail
 
     # -- segmentations -----------------------------------------------------------------------
 
     def segmentation_count(self, i: int) -> int:
+        return self.base_segmentation_count(i) + self.added_count(i)
+
+    def base_segmentation_count(self, i: int) -> int:
         roll = _rng(self.seed, "nseg", i).random()
         return 1 if roll < 0.84 else 2 if roll < 0.99 else 3
 
+    def added_detail(self, i: int, j: int) -> dict | None:
+        """The document of segmentation ``j`` of image ``i`` when it was added, else None."""
+        extra = j - (self.segmentation_count(i) - self.added_count(i))
+        return copy.deepcopy(self.changed[i].added[extra]) if extra >= 0 else None
+
     def segmentation_id(self, i: int, j: int) -> str:
+        added = self.added_detail(i, j)
+        if added is not None:
+            return added["_id"]
         counter = (i * 4 + j) & 0xFFFFFF
         return f"{self.image_ts(i) + 86400 + j:08x}{self.seg_machine}{counter:06x}"
 
     def segmentation_index(self, seg_id: str) -> tuple[int, int] | None:
+        added = self.added_segmentation(seg_id)
+        if added is not None:
+            return added
         if len(seg_id) != 24 or seg_id[8:18] != self.seg_machine:
             return None
         counter = int(seg_id[18:], 16)
         i, j = counter // 4, counter % 4
-        if self.image_index(self.image_id(i)) is None or j >= self.segmentation_count(i):
+        if self.image_index(self.image_id(i)) is None or j >= self.base_segmentation_count(i):
             return None
         return (i, j) if self.segmentation_id(i, j) == seg_id else None
 
     def segmentation_failed(self, i: int, j: int) -> bool:
+        if self.added_detail(i, j) is not None:
+            return False
         return j > 0 and _rng(self.seed, "failed", i, j).random() < 0.2
 
     def segmentation_detail(self, i: int, j: int) -> dict:
+        added = self.added_detail(i, j)
+        if added is not None:
+            return added
         rng = _rng(self.seed, "seg", i, j)
         created = self.image_ts(i) + 86400 + j + rng.randrange(0, 1000) / 1000
         failed = self.segmentation_failed(i, j)
@@ -236,10 +419,11 @@ class Archive:
             reviews.append({"approved": rng.random() < 0.9, "skill": "expert",
                             "time": iso(created + rng.randrange(3600, 90 * 86400)),
                             "userId": USERS[2]["_id"]})
-        return {"_id": self.segmentation_id(i, j), "created": iso(created),
-                "creator": USERS[1], "failed": failed, "imageId": self.image_id(i),
-                "meta": {"flagged": "could not segment"} if failed else
-                self._segmentation_meta(rng, created), "reviews": reviews}
+        return self.changed_segmentation(i, j, {
+            "_id": self.segmentation_id(i, j), "created": iso(created),
+            "creator": USERS[1], "failed": failed, "imageId": self.image_id(i),
+            "meta": {"flagged": "could not segment"} if failed else
+            self._segmentation_meta(rng, created), "reviews": reviews})
 
     @staticmethod
     def _segmentation_meta(rng: random.Random, created: float) -> dict:
@@ -289,9 +473,17 @@ class Archive:
         return k < 2
 
     def study_images(self, k: int) -> list[int]:
+        """Up to 30 images; a public study holds public images only (an anonymous caller
+        may read every image of a study it may read)."""
+        public = self.study_public(k)
+        picked: list[int] = []
         with self.lock:
-            picked = [i for i in range(k, self.count, 5 + k) if i not in self.removed]
-        return picked[:30]
+            for i in range(k, self.count, 5 + k):
+                if i not in self.removed and not (public and self.is_private(i)):
+                    picked.append(i)
+                    if len(picked) == 30:
+                        break
+        return picked
 
     def study_features(self, k: int) -> list[str]:
         return FEATURES if k == 0 else FEATURES[k * 3:k * 3 + 4]

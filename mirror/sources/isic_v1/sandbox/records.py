@@ -3,8 +3,10 @@
 ``--records FILE`` takes the format the isicarchive package caches and our research
 recorded: a JSON object, optionally gzipped, mapping ``_id`` to the full image detail
 document. ``--segmentations FILE`` does the same for segmentation details. Files are
-synthetic, sized to each record's ``pixelsX``/``pixelsY``; studies stay synthetic over
-the recorded images.
+synthetic, sized to each record's ``pixelsX``/``pixelsY`` and named after its ``name``;
+studies stay synthetic over the recorded images (public ones only). Logging in adds
+nothing: a recording is what one caller saw, so there are no private datasets, images or
+studies to reveal. A dataset keeps the ``attribution`` its recorded summary carries.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ class RecordArchive(Archive):
     def is_private(self, i: int) -> bool:
         return False
 
+    def private_datasets(self) -> list[dict]:
+        return []
+
+    def study_ids(self) -> list[str]:
+        return [x for k, x in enumerate(super().study_ids()) if Archive.study_public(self, k)]
+
     def dataset_summary(self, i: int) -> dict:
         return self.records[self.ids[i]].get("dataset") or {}
 
@@ -83,7 +91,11 @@ class RecordArchive(Archive):
         state = self.changed.get(i)
         if state and state.updated:
             doc["updated"] = self.image_dates(i)[1]
-        return doc
+        return self.apply_changes(i, doc)
+
+    def image_name(self, i: int) -> str:
+        state = self.changed.get(i)
+        return state.name if state and state.name else self.records[self.ids[i]].get("name")
 
     def image_dates(self, i: int) -> tuple[str, str]:
         doc = self.records[self.ids[i]]
@@ -94,7 +106,7 @@ class RecordArchive(Archive):
         return created, updated
 
     def image_summary(self, i: int) -> dict:
-        return {"_id": self.ids[i], "name": self.records[self.ids[i]].get("name"),
+        return {"_id": self.ids[i], "name": self.image_name(i),
                 "updated": self.image_dates(i)[1]}
 
     def mutate(self, add: int = 0, **changes) -> dict:
@@ -107,29 +119,31 @@ class RecordArchive(Archive):
     def _recorded(self, i: int) -> list[dict]:
         return self.segs_of.get(self.ids[i], []) if self.segs_of is not None else []
 
-    def segmentation_count(self, i: int) -> int:
+    def base_segmentation_count(self, i: int) -> int:
         if self.segs_of is None:
-            return super().segmentation_count(i)
+            return super().base_segmentation_count(i)
         return len(self._recorded(i))
 
     def segmentation_id(self, i: int, j: int) -> str:
-        if self.segs_of is None:
+        if self.segs_of is None or j >= len(self._recorded(i)):
             return super().segmentation_id(i, j)
         return self._recorded(i)[j]["_id"]
 
     def segmentation_index(self, seg_id: str) -> tuple[int, int] | None:
-        if self.segs_of is None:
-            return super().segmentation_index(seg_id)
+        added = self.added_segmentation(seg_id)
+        if added is not None or self.segs_of is None:
+            return added or super().segmentation_index(seg_id)
         found = self.seg_position.get(seg_id)
         return found if found and found[0] not in self.removed else None
 
     def segmentation_failed(self, i: int, j: int) -> bool:
-        if self.segs_of is None:
+        if self.segs_of is None or j >= len(self._recorded(i)):
             return super().segmentation_failed(i, j)
         return bool(self._recorded(i)[j].get("failed"))
 
     def segmentation_detail(self, i: int, j: int) -> dict:
-        if self.segs_of is None:
+        if self.segs_of is None or j >= len(self._recorded(i)):
             return super().segmentation_detail(i, j)
         # "skill" in recordings was added by the isicarchive cache, not served by the API.
-        return {k: v for k, v in self._recorded(i)[j].items() if k != "skill"}
+        detail = {k: v for k, v in self._recorded(i)[j].items() if k != "skill"}
+        return self.changed_segmentation(i, j, json.loads(json.dumps(detail)))

@@ -174,7 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             try:
                 changes = json.loads(self.rfile.read(length) or b"{}")
-                allowed = {"add", "update", "remove", "update_ids", "remove_ids"}
+                allowed = {"add", "update", "remove", "update_ids", "remove_ids",
+                           *Archive.SILENT}
                 if not isinstance(changes, dict) or set(changes) - allowed:
                     raise ValueError(f"keys must be among {sorted(allowed)}")
                 return Response.json(self.sandbox.mutate(**changes))

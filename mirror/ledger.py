@@ -1,0 +1,112 @@
+"""The ledger: an append-only record, beside the index, of what each generation published.
+
+The index is a cache that ``mirror reindex`` rebuilds from the store. But the store keeps
+every version of every document, and the newest ``updated`` is not always the version the
+archive serves now (an update can carry an earlier date); and the sync's bookkeeping (the
+digests of the listings it last fetched) is not in the store at all, so a sync after a
+reindex would list everything again. The ledger keeps both, one JSON object a line in
+``<ns>/ledger/versions.jsonl``::
+
+    {"g": 7, "k": "image", "id": "5436e3...", "sha": "9f2c..."}     current version
+    {"g": 9, "k": "image", "id": "5436e3...", "removed": true}      marked removed
+    {"g": 7, "listing": "segmentation:5436e3...", "digest": "...", "count": 2}
+
+After each publish the writer appends what differs from the ledger's replay (so a
+publish that died before its append is made good by the next one). Lines are appended
+with ``O_APPEND`` and fsynced; a torn last line (a crash mid-append) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mirror.index import Listing
+from mirror.ingest import model_of
+from mirror.layout import Layout, shared_mkdir
+from mirror.sources.base import SourceSpec
+
+FILE = "versions.jsonl"
+
+
+@dataclass
+class Ledger:
+    """The ledger replayed: the last word on each object and listing."""
+
+    documents: dict[tuple[str, str], str | None] = field(default_factory=dict)  # None: removed
+    listings: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def path_of(layout: Layout) -> Path:
+    return layout.ledger / FILE
+
+
+def replay(layout: Layout) -> Ledger:
+    """Read the ledger (empty when there is none: a mirror made before it existed)."""
+    ledger = Ledger()
+    try:
+        lines = path_of(layout).read_bytes().splitlines()
+    except FileNotFoundError:
+        return ledger
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn line from a crash mid-append
+        if not isinstance(entry, dict):
+            continue
+        if "listing" in entry:
+            ledger.listings[entry["listing"]] = (entry.get("digest", ""), entry.get("count", 0))
+        elif "k" in entry and "id" in entry:
+            ledger.documents[(entry["k"], entry["id"])] = (
+                None if entry.get("removed") else entry.get("sha"))
+    return ledger
+
+
+def record(layout: Layout, session: Session, spec: SourceSpec, generation: int) -> int:
+    """Append what generation ``generation`` holds that the ledger does not say yet;
+    returns the number of lines appended."""
+    known = replay(layout)
+    lines = []
+    for kind in spec.kinds:
+        model, where = model_of(kind)
+        for object_id, sha, removed in session.execute(
+                select(model.id, model.doc_sha256, model.removed).where(*where)):
+            now = None if removed else sha
+            if (kind.name, object_id) not in known.documents and removed:
+                continue  # never published current here: nothing to remember
+            if known.documents.get((kind.name, object_id), "-") != now:
+                entry = {"g": generation, "k": kind.name, "id": object_id}
+                entry.update({"removed": True} if removed else {"sha": sha})
+                lines.append(entry)
+    for key, digest, count in session.execute(select(Listing.key, Listing.digest,
+                                                     Listing.count)):
+        if known.listings.get(key) != (digest, count):
+            lines.append({"g": generation, "listing": key, "digest": digest, "count": count})
+    if lines:
+        _append(layout, lines)
+    return len(lines)
+
+
+def _append(layout: Layout, entries: list[dict]) -> None:
+    shared_mkdir(layout.ledger, layout.root)
+    data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+                    for e in entries)
+    fd = os.open(path_of(layout), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o664)
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o664)  # whatever the umask: every member of the group appends
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # end a line torn by a crash; replay skips its remains
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
