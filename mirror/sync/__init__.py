@@ -164,6 +164,9 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
 
                 docs.on_recorded = recorded
                 scope = source.sync_documents(docs, options)
+            # documents a source records while its files arrive (IDC's DICOM headers) must
+            # not update the closed documents step
+            docs.on_recorded = lambda kind, n: None
             tasks = source.plan_files(session, scope, frozenset(options.blobs))
             weights = Weights.from_index(session, source.spec)
             sample = [] if options.dry_run else sample_tasks(tasks, weights)
