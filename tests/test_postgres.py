@@ -97,7 +97,9 @@ def test_sync_verify_and_status_with_a_postgres_index(tmp_path, database):
         summary = sync(root, sb.url, SyncOptions(workers=4, index_url=database))
         assert summary.ok, summary.failures
         again = sync(root, options=SyncOptions(workers=4))
-        assert again.ok and again.requests <= 5 and again.bytes_downloaded == 0
+        # the no-op cost docs/sync.md states for ISIC v1 (details re-listed, a share of the
+        # segmentation lists re-checked), as the contract case counts it
+        assert again.ok and again.requests <= 17 and again.bytes_downloaded == 0
     assert summary.generation == 0  # no SQLite generations: PostgreSQL is the index
     index_dir = root / "isic" / "index"
     assert not list(index_dir.glob("index-*.sqlite"))

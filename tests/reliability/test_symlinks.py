@@ -83,7 +83,8 @@ def test_sync_does_not_write_through_linked_shard_folders(tmp_path):
         shutil.rmtree(store / shard, ignore_errors=True)
         (store / shard).symlink_to(outside, target_is_directory=True)
     with serve(images=6, seed=5, private_fraction=0.0) as sb:
-        result = run_mirror("sync", "--root", str(root), "--url", sb.url, "--quiet")
+        result = run_mirror("sync", "--root", str(root), "--url", sb.url, "--quiet",
+                            "--rebase-url")  # the same root, now at the sandbox's address
     _refused(result, store / "0")  # refused before any request: the first shard looked at
     assert _snapshot(outside) == {STRAY: hashlib.sha256(JPEG).hexdigest()}
 
