@@ -13,7 +13,7 @@
 
 ``Mirror`` itself knows no archive: what it offers beyond documents and files comes from
 the mirror's source (its ``objects`` accessor class, e.g.
-:class:`mirror.sources.isic_v1.objects.IsicV1Objects`), reached as attributes of the
+the ISIC v1 source's ``IsicV1Objects``), reached as attributes of the
 mirror. Nothing here touches the network; ``m.sync(...)`` is the one exception, on request.
 Everything is read from the published index generation and the object store.
 """

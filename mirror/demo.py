@@ -6,11 +6,12 @@ Run as ``python -m mirror.demo [--root demo-mirror] [--images 200]``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
 
-from mirror.sources.isic_v1.sandbox import serve
+from mirror.sources.base import spec_of
 from mirror.status import mirror_status, status_lines
 from mirror.sync import SyncOptions, sync
 
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     root = Path(args.root)
+    # the demo runs ISIC v1's sandbox, found through the registry like any source's
+    sandbox_module = spec_of("isic-v1").sandbox.split(":")[0]
+    serve = importlib.import_module(sandbox_module).serve
     with serve(images=args.images, seed=args.seed, private_fraction=0.0) as sandbox:
         print(f"sandbox archive: {sandbox.url} ({args.images} images, seed {args.seed})")
         started = time.monotonic()

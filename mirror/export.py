@@ -1,7 +1,7 @@
 """Exports for people and training scripts: a metadata table and a plain folder of files.
 
 Both read only the index and the store. What an export holds is the source's (its
-``exports`` hooks module, e.g. :mod:`mirror.sources.isic_v1.exports`: the columns, the
+``exports`` hooks module, e.g. the ISIC v1 source's ``exports``: the columns, the
 provenance file, the file names); the formats (CSV, JSON lines, tables, Parquet) and the
 cell rules are shared here, so every source writes them the same way.
 """

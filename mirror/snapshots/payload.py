@@ -1,7 +1,7 @@
 """The files of a snapshot: where each pinned object's bytes are, and what they are called.
 
 What members are called and which tables are made from the pinned documents is the
-source's (its ``snapshots`` hooks module, e.g. :mod:`mirror.sources.isic_v1.snapshot`);
+source's (its ``snapshots`` hooks module, e.g. the ISIC v1 source's ``snapshot``);
 the rest is the same for every source.
 
 Every export format (folder, tar, BagIt) writes the same members, in the same order, with

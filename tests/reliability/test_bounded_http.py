@@ -170,6 +170,7 @@ def test_a_download_below_the_throughput_floor_fails_by_its_deadline():
     assert "plus 1 s per 1000 bytes received" in str(caught.value)
 
 
+@pytest.mark.needs_server  # openssl makes the certificate: .ci/run installs it
 @pytest.mark.parametrize("reply", [
     trickle(headers(Content_Type="application/json", Content_Length=2) + b"[]", 2),
     steady_body(100_000, 20)], ids=["headers", "body"])
@@ -190,6 +191,7 @@ def test_the_deadline_holds_over_https(tmp_path, monkeypatch, reply):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.needs_server  # openssl, as above
 def test_an_ordinary_https_answer_passes(tmp_path, monkeypatch):
     certificate = self_signed(tmp_path)
     if certificate is None:

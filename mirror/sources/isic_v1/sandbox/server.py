@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from mirror.sources.faults import FaultPlan
 from mirror.sources.isic_v1.sandbox.api import Request, Response, RestError, SandboxAPI, split_path
 from mirror.sources.isic_v1.sandbox.data import Archive
-from mirror.sources.isic_v1.sandbox.faults import FaultPlan
 from mirror.sources.isic_v1.sandbox.hostile import Hostile, RawReply
 
 log = logging.getLogger("mirror.sandbox")

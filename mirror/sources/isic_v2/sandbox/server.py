@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+from mirror.sources.faults import FaultPlan
 from mirror.sources.isic_v2.sandbox.api import TOKENS, SandboxAPI
 from mirror.sources.isic_v2.sandbox.bucket import Bucket, _error
 from mirror.sources.isic_v2.sandbox.data import ANONYMOUS, MUTATIONS, Archive
-from mirror.sources.isic_v2.sandbox.faults import FaultPlan
 from mirror.sources.isic_v2.sandbox.hostile import Hostile, parse_cases
 from mirror.sources.isic_v2.sandbox.http import DJANGO_404, DJANGO_500, Response
 

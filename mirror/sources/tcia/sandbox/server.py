@@ -20,7 +20,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from mirror.sources.isic_v1.sandbox.faults import FaultPlan
+from mirror.sources.faults import FaultPlan
 from mirror.sources.tcia.sandbox.api import NOT_FOUND_HTML, TciaAPI
 from mirror.sources.tcia.sandbox.data import Archive
 from mirror.sources.tcia.sandbox.formats import SERVER_ERROR, Response

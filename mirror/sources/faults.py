@@ -1,11 +1,15 @@
 """Fault injection: which misbehaviour, if any, the next request gets.
 
-A spec is a comma list of ``kind=rate`` pairs, e.g.
-``500=0.05,502=0.01,503=0.01,429=0.02,reset=0.02,truncate=0.02,slow=0.01``, plus the
-options ``retry_after=SECONDS`` (sent with 429, default 1) and ``slow_seconds=S``
-(default 0.5), and ``match=TEXT`` to limit faults to paths containing TEXT (e.g.
-``match=/download``). Draws come from an RNG seeded with the sandbox seed and the request's
-sequence number, so a run's fault pattern is reproducible.
+One spec language for every source's sandbox (``--faults``): a comma list of ``kind=rate``
+pairs, e.g. ``500=0.05,502=0.01,503=0.01,429=0.02,reset=0.02,truncate=0.02,slow=0.01``,
+plus ``retry_after=SECONDS`` (sent with 429, default 1), ``slow_seconds=S`` (default 0.5)
+and ``match=TEXT`` to limit faults to request paths containing TEXT (``match=/download``;
+in the ISIC v2 sandbox ``match=/images/`` hits both the API listing and the bucket's files).
+Draws come from an RNG seeded with the sandbox seed and the request's sequence number, so a
+run's fault pattern is reproducible.
+
+429s model a proxy in front of the archive (the ISIC v2 server never rate-limits itself),
+which clients such as isic-cli retry.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class FaultPlan:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def parse(cls, spec: str, seed: int = 0) -> FaultPlan:
+    def parse(cls, spec: str | None, seed: int = 0) -> FaultPlan:
         plan = cls(seed=seed)
         for part in filter(None, (p.strip() for p in (spec or "").split(","))):
             key, _, value = part.partition("=")
@@ -47,7 +51,7 @@ class FaultPlan:
                 plan.rates[key] = number
             else:
                 raise ValueError(f"bad fault {part!r}: kinds are {', '.join(KINDS)} "
-                                 "with a rate in 0..1, or retry_after/slow_seconds")
+                                 "with a rate in 0..1, or retry_after/slow_seconds/match")
         if sum(plan.rates.values()) > 1:
             raise ValueError("fault rates add up to more than 1")
         return plan
