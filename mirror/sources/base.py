@@ -195,6 +195,7 @@ class SourceSpec:
     parts: frozenset[str] = frozenset()
     file_options: frozenset[str] = frozenset()
     default_url: str | None = None
+    source: str = ""  # "module:Class": the Source; importing it may cost heavy libraries
     sandbox: str | None = None  # "module:function" serving a local imitation
     # conn -> {table: (columns, rows)}: link tables published beside the kinds' projections
     links: Callable[[Any], dict] | None = None
@@ -281,27 +282,36 @@ class Source(Protocol):
 
 #: name -> "module:attribute" of its Source class. Adding a source adds one line here.
 REGISTRY: dict[str, str] = {
-    "isic-v1": "mirror.sources.isic_v1:IsicV1Source",
-    "idc": "mirror.sources.idc:IdcSource",
-    "isic-v2": "mirror.sources.isic_v2:IsicV2Source",
-    "tcia-v4": "mirror.sources.tcia.source:TciaSource",
+    "isic-v1": "mirror.sources.isic_v1.spec:SPEC",
+    "idc": "mirror.sources.idc.spec:SPEC",
+    "isic-v2": "mirror.sources.isic_v2.spec:SPEC",
+    "tcia-v4": "mirror.sources.tcia.spec:SPEC",
 }
+"""Each registered source's :class:`SourceSpec`, as ``"module:attribute"``. A spec module is
+cheap to import (no client libraries), so matching a URL or naming a kind loads no source's
+dependencies; the spec names its Source class in :attr:`SourceSpec.source`, imported only
+when something syncs, reads or exports."""
 #: names older mirrors wrote into mirror.json
 ALIASES = {"isic": "isic-v1"}
 
 
-def source_class(name: str) -> type[Source]:
-    """The Source class registered as ``name`` (or one of its old names)."""
-    name = ALIASES.get(name, name)
-    if name not in REGISTRY:
-        raise UnknownSourceError(f"unknown source {name!r}; known sources: "
-                                 f"{', '.join(sorted(REGISTRY))}")
-    module, attribute = REGISTRY[name].split(":")
+def _attribute(path: str) -> Any:
+    module, attribute = path.split(":")
     return getattr(importlib.import_module(module), attribute)
 
 
 def spec_of(name: str) -> SourceSpec:
-    return source_class(name).spec
+    """The spec registered as ``name`` (or one of its old names)."""
+    name = ALIASES.get(name, name)
+    if name not in REGISTRY:
+        raise UnknownSourceError(f"unknown source {name!r}; known sources: "
+                                 f"{', '.join(sorted(REGISTRY))}")
+    return _attribute(REGISTRY[name])
+
+
+def source_class(name: str) -> type[Source]:
+    """The Source class registered as ``name`` (or one of its old names)."""
+    return _attribute(spec_of(name).source)
 
 
 def source_hooks(name: str, hooks: str) -> Any:
@@ -314,10 +324,13 @@ def source_hooks(name: str, hooks: str) -> Any:
 
 
 def load_all() -> None:
-    """Import every registered source, so the index metadata holds every source's tables
-    (Alembic's autogenerate and the schema tests compare against all of them)."""
+    """Import every registered spec, so the index metadata holds every source's tables
+    (Alembic's autogenerate and the schema tests compare against all of them). A source with
+    typed tables of its own declares them in a module its spec imports (ISIC v1's
+    :mod:`~mirror.sources.isic_v1.models`); the sources themselves stay unloaded, so running
+    the migrations costs no client libraries."""
     for name in REGISTRY:
-        source_class(name)
+        spec_of(name)
 
 
 def source_for_url(url: str) -> str:

@@ -8,6 +8,5 @@ Its REST API v1 is switched off (HTTP 410); :mod:`.v1` reads old-style manifests
 loopback for tests. :class:`IdcSource` (:mod:`.source`) puts them on the engine's seam.
 """
 
-from mirror.sources.idc.source import IdcSource
-
-__all__ = ["IdcSource"]
+# Nothing is imported here: the registry reads :mod:`.spec` alone to match a URL or name a
+# kind, and importing the source (:mod:`.source`) costs boto3 and pyarrow.

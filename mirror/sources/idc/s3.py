@@ -35,9 +35,8 @@ from mirror.errors import (
     ObjectMissingError,
     UnsafeNameError,
 )
+from mirror.sources.idc.spec import AWS_ENDPOINT
 
-AWS_ENDPOINT = "https://s3.amazonaws.com"
-"""Where IDC's AWS buckets answer; override with the mirror's IDC endpoint setting."""
 S3_REGION = "us-east-1"
 """The region of IDC's buckets (unsigned requests still name one)."""
 S3_ATTEMPTS = 5

@@ -36,7 +36,6 @@ from mirror.sources.base import (
     shard_by_hash,
     shard_by_hex_suffix,
 )
-from mirror.sources.idc.s3 import AWS_ENDPOINT
 
 UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters (every v25 series)."""
@@ -92,6 +91,9 @@ ROLES = (
              validate=_check_instance_file, bytes_per_pixel=0, fixed_bytes=0),
 )
 
+#: the public AWS S3 endpoint IDC's buckets answer on (anonymous access)
+AWS_ENDPOINT = "https://s3.amazonaws.com"
+
 SPEC = SourceSpec(
     name="idc",
     archive="idc",
@@ -106,5 +108,6 @@ SPEC = SourceSpec(
     parts=frozenset({"series"}),
     file_options=frozenset({"dicom"}),
     default_url=AWS_ENDPOINT,
+    source="mirror.sources.idc.source:IdcSource",
     sandbox="mirror.sources.idc.sandbox:main",
 )

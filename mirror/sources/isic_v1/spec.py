@@ -88,6 +88,7 @@ SPEC = SourceSpec(
     parts=frozenset({"images", "datasets", "segmentations", "studies", "annotations"}),
     file_options=frozenset({"full", "thumbnail", "superpixels", "masks"}),
     default_url=DEFAULT_URL,
+    source="mirror.sources.isic_v1.source:IsicV1Source",
     sandbox="mirror.sources.isic_v1.sandbox.server:run_forever",
     links=projection.study_image_links,
 )

@@ -59,5 +59,6 @@ SPEC = SourceSpec(
     parts=frozenset({"images", "collections", "lesions"}),
     file_options=frozenset({"full", "thumbnail"}),
     default_url=DEFAULT_BASE_URL,
+    source="mirror.sources.isic_v2.source:IsicV2Source",
     sandbox="mirror.sources.isic_v2.sandbox.server:main",
 )

@@ -31,11 +31,10 @@ from mirror.sources.dicom import (
     safe_unpack_zip,
 )
 from mirror.sources.http import HttpClient, parse_json
+from mirror.sources.tcia.spec import NBIA_V4_URL
 
 log = logging.getLogger("mirror.tcia")
 
-NBIA_V4_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4"
-"""NBIA v4, what tcia_utils 3.3 calls; public collections need no authentication."""
 BINDAAS_V3_URL = "https://services.cancerimagingarchive.net/services/v3/TCIA/query"
 """The deprecated Bindaas API (frozen since 2022-06-22); needs an ``api_key``."""
 DOWNLOAD_CHUNK = 1 << 20

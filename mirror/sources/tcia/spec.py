@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 
 from mirror.sources.base import FileRole, KindSpec, SourceSpec, shard_by_hash
-from mirror.sources.tcia.client import NBIA_V4_URL
 
 UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
@@ -39,6 +38,9 @@ ROLES = (
     FileRole("md5s", "md5s", None, exts=(".json",), exported=False),
 )
 
+NBIA_V4_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4"
+"""NBIA v4, what tcia_utils 3.3 calls; public collections need no authentication."""
+
 SPEC = SourceSpec(
     name="tcia-v4",
     archive="tcia",
@@ -53,5 +55,6 @@ SPEC = SourceSpec(
     parts=frozenset({"series"}),
     file_options=frozenset({"dicom"}),
     default_url=NBIA_V4_URL,
+    source="mirror.sources.tcia.source:TciaSource",
     sandbox="mirror.sources.tcia.sandbox.server:main",
 )

@@ -7,7 +7,6 @@ import hashlib
 import pytest
 
 from mirror.api import Mirror
-from mirror.sources import base
 from mirror.sources.isic_v2.client import TOKEN_ENV
 from mirror.sources.isic_v2.isiccli import (
     attribution_txt,
@@ -59,7 +58,6 @@ def test_license_texts_are_the_archive_templates():
 
 
 def test_export_of_a_collection_follows_its_publish_order(tmp_path, monkeypatch):
-    monkeypatch.setitem(base.REGISTRY, "isic-v2", "mirror.sources.isic_v2:IsicV2Source")
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     root, out = tmp_path / "m", tmp_path / "out"
     with start(images=40, seed=12) as sb:

@@ -10,17 +10,15 @@ from mirror.index import Blob, FileVersion, ObjectRow
 from mirror.reader import reading
 from mirror.reindex import reindex_mirror
 from mirror.sources import base
-from mirror.sources.isic_v2 import IsicV2Source
 from mirror.sources.isic_v2.client import TOKEN_ENV
 from mirror.sources.isic_v2.sandbox import SANDBOX_TOKEN, start
+from mirror.sources.isic_v2.source import IsicV2Source
 from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
 
 
 @pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    """The lead adds this line to the registry; until then the tests add it."""
-    monkeypatch.setitem(base.REGISTRY, "isic-v2", "mirror.sources.isic_v2:IsicV2Source")
+def _anonymous(monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
 
 

@@ -8,13 +8,7 @@ import pydicom
 import pytest
 
 import mirror.sync as sync_module
-from mirror.sources import base
 from mirror.sources.tcia.sandbox import start
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    monkeypatch.setitem(base.REGISTRY, "tcia-v4", "mirror.sources.tcia.source:TciaSource")
 
 
 @pytest.fixture

@@ -1,0 +1,242 @@
+"""The :class:`IsicV2Source`: the engine's seam for this archive (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from mirror.errors import AuthenticationError, MirrorError, MirrorModeError
+from mirror.index import Blob, FileVersion, ObjectRow
+from mirror.sources.base import DocumentRun, FileTask, SourceSpec
+from mirror.sources.http import HttpClient
+from mirror.sources.isic_v2.client import (
+    TOKEN_ENV,
+    ImageRecord,
+    IsicV2Client,
+    Listing,
+    stable_document,
+    strip_signed_query,
+)
+from mirror.sources.isic_v2.spec import SPEC
+
+log = logging.getLogger("mirror.isic_v2")
+BATCH = 500  # image documents stored and indexed per step
+FILES = (("full", "image", "full"), ("thumbnail", "thumbnail", "thumbnail_256"))
+
+
+class IsicV2Source:
+    """The engine's view of ISIC API v2: documents phase and file plan."""
+
+    spec: ClassVar[SourceSpec] = SPEC
+    objects: ClassVar[str] = "mirror.sources.isic_v2.objects:IsicV2Objects"  # m.image(...)
+
+    def __init__(self, base_url: str, http: HttpClient):
+        self.http = http
+        self.client = IsicV2Client(base_url, http)
+        self._signed: dict[str, dict[str, str]] = {}  # isic_id -> role -> live signed URL
+        self._token_checked = False
+
+    def login(self, username: str, password: str) -> None:
+        """A token, not a password: ``ISIC_TOKEN`` (or the password given) is the bearer
+        token; ``username`` only marks the mirror as authenticated."""
+        if not self.client.authenticated:
+            if not password:
+                raise AuthenticationError(
+                    f"ISIC API v2 logs in with a token: set {TOKEN_ENV} to the access_token "
+                    "that 'isic user print-token' shows")
+            self.client.use_token(password)
+        self._check_token()
+
+    def _check_token(self) -> None:
+        """``users/me/`` once per run: the archive serves a bad token as anonymous."""
+        if self._token_checked:
+            return
+        try:
+            self.client.whoami()
+        except MirrorError as exc:
+            raise AuthenticationError(str(exc)) from None
+        self._token_checked = True
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None:
+        """Re-list the scope; returns the isic_ids whose files are in scope (None: all)."""
+        if run.public and self.client.authenticated:
+            raise MirrorModeError(f"{TOKEN_ENV} is set but this mirror is anonymous: its "
+                                  f"records would mix with private ones; unset {TOKEN_ENV}, "
+                                  "or use an authenticated mirror (--username)")
+        if self.client.authenticated:
+            self._check_token()
+        query, collections = _scope_of(options)
+        complete = (query is None and collections is None and options.limit is None
+                    and options.image_ids is None)
+        listed: set[str] | None = None
+        if "images" in options.what:
+            listed = self._sync_images(run, query, collections, options, complete)
+        if "collections" in options.what:
+            self._sync_collections(run)
+        if "lesions" in options.what:
+            self._sync_lesions(run)
+        return None if complete else listed
+
+    def _sync_images(self, run: DocumentRun, query: str | None, collections: list[int] | None,
+                     options: Any, complete: bool) -> set[str]:
+        listing, listed, batch = Listing(), set(), []
+        wanted = options.image_ids
+        for record in self.client.images(query, collections, listing):
+            if wanted is not None and record.isic_id not in wanted:
+                continue
+            listed.add(record.isic_id)
+            batch.append(record)
+            if len(batch) >= BATCH:
+                self._store_images(run, batch)
+                run.commit()  # a run killed now keeps what it stored
+                batch = []
+            if options.limit is not None and len(listed) >= options.limit:
+                break
+        self._store_images(run, batch)
+        for line in listing.rejected:
+            run.summary.fail("image", "?", "document", line)
+        if complete and not listing.rejected:
+            run.remove_missing("image", listed, where="the images/ listing")
+        elif complete:
+            log.warning("not marking images removed: %d record(s) were rejected",
+                        len(listing.rejected))
+        run.commit()
+        return listed
+
+    def _store_images(self, run: DocumentRun, records: list[ImageRecord]) -> None:
+        if not records:
+            return
+        self._retire_changed_files(run.session, records)
+        for record in records:
+            live = {role: ref.url for role, ref in (("image", record.full),
+                                                    ("thumbnail", record.thumbnail))
+                    if ref.signed}
+            if live:
+                self._signed[record.isic_id] = live
+            else:
+                self._signed.pop(record.isic_id, None)
+        run.record("image", run.store_docs("image", [r.document for r in records]))
+
+    @staticmethod
+    def _retire_changed_files(session: Session, records: list[ImageRecord]) -> None:
+        """Drop the current-file row of every role whose file the archive replaced (its
+        stable URL, recorded size or pixel size changed): the plan then fetches it again as
+        a new version (the old one stays in ``file_versions`` for snapshots)."""
+        ids = [r.isic_id for r in records]
+        before = dict(session.execute(select(ObjectRow.id, ObjectRow.doc).where(
+            ObjectRow.kind == "image", ObjectRow.id.in_(ids))).all())
+        for record in records:
+            old = before.get(record.isic_id)
+            if old is None:
+                continue
+            for _, role, key in FILES:
+                if _file_identity(old, key) != _file_identity(record.document, key):
+                    session.execute(delete(Blob).where(Blob.object_id == record.isic_id,
+                                                       Blob.role == role))
+
+    def _sync_collections(self, run: DocumentRun) -> None:
+        docs, complete = [], True
+        for collection in self.client.collections():
+            listing = Listing()
+            ids = self.client.collection_image_ids(collection["id"], listing)
+            if listing.rejected:
+                complete = False
+                for line in listing.rejected:
+                    run.summary.fail("collection", str(collection["id"]), "membership", line)
+            docs.append({**collection, "isic_ids": ids})
+        run.record("collection", run.store_docs("collection", docs))
+        if complete:
+            run.remove_missing("collection", {str(d["id"]) for d in docs},
+                               where="the collections/ listing")
+        run.commit()
+
+    def _sync_lesions(self, run: DocumentRun) -> None:
+        docs = [{**lesion, "images": [stable_document(i) if isinstance(i, dict) else i
+                                      for i in lesion.get("images") or []]}
+                for lesion in self.client.lesions()]
+        run.record("lesion", run.store_docs("lesion", docs))
+        run.remove_missing("lesion", {d["id"] for d in docs}, where="the lesions/ listing")
+        run.commit()
+
+    # -- files -------------------------------------------------------------------------------
+
+    def plan_files(self, session: Session, scope: set[str] | None,
+                   options: frozenset[str]) -> list[FileTask]:
+        """Every wanted file the index lacks, in isic_id order; a file the archive replaced
+        (see :meth:`_retire_changed_files`) is fetched as a new version."""
+        have = {tuple(r) for r in session.execute(select(Blob.object_id, Blob.role))}
+        had = {tuple(r) for r in session.execute(select(FileVersion.object_id,
+                                                        FileVersion.role))}
+        rows = session.execute(select(ObjectRow.id, ObjectRow.doc).where(
+            ObjectRow.kind == "image", ObjectRow.removed.is_(False)).order_by(ObjectRow.id))
+        tasks = []
+        for isic_id, doc in rows:
+            if scope is not None and isic_id not in scope:
+                continue
+            for option, role, key in FILES:
+                if option not in options or (isic_id, role) in have:
+                    continue
+                task = self._task(isic_id, doc, option, role, key, (isic_id, role) in had)
+                if task is not None:
+                    tasks.append(task)
+        return tasks
+
+    def _task(self, isic_id: str, doc: dict, option: str, role: str, key: str,
+              replace: bool) -> FileTask | None:
+        ref = (doc.get("files") or {}).get(key) or {}
+        url = self._signed.get(isic_id, {}).get(role) or ref.get("url")
+        if not isinstance(url, str):
+            return None
+        if not doc.get("public", True) and url == strip_signed_query(url):
+            url = self._fresh_signed_url(isic_id, key) or url  # listed in an earlier run
+        acquisition = (doc.get("metadata") or {}).get("acquisition") or {}
+        px, py = acquisition.get("pixels_x"), acquisition.get("pixels_y")
+        shape = (py, px) if role == "image" and isinstance(px, int) and isinstance(py, int) \
+            else None
+        size = ref.get("size") if isinstance(ref.get("size"), int) else None
+        return FileTask("image", isic_id, role, option, url=url, shape=shape, replace=replace,
+                        size=size)
+
+    def _fresh_signed_url(self, isic_id: str, key: str) -> str | None:
+        record = self.client.image(isic_id)
+        if record is None:
+            return None
+        return record.full.url if key == "full" else record.thumbnail.url
+
+
+def _file_identity(doc: dict, key: str) -> tuple:
+    ref = (doc.get("files") or {}).get(key) or {}
+    url = ref.get("url")
+    identity: tuple = (strip_signed_query(url) if isinstance(url, str) else None,
+                       ref.get("size"))
+    if key == "full":
+        acquisition = (doc.get("metadata") or {}).get("acquisition") or {}
+        identity += (acquisition.get("pixels_x"), acquisition.get("pixels_y"))
+    return identity
+
+
+def _scope_of(options: Any) -> tuple[str | None, list[int] | None]:
+    """The search query and collection ids a run is limited to (``options.scope``)."""
+    scope = getattr(options, "scope", None) or {}
+    query = scope.get("search") or None
+    raw = scope.get("collections", scope.get("collection"))
+    if raw is None or raw == "":
+        return query, None
+    if isinstance(raw, str):
+        items = raw.split(",")
+    elif isinstance(raw, list | tuple | set | frozenset):
+        items = list(raw)
+    else:
+        items = [raw]
+    try:
+        return query, [int(x) for x in items]
+    except (TypeError, ValueError):
+        raise MirrorError(f"collection ids must be integers, e.g. 61,62 (got {raw!r})") from None
+
+
+__all__ = ["SPEC", "IsicV2Source"]
