@@ -91,6 +91,9 @@ class KindSpec:
     # what the query projection shows of a document (None: all of it); a DICOM header's
     # hundreds of tag paths would make a column each, keywords make a few named ones
     projected: Callable[[dict], dict] | None = None
+    # names users bring from exports or other tools (an export's ``isic_id`` column) and
+    # the field path each means: the "did you mean" of a criterion on a field no object has
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def valid_id(self, object_id: object) -> bool:
         return isinstance(object_id, str) and bool(self.id_pattern.fullmatch(object_id))
