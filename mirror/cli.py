@@ -439,6 +439,32 @@ def sql(root, statement, fmt) -> None:
         click.echo(piece, nl=False)
 
 
+@main.command()
+@_root_option
+@click.argument("kind", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fields(root, kind, as_json) -> None:
+    """Every field path of KIND's documents (default: every kind) with its types, how many
+    objects have it and its most common values: what --where and --columns can name."""
+    from mirror.fields import describe_fields, fields_lines
+
+    data = describe_fields(root, kind)
+    _emit(data, fields_lines(data), as_json)
+
+
+@main.command()
+@_root_option
+@click.argument("group", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def names(root, group, as_json) -> None:
+    """The datasets, studies or collections the mirror holds (GROUP: one of them), each
+    with its id, name and object count: what --dataset, --study, --collection take."""
+    from mirror.fields import group_names, names_lines
+
+    data = group_names(root, group)
+    _emit(data, names_lines(data), as_json)
+
+
 def _csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 

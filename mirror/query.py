@@ -638,13 +638,14 @@ def _scope(projection: Projection, table: str, dataset: str | None, study: str |
         found = _lookup(projection, "datasets", dataset)
         if not found:
             raise MissingObjectError(f"no dataset {dataset!r} in this mirror; "
-                                     "'mirror status' lists what is mirrored")
+                                     "'mirror names datasets' lists those it holds")
         items.append(Criterion("dataset._id", "in", found))
     if study:
         studies = _lookup(projection, "studies", study)
         if not studies:
-            raise MissingObjectError(f"no study {study!r} in this mirror; sync studies with "
-                                     "'mirror sync --what studies,annotations'")
+            raise MissingObjectError(f"no study {study!r} in this mirror; 'mirror names "
+                                     "studies' lists those it holds (sync more with "
+                                     "'mirror sync --what studies,annotations')")
     return items, studies
 
 

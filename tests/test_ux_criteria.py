@@ -163,3 +163,15 @@ def test_a_negative_limit_is_refused_everywhere(root):
                 call()
         assert len(m.select_images(limit=0)) == 0
         assert len(m.select_images(limit=3)) == 3
+
+
+def test_an_unknown_dataset_points_at_the_command_that_lists_them(root):
+    done = _run("query", "--root", str(root), "--dataset", "NOPE")
+    assert done.exit_code == 2
+    assert done.output.strip().splitlines() == [
+        "error: no dataset 'NOPE' in this mirror; 'mirror names datasets' lists those it holds"]
+    listed = _run("names", "--root", str(root), "datasets", "--json")
+    assert listed.exit_code == 0, listed.output
+    biggest = max(json.loads(listed.output)["datasets"], key=lambda d: d["images"])
+    scoped = _run("query", "--root", str(root), "--dataset", biggest["name"], "--count")
+    assert scoped.exit_code == 0 and int(scoped.output) == biggest["images"] > 0, scoped.output

@@ -202,6 +202,12 @@ class SourceSpec:
     sandbox: str | None = None  # "module:function" serving a local imitation
     # conn -> {table: (columns, rows)}: link tables published beside the kinds' projections
     links: Callable[[Any], dict] | None = None
+    # the sets a mirror's objects come in, listed by 'mirror names' (what --dataset,
+    # --collection... take): (label, table, name field, members). A table other than the
+    # main kind's lists its objects by the name field, each counted by the main kind's
+    # ``members`` field holding its _id (None: not counted); the main kind's own table
+    # lists the distinct values of the name field, counted.
+    groups: tuple[tuple[str, str, str, str | None], ...] = ()
 
     def kind(self, name: str) -> KindSpec:
         for kind in self.kinds:

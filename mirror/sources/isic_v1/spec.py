@@ -97,4 +97,6 @@ SPEC = SourceSpec(
     source="mirror.sources.isic_v1.source:IsicV1Source",
     sandbox="mirror.sources.isic_v1.sandbox.server:run_forever",
     links=projection.study_image_links,
+    groups=(("datasets", "datasets", "name", "dataset._id"),
+            ("studies", "studies", "name", None)),
 )
