@@ -622,16 +622,33 @@ def test_verify_gc_reindex_and_exports_report_progress(small_mirror, tmp_path):
                    for line in done.output.splitlines()), (args, done.output)
 
 
-@pytest.mark.slow  # timing-dependent: since the ISIC v1 change-detection merge it can finish
-# before a reader sees an interim generation (see the session 5 note)
 def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
-    root = tmp_path / "m"
-    with serve(images=40, seed=18, private_fraction=0.0, faults="slow=0.5") as sb:
+    """Deterministic: the sandbox (in this process) holds every image download after the
+    size sample's until a reader has seen a generation holding the sample's files, so the
+    sync cannot finish first and the reader cannot miss the interim publish."""
+    import threading
+
+    root, sample = tmp_path / "m", 5
+    with serve(images=40, seed=18, private_fraction=0.0) as sb:
+        seen, lock, downloads = threading.Event(), threading.Lock(), [0]
+        draw = sb.faults.draw
+
+        def gated(path: str):
+            if path.endswith("/download"):
+                with lock:
+                    downloads[0] += 1
+                    n = downloads[0]
+                if n > sample:
+                    seen.wait(60)
+            return draw(path)
+
+        sb.faults.draw = gated
         child = subprocess.Popen(
             [sys.executable, "-m", "mirror", "sync", "--root", str(root), "--url", sb.url,
              "--quiet", "--workers", "2", "--blobs", "full"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": os.getcwd(), "MIRROR_PUBLISH_EVERY_OBJECTS": "10"})
+            env={**os.environ, "PYTHONPATH": os.getcwd(), "MIRROR_PUBLISH_EVERY_OBJECTS": "1",
+                 "MIRROR_SIZE_SAMPLE_FILES": str(sample)})
         try:
             deadline, during = time.monotonic() + 60, None
             while time.monotonic() < deadline and child.poll() is None:
@@ -640,13 +657,17 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
                     during = json.loads(done.output)
                     if during["blobs"].get("image", {}).get("files", 0) > 0:
                         break
-                time.sleep(0.2)
-            assert child.poll() is None, "the sync ended before a reader could look"
-            assert during and during["objects"]["image"]["current"] == 40, during
-            assert 0 < during["blobs"]["image"]["files"] < 40
+                time.sleep(0.1)
+            running = child.poll() is None
         finally:
+            seen.set()
             child.wait(timeout=120)
+    assert running, f"the sync ended before a reader saw an interim generation: {child.stderr}"
+    assert during and during["objects"]["image"]["current"] == 40, during
+    assert during["blobs"]["image"]["files"] == sample, during
     assert child.returncode == 0, child.stderr
+    after = CliRunner().invoke(main, ["status", "--root", str(root), "--json"])
+    assert json.loads(after.output)["blobs"]["image"]["files"] == 40
 
 
 # -- the docs are true -----------------------------------------------------------------------
