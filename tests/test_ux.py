@@ -608,6 +608,45 @@ def test_progress_goes_to_a_terminal_only_plain_lines_on_request_nothing_with_q(
     assert quiet.stderr == ""
 
 
+def test_on_a_terminal_the_sync_draws_bars_with_the_bytes_total(tmp_path):
+    """stderr a real terminal (a pty): tqdm bars (carriage returns) for the documents and
+    the files, the bytes bar with its total; stdout keeps only the summary."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    with serve(images=30, seed=19, private_fraction=0.0) as sb:
+        leader, follower = pty.openpty()
+        # a terminal 120 columns wide: a new pty has 0, where tqdm draws nothing
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        try:
+            cmd = [sys.executable, "-m", "mirror", "sync", "--root", str(tmp_path / "m"),
+                   "--url", sb.url, "--blobs", "thumbnail"]
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower,
+                                     env={**os.environ, "PYTHONPATH": os.getcwd()})
+            os.close(follower)
+            drawn = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+            out = child.communicate(timeout=120)[0].decode()
+        finally:
+            os.close(leader)
+    assert child.returncode == 0, drawn[-2000:]
+    text = drawn.decode(errors="replace")
+    assert "\r" in text and "documents:" in text and "files:" in text, text[-2000:]
+    # the bytes bar has a total (a percentage, done/total) and an ETA (elapsed<left)
+    assert re.search(r"bytes: +\d+%\|.*\| [\d.]+[kM]?/[\d.]+[kM]? \[\d\d:\d\d<\d\d:\d\d",
+                     text), text[-2000:]
+    assert "\r" not in out and "thumbnail files" in out
+
+
 def test_verify_gc_reindex_and_exports_report_progress(small_mirror, tmp_path):
     run = CliRunner().invoke
     root = _copy(small_mirror, tmp_path)
