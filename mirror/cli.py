@@ -31,6 +31,9 @@ class _Group(click.Group):
                 return super().invoke(ctx)
         except MirrorError as exc:
             _fail(str(exc), exc.exit_code)
+        except click.UsageError as exc:  # a typo'd option or value: one line, as any error
+            where = exc.ctx.command_path if exc.ctx is not None else "mirror"
+            _fail(f"{exc.format_message().rstrip('.')}; see '{where} --help'", exc.exit_code)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:
             kept = getattr(exc, "files_kept", None) or getattr(exc.__context__, "files_kept",
                                                                 None)

@@ -175,3 +175,20 @@ def test_an_unknown_dataset_points_at_the_command_that_lists_them(root):
     biggest = max(json.loads(listed.output)["datasets"], key=lambda d: d["images"])
     scoped = _run("query", "--root", str(root), "--dataset", biggest["name"], "--count")
     assert scoped.exit_code == 0 and int(scoped.output) == biggest["images"] > 0, scoped.output
+
+
+def test_a_mistyped_option_or_value_is_one_line_naming_the_help(root):
+    for args, start in ((["query", "--root", str(root), "--limit", "abc"],
+                         "error: Invalid value for '--limit': 'abc' is not a valid integer; "
+                         "see '"),
+                        (["query", "--root", str(root), "--wher", "x == 1"],
+                         "error: No such option '--wher'. (Did you mean one of: '--help', "
+                         "'--where'?)"),
+                        (["snapshot", "create", "--root", str(root)],
+                         "error: Missing argument 'NAME'; see '"),
+                        (["nope"], "error: No such command 'nope'")):
+        done = _run(*args)
+        assert done.exit_code == 2, done.output
+        lines = done.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(start), done.output
+        assert lines[0].endswith(" --help'"), done.output
