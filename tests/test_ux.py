@@ -721,6 +721,8 @@ def test_the_python_api_page_names_ids_the_demo_mirror_holds():
 
     ids = set(re.findall(r'm\.image\("([0-9a-f]{24})"\)', (DOCS / "python-api.md").read_text()))
     assert ids, "the page shows an image by _id"
+    for page in (DOCS / "query.md", README):  # any quoted _id the docs show
+        ids |= set(re.findall(r'"([0-9a-f]{24})"', page.read_text()))
     archive = Archive(200, seed=0, private_fraction=0.0)
     served = {archive.image_id(i): f"ISIC_{i:07d}" for i in range(200)}
     assert ids <= set(served), ids - set(served)
