@@ -368,8 +368,12 @@ def projection_of(root: str | Path) -> Projection:
 
     config = load_config(Path(root))
     layout = layout_for(Path(root), config)
-    return open_projection(layout.index_dir, reader_number(layout, config.index_url),
-                           spec_of(config.source))
+    number = reader_number(layout, config.index_url)
+    if number is None:
+        from mirror.index.database import nothing_published
+
+        raise nothing_published(layout, NoProjectionError)
+    return open_projection(layout.index_dir, number, spec_of(config.source))
 
 
 # -- compiling -----------------------------------------------------------------------------

@@ -709,6 +709,41 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
     assert json.loads(after.output)["blobs"]["image"]["files"] == 40
 
 
+def test_before_the_first_publish_readers_are_told_to_wait_not_to_sync(tmp_path):
+    """A reader during a first sync, before its first publish, is told that sync is
+    running (pid, host) and publishes shortly, not to run 'mirror sync' (which its lease
+    would refuse). The sandbox holds the sync's first listing until the readers have run."""
+    import threading
+
+    root = tmp_path / "m"
+    with serve(images=5, seed=20, private_fraction=0.0) as sb:
+        looked, draw = threading.Event(), sb.faults.draw
+        sb.faults.draw = lambda path: (looked.wait(60), draw(path))[1]
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mirror", "sync", "--root", str(root), "--url", sb.url,
+             "--quiet", "--blobs", ""], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(root.glob("*/locks/writer.lease")):
+                time.sleep(0.05)
+            answers = [CliRunner().invoke(main, [*args, "--root", str(root)])
+                       for args in (["query", "--count"], ["sql", "SELECT 1"], ["query"],
+                                    ["status"])]
+        finally:
+            looked.set()
+            child.wait(timeout=60)
+    assert child.returncode == 0, child.stderr
+    for done in answers[:3]:
+        assert done.exit_code == 2, done.output
+        lines = done.output.strip().splitlines()
+        assert len(lines) == 1 and re.fullmatch(
+            rf"error: no index published yet under {re.escape(str(root))}: its first sync "
+            r"\(pid \d+ on \S+\) publishes one every few minutes "
+            r"\(MIRROR_PUBLISH_EVERY_SECONDS\); try again shortly", lines[0]), done.output
+    assert "mirror sync" not in answers[3].output, answers[3].output
+
+
 # -- the docs are true -----------------------------------------------------------------------
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
