@@ -25,15 +25,24 @@ class _Group(click.Group):
         with _sigterm_interrupts():
             return super().main(*args, **kwargs)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # 'mirror --bogus'
+            _usage_error(exc)
+
     def invoke(self, ctx: click.Context):
         try:
             with _warnings_as_lines():
                 return super().invoke(ctx)
         except MirrorError as exc:
             _fail(str(exc), exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError:  # 'mirror snapshot': its help, as is
+            raise
         except click.UsageError as exc:  # a typo'd option or value: one line, as any error
-            where = exc.ctx.command_path if exc.ctx is not None else "mirror"
-            _fail(f"{exc.format_message().rstrip('.')}; see '{where} --help'", exc.exit_code)
+            _usage_error(exc)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:
             kept = getattr(exc, "files_kept", None) or getattr(exc.__context__, "files_kept",
                                                                 None)
@@ -72,6 +81,11 @@ class _warnings_as_lines:
 
     def __exit__(self, *exc_info) -> None:
         self.saved.__exit__(*exc_info)
+
+
+def _usage_error(exc: click.UsageError) -> None:
+    where = exc.ctx.command_path if exc.ctx is not None else "mirror"
+    _fail(f"{exc.format_message().rstrip('.')}; see '{where} --help'", exc.exit_code)
 
 
 def _fail(message: str, code: int, prefix: str = "error: ") -> None:

@@ -186,9 +186,12 @@ def test_a_mistyped_option_or_value_is_one_line_naming_the_help(root):
                          "'--where'?)"),
                         (["snapshot", "create", "--root", str(root)],
                          "error: Missing argument 'NAME'; see '"),
-                        (["nope"], "error: No such command 'nope'")):
+                        (["nope"], "error: No such command 'nope'"),
+                        (["--bogus", "status"], "error: No such option '--bogus'")):
         done = _run(*args)
         assert done.exit_code == 2, done.output
         lines = done.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(start), done.output
         assert lines[0].endswith(" --help'"), done.output
+    bare = _run("snapshot")  # a group without its command still shows its help
+    assert "Commands:" in bare.output and "create" in bare.output, bare.output
