@@ -598,8 +598,8 @@ def _effect(item: Criterion, table: str, found: bool) -> str:
 def _never_matches(projection: Projection, table: str, item: Criterion,
                    kinds: dict[str, str] | None) -> str | None:
     """Why ``item`` cannot select as meant, or None."""
-    shown = json.dumps(item.as_list())
     if kinds is None:
+        shown = _shown(item)
         near = _closest(projection, table, item.field)
         hint = f" (did you mean {near!r}?)" if near else ""
         return (f"no {table} in this mirror have a field {item.field!r}{hint}: {shown} "
@@ -607,10 +607,18 @@ def _never_matches(projection: Projection, table: str, item: Criterion,
     wanted = _kinds_read(item)
     if wanted is None or wanted & set(kinds) or item.op == "not ni":
         return None
+    shown = _shown(item)
     holds = ", ".join(_HOLDS[k] for k in _HOLDS if k in kinds and k != NULL) or "only null"
     never = " or ".join(_NEVER[k] for k in _NEVER if k in wanted)
     return (f"the field {item.field!r} of {table} holds {holds}, never {never}: {shown} "
             f"{_effect(item, table, True)}")
+
+
+def _shown(item: Criterion) -> str:
+    """A criterion as JSON for a message, a long list of values cut to its length."""
+    if isinstance(item.value, list) and len(item.value) > 5:
+        return f"[{json.dumps(item.field)}, {json.dumps(item.op)}, [{len(item.value)} values]]"
+    return json.dumps(item.as_list())
 
 
 def _closest(projection: Projection, table: str, path: str) -> str | None:
