@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -547,10 +548,20 @@ def resolve(projection: Projection, table: str, items: list[Criterion],
                                                 "--strict to run it anyway")
             if problem:
                 warnings.warn(f"{problem}; --strict makes this an error", CriterionWarning,
-                              stacklevel=3)
+                              stacklevel=_outside_mirror())
             item = dataclasses.replace(item, resolved=True)
         out.append(item)
     return out
+
+
+def _outside_mirror() -> int:
+    """The ``stacklevel`` of the first caller outside this package: a warning points at
+    the user's line, not at the selection code in between."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # the caller of this function is level 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _as_text(item: Criterion, kinds: dict[str, str] | None) -> Criterion:

@@ -134,8 +134,9 @@ def test_a_snapshot_states_the_criterion_as_it_ran(root, tmp_path):
 
 def test_the_python_api_warns_and_strict_raises(root):
     with Mirror(root) as m:
-        with pytest.warns(CriterionWarning, match=r"holds text, never a number"):
+        with pytest.warns(CriterionWarning, match=r"holds text, never a number") as caught:
             assert len(m.select_images(["created", ">=", 2015])) == 0
+        assert caught[0].filename == __file__  # the warning points at the caller's line
         with pytest.warns(CriterionWarning, match=r"did you mean 'name'\?"):
             assert m.select("images", ["isic_id", "==", "ISIC_0000001"]) == []
         with pytest.raises(UnmatchableCriterionError, match="did you mean 'failed'"):
