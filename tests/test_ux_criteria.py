@@ -47,6 +47,10 @@ def test_a_misspelt_field_warns_naming_the_closest_field(root):
         "warning: no images in this mirror have a field 'meta.clinical.diagnosiss' (did you "
         "mean 'meta.clinical.diagnosis'?): [\"meta.clinical.diagnosiss\", \"==\", "
         "\"melanoma\"] selects no images; --strict makes this an error"]
+    for args in (["query", "--format", "ids"], ["query", "--kind", "images"],
+                 ["export", "metadata", str(root.parent / "none.csv")]):
+        once = _run(*args, "--root", str(root), "--where", "meta.clinical.diagnosiss == x")
+        assert once.exit_code == 0 and len(_lines(once.output, "warning: ")) == 1, once.output
 
 
 def test_an_export_column_name_points_at_the_field_it_shows(root):
