@@ -56,6 +56,7 @@ SPEC = SourceSpec(
     kinds=KINDS,
     roles=ROLES,
     main_kind="image",
+    groups=(("collections", "collections", "name", None),),
     parts=frozenset({"images", "collections", "lesions"}),
     file_options=frozenset({"full", "thumbnail"}),
     default_url=DEFAULT_BASE_URL,
