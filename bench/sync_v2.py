@@ -234,7 +234,7 @@ def bench_rss(args: argparse.Namespace, tmp: Path) -> None:
                                                "--blobs", "", "--workers", str(args.workers))
     finally:
         sandbox.stop()
-    docs = summary["documents"]["image"]
+    docs = summary["objects"]["image"]
     print(f"metadata-only sync of {sum(docs.values())} images: {seconds:.1f} s, peak RSS "
           f"{rss_kb / 1024:.0f} MB (wait4; target < 400)", flush=True)
 

@@ -32,6 +32,8 @@ class IsicV2Source:
 
     spec: ClassVar[SourceSpec] = SPEC
     objects: ClassVar[str] = "mirror.sources.isic_v2.objects:IsicV2Objects"  # m.image(...)
+    exports: ClassVar[str] = "mirror.sources.isic_v2.exports"  # isic-cli's folder, the table
+    snapshots: ClassVar[str] = "mirror.sources.isic_v2.snapshot"
 
     def __init__(self, base_url: str, http: HttpClient):
         self.http = http
