@@ -5,9 +5,10 @@
 ``metadata.csv``, ``attribution.txt`` and ``licenses/<L>.txt`` byte for byte, so a pipeline
 written around isic-cli's folder runs on a mirror export unchanged. Every export carries
 each image's ``copyright_license`` and ``attribution`` (CSV columns, and the ranked
-``attribution.txt``). Rows follow the selection (by isic_id); isic-cli's order is publish
-time, which no record carries (:func:`mirror.sources.isic_v2.isiccli.export_isic_cli`
-reproduces it for a collection, whose membership is in that order).
+``attribution.txt``). The folder's rows follow the archive's publish order, as isic-cli's
+do: no record carries it, so each complete sync keeps the listing's order (the ``listing``
+object ``images``); images it did not see follow by isic_id. The metadata table follows
+the selection (by isic_id).
 
 Everything reads the index and the store; nothing is fetched. Documents are read in chunks
 of :data:`CHUNK`, twice (one pass finds the columns, one writes the rows), so an export of
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from mirror import progress
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, MissingObjectError
 from mirror.export import attribution_path, csv_bytes, field_value, write_parquet
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob, ObjectRow
@@ -113,7 +114,19 @@ def export_files(mirror: Mirror, dest: Path, selection: Any,
                  blobs: Iterable[str] = DEFAULT_BLOBS, link: str = "hard") -> dict:
     """isic-cli's layout of ``selection`` under ``dest``; files not mirrored are counted
     and listed (their rows stay in ``metadata.csv``, as isic-cli keeps failed downloads)."""
-    return write_layout(mirror, Path(dest), selection.ids, blob_roles(blobs), link)
+    return write_layout(mirror, Path(dest), publish_order(mirror, selection.ids),
+                        blob_roles(blobs), link)
+
+
+def publish_order(mirror: Mirror, ids: list[str]) -> list[str]:
+    """``ids`` in the archive's publish order (isic-cli's row order), as the last complete
+    listing saw it; ids it did not hold (a scoped mirror) follow, by isic_id."""
+    try:
+        order = mirror.document("listing", "images").get("isic_ids") or []
+    except MissingObjectError:
+        return list(ids)
+    position = {isic_id: n for n, isic_id in enumerate(order)}
+    return sorted(ids, key=lambda i: (position.get(i, len(position)), i))
 
 
 def write_layout(mirror: Mirror, dest: Path, ids: list[str],

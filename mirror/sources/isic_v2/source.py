@@ -104,12 +104,13 @@ class IsicV2Source:
 
     def _sync_images(self, run: DocumentRun, query: str | None, collections: list[int] | None,
                      options: Any, complete: bool) -> set[str]:
-        listing, listed, batch = Listing(), set(), []
+        listing, listed, batch, order = Listing(), set(), [], []
         wanted = options.image_ids
         for record in self.client.images(query, collections, listing):
             if wanted is not None and record.isic_id not in wanted:
                 continue
             listed.add(record.isic_id)
+            order.append(record.isic_id)
             batch.append(record)
             if len(batch) >= BATCH:
                 self._store_images(run, batch)
@@ -122,6 +123,8 @@ class IsicV2Source:
             run.summary.fail("image", "?", "document", line)
         if complete and not listing.rejected:
             run.remove_missing("image", listed, where="the images/ listing")
+            run.record("listing", run.store_docs("listing", [{"id": "images",
+                                                              "isic_ids": order}]))
         elif complete:
             log.warning("not marking images removed: %d record(s) were rejected",
                         len(listing.rejected))

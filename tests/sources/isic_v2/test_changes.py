@@ -73,6 +73,7 @@ def assert_exact(root, sandbox, token: str | None = None) -> None:
     """The mirror is what the archive serves now, as this caller sees it."""
     images = {r["isic_id"]: r for r in listing(sandbox, "images/", token)}
     assert mirrored(root, "image") == {i: stable_document(r) for i, r in images.items()}
+    assert mirrored(root, "listing")["images"]["isic_ids"] == list(images)  # publish order
     collections = {str(c["id"]): {**c, "isic_ids": [
         r["isic_id"] for r in listing(sandbox, f"images/search/?collections={c['id']}", token)]}
         for c in listing(sandbox, "collections/", token)}

@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from mirror.api import Mirror
@@ -29,9 +30,12 @@ def mirrored(tmp_path_factory):
         with start(images=40, seed=5) as sb:
             assert sync(root, sb.url, SyncOptions(source="isic-v2", blobs=frozenset({"full"}),
                                                   what=frozenset({"images"}))).ok
+            page = requests.get(f"{sb.url}/images/?limit=100", timeout=30).json()
+            assert page["next"] is None
         with Mirror(root) as m:
             records = [m.document("image", i) for i in sorted(m.ids("image"))]
-        yield root, records
+        published = [r["isic_id"] for r in page["results"]]  # isic-cli's row order
+        yield root, records, sorted(records, key=lambda r: published.index(r["isic_id"]))
 
 
 def _cli(*args: str):
@@ -39,7 +43,7 @@ def _cli(*args: str):
 
 
 def test_export_files_writes_isic_clis_layout(mirrored, tmp_path):
-    root, records = mirrored
+    root, _, records = mirrored
     dest = tmp_path / "out"
     result = _cli("export", "files", "--root", str(root), str(dest))  # default --blobs: full
     assert result.exit_code == 0, result.output
@@ -59,18 +63,19 @@ def test_export_files_writes_isic_clis_layout(mirrored, tmp_path):
                                            newline="")))
     assert [(r["isic_id"], r["copyright_license"], r["attribution"]) for r in rows] == [
         (r["isic_id"], r["copyright_license"], r["attribution"]) for r in records]
+    assert [r["isic_id"] for r in records] != sorted(r["isic_id"] for r in records)
 
 
 def test_export_files_selects_with_where_and_refuses_v1_file_kinds(mirrored, tmp_path):
-    root, records = mirrored
+    root, _, records = mirrored
     wanted = records[0]["copyright_license"]
     dest = tmp_path / "sel"
     result = _cli("export", "files", "--root", str(root), str(dest), "--where",
                   f"copyright_license == {wanted}")
     assert result.exit_code == 0, result.output
     expected = [r for r in records if r["copyright_license"] == wanted]
-    assert sorted(p.name for p in dest.glob("ISIC_*")) == [f"{r['isic_id']}.jpg"
-                                                          for r in expected]
+    assert sorted(p.name for p in dest.glob("ISIC_*")) == sorted(f"{r['isic_id']}.jpg"
+                                                                 for r in expected)
     assert (dest / "metadata.csv").read_bytes() == metadata_csv(expected)
     refused = CliRunner().invoke(main, ["export", "files", "--root", str(root),
                                         str(tmp_path / "masks"), "--blobs", "full,masks"])
@@ -79,7 +84,7 @@ def test_export_files_selects_with_where_and_refuses_v1_file_kinds(mirrored, tmp
 
 
 def test_thumbnails_not_mirrored_are_reported_not_invented(mirrored, tmp_path):
-    root, records = mirrored
+    root, records, _ = mirrored
     dest = tmp_path / "thumbs"
     result = CliRunner().invoke(main, ["export", "files", "--root", str(root), str(dest),
                                        "--blobs", "full,thumbnail", "--json"])
@@ -91,7 +96,7 @@ def test_thumbnails_not_mirrored_are_reported_not_invented(mirrored, tmp_path):
 
 
 def test_export_metadata_carries_licence_and_attribution(mirrored, tmp_path):
-    root, records = mirrored
+    root, records, _ = mirrored
     out = tmp_path / "meta.csv"
     result = _cli("export", "metadata", "--root", str(root), str(out))
     assert result.exit_code == 0, result.output
@@ -103,7 +108,7 @@ def test_export_metadata_carries_licence_and_attribution(mirrored, tmp_path):
 
 
 def test_snapshot_create_verify_export_on_a_v2_mirror(mirrored, tmp_path):
-    root, records = mirrored
+    root, records, _ = mirrored
     created = _cli("snapshot", "create", "--root", str(root), "pin1")
     assert created.exit_code == 0, created.output
     assert f"{len(records)} image(s), {len(records)} document(s), {len(records)} file(s)" \
