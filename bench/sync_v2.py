@@ -15,8 +15,9 @@ network round trip would be), with a sandbox (its own process, on 127.0.0.1:8000
 (c) ``mirror sync --url http://127.0.0.1:8000/api/v2 --what images --blobs full``
     (CLI process wall time, interpreter start-up included, as for (a));
 
-then (c)'s no-op re-sync (requests counted by the sandbox, and seconds). Targets (issue
-19): c <= a/2 and c <= 1.3 x b.
+then (c)'s no-op re-sync (requests counted by the sandbox, and seconds), and
+``mirror export files`` of (c)'s mirror compared byte for byte with (a)'s folder. Targets
+(issue 19): c <= a/2 and c <= 1.3 x b.
 
 Last, ``--rss-images``: the peak RSS of a metadata-only sync (``--blobs ''``) of that many
 public images, no latency, read from ``os.wait4`` for the mirror's own process (target
@@ -176,6 +177,26 @@ def mirror_sync(root: Path, url: str, state: Path, *args: str) -> tuple[float, d
     return seconds, json.loads(out.read_text()), usage.ru_maxrss
 
 
+def same_as_isic_cli(root: Path, state: Path, theirs: Path, ours: Path) -> str:
+    """``mirror export files`` of the synced mirror against isic-cli's folder, byte for
+    byte (every file, the CSV, attribution.txt, licenses/): what differs, or "identical"."""
+    done = subprocess.run([sys.executable, "-m", "mirror", "export", "files", "--root",
+                           str(root), str(ours)], capture_output=True, text=True,
+                          env=_env(MIRROR_STATE_DIR=str(state)))
+    if done.returncode != 0:
+        return f"export failed: {done.stderr.strip()[-300:]}"
+    names = {p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file()}
+    mine = {p.relative_to(ours) for p in ours.rglob("*") if p.is_file()}
+    differ = sorted(str(n) for n in names & mine
+                    if (theirs / n).read_bytes() != (ours / n).read_bytes())
+    shutil.rmtree(theirs)
+    shutil.rmtree(ours)
+    if names != mine or differ:
+        return (f"differs: only isic-cli {sorted(map(str, names - mine))[:3]}, only mirror "
+                f"{sorted(map(str, mine - names))[:3]}, different {differ[:3]}")
+    return f"identical ({len(names)} files)"
+
+
 def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Path) -> dict:
     sandbox = Sandbox(images, latency, DEV_PORT, args.seed)
     try:
@@ -188,7 +209,6 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
             dest = tmp / f"isic-cli-{latency}"
             result["a"] = run_isic_cli(args.isic_cli, dest, tmp / "xdg")
             result["a_files"] = sum(1 for p in dest.glob("ISIC_*"))
-            shutil.rmtree(dest)
         dest = tmp / f"plain-{latency}"
         dest.mkdir()
         result["b"], result["b_files"] = plain_fetch(sandbox.url, dest, args.workers)
@@ -201,6 +221,9 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
         result["noop"], noop, _ = mirror_sync(root, sandbox.url, state, *scope)
         result["noop_requests"] = sandbox.stats().get("total", 0)
         result["noop_requests_mirror"] = noop["requests"]
+        if args.isic_cli:
+            result["same"] = same_as_isic_cli(root, state, tmp / f"isic-cli-{latency}",
+                                              tmp / f"export-{latency}")
         shutil.rmtree(root)
     finally:
         sandbox.stop()
@@ -217,6 +240,8 @@ def report(r: dict, workers: int) -> None:
     if "a" in r:
         line += f"  c/a = {r['c'] / r['a']:.2f} (target <= 0.5)"
     print(line + f"  c/b = {r['c'] / r['b']:.2f} (target <= 1.3)")
+    if "same" in r:
+        print(f"    'mirror export files' vs isic-cli's folder: {r['same']}")
     print(f"    no-op re-sync: {r['noop']:.2f} s, {r['noop_requests']} requests at the "
           f"sandbox ({r['noop_requests_mirror']} counted by the mirror)", flush=True)
 
