@@ -208,6 +208,20 @@ def _csv_choice(value: str) -> frozenset[str]:
     return frozenset(v.strip() for v in value.split(",") if v.strip())
 
 
+def _blobs_of(root: str, blobs: str | None, default: str) -> frozenset[str]:
+    """``--blobs``, or the ``default`` choices the mirror's source offers (all its file
+    choices when it offers none of them: ISIC v2 has no masks)."""
+    if blobs is not None:
+        return _csv_choice(blobs)
+    from pathlib import Path
+
+    from mirror.config import load_config
+    from mirror.sources.base import spec_of
+
+    offered = spec_of(load_config(Path(root)).source).file_options
+    return frozenset(b for b in default.split(",") if b in offered) or offered
+
+
 def _root_option(f):
     return click.option("--root", envvar="MIRROR_ROOT", required=True,
                         type=click.Path(file_okay=False),
@@ -515,8 +529,8 @@ def export_metadata_command(root, out, wheres, dataset, study, strict, columns,
 @click.option("--link", default="hard", show_default=True,
               type=click.Choice(["hard", "sym", "copy"]),
               help="How files get into DEST (hard links share the store's read-only bytes).")
-@click.option("--blobs", default="full,masks", show_default=True,
-              help="Files per image: full, thumbnail, superpixels, masks.")
+@click.option("--blobs", help="Files per image (default: full,masks; ISIC v2: full): full, "
+              "thumbnail, superpixels, masks.")
 @click.option("--replace", is_flag=True, help="DEST holds an older export: swap it for this "
               "one atomically (otherwise a non-empty DEST is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -526,8 +540,8 @@ def export_files_command(root, dest, wheres, dataset, study, strict, link, blobs
     from mirror.export import export_files, export_files_lines
 
     mirror, selection = _select(root, wheres, dataset, study, strict=strict)
-    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link,
-                        replace=replace)
+    data = export_files(mirror, dest, selection, sorted(_blobs_of(root, blobs, "full,masks")),
+                        link, replace=replace)
     _emit(data, export_files_lines(mirror, data, dest), as_json)
     sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
 
@@ -541,14 +555,15 @@ def snapshot() -> None:
 @_root_option
 @click.argument("name")
 @_selection_options
-@click.option("--blobs", default="full,masks,superpixels", show_default=True,
-              help="Files to pin per image: full, thumbnail, superpixels, masks.")
+@click.option("--blobs", help="Files to pin per image (default: full,masks,superpixels; "
+              "ISIC v2: full): full, thumbnail, superpixels, masks.")
 def snapshot_create(root, name, wheres, dataset, study, strict, blobs) -> None:
     """Pin the current versions of the selected images as snapshot NAME."""
     from mirror.snapshots import create_snapshot
 
     snap = create_snapshot(root, name, list(wheres), dataset, study,
-                           tuple(sorted(_csv_choice(blobs))), strict=strict)
+                           tuple(sorted(_blobs_of(root, blobs, "full,masks,superpixels"))),
+                           strict=strict)
     files = sum(len(o.get("files", [])) for o in snap.objects)
     click.echo(f"snapshot {name}: {len(snap.of_kind('image'))} image(s), "
                f"{len(snap.objects)} document(s), {files} file(s); "
