@@ -67,15 +67,18 @@ class IsicV2Objects:
         self._m = mirror
 
     def select_images(self, criteria: Any = None, dataset: str | None = None,
-                      study: str | None = None, limit: int | None = None) -> V2Selection:
+                      study: str | None = None, limit: int | None = None,
+                      strict: bool = False) -> V2Selection:
         """Current images whose records meet ``criteria`` (``[field, op, value]`` or a list
         of them, fields dotted as in the record: ``metadata.clinical.diagnosis_1``),
-        selected by DuckDB over the projection (:mod:`mirror.query`), like ISIC v1's."""
+        selected by DuckDB over the projection (:mod:`mirror.query`), like ISIC v1's. A
+        criterion that can never match is a ``CriterionWarning`` (``strict``: an error)."""
         if dataset or study:
             raise MirrorError("ISIC API v2 has no datasets or studies; select with --where, "
                               "e.g. 'metadata.clinical.diagnosis_1 == Malignant'")
         items = query.criteria(criteria)
-        ids = query.select_ids(self._m.projection, items, limit=limit, kind="images")
+        ids = query.select_ids(self._m.projection, items, limit=limit, kind="images",
+                               strict=strict)
         return V2Selection(self._m, items, ids)
 
     def image(self, isic_id: str) -> V2Image:
