@@ -570,7 +570,10 @@ class SeriesZipReader:
         if entry.md5 is not None and md5 != entry.md5:
             raise SeriesZipError(f"{label} entry {name} has MD5 {md5}, but {MD5_ENTRY} says "
                                  f"{entry.md5}; download it again")
-        uids = read_uids(bytes(prefix))
+        # the same first bytes as peek_uids parsed hold the same UIDs: not parsed twice
+        same_head = (entry.peeked is not None
+                     and entry.peeked_head == hashlib.sha256(prefix).digest())
+        uids = dict(entry.peeked) if same_head else read_uids(bytes(prefix))
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {name} has no valid {missing[0]} in its first "
@@ -602,6 +605,7 @@ class ZipEntry:
     info: zipfile.ZipInfo = field(repr=False)
     instance: VerifiedInstance | None = None  # set once chunks() ran to its end
     peeked: dict[str, str] | None = None
+    peeked_head: bytes | None = field(default=None, repr=False)  # sha256 of what it parsed
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
@@ -623,7 +627,7 @@ class ZipEntry:
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
-        self.peeked = uids
+        self.peeked, self.peeked_head = uids, hashlib.sha256(head).digest()
         return uids
 
 

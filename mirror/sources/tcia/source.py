@@ -18,14 +18,17 @@ bytes in place, and ``mirror gc`` removes them if the series never arrives.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mirror.config import utc_now
 from mirror.errors import MirrorError
 from mirror.index import Blob, ObjectRow, SyncItem
+from mirror.ingest import mark_removed
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
 from mirror.sources.dicom import open_series_zip
 from mirror.sources.http import HttpClient
@@ -48,6 +51,10 @@ class TciaSource:
         self._expected: dict[str, tuple[int | None, list[str]]] = {}
         self.last_plan = None  # the ChangePlan of the last sync_documents (for reports)
         self._replace: set[str] = set()  # series whose files must be fetched again
+        self._run: DocumentRun | None = None
+        self._lock = threading.Lock()
+        self._fetched: dict[str, list] = {}  # series -> its instance documents, stored
+        self._pending: list[tuple[str, list]] = []  # fetched series not yet indexed
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("TCIA's NBIA v4 API serves its public collections without a "
@@ -72,6 +79,9 @@ class TciaSource:
         run.remove_missing("series", set(plan.rows), within=within,
                            where="the getSeries listings")
         run.commit()
+        self._run = run
+        if "dicom" in (getattr(options, "blobs", None) or ()):
+            return set(plan.rows)  # the zips list the instances (see record_fetched)
         needing = self._needing_instances(run.session, plan)
         for uid, future in completed(run.executor, self.client.sop_uids, needing, run.window):
             sops = future.result()  # listed in parallel; stored and indexed here
@@ -153,7 +163,9 @@ class TciaSource:
             if scope is not None and uid not in scope:
                 continue
             sops = instances.get(uid, [])
-            complete = uid in md5s_at and all(s in have for s in sops)
+            count = doc.get("ImageCount")
+            complete = (uid in md5s_at and all(s in have for s in sops)
+                        and (count is None or len(sops) >= count))
             if complete and uid not in changed:
                 continue
             self._expected[uid] = (doc.get("ImageCount"), sops)
@@ -164,15 +176,16 @@ class TciaSource:
     def fetch_file(self, task: FileTask, fetcher) -> list[tuple]:
         """Download the series zip, publish each verified instance and the MD5 list."""
         role = self.spec.role("dicom")
-        count, sops = self._expected.get(task.object_id, (None, []))
+        count, _ = self._expected.get(task.object_id, (None, []))
         scratch = fetcher.store.path(fetcher.relpath(task, role, ".dcm")).parent
         path = self.client.download_series_zip(task.object_id, scratch, prefix=TEMP_PREFIX,
                                                max_bytes=task.max_bytes)
         results: list[tuple] = []
         md5s: dict[str, str] = {}
         try:
-            with open_series_zip(path, expected_count=count,
-                                 expected_sop_uids=sops or None, series_uid=task.object_id,
+            # the instances the index holds may be stale (the zip is the listing now):
+            # checked against getSeries' ImageCount and md5hashes.csv instead
+            with open_series_zip(path, expected_count=count, series_uid=task.object_id,
                                  max_total=task.max_bytes,  # from getSeries FileSize
                                  label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
@@ -184,6 +197,10 @@ class TciaSource:
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
         finally:
             path.unlink(missing_ok=True)
+        docs = [{"SOPInstanceUID": sop, "SeriesInstanceUID": task.object_id} for sop in md5s]
+        stored_docs = self._run.store_docs("instance", docs) if self._run else []
+        with self._lock:
+            self._fetched[task.object_id] = stored_docs
         data = json.dumps(md5s, sort_keys=True).encode()
         md5_task = FileTask("series", task.object_id, "md5s", "dicom", replace=True)
         stored = fetcher.store.put_bytes(
@@ -191,6 +208,30 @@ class TciaSource:
         results.append((task.object_id, "md5s", stored, "application/json", None, False))
         return results
 
+    def record_fetched(self, task: FileTask, results: list[tuple]) -> None:
+        """In the fetcher's thread: keep the series' instances, as its verified zip listed
+        them, for :meth:`flush_fetched` (indexing them series by series costs the fetching
+        thread a GIL hand-over per statement while the workers unzip)."""
+        with self._lock:
+            stored = self._fetched.pop(task.object_id, None)
+        if stored is not None:
+            self._pending.append((task.object_id, stored))
+
+    def flush_fetched(self) -> None:
+        """Before the fetcher commits its file rows: index the instances of the series
+        fetched since the last commit and mark removed those a series no longer holds
+        (its zip is complete: entries matched ImageCount and md5hashes.csv)."""
+        pending, self._pending = self._pending, []
+        if not pending or self._run is None:
+            return
+        self._run.record("instance", [item for _, stored in pending for item in stored])
+        gone = []
+        for uid, stored in pending:
+            _, before = self._expected.get(uid, (None, []))
+            gone += sorted(set(before) - {doc["SOPInstanceUID"] for doc, _ in stored})
+        if gone:
+            mark_removed(self._run.session, self.spec.kind("instance"), gone, utc_now())
+            self._run.summary.count("instance", "removed", len(gone))
 
 def _collections(value: str | Iterable[str] | None) -> list[str]:
     if value is None:
