@@ -184,7 +184,8 @@ def _root_option(f):
 @click.option("--search", help="Only images the archive's own search finds (ISIC v2's query "
               "language, passed through), e.g. 'diagnosis_3:\"Melanoma Invasive\"'.")
 @click.option("--where", "scope_where", help="IDC: series whose catalog row meets FIELD OP VALUE "
-              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'.")
+              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'; "
+              "TCIA: series whose getSeries row does (files of the others are not fetched).")
 @click.option("--sql", "scope_sql", help="IDC: series of one SELECT SeriesInstanceUID FROM "
               "idc_index WHERE ...")
 @click.option("--s3-endpoint", help="IDC: the buckets' S3 endpoint (default: public AWS).")

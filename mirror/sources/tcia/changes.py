@@ -52,15 +52,16 @@ class KnownSeries:
     each instance it verified."""
 
     row: dict
-    md5s: list[str] = field(default_factory=list)
+    md5s: list[str] | None = field(default_factory=list)  # None: the mirror holds no
+    #                                 bytes of it (outside a --where scope, metadata only)
 
     @property
     def uid(self) -> str:
         return self.row["SeriesInstanceUID"]
 
     @property
-    def hash(self) -> str:
-        return combine(self.md5s)
+    def hash(self) -> str | None:
+        return None if self.md5s is None else combine(self.md5s)
 
 
 @dataclass
@@ -163,6 +164,9 @@ class ChangePlanner:
             (plan.hidden if hidden else plan.removed).append(uid)
 
     def _settle_by_series_hash(self, plan: ChangePlan, known: KnownSeries) -> None:
+        if known.md5s is None:  # no bytes held: nothing to compare, nothing to refetch
+            plan.fields_only.append(known.uid)
+            return
         plan.requests += 1
         if self.client.md5_hierarchy(series=known.uid) == known.hash:
             plan.fields_only.append(known.uid)
@@ -172,8 +176,9 @@ class ChangePlanner:
     def _walk_hierarchy(self, plan: ChangePlan, same_fields: list[str],
                         known: dict[str, KnownSeries]) -> None:
         """Collection → patient → study → series, descending only where hashes differ."""
-        candidates = set(same_fields)
         local = {uid: (known[uid].hash if uid in known else None) for uid in plan.rows}
+        candidates = {uid for uid in same_fields if local[uid] is not None}
+        plan.unchanged.extend(sorted(set(same_fields) - candidates))
         tree: dict[str, dict[str, dict[str, list[str]]]] = {}
         for uid, row in plan.rows.items():
             tree.setdefault(row["Collection"], {}).setdefault(row["PatientID"], {}) \
@@ -206,16 +211,20 @@ class ChangePlanner:
                 uids = [u for us in studies.values() for u in us]
                 if not candidates & set(uids):
                     continue
-                plan.requests += 1
-                if self.client.md5_hierarchy(patient=pid, collection=collection) == \
-                        patient_hash(studies):
-                    continue
+                mine_patient = patient_hash(studies)  # None: some series' bytes not held
+                if mine_patient is not None:
+                    plan.requests += 1
+                    if self.client.md5_hierarchy(patient=pid, collection=collection) == \
+                            mine_patient:
+                        continue
                 for study, study_uids in studies.items():
                     if not candidates & set(study_uids):
                         continue
-                    plan.requests += 1
-                    if self.client.md5_hierarchy(study=study) == study_hash(study_uids):
-                        continue
+                    mine_study = study_hash(study_uids)
+                    if mine_study is not None:
+                        plan.requests += 1
+                        if self.client.md5_hierarchy(study=study) == mine_study:
+                            continue
                     for uid in candidates & set(study_uids):
                         plan.requests += 1
                         if self.client.md5_hierarchy(series=uid) != local[uid]:

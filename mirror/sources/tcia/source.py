@@ -34,6 +34,7 @@ from mirror.sources.dicom import open_series_zip
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
+from mirror.sources.tcia.scope import parse_scope
 from mirror.sources.tcia.spec import SPEC
 from mirror.store import TEMP_PREFIX
 from mirror.sync.pool import completed
@@ -65,7 +66,9 @@ class TciaSource:
     def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None:
         """Returns the listed series of the mirrored collections (files are planned for
         those that lack instances or changed)."""
-        wanted = _collections(getattr(options, "scope", {}).get("collection"))
+        scope_options = getattr(options, "scope", None) or {}
+        scope = parse_scope(scope_options.get("where"))
+        wanted = _collections(scope_options.get("collection"))
         if not wanted:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
@@ -80,9 +83,11 @@ class TciaSource:
                            where="the getSeries listings")
         run.commit()
         self._run = run
+        selected = scope.select(plan.rows.values()) if scope else set(plan.rows)
         if "dicom" in (getattr(options, "blobs", None) or ()):
-            return set(plan.rows)  # the zips list the instances (see record_fetched)
-        needing = self._needing_instances(run.session, plan)
+            return selected  # the zips list the instances (see record_fetched)
+        needing = [uid for uid in self._needing_instances(run.session, plan)
+                   if uid in selected]
         for uid, future in completed(run.executor, self.client.sop_uids, needing, run.window):
             sops = future.result()  # listed in parallel; stored and indexed here
             docs = [{"SOPInstanceUID": sop, "SeriesInstanceUID": uid} for sop in sops]
@@ -90,7 +95,7 @@ class TciaSource:
             run.remove_missing("instance", set(sops), within=_instance_ids(run.session, uid),
                                where=f"getSOPInstanceUIDs of series {uid}")
         run.commit()
-        return set(plan.rows)
+        return selected
 
     def _known(self, session: Session, store) -> dict[str, KnownSeries]:
         """The current series rows and, where the mirror has them, their instance MD5s."""
@@ -106,9 +111,9 @@ class TciaSource:
             Blob.role == "md5s")).all())
 
     @staticmethod
-    def _md5s(store, relpath: str | None) -> list[str]:
+    def _md5s(store, relpath: str | None) -> list[str] | None:
         if relpath is None:
-            return []
+            return None  # no bytes of the series held
         try:
             return list(json.loads(store.read_bytes(relpath)).values())
         except (OSError, ValueError, MirrorError):
