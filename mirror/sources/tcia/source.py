@@ -44,6 +44,9 @@ class TciaSource:
     """One sync run against NBIA v4."""
 
     spec: ClassVar[SourceSpec] = SPEC
+    objects: ClassVar[str] = "mirror.sources.tcia.objects:TciaObjects"
+    exports: ClassVar[str] = "mirror.sources.tcia.exports"
+    snapshots: ClassVar[str] = "mirror.sources.tcia.snapshot"
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")
@@ -84,6 +87,8 @@ class TciaSource:
         run.commit()
         self._run = run
         selected = scope.select(plan.rows.values()) if scope else set(plan.rows)
+        if scope_options.get("series") is not None:  # a snapshot build: exactly these
+            selected &= set(scope_options["series"])
         if "dicom" in (getattr(options, "blobs", None) or ()):
             return selected  # the zips list the instances (see record_fetched)
         needing = [uid for uid in self._needing_instances(run.session, plan)
