@@ -210,7 +210,8 @@ def _root_option(f):
 @click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and "
               "change nothing: the next real run reports the same changes.")
 @click.option("--full", is_flag=True, help="Re-check every per-object listing now (ISIC v1: "
-              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD).")
+              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD); TCIA: "
+              "every patient's live hash, not the collection hash that lags up to a day.")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

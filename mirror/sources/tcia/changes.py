@@ -83,11 +83,16 @@ class ChangePlan:
 class ChangePlanner:
     """Builds a :class:`ChangePlan` for some collections with as few requests as it can."""
 
-    def __init__(self, client: NbiaClient, executor: Executor | None = None):
+    def __init__(self, client: NbiaClient, executor: Executor | None = None,
+                 full: bool = False):
         """``executor`` (optional) runs the per-collection requests side by side: with a
-        few hundred collections a no-op plan is otherwise a few hundred round trips."""
+        few hundred collections a no-op plan is otherwise a few hundred round trips.
+        ``full`` (``mirror sync --full``) skips the lagging collection hash and asks the
+        live hash of every patient: a change of bytes the daily job has not folded into
+        the collection hash yet is found now, for one request per patient."""
         self.client = client
         self.executor = executor
+        self.full = full
 
     def _map(self, fn: Callable, items: list) -> list:
         return list(self.executor.map(fn, items) if self.executor else map(fn, items))
@@ -198,14 +203,14 @@ class ChangePlanner:
                 hashes = [patient_hash(s) for s in patients.values()]
                 if None not in hashes:
                     mine[collection] = combine(hashes)
-        names = list(mine)
+        names = [] if self.full else list(mine)
         served = dict(zip(names, self._map(
             lambda c: self.client.md5_hierarchy(collection=c), names), strict=True))
         plan.requests += len(names)
         for collection, patients in tree.items():
             if not candidates & {u for s in patients.values() for us in s.values() for u in us}:
                 continue
-            if collection in mine and served[collection] == mine[collection]:
+            if collection in served and served[collection] == mine[collection]:
                 continue  # (may lag by a day: the field diff above caught the rest)
             for pid, studies in patients.items():
                 uids = [u for us in studies.values() for u in us]

@@ -180,7 +180,7 @@ def export_files_lines(summary: dict, dest: Path) -> list[str]:
 def metadata_table(mirror: Mirror, selection, columns: list[str] | None = None):
     """The series table of the selection (every getSeries field, by default)."""
     return object_table(mirror, "series", list(selection.ids),
-                        columns or ["_id", *SERIES_COLUMNS[1:]])
+                        columns or list(SERIES_COLUMNS))
 
 
 def export_metadata(mirror: Mirror, out: Path, selection,

@@ -75,7 +75,8 @@ class TciaSource:
         if not wanted:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
-        plan = ChangePlanner(self.client, run.executor).plan(wanted, known)
+        plan = ChangePlanner(self.client, run.executor,
+                             full=bool(getattr(options, "full", False))).plan(wanted, known)
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
                                                                      plan.added)

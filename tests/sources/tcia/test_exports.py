@@ -124,3 +124,17 @@ def test_export_of_hostile_names_stays_inside_dest(tmp_path, sb):
     assert folders == sorted(["Sandbox-Brain-MR", folder_name("../../escape")])
     instances = sum(len(s.images) for s in sb.archive.series.values())
     assert len(list(dest.rglob("*.dcm"))) == instances
+
+
+def test_cli_export_metadata_writes_series_rows_and_their_licences(tmp_path, sb):
+    root = tmp_path / "m"
+    assert sync(root, sb).ok
+    out = tmp_path / "series.csv"
+    done = cli("export", "metadata", "--root", str(root), str(out), "--where", "Modality == MR")
+    assert done.exit_code == 0, done.output
+    mr = [s for s in sb.archive.series.values() if s.modality == "MR"]
+    table = rows(out)
+    assert sorted(r["SeriesInstanceUID"] for r in table) == sorted(s.uid for s in mr)
+    assert {r["LicenseName"] for r in table} == {s.license_name for s in mr}
+    attribution = (tmp_path / "series.attribution.txt").read_text()
+    assert f"cite: {mr[0].description_uri}" in attribution
