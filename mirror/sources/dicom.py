@@ -25,6 +25,7 @@ import struct
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -540,14 +541,25 @@ class SeriesZipReader:
         except zipfile.BadZipFile as exc:
             raise self._damaged(exc) from None
 
+    @contextmanager
+    def _chunks_of(self, entry: ZipEntry) -> Iterator[Iterator[bytes]]:
+        """The entry's bytes: what :meth:`ZipEntry.peek_uids` already unpacked whole (and
+        zipfile CRC-checked, having reached its end), else a fresh stream."""
+        whole, entry.whole = entry.whole, None
+        if whole is not None:
+            yield iter([whole] if whole else [])
+            return
+        with self.archive.open(entry.info) as stream:
+            yield iter(lambda: stream.read(ZIP_CHUNK), b"")
+
     def _read_checked(self, entry: ZipEntry) -> Iterator[bytes]:
         label, name = self.label, entry.name
         digest = hashlib.md5(usedforsecurity=False)
         prefix = bytearray()  # kept to read the UIDs from
         held: bytearray | None = bytearray()  # not yielded until the magic is seen
         size = 0
-        with self.archive.open(entry.info) as stream:
-            while chunk := stream.read(ZIP_CHUNK):
+        with self._chunks_of(entry) as chunks:
+            for chunk in chunks:
                 size += len(chunk)
                 digest.update(chunk)
                 if self._read_total + size > self.max_total:
@@ -606,6 +618,7 @@ class ZipEntry:
     instance: VerifiedInstance | None = None  # set once chunks() ran to its end
     peeked: dict[str, str] | None = None
     peeked_head: bytes | None = field(default=None, repr=False)  # sha256 of what it parsed
+    whole: bytes | None = field(default=None, repr=False)  # all of it, when peek read all
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
@@ -617,7 +630,10 @@ class ZipEntry:
         label = self.reader.label
         try:
             with self.reader.archive.open(self.info) as stream:
-                head = stream.read(ZIP_HEADER_PREFIX)
+                head = stream.read(ZIP_HEADER_PREFIX + 1)
+            if len(head) <= ZIP_HEADER_PREFIX:  # the end was reached: not unpacked twice
+                self.whole = head
+            head = head[:ZIP_HEADER_PREFIX]
         except zipfile.BadZipFile as exc:
             raise self.reader._damaged(exc) from None
         if not is_dicom(head):
