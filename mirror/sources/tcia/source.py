@@ -30,7 +30,7 @@ from mirror.errors import MirrorError
 from mirror.index import Blob, ObjectRow, SyncItem
 from mirror.ingest import mark_removed
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
-from mirror.sources.dicom import open_series_zip
+from mirror.sources.dicom import open_series_zip, read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
@@ -193,6 +193,7 @@ class TciaSource:
                                                max_bytes=task.max_bytes)
         results: list[tuple] = []
         md5s: dict[str, str] = {}
+        headers: dict[str, dict] = {}
         try:
             # the instances the index holds may be stale (the zip is the listing now):
             # checked against getSeries' ImageCount and md5hashes.csv instead
@@ -205,10 +206,11 @@ class TciaSource:
                     stored = fetcher.put(fetcher.relpath(one, role, ".dcm"), entry.chunks(),
                                          None, one, role, None)
                     md5s[sop] = entry.instance.md5
+                    headers[sop] = read_header(fetcher.store.path(stored.relpath))
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
         finally:
             path.unlink(missing_ok=True)
-        docs = [{"SOPInstanceUID": sop, "SeriesInstanceUID": task.object_id} for sop in md5s]
+        docs = [instance_document(sop, task.object_id, headers[sop]) for sop in md5s]
         stored_docs = self._run.store_docs("instance", docs) if self._run else []
         with self._lock:
             self._fetched[task.object_id] = stored_docs
@@ -243,6 +245,13 @@ class TciaSource:
         if gone:
             mark_removed(self._run.session, self.spec.kind("instance"), gone, utc_now())
             self._run.summary.count("instance", "removed", len(gone))
+
+def instance_document(sop: str, series_uid: str, header: dict) -> dict:
+    """A fetched instance's document: its ids and its header as DICOM JSON."""
+    study = ((header.get("0020000D") or {}).get("Value") or [None])[0]
+    return {"SOPInstanceUID": sop, "SeriesInstanceUID": series_uid,
+            "StudyInstanceUID": study, "dicom": header}
+
 
 def _collections(value: str | Iterable[str] | None) -> list[str]:
     if value is None:

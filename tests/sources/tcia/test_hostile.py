@@ -4,6 +4,7 @@ synced, nothing written outside the root; and a query by tag keyword on what arr
 from __future__ import annotations
 
 import functools
+import io
 import json
 from pathlib import Path
 
@@ -74,3 +75,23 @@ def test_query_and_sql_by_tag_keyword(tmp_path):
                                 "count(*) AS n FROM series WHERE Modality = 'CT' GROUP BY 1"])
     assert done.exit_code == 0, done.output
     assert "CHEST" in done.output and str(len(ct)) in done.output
+
+
+def test_instances_are_queried_by_their_header_keywords(tmp_path):
+    import pydicom
+
+    sandbox = start(collections=2, seed=11)
+    try:
+        root = tmp_path / "m"
+        assert sync(root, sandbox).ok
+    finally:
+        sandbox.stop()
+    ct = [sop for s in sandbox.archive.series.values() if s.modality == "CT" for sop in s.images]
+    some = next(s for s in sandbox.archive.series.values() if s.modality == "CT")
+    thickness = float(pydicom.dcmread(io.BytesIO(
+        next(iter(some.images.values())).data)).SliceThickness)
+    done = CliRunner().invoke(main, [
+        "sql", "--root", str(root), "SELECT count(*) AS n, min(SliceThickness) AS t FROM "
+        f"instances WHERE Modality = 'CT' AND SliceThickness = {thickness}", "--format", "csv"])
+    assert done.exit_code == 0, done.output
+    assert done.output.splitlines()[-1].split(",")[0] == str(len(ct)), done.output
