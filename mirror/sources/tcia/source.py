@@ -2,12 +2,17 @@
 
 Documents: the ``getSeries`` rows of the mirrored collections (``--collection X``, repeatable;
 default every collection), planned by :class:`ChangePlanner` (field diff, vanished series
-probed, MD5 hierarchy checked against the mirror's own hashes); the SOPInstanceUIDs of
-every series that is new or whose bytes changed. Files: one task per series whose
-instances the mirror lacks (or that changed); :meth:`TciaSource.fetch_file` downloads its
-zip once, checks it whole (:class:`SeriesZipReader`), streams each instance into the store
-(``put_stream`` publishes it only after its MD5, CRC and UIDs passed) and adds the
-series' ``md5s`` file, from which the next sync computes its local hashes.
+probed, MD5 hierarchy checked against the mirror's own hashes). ``--where`` criteria over
+the rows (:mod:`mirror.sources.tcia.scope`) pick the series whose files are fetched; every
+row is stored. Files: one task per selected series whose instances the mirror lacks (or
+that changed); :meth:`TciaSource.fetch_file` downloads its zip once, checks it whole
+(:class:`SeriesZipReader`), streams each instance into the store (``put_stream`` publishes
+it only after its MD5, CRC and UIDs passed), reads its header (the instance's document)
+and adds the series' ``md5s`` file, from which the next sync computes its local hashes.
+The verified zip is the instance listing: its entries matched ``ImageCount`` and
+``md5hashes.csv``, so no ``getSOPInstanceUIDs`` is asked (only a metadata-only sync, which
+fetches no zip, lists them); the instances are indexed in one batch per fetcher commit
+(:meth:`TciaSource.flush_fetched`), not series by series.
 
 A zip refused part-way (a duplicate SOPInstanceUID in its third entry, say) leaves the
 instances before it on disk, each verified, but none is indexed: the task fails as a
