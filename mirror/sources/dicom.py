@@ -82,6 +82,8 @@ ZIP_HEADER_PREFIX = 2**20
 """Bytes of each instance kept in memory while it streams, to read its UIDs from."""
 ZIP_CHUNK = 2**20
 
+UID_TAGS = {"SOPInstanceUID": "00080018", "SeriesInstanceUID": "0020000E",
+            "StudyInstanceUID": "0020000D"}
 LICENSE_ENTRY = "LICENSE"
 MD5_ENTRY = "md5hashes.csv"
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -619,6 +621,7 @@ class ZipEntry:
     peeked: dict[str, str] | None = None
     peeked_head: bytes | None = field(default=None, repr=False)  # sha256 of what it parsed
     whole: bytes | None = field(default=None, repr=False)  # all of it, when peek read all
+    header: dict | None = field(default=None, repr=False)  # set by peek_header
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
@@ -639,12 +642,24 @@ class ZipEntry:
         if not is_dicom(head):
             raise DicomError(f"{label} entry {self.name} is not DICOM (no 'DICM' at byte "
                              f"{DICOM_MAGIC_OFFSET})")
-        uids = read_uids(head)
+        if self.header is None:
+            uids = read_uids(head)
+        else:  # one parse gives both
+            self.header = read_header(head)
+            uids = {key: str(((self.header.get(tag) or {}).get("Value") or [""])[0])
+                    for key, tag in UID_TAGS.items()}
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
         self.peeked, self.peeked_head = uids, hashlib.sha256(head).digest()
         return uids
+
+    def peek_header(self) -> dict:
+        """:meth:`peek_uids`, and the header (DICOM JSON, as :func:`read_header` gives
+        it) read from the same first bytes in the same parse."""
+        self.header = {}
+        self.peek_uids()
+        return self.header
 
 
 def open_series_zip(path: str | os.PathLike, **checks) -> SeriesZipReader:

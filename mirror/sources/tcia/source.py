@@ -35,7 +35,7 @@ from mirror.errors import MirrorError
 from mirror.index import Blob, ObjectRow, SyncItem
 from mirror.ingest import mark_removed
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
-from mirror.sources.dicom import open_series_zip, read_header
+from mirror.sources.dicom import ZIP_HEADER_PREFIX, open_series_zip, read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
@@ -206,12 +206,15 @@ class TciaSource:
                                  max_total=task.max_bytes,  # from getSeries FileSize
                                  label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
-                    sop = entry.peek_uids()["SOPInstanceUID"]
+                    header = entry.peek_header()  # what the UIDs are read from
+                    sop = entry.peeked["SOPInstanceUID"]
                     one = FileTask("instance", sop, "dicom", "dicom", replace=True)
                     stored = fetcher.put(fetcher.relpath(one, role, ".dcm"), entry.chunks(),
                                          None, one, role, None)
                     md5s[sop] = entry.instance.md5
-                    headers[sop] = read_header(fetcher.store.path(stored.relpath))
+                    if entry.size > ZIP_HEADER_PREFIX:  # its header may pass the prefix
+                        header = read_header(fetcher.store.path(stored.relpath))
+                    headers[sop] = header
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
         finally:
             path.unlink(missing_ok=True)
