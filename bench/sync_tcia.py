@@ -17,7 +17,9 @@ The TCIA sandbox runs in its own process (``mirror sandbox --archive tcia-v4``) 
 (b) a plain parallel fetch of the same ``getImage?IncludeMD5=Yes`` URLs with ``--workers``
     threads, each zip written to disk (the floor: no check, no unzip, no index);
 (c) ``mirror sync`` of every collection with ``--workers`` (list, fetch each series zip,
-    check it whole, unpack each instance into the store, index, publish), in process.
+    check it whole, unpack each instance into the store, read its header with pydicom
+    into its document, index, publish), in process; (c') the same with ``--what series``
+    (no header documents: the instances' ids only), on another root.
 
 Then a no-op re-sync of (c), whose requests the sandbox counts: the target is at most 3
 per collection. Targets: (c) <= (a) / 1.5 and (c) <= 1.3 x (b).
@@ -113,9 +115,9 @@ def parallel_fetch(base: str, uids: list[str], dest: Path, workers: int) -> floa
     return time.perf_counter() - started
 
 
-def mirror_sync(base: str, root: Path, workers: int):
+def mirror_sync(base: str, root: Path, workers: int, what: frozenset[str] | None = None):
     started = time.perf_counter()
-    summary = sync(root, base, SyncOptions(workers=workers))
+    summary = sync(root, base, SyncOptions(workers=workers, what=what))
     assert summary.ok, summary.failures[:3]
     return time.perf_counter() - started, summary
 
@@ -141,10 +143,12 @@ def main() -> None:
             names, uids = series_uids(base)
             print(f"sandbox: {len(names)} collections, {len(uids)} series, latency "
                   f"{args.latency * 1000:.0f} ms ({base})", flush=True)
-            a, b, c = [], [], []
+            a, b, c, c2 = [], [], [], []
             for n in range(args.runs):
                 a.append(tcia_utils_download(base, uids, tmp / f"tcia-utils-{n}"))
                 b.append(parallel_fetch(base, uids, tmp / f"plain-{n}", args.workers))
+                c2.append(mirror_sync(base, tmp / f"bare-{n}", args.workers,
+                                      frozenset({"series"}))[0])
                 root = tmp / f"mirror-{n}"
                 seconds, summary = mirror_sync(base, root, args.workers)
                 c.append(seconds)
@@ -154,7 +158,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
-    report(args, len(uids), a, b, c, summary, noop_seconds, counted, len(names))
+    report(args, len(uids), a, b, c, c2, summary, noop_seconds, counted, len(names))
 
 
 def _runs(values: list[float]) -> str:
@@ -162,7 +166,8 @@ def _runs(values: list[float]) -> str:
         ", ".join(f"{v:.2f}" for v in values)
 
 
-def report(args, series: int, a, b, c, summary, noop_seconds, counted, collections) -> None:
+def report(args, series: int, a, b, c, c2, summary, noop_seconds, counted,
+           collections) -> None:
     ma, mb, mc = (statistics.median(x) for x in (a, b, c))
     data = summary.as_dict()
     instances = data["blobs"].get("dicom", {}).get("fetched", "?")
@@ -170,8 +175,11 @@ def report(args, series: int, a, b, c, summary, noop_seconds, counted, collectio
     print(f"(b) plain parallel getImage ({args.workers} threads)   {_runs(b)}")
     print(f"(c) mirror sync ({args.workers} workers)             {_runs(c)}  "
           f"({instances} files, {data['requests']} requests)")
+    mc2 = statistics.median(c2)
+    print(f"(c') mirror sync --what series (no header documents) {_runs(c2)}")
     print(f"    (c) = (a) / {ma / mc:.2f}  [target >= 1.5]   (c) = {mc / mb:.2f} x (b)  "
           f"[target <= 1.3]")
+    print(f"    (c') = (a) / {ma / mc2:.2f}   (c') = {mc2 / mb:.2f} x (b)")
     total = counted.get("total", 0)
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counted.items()) if k != "total")
     print(f"no-op re-sync: {noop_seconds:.2f} s, {total} requests for {collections} "

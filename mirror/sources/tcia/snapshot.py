@@ -32,7 +32,7 @@ def build_options(snap: Snapshot) -> dict:
     """The sync options that fetch exactly the pinned series (their collections listed)."""
     series = snap.of_kind("series")
     collections = sorted({e.get("collection") for e in series if e.get("collection")})
-    return {"what": frozenset({"series"}),
+    return {"what": frozenset({"series", "headers"}),
             "scope": {"collection": collections, "series": sorted(e["id"] for e in series)}}
 
 

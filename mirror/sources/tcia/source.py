@@ -64,6 +64,7 @@ class TciaSource:
         self._lock = threading.Lock()
         self._fetched: dict[str, list] = {}  # series -> its instance documents, stored
         self._pending: list[tuple[str, list]] = []  # fetched series not yet indexed
+        self._headers = True  # index each fetched instance's header (--what headers)
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("TCIA's NBIA v4 API serves its public collections without a "
@@ -75,6 +76,7 @@ class TciaSource:
         """Returns the listed series of the mirrored collections (files are planned for
         those that lack instances or changed)."""
         scope_options = getattr(options, "scope", None) or {}
+        self._headers = "headers" in (getattr(options, "what", None) or {"headers"})
         scope = parse_scope(scope_options.get("where"))
         wanted = _collections(scope_options.get("collection"))
         if not wanted:
@@ -206,14 +208,15 @@ class TciaSource:
                                  max_total=task.max_bytes,  # from getSeries FileSize
                                  label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
-                    header = entry.peek_header()  # what the UIDs are read from
-                    sop = entry.peeked["SOPInstanceUID"]
+                    # one parse gives the UIDs and, when asked for, the header
+                    header = entry.peek_header() if self._headers else None
+                    sop = (entry.peeked or entry.peek_uids())["SOPInstanceUID"]
                     one = FileTask("instance", sop, "dicom", "dicom", replace=True)
                     stored = fetcher.put(fetcher.relpath(one, role, ".dcm"), entry.chunks(),
                                          None, one, role, None)
                     md5s[sop] = entry.instance.md5
-                    if entry.size > ZIP_HEADER_PREFIX:  # its header may pass the prefix
-                        header = read_header(fetcher.store.path(stored.relpath))
+                    if header is not None and entry.size > ZIP_HEADER_PREFIX:
+                        header = read_header(fetcher.store.path(stored.relpath))  # past it?
                     headers[sop] = header
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
         finally:
@@ -254,8 +257,11 @@ class TciaSource:
             mark_removed(self._run.session, self.spec.kind("instance"), gone, utc_now())
             self._run.summary.count("instance", "removed", len(gone))
 
-def instance_document(sop: str, series_uid: str, header: dict) -> dict:
-    """A fetched instance's document: its ids and its header as DICOM JSON."""
+def instance_document(sop: str, series_uid: str, header: dict | None) -> dict:
+    """A fetched instance's document: its ids and its header as DICOM JSON (without
+    ``--what headers``: its ids only, as a metadata-only sync lists them)."""
+    if header is None:
+        return {"SOPInstanceUID": sop, "SeriesInstanceUID": series_uid}
     study = ((header.get("0020000D") or {}).get("Value") or [None])[0]
     return {"SOPInstanceUID": sop, "SeriesInstanceUID": series_uid,
             "StudyInstanceUID": study, "dicom": header}

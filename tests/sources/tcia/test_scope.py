@@ -84,3 +84,15 @@ def test_cli_where_with_a_bad_field_is_one_line_exit_2(tmp_path, sb):
     assert "getSeries has no field 'Modalty'" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_what_series_fetches_the_files_without_header_documents(tmp_path, sb):
+    from mirror.api import Mirror
+
+    root = tmp_path / "m"
+    assert sync(root, sb, what=frozenset({"series"}), scope={"collection": "Sandbox-Brain-MR"}).ok
+    mr = [s for s in sb.archive.series.values() if s.collection == "Sandbox-Brain-MR"]
+    assert blob_ids(root, "dicom") == {sop for s in mr for sop in s.images}
+    with Mirror(root) as m:
+        docs = [m.document("instance", sop) for s in mr for sop in s.images]
+    assert docs and all(set(d) == {"SOPInstanceUID", "SeriesInstanceUID"} for d in docs)
