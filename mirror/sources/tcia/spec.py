@@ -71,6 +71,7 @@ SPEC = SourceSpec(
     kinds=KINDS,
     roles=ROLES,
     main_kind="series",
+    groups=(("collections", "series", "Collection", "Collection"),),
     parts=frozenset({"series", "headers"}),
     file_options=frozenset({"dicom"}),
     default_url=NBIA_V4_URL,
