@@ -37,17 +37,21 @@ class TciaObjects:
     def __init__(self, mirror: Mirror):
         self.mirror = mirror
 
-    def select_series(self, criteria: Any = None, limit: int | None = None) -> SeriesSelection:
+    def select_series(self, criteria: Any = None, limit: int | None = None,
+                      strict: bool = False) -> SeriesSelection:
         """Current series whose rows meet ``criteria`` (``[field, op, value]``, a list of
-        them, or ``'FIELD OP VALUE'`` strings)."""
+        them, or ``'FIELD OP VALUE'`` strings); ``strict``: a criterion that can never
+        match is an error, not a warning."""
         items = query.criteria(criteria)
-        ids = query.select_ids(self.mirror.projection, items, limit=limit, kind="series")
+        ids = query.select_ids(self.mirror.projection, items, limit=limit, kind="series",
+                               strict=strict)
         return SeriesSelection(items, ids)
 
     def select_images(self, criteria: Any = None, dataset: str | None = None,
-                      study: str | None = None, limit: int | None = None) -> SeriesSelection:
+                      study: str | None = None, limit: int | None = None,
+                      strict: bool = False) -> SeriesSelection:
         """:meth:`select_series`; ``dataset`` and ``study`` are ISIC's scopes."""
         if dataset or study:
             raise QueryError("--dataset and --study are ISIC scopes; select TCIA series with "
                              "--where, e.g. --where 'StudyInstanceUID == 1.2.3'")
-        return self.select_series(criteria, limit)
+        return self.select_series(criteria, limit, strict)
