@@ -241,7 +241,8 @@ def _root_option(f):
 @click.option("--search", help="Only images the archive's own search finds (ISIC v2's query "
               "language, passed through), e.g. 'diagnosis_3:\"Melanoma Invasive\"'.")
 @click.option("--where", "scope_where", help="IDC: series whose catalog row meets FIELD OP VALUE "
-              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'.")
+              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'; "
+              "TCIA: series whose getSeries row does (files of the others are not fetched).")
 @click.option("--sql", "scope_sql", help="IDC: series of one SELECT SeriesInstanceUID FROM "
               "idc_index WHERE ...")
 @click.option("--s3-endpoint", help="IDC: the buckets' S3 endpoint (default: public AWS).")
@@ -266,7 +267,8 @@ def _root_option(f):
 @click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and "
               "change nothing: the next real run reports the same changes.")
 @click.option("--full", is_flag=True, help="Re-check every per-object listing now (ISIC v1: "
-              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD).")
+              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD); TCIA: "
+              "every patient's live hash, not the collection hash that lags up to a day.")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
