@@ -166,3 +166,7 @@ class NoProjectionError(MirrorError):
 
 class ReadOnlySqlError(MirrorError):
     """``mirror sql`` was given something other than one read-only statement."""
+
+
+class PrivateMirrorError(MirrorError):
+    """``mirror serve`` would show non-public objects without a token guarding them."""
