@@ -104,10 +104,9 @@ def etag_matches(header: str | None, etag: str) -> bool:
 def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Response:
     """A shape :class:`~mirror.sources.isic_v1.shape.Response` as a Starlette response:
     a stored file streamed (Range, 304 on its ETag), anything else as bytes."""
-    headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-type"}
+    headers = dict(reply.headers)  # Content-Type as given: Starlette adds no charset then
     headers["Girder-Request-Uid"] = str(uuid.uuid4())
     headers["Cache-Control"] = cache if reply.path is not None else REVALIDATE
-    content_type = reply.headers.get("Content-Type")
     if reply.sha256:
         headers["ETag"] = f'"{reply.sha256}"'
         if reply.status == 200 and etag_matches(request.headers.get("if-none-match"),
@@ -115,10 +114,8 @@ def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Respo
             headers.pop("Content-Disposition", None)
             return Response(status_code=304, headers=headers)
     if reply.path is not None:
-        return FileResponse(reply.path, status_code=reply.status, headers=headers,
-                            media_type=content_type)
-    return Response(reply.body, status_code=reply.status, headers=headers,
-                    media_type=content_type)
+        return FileResponse(reply.path, status_code=reply.status, headers=headers)
+    return Response(reply.body, status_code=reply.status, headers=headers)
 
 
 def create_app(root: str | Path, token: str | None = None) -> Starlette:
