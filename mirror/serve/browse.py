@@ -28,7 +28,8 @@ from mirror.errors import MirrorError
 from mirror.index import Blob, FileVersion
 from mirror.sources.base import source_class
 
-PER_PAGE = 24
+PER_PAGE = 24  # thumbnails per page (?per=N, at most MAX_PER_PAGE)
+MAX_PER_PAGE = 200
 COOKIE = "mirror_token"
 STYLE = """body{font-family:sans-serif;margin:1em;background:#fff;color:#222}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.cell{width:140px;font-size:12px}
@@ -81,16 +82,13 @@ def search_page(served: Any, request: Request) -> HTMLResponse:
         ids = [] if error else m.select(table, criteria)
     except MirrorError as exc:
         ids, error = [], str(exc)
-    try:
-        number = max(1, int(p.get("page", "1")))
-    except ValueError:
-        number = 1
-    pages = max(1, -(-len(ids) // PER_PAGE))
+    number, per = _int(p.get("page"), 1, 10**9), _int(p.get("per"), PER_PAGE, MAX_PER_PAGE)
+    pages = max(1, -(-len(ids) // per))
     number = min(number, pages)
-    shown = ids[(number - 1) * PER_PAGE:number * PER_PAGE]
+    shown = ids[(number - 1) * per:number * per]
     names = dict(m._all(select(_model(m).id, _model(m).name).where(_model(m).id.in_(shown))))
     thumbs = _thumbnails(served, shown)
-    body = [f"<h1>{html.escape(m.source.title)} mirror</h1>", _form(fields, field, op, value)]
+    body = [f"<h1>{html.escape(m.source.title)} mirror</h1>", _form(fields, field, op, value, per)]
     if error:
         body.append(f"<p class='error' id='error'>{html.escape(error)}</p>")
     body.append(f"<p id='count'>{len(ids)} {html.escape(table)}; page {number} of {pages}</p>")
@@ -116,7 +114,14 @@ def _model(m: Any) -> Any:
     return model_of(m.source.kind(m.source.main_kind))[0]
 
 
-def _form(fields: list[str], field: str, op: str, value: str) -> str:
+def _int(text: str | None, default: int, most: int) -> int:
+    try:
+        return min(most, max(1, int(text))) if text else default
+    except ValueError:
+        return default
+
+
+def _form(fields: list[str], field: str, op: str, value: str, per: int) -> str:
     options = "".join(f"<option{' selected' if f == field else ''}>{html.escape(f)}</option>"
                       for f in ["", *fields])
     ops = "".join(f"<option{' selected' if o == op else ''}>{html.escape(o)}</option>"
@@ -124,6 +129,7 @@ def _form(fields: list[str], field: str, op: str, value: str) -> str:
     return (f"<form method='get' action='/' id='search'><select name='field' id='field'>"
             f"{options}</select> <select name='op' id='op'>{ops}</select> "
             f"<input name='value' id='value' value='{html.escape(value, quote=True)}'> "
+            f"<input type='hidden' name='per' value='{per}'>"
             "<button type='submit' id='go'>search</button></form>")
 
 
