@@ -22,7 +22,10 @@ from mirror.errors import MirrorError
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the URL is printed (``--port 0`` picks one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it every keep-alive response after the first waits ~40 ms (uvicorn writes
+    # headers and body separately: Nagle's algorithm meets the client's delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -102,7 +102,7 @@ def etag_matches(header: str | None, etag: str) -> bool:
 
 
 def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Response:
-    """A shape :class:`~mirror.sources.isic_v1.shape.Response` as a Starlette response:
+    """A source's reply (status, headers, body or path, sha256) as a Starlette one:
     a stored file streamed (Range, 304 on its ETag), anything else as bytes."""
     headers = dict(reply.headers)  # Content-Type as given: Starlette adds no charset then
     headers["Girder-Request-Uid"] = str(uuid.uuid4())

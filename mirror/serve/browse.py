@@ -14,6 +14,8 @@ import html
 import importlib
 import json
 import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -190,10 +192,23 @@ def overlay(served: Any, request: Request) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
-def blob_reply(served: Any, request: Request) -> Any:
-    """A stored file by its SHA-256 (current or older version): immutable content."""
-    from mirror.sources.isic_v1.shape import Response as Reply
+@dataclass
+class Reply:
+    """What :func:`mirror.serve.app.to_starlette` sends (the shape of a source's replies)."""
 
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def json(cls, value: object, status: int) -> Reply:
+        return cls(status, json.dumps(value).encode(), {"Content-Type": "application/json"})
+
+
+def blob_reply(served: Any, request: Request) -> Reply:
+    """A stored file by its SHA-256 (current or older version): immutable content."""
     sha = request.path_params["sha256"]
     if not _allowed(served, request):
         return Reply.json({"message": "this mirror's files need its token", "type": "access"},
@@ -208,7 +223,7 @@ def blob_reply(served: Any, request: Request) -> Any:
         return Reply.json({"message": f"no stored file has SHA-256 {sha[:64]}",
                            "type": "rest"}, 404)
     path = served.mirror.store.path(row[0])
-    return Reply.file(path, row[1] or _guess(path.name), None, None, sha256=sha)
+    return Reply(200, b"", {"Content-Type": row[1] or _guess(path.name)}, path, sha)
 
 
 def _guess(name: str) -> str:

@@ -222,3 +222,26 @@ def test_the_docs_python_samples_make_the_same_files_against_serve(pair, tmp_pat
     made = files(tmp_path / "sandbox")
     assert len(made) > 20 and "imagedata.csv" in made and "studyDataImages.csv" in made
     assert files(tmp_path / "serve") == made
+
+
+def test_the_listening_socket_says_it_is_tcp_so_asyncio_sets_nodelay():
+    """asyncio turns Nagle off (TCP_NODELAY) only for sockets whose protocol is
+    IPPROTO_TCP; a socket made with protocol 0 made every keep-alive response after the
+    first wait for the client's delayed ACK (~40 ms)."""
+    import socket
+
+    from mirror.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname())
+        accepted, _ = sock.accept()
+        from asyncio import base_events
+
+        base_events._set_nodelay(accepted)  # what asyncio does to each accepted socket
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        accepted.close()
+        client.close()
+    finally:
+        sock.close()
