@@ -85,8 +85,7 @@ def run(root: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: in
          else None})
     config = uvicorn.Config("mirror.serve.app:app_from_env", factory=True, workers=workers,
                             **options)
-    server = uvicorn.Server(config)
-    Multiprocess(config, target=server.run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def _stop_quietly() -> None:

@@ -32,6 +32,7 @@ from mirror.sources.base import source_class
 access_log = logging.getLogger("mirror.serve.access")
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
+SMALL_FILE = 1 << 20  # bytes: stored files up to this size are sent from one read
 
 
 @dataclass
@@ -67,9 +68,20 @@ class Current:
             return (None,)
         return (st.st_ino, st.st_mtime_ns, st.st_size) if st else (None,)
 
-    def get(self) -> Served:
+    def fresh(self) -> Served | None:
+        """The current generation when it is already open (one ``stat``), else None."""
         served = self.served
         if served is not None and self._key(served.mirror) == self.key:
+            return served
+        return None
+
+    async def aget(self) -> Served:
+        """:meth:`get` for the event loop: opening a generation runs in a thread."""
+        return self.fresh() or await run_in_threadpool(self.get)
+
+    def get(self) -> Served:
+        served = self.fresh()
+        if served is not None:
             return served
         with self.lock:
             if self.served is not None and self._key(self.served.mirror) == self.key:
@@ -106,7 +118,7 @@ def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Respo
     a stored file streamed (Range, 304 on its ETag), anything else as bytes."""
     headers = dict(reply.headers)  # Content-Type as given: Starlette adds no charset then
     headers["Girder-Request-Uid"] = str(uuid.uuid4())
-    headers["Cache-Control"] = cache if reply.path is not None else REVALIDATE
+    headers["Cache-Control"] = cache if reply.sha256 else REVALIDATE
     if reply.sha256:
         headers["ETag"] = f'"{reply.sha256}"'
         if reply.status == 200 and etag_matches(request.headers.get("if-none-match"),
@@ -118,6 +130,25 @@ def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Respo
     return Response(reply.body, status_code=reply.status, headers=headers)
 
 
+def answer(served: Served, path: str, query: str, headers: Any) -> Any:
+    """The source's reply, in a worker thread; a small stored file is read here whole
+    (one thread hop instead of one per 64 KiB chunk). Range requests and big files are
+    streamed by :class:`FileResponse`."""
+    _, reply = served.api.handle("GET", path, query, headers)
+    return inline_small(reply, headers)
+
+
+def inline_small(reply: Any, headers: Any) -> Any:
+    """``reply`` with a small stored file read into its body (not for a Range request)."""
+    if reply.path is not None and "range" not in headers:
+        try:
+            if reply.path.stat().st_size <= SMALL_FILE:
+                reply.body, reply.path = reply.path.read_bytes(), None
+        except OSError:
+            pass  # FileResponse reports it
+    return reply
+
+
 def create_app(root: str | Path, token: str | None = None) -> Starlette:
     """The application over the mirror at ``root``; ``token`` reads non-public objects."""
     from mirror.serve import browse
@@ -126,17 +157,17 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
     current = Current(Path(root), token)
 
     async def api(request: Request) -> Response:
-        served = await run_in_threadpool(current.get)
+        served = await current.aget()
         raw = request.scope.get("raw_path") or request.url.path.encode()
         path = raw.decode("latin-1").split("?", 1)[0][len(served.api_root):]
         query = request.scope.get("query_string", b"").decode("latin-1")
-        _, reply = await run_in_threadpool(served.api.handle, "GET", path, query,
-                                           request.headers)
+        reply = await run_in_threadpool(answer, served, path, query, request.headers)
         return to_starlette(reply, request)
 
     async def blob(request: Request) -> Response:
-        served = await run_in_threadpool(current.get)
-        reply = await run_in_threadpool(browse.blob_reply, served, request)
+        served = await current.aget()
+        reply = await run_in_threadpool(
+            lambda: inline_small(browse.blob_reply(served, request), request.headers))
         return to_starlette(reply, request, IMMUTABLE)
 
     routes = [Route("/api/v1", api, methods=["GET", "HEAD"]),

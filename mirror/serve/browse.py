@@ -237,7 +237,7 @@ def routes(current: Any) -> list[Route]:
 
     def page(render):
         async def endpoint(request: Request) -> Response:
-            served = await run_in_threadpool(current.get)
+            served = await current.aget()
             if not _allowed(served, request):
                 return _page("token needed", "<p class='error'>This mirror holds non-public "
                              "objects: open /?token=YOUR_TOKEN once.</p>", 401)

@@ -245,3 +245,21 @@ def test_the_listening_socket_says_it_is_tcp_so_asyncio_sets_nodelay():
         client.close()
     finally:
         sock.close()
+
+
+def test_workers_share_one_socket_and_stop_cleanly(pair):
+    sb, _, root = pair
+    with serving(root, "--workers", "2") as url:  # the exit code 0 is checked on leaving
+        expected = requests.get(f"{sb.url}/image", params={"limit": 0}, timeout=30).content
+        session, bodies = requests.Session(), []
+        for _ in range(60):  # workers start in their own processes: wait for them
+            try:
+                bodies.append(session.get(f"{url}/api/v1/image", params={"limit": 0},
+                                          timeout=10).content)
+            except requests.ConnectionError:
+                import time
+
+                time.sleep(0.2)
+            if len(bodies) >= 10:
+                break
+    assert bodies and all(b == expected for b in bodies)
