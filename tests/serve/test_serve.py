@@ -263,3 +263,20 @@ def test_workers_share_one_socket_and_stop_cleanly(pair):
             if len(bodies) >= 10:
                 break
     assert bodies and all(b == expected for b in bodies)
+
+
+def test_serve_follows_the_generation_a_sync_publishes(tmp_path):
+    root = tmp_path / "follow"
+    with serve(images=4, seed=12, private_fraction=0.0) as sb:
+        assert sync(root, sb.url, SyncOptions(blobs=frozenset({"thumbnail"}))).ok
+        with serving(root) as url:
+            session = requests.Session()
+            before = session.get(f"{url}/api/v1/image", params={"limit": 0}, timeout=30).json()
+            added = sb.mutate(add=3)["added"]
+            assert sync(root, sb.url, SyncOptions(blobs=frozenset({"thumbnail"}))).ok
+            after = session.get(f"{url}/api/v1/image", params={"limit": 0}, timeout=30)
+            new = session.get(f"{url}/api/v1/image/{added[0]}/thumbnail", timeout=30)
+            expected = requests.get(f"{sb.url}/image/{added[0]}/thumbnail", timeout=30)
+    assert len(before) == 4
+    assert {i["_id"] for i in after.json()} == {i["_id"] for i in before} | set(added)
+    assert new.status_code == 200 and new.content == expected.content
