@@ -37,7 +37,7 @@ def serving(root: Path, *args: str, log: Path | None = None) -> Iterator[str]:
             err.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def pair(tmp_path_factory):
     """(sandbox, serve URL) for the same archive state: 14 images, a fifth private."""
     root = tmp_path_factory.mktemp("serve") / "mirror"
