@@ -45,7 +45,7 @@ LISTINGS = [
     "image", "image?limit=0", "image?limit=4&offset=3&sort=_id",
     "image?limit=0&sort=created&sortdir=-1", "image?detail=true&limit=5",
     "image?sort=meta.clinical.age_approx", "image?sortdir=2", "image?limit=x",
-    "image?limit=1&limit=2", "image?filter=%5B%5D", "image/histogram",
+    "image?limit=1&limit=2", "image/histogram",
     "image/not-an-id", "image/" + "0" * 24, "image/x/y/z", "nonexistent", "segmentation",
     "segmentation/" + "0" * 24, "dataset", "dataset?limit=0&detail=true",
     "dataset?sort=updated&sortdir=-1&limit=3", "study", "study?detail=true",
@@ -108,3 +108,15 @@ def test_annotations_and_markups_agree(pair, ids):
                 assert_same(pair, f"annotation/{annotation['_id']}/markup/{quoted}")
                 checked += 1
     assert checked  # at least one marked feature: its PNG mask is the same bytes
+
+
+def test_what_the_mirror_does_not_implement_it_says_so_with_what_to_use(pair, ids):
+    ours, served = both(pair, "image?filter=%5B%5D")
+    assert ours.status_code == served.status_code == 400
+    assert ours.json()["message"] == "The sandbox does not implement the filter query language."
+    assert served.json() == {"type": "rest", "message": (
+        "This mirror does not implement the filter query language. Select with the browse "
+        "page (/) or 'mirror query --where FIELD OP VALUE' on the mirror's host.")}
+    study = ids["studies"][0]["_id"]
+    assert both(pair, f"study/{study}?format=csv")[1].json()["message"] == \
+        "This mirror serves studies as JSON only."

@@ -254,6 +254,9 @@ def make_api(mirror: Mirror, token: str | None):
 
     api = V1Api(MirrorBackend(mirror, token))
     api.accepts_bearer = True
+    api.face = "This mirror"
+    api.instead = (" Select with the browse page (/) or 'mirror query --where FIELD OP VALUE' "
+                   "on the mirror's host.")
     return api
 
 

@@ -204,6 +204,8 @@ class V1Api:
     """Routes ``/api/v1/...`` requests to handlers over one :class:`V1Backend`."""
 
     accepts_bearer = False  # ``mirror serve`` takes its --token-file token this way too
+    face = "The sandbox"  # who says what it does not implement (mirror serve: "This mirror")
+    instead = ""  # ... and what to use instead
 
     def __init__(self, backend: V1Backend):
         self.backend = backend
@@ -313,7 +315,8 @@ class V1Api:
         if sum(k in p for k in ("name", "filter", "imageIds")) > 1:
             raise RestError(400, 'Only one of "name", "filter", or "imageIds" may be given.')
         if "filter" in p:
-            raise RestError(400, "The sandbox does not implement the filter query language.")
+            raise RestError(400, f"{self.face} does not implement the filter query "
+                            f"language.{self.instead}")
         ids = frozenset(self._image_ids(p["imageIds"])) if "imageIds" in p else None
         query = ImageQuery(limit, offset, sort, sortdir, p.get("name"), ids, _bool(p, "detail"))
         return Response.json(self.backend.list_images(req.user is not None, query))
@@ -333,7 +336,8 @@ class V1Api:
     def image_histogram(self, req: Request) -> Response:
         """Facet counts over the images the caller may read (research §5.8)."""
         if "filter" in req.params:
-            raise RestError(400, "The sandbox does not implement the filter query language.")
+            raise RestError(400, f"{self.face} does not implement the filter query "
+                            f"language.{self.instead}")
         return Response.json(histogram(list(self.backend.image_details(req.user is not None))))
 
     def get_image(self, req: Request, image_id: str) -> Response:
@@ -469,7 +473,7 @@ class V1Api:
 
     def get_study(self, req: Request, study_id: str) -> Response:
         if req.params.get("format", "json") != "json":
-            raise RestError(400, "The sandbox serves studies as JSON only.")
+            raise RestError(400, f"{self.face} serves studies as JSON only.")
         return Response.json(self._study(study_id, req.user))
 
     def list_annotations(self, req: Request) -> Response:
