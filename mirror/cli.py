@@ -336,6 +336,23 @@ def _emit(data: dict, lines: list[str], as_json: bool) -> None:
 
 @main.command()
 @_root_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; 0.0.0.0 serves the network).")
+@click.option("--port", default=8000, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--workers", default=1, show_default=True, help="Server processes.")
+@click.option("--allow-private", is_flag=True,
+              help="Serve a mirror synced with a login (non-public objects: token only).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token that may read non-public objects.")
+def serve(root, host, port, workers, allow_private, token_file) -> None:
+    """Serve the mirror read-only over HTTP: the archive's own API and a browse page."""
+    from mirror.serve import run
+
+    run(root, host, port, workers, allow_private, token_file)
+
+
+@main.command()
+@_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(root, as_json) -> None:
     """Counts by kind and file role, bytes, last sync and source."""

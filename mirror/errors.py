@@ -180,3 +180,7 @@ class MirrorWarning(UserWarning):
 class CriterionWarning(MirrorWarning):
     """A criterion can never match as meant: it names the closest field or the field's
     types. ``strict=True`` (``--strict``) raises :class:`UnmatchableCriterionError` instead."""
+
+
+class PrivateMirrorError(MirrorError):
+    """``mirror serve`` would show non-public objects without a token guarding them."""

@@ -82,6 +82,8 @@ ENVIRONMENT = {
                         "$XDG_STATE_HOME/mirror or ~/.local/state/mirror).",
     "ISIC_TOKEN": "ISIC API v2 access token (isic user print-token's access_token); held in "
                   "memory, sent only to the API, never stored or logged.",
+    "MIRROR_SERVE_CONFIG": "Internal: how 'mirror serve --workers N' hands the root and the "
+                           "token file's path (never the token) to its worker processes.",
     IDC_CATALOG_ENV: "IDC: a folder of idc-index-data Parquet files to sync from instead "
                      "of the installed package (--catalog overrides it).",
 }

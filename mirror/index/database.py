@@ -34,6 +34,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from mirror import projection
 from mirror.errors import DamagedStateError, IndexFenceError, MirrorError
@@ -42,6 +43,7 @@ from mirror.layout import Layout, shared_mkdir
 from mirror.store import fsync_dir
 
 KEEP_GENERATIONS = 3
+READER_POOL_SIZE = 8  # idle connections a reader keeps; more are opened when busy
 log = logging.getLogger("mirror.index")
 
 
@@ -118,7 +120,11 @@ def open_reader(layout: Layout, url: str | None = None, generation: int | None =
         return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
                                check_same_thread=False)
 
-    return create_engine("sqlite://", creator=connect)
+    # Not SQLite's default SingletonThreadPool (one connection per thread, and past five
+    # threads it closes other threads' connections under them): a server's request
+    # threads share a queue of connections to the immutable file instead.
+    return create_engine("sqlite://", creator=connect, poolclass=QueuePool,
+                         pool_size=READER_POOL_SIZE, max_overflow=-1)
 
 
 class IndexWriter:

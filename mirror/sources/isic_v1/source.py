@@ -24,6 +24,7 @@ class IsicV1Source(IsicClient):
     snapshots: ClassVar[str] = "mirror.sources.isic_v1.snapshot"  # pinning, member names
     exports: ClassVar[str] = "mirror.sources.isic_v1.exports"  # metadata table, files
     maintenance: ClassVar[str] = "mirror.sources.isic_v1.maintenance"  # verify, repair
+    served: ClassVar[str] = "mirror.sources.isic_v1.served"  # mirror serve's API face
 
     def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None:
         """Returns the image ids in scope for files (None = every image)."""

@@ -197,3 +197,28 @@ def load_superpixels(png_path: str | Path, npz_path: str | Path | None = None) -
         idx = decode_png(png_path)
     return {"idx": idx, "map": superpixel_map(idx), "max": int(idx.max()),
             "shp": tuple(idx.shape)}
+
+
+def markup_png(labels: np.ndarray, values: list[float]) -> bytes:
+    """The archive's markup mask: 0 / 128 / 255 per pixel from per-superpixel values
+    0.0 / 0.5 / 1.0 (one function for the sandbox and ``mirror serve``: same bytes)."""
+    from PIL import Image
+
+    lut = np.array([0 if v == 0 else 128 if v < 1 else 255 for v in values], np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(lut[labels], "L").save(out, "PNG")
+    return out.getvalue()
+
+
+def markup_rendered(rgb: np.ndarray, labels: np.ndarray, values: list[float]) -> bytes:
+    """The image with possible superpixels (250, 250, 0) and definite ones (0, 0, 255),
+    as the archive's ``markup/{feature}/rendered`` JPEG."""
+    from PIL import Image
+
+    rgb = rgb.copy()
+    marks = np.asarray(values, np.float32)[labels]
+    rgb[(marks > 0) & (marks < 1)] = (250, 250, 0)
+    rgb[marks >= 1] = (0, 0, 255)
+    out = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()

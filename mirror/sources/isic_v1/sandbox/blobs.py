@@ -141,8 +141,9 @@ def superpixels_png(archive: Archive, i: int) -> bytes:
 
 def markup_png(archive: Archive, i: int, values: list[float]) -> bytes:
     """0 / 128 / 255 per pixel from per-superpixel values 0.0 / 0.5 / 1.0."""
-    lut = np.array([0 if v == 0 else 128 if v < 1 else 255 for v in values], np.uint8)
-    return _encode(Image.fromarray(lut[superpixel_labels(archive, i)], "L"), "PNG")
+    from mirror.sources.isic_v1.superpixels import markup_png as encode
+
+    return encode(superpixel_labels(archive, i), values)
 
 
 def segmentation_thumbnail(archive: Archive, i: int, j: int, width: int = 256) -> bytes:
@@ -163,14 +164,12 @@ def segmentation_thumbnail(archive: Archive, i: int, j: int, width: int = 256) -
 
 def markup_rendered(archive: Archive, i: int, values: list[float]) -> bytes:
     """The image with possible superpixels (250, 250, 0) and definite ones (0, 0, 255)."""
+    from mirror.sources.isic_v1.superpixels import markup_rendered as render
+
     width, height = archive.image_size(i)
     rgb = np.array(_render(archive.seed, i, width, height).resize((width, height),
                                                                   Image.BILINEAR))
-    labels = superpixel_labels(archive, i)
-    marks = np.asarray(values, np.float32)[labels]
-    rgb[(marks > 0) & (marks < 1)] = (250, 250, 0)
-    rgb[marks >= 1] = (0, 0, 255)
-    return _encode(Image.fromarray(rgb, "RGB"), "JPEG", quality=85)
+    return render(rgb, superpixel_labels(archive, i), values)
 
 
 def _encode(img: Image.Image, fmt: str, **options) -> bytes:

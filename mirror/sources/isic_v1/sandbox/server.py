@@ -19,18 +19,16 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from mirror.sources.faults import FaultPlan
-from mirror.sources.isic_v1.sandbox.api import Request, Response, RestError, SandboxAPI, split_path
+from mirror.sources.isic_v1.sandbox.api import SandboxAPI
 from mirror.sources.isic_v1.sandbox.data import Archive
 from mirror.sources.isic_v1.sandbox.hostile import Hostile, RawReply
+from mirror.sources.isic_v1.shape import API_ROOT, NOT_FOUND_HTML, Response
 
 log = logging.getLogger("mirror.sandbox")
-API_ROOT = "/api/v1"
 CONTROL_ROOT = "/__sandbox__"
-NOT_FOUND_HTML = (b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>"
-                  b"<h1>404 Not Found</h1><p>The path was not found.</p></body></html>")
 
 
 class Sandbox:
@@ -126,32 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response, truncate=fault == "truncate")
 
     def _api(self, path: str, query: str) -> Response:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        keys = [k for k, _ in pairs]
-        parts = split_path(path)
-        pattern = f"{self.command} /{parts[0] if parts else ''}"
-        try:
-            repeated = sorted({k for k in keys if keys.count(k) > 1})
-            if repeated:
-                raise RestError(400, f'Parameter "{repeated[0]}" must not be specified '
-                                "multiple times.")
-            params = dict(pairs)
-            if not parts or parts[0] not in self.sandbox.api.resources():
-                return Response(404, NOT_FOUND_HTML, {"Content-Type": "text/html"})
-            token = self.headers.get("Girder-Token") or params.pop("token", None)
-            auth = self.headers.get("Authorization", "")
-            request = Request(self.command, parts, params, self.sandbox.api.user_for_token(token),
-                              auth[6:] if auth.startswith("Basic ") else None)
-            pattern, response = self.sandbox.api.route(request)
-            return response
-        except RestError as err:
-            return Response.json(err.body, err.status)
-        except Exception:  # noqa: BLE001 - Girder's production-mode internal error
-            log.exception("sandbox error on %s", path)
-            return Response.json({"message": "An unexpected error occurred on the server.",
-                                  "type": "internal", "uid": str(uuid.uuid4())}, 500)
-        finally:
-            self.sandbox.count(pattern)
+        pattern, response = self.sandbox.api.handle(self.command, path, query, self.headers)
+        self.sandbox.count(pattern)
+        return response
 
     def _fault_response(self, fault: str) -> Response:
         if fault == "429":
@@ -187,17 +162,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for key, value in response.headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(response.body)))
+        body = response.content()
+        self.send_header("Content-Length", str(len(body)))
         self.send_header("Girder-Request-Uid", str(uuid.uuid4()))
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         if truncate:
-            self.wfile.write(response.body[:len(response.body) // 2])
+            self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(response.body)
+        self.wfile.write(body)
 
 
 def make_sandbox(images: int = 100, seed: int = 0, faults: str = "",
