@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from mirror.index import Base
 from mirror.index.database import upgrade_to_head
@@ -26,11 +26,37 @@ def _config(engine) -> Config:
 
 
 def test_migrated_schema_equals_the_models(tmp_path):
+    """Every revision replayed from nothing gives the models' schema: this is what lets a
+    new index be created from the models in one step (``upgrade_to_head``)."""
     engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    upgrade_to_head(engine)
+    command.upgrade(_config(engine), "head")
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def _schema(engine) -> dict[str, list]:
+    inspector = inspect(engine)
+    return {table: sorted([(c["name"], str(c["type"]), c["nullable"])
+                           for c in inspector.get_columns(table)]
+                          + [("index", i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                             for i in inspector.get_indexes(table)]
+                          + [("pk", tuple(inspector.get_pk_constraint(table)
+                                          ["constrained_columns"]))], key=repr)
+            for table in inspector.get_table_names()}
+
+
+def test_a_new_index_is_created_from_the_models_and_stamped_at_head(tmp_path):
+    """The one-step creation of a new index has the same tables, columns and indexes as
+    replaying every revision, and is stamped at head so the next revision applies."""
+    created = create_engine(f"sqlite:///{tmp_path / 'created.sqlite'}")
+    migrated = create_engine(f"sqlite:///{tmp_path / 'migrated.sqlite'}")
+    upgrade_to_head(created)
+    command.upgrade(_config(migrated), "head")
+    assert _schema(created) == _schema(migrated)
+    head = ScriptDirectory.from_config(_config(created)).get_current_head()
+    with created.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
 
 
 def test_data_from_the_first_revision_survives_upgrade_to_head(tmp_path):
