@@ -38,19 +38,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check(root: str | Path, allow_private: bool, token_file: str | None) -> str | None:
+def check(root: str | Path, allow_private: bool, token_file: str | None
+          ) -> tuple[str | None, str]:
     """Open the mirror once before listening: refuse a private one without
-    ``--allow-private``; return the token (None without ``--token-file``)."""
+    ``--allow-private``; return the token (None without ``--token-file``) and the path the
+    source's API answers under (its served module's ``API_ROOT``)."""
+    import importlib
+
     from mirror.api import Mirror
     from mirror.serve.access import check_start, holds_private
     from mirror.sources.base import source_class
 
     with Mirror(root) as m:
-        if getattr(source_class(m.config.source), "served", None) is None:
+        served = getattr(source_class(m.config.source), "served", None)
+        if served is None:
             raise MirrorError(f"mirror serve does not speak {m.source.title} yet; it serves "
                               "ISIC API v1 mirrors")
         private = holds_private(m)
-    return check_start(private, allow_private, token_file)
+    return (check_start(private, allow_private, token_file),
+            importlib.import_module(served).API_ROOT)
 
 
 def run(root: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -61,13 +67,13 @@ def run(root: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: in
     if workers < 1:
         raise MirrorError(f"--workers {workers}: give at least 1")
     root = Path(root).expanduser().resolve()
-    token = check(root, allow_private, token_file)
+    token, api_root = check(root, allow_private, token_file)
     _access_log()
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}"
     print(url, flush=True)
-    print(f"API at {url}/api/v1, browse at {url}/ ({workers} worker"
+    print(f"API at {url}{api_root}, browse at {url}/ ({workers} worker"
           f"{'s' if workers > 1 else ''})", flush=True)
     options = dict(log_level="warning", access_log=False, lifespan="on",
                    timeout_graceful_shutdown=5)

@@ -170,8 +170,9 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
             lambda: inline_small(browse.blob_reply(served, request), request.headers))
         return to_starlette(reply, request, IMMUTABLE)
 
-    routes = [Route("/api/v1", api, methods=["GET", "HEAD"]),
-              Route("/api/v1/{rest:path}", api, methods=["GET", "HEAD"]),
+    api_root = current.get().api_root  # a mirror's source never changes under it
+    routes = [Route(api_root, api, methods=["GET", "HEAD"]),
+              Route(api_root + "/{rest:path}", api, methods=["GET", "HEAD"]),
               Route("/blob/{sha256}", blob, methods=["GET", "HEAD"]),
               *browse.routes(current)]
     @contextlib.asynccontextmanager
