@@ -92,6 +92,9 @@ def status_lines(status: dict) -> list[str]:
             figures = f", {last['requests']} requests, {(last['seconds'] or 0):.1f} s"
         lines.append(f"last sync {last['finished_at'] or last['started_at']} ({state}{figures})")
     for name, check in status.get("checks", {}).items():
+        if "line" in check:  # a source's own wording
+            lines.append(check["line"])
+            continue
         lines.append(f"{name}: {check['checked']} of {check['images']} images checked, "
                      f"oldest check {check['oldest'] or 'never'}"
                      f"{_ago(check['oldest'])}; {check['never']} never")

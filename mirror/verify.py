@@ -68,7 +68,8 @@ def verify_mirror(root: Path | str, fast: bool = False) -> VerifyReport:
             rows += [(r.path, r.sha256, r.size) for r in conn.execute(select(FileVersion))
                      if r.path not in current and store.exists(r.path)]
             hooks = _hooks(config.source)
-            checks = hooks.validation_tasks(conn) if hooks is not None else {}
+            validation = getattr(hooks, "validation_tasks", None)
+            checks = validation(conn) if validation is not None else {}
     finally:
         engine.dispose()
     report = VerifyReport()
@@ -108,7 +109,7 @@ def _check_file(store: ObjectStore, relpath: str, sha256: str, size: int,
 
 
 def _hooks(source: str):
-    """The source's maintenance hooks, or None when it needs none."""
+    """The source's maintenance hooks (each optional), or None when it has none."""
     try:
         return source_hooks(source, "maintenance")
     except MirrorError:
@@ -162,7 +163,7 @@ def repair_mirror(root: Path | str, report: VerifyReport) -> VerifyReport:
 def _forget(session, store: ObjectStore, bad: list[str], hooks) -> None:
     """Drop rows (and damaged files) so that the next sync fetches them again."""
     for version in session.scalars(select(DocumentVersion).where(DocumentVersion.path.in_(bad))):
-        if hooks is not None:
+        if getattr(hooks, "forget", None) is not None:
             hooks.forget(session, version)
     session.execute(delete(DocumentVersion).where(DocumentVersion.path.in_(bad)))
     session.execute(delete(Blob).where(Blob.path.in_(bad)))

@@ -27,12 +27,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mirror.config import utc_now
 from mirror.errors import MirrorError
-from mirror.index import Blob, ObjectRow, SyncItem
+from mirror.index import Blob, Listing, ObjectRow, SyncItem
 from mirror.ingest import mark_removed
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
 from mirror.sources.dicom import ZIP_HEADER_PREFIX, open_series_zip, read_header
@@ -44,6 +44,18 @@ from mirror.sources.tcia.spec import SPEC
 from mirror.store import TEMP_PREFIX
 from mirror.sync.pool import completed
 
+ABSENT = "absent:"
+"""The ``listings`` key prefix of a series absent upstream (hidden by the archive); its
+``fetched_at`` is when the mirror first found it hidden."""
+
+
+def absent_upstream(session: Session) -> dict[str, str]:
+    """``{SeriesInstanceUID: since}`` of the series the archive hides (see
+    :meth:`TciaSource._absent_now`)."""
+    rows = session.execute(select(Listing.key, Listing.fetched_at)
+                           .where(Listing.key.like(ABSENT + "%"))).all()
+    return {key[len(ABSENT):]: since for key, since in rows}
+
 
 class TciaSource:
     """One sync run against NBIA v4."""
@@ -52,6 +64,7 @@ class TciaSource:
     objects: ClassVar[str] = "mirror.sources.tcia.objects:TciaObjects"
     exports: ClassVar[str] = "mirror.sources.tcia.exports"
     snapshots: ClassVar[str] = "mirror.sources.tcia.snapshot"
+    maintenance: ClassVar[str] = "mirror.sources.tcia.maintenance"  # status: absent series
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")
@@ -82,15 +95,18 @@ class TciaSource:
         if not wanted:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
+        absent = absent_upstream(run.session)
         plan = ChangePlanner(self.client, run.executor,
-                             full=bool(getattr(options, "full", False))).plan(wanted, known)
+                             full=bool(getattr(options, "full", False))).plan(
+            wanted, {uid: k for uid, k in known.items() if uid not in absent})
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
                                                                      plan.added)
         run.record("series", run.store_docs("series", plan.rows.values()))
         names = set(wanted) | set(plan.renamed) | set(plan.renamed.values())
         within = {uid for uid, k in known.items() if k.row.get("Collection") in names}
-        run.remove_missing("series", set(plan.rows), within=within,
+        kept = self._absent_now(run.session, plan, absent, within)
+        run.remove_missing("series", set(plan.rows) | kept, within=within,
                            where="the getSeries listings")
         run.commit()
         self._run = run
@@ -109,6 +125,31 @@ class TciaSource:
                                where=f"getSOPInstanceUIDs of series {uid}")
         run.commit()
         return selected
+
+    def _absent_now(self, session: Session, plan, absent: dict[str, str],
+                    within: set[str]) -> set[str]:
+        """The series to keep although no listing shows them: hidden by the archive
+        (re-processed or under review; their series hash still answers), now or since an
+        earlier run. NBIA hides a resubmitted series from every listing, date endpoint,
+        download and higher hash until a curator approves it again; it is *absent
+        upstream*, not removed, so its row and files stay (``mirror status`` counts them).
+        One series-hash request per series still absent tells whether it is still hidden;
+        one listed again leaves the state (its bytes are compared on its return)."""
+        now = utc_now()
+        still = {}
+        for uid, since in absent.items():
+            if uid in plan.rows or uid not in within:
+                continue
+            plan.requests += 1
+            if self.client.md5_hierarchy(series=uid):
+                still[uid] = since
+        still.update({uid: now for uid in plan.hidden if uid not in still})
+        for uid in set(absent) - set(still):
+            if uid in within:
+                session.execute(delete(Listing).where(Listing.key == ABSENT + uid))
+        for uid, since in still.items():
+            session.merge(Listing(key=ABSENT + uid, digest="", count=0, fetched_at=since))
+        return set(still)
 
     def _known(self, session: Session, store) -> dict[str, KnownSeries]:
         """The current series rows and, where the mirror has them, their instance MD5s."""

@@ -6,9 +6,13 @@ import hashlib
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 
 import mirror.sync as sync_module
+from mirror.api import Mirror
+from mirror.cli import main
 from mirror.sources.tcia.sandbox import start
+from mirror.status import mirror_status
 
 
 @pytest.fixture
@@ -90,7 +94,10 @@ def test_scope_withdrawal_and_rename(tmp_path, sb):
     sb.reset_stats()
     summary = sync(root, sb, scope={"collection": "Sandbox-Brain-MR"})
     assert summary.ok
-    assert summary.as_dict()["objects"]["series"].get("removed") == 1
+    # withdrawn and hidden for review look the same from outside (the series hash still
+    # answers, research C3): kept as absent upstream, not removed, until its images go
+    assert not summary.as_dict()["objects"]["series"].get("removed")
+    assert mirror_status(root)["checks"]["absent upstream"]["series"] == 1
     assert summary.as_dict()["objects"]["series"].get("changed") == len(brain) - 1
     assert "GET v4/getImage" not in sb.stats()
 
@@ -120,13 +127,25 @@ def test_hostile_zips_fail_their_series_only_and_nothing_escapes(tmp_path):
         sandbox.stop()
 
 
-def test_a_series_back_from_review_with_new_bytes_is_fetched_again(tmp_path, sb):
+def test_a_hidden_series_is_kept_as_absent_upstream_and_refetched_when_back(tmp_path, sb):
+    """NBIA hides a re-processed series from every listing until it is approved again:
+    the mirror keeps it (row, files), says so in status, and on its return fetches the
+    new bytes under the same UIDs."""
     root = tmp_path / "m"
     assert sync(root, sb).ok
     uid = next(iter(sb.archive.series))
+    held_before = sorted(p.name for p in root.rglob("dicom_*.dcm"))
     sb.mutate("reprocess", series=uid)  # hidden while under review
-    summary = sync(root, sb)
-    assert summary.ok and summary.as_dict()["objects"]["series"]["removed"] == 1
+    for _ in range(2):  # found hidden, then still hidden: kept both times
+        summary = sync(root, sb)
+        assert summary.ok and not summary.as_dict()["objects"]["series"].get("removed")
+    with Mirror(root) as m:
+        assert uid in m.select("series", [["SeriesInstanceUID", "==", uid]])
+    assert sorted(p.name for p in root.rglob("dicom_*.dcm")) == held_before
+    status = CliRunner().invoke(main, ["status", "--root", str(root)])
+    assert status.exit_code == 0, status.output
+    assert "absent upstream: 1 series hidden by the archive" in status.output
+    assert mirror_status(root)["checks"]["absent upstream"]["series"] == 1
     sb.mutate("approve", series=uid)  # back, with other bytes under the same UIDs
     sb.reset_stats()
     assert sync(root, sb).ok
@@ -135,6 +154,7 @@ def test_a_series_back_from_review_with_new_bytes_is_fetched_again(tmp_path, sb)
     held = {hashlib.md5(p.read_bytes()).hexdigest()
             for sop in sb.archive.series[uid].images for p in root.rglob(f"dicom_{sop}*.dcm")}
     assert current <= held
+    assert "absent upstream" not in mirror_status(root)["checks"]
 
 
 def test_faults_are_retried_into_a_complete_verified_mirror(tmp_path):
