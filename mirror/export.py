@@ -49,6 +49,23 @@ def export_metadata(mirror: Mirror, out: Path, selection: Any,
     return exports_of(mirror).export_metadata(mirror, out, selection, columns)
 
 
+def write_metadata(out: Path, header: list[str], rows: Iterator[list[Any]],
+                   attribution: bytes) -> Path:
+    """Write a source's metadata table to ``out`` (CSV or Parquet, by its suffix) and
+    ``attribution`` to :func:`attribution_path` beside it, each atomically; returns that
+    path. The sources' ``export_metadata`` hooks build the rows and the text; this writes."""
+    out = Path(out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise MirrorError(f"cannot tell the format of {out.name}: name it .csv or .parquet")
+    if out.suffix == ".parquet":
+        write_parquet(out, header, rows)
+    else:
+        write_bytes_atomic(out, csv_bytes(header, rows))
+    path = attribution_path(out)
+    write_bytes_atomic(path, attribution)
+    return path
+
+
 def attribution_path(out: Path) -> Path:
     """The provenance file of the table ``out``: ``OUT.attribution.txt`` beside it, so two
     exports in one folder keep one each."""

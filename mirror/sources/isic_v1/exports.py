@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from mirror import progress
 from mirror.errors import MirrorError
-from mirror.export import attribution_path, csv_bytes, field_value, write_parquet
+from mirror.export import csv_bytes, field_value, write_metadata
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob
 from mirror.projection import BOOLEAN, NULL, NUMBER, TEXT, literal, quote
@@ -140,17 +140,9 @@ def attribution_text(rows: list[tuple]) -> str:
 def export_metadata(mirror: Mirror, out: Path, selection: ImageSelection,
                     columns: list[str] | None = None) -> dict:
     """Write ``out`` (``.csv`` or ``.parquet``) and ``OUT.attribution.txt`` beside it."""
-    out = Path(out)
-    if out.suffix not in (".csv", ".parquet"):
-        raise MirrorError(f"cannot tell the format of {out.name}: name it .csv or .parquet")
     header, rows = metadata_table(mirror, selection, columns)
-    if out.suffix == ".parquet":
-        write_parquet(out, header, rows)
-    else:
-        write_bytes_atomic(out, csv_bytes(header, rows))
-    attribution = attribution_path(out)
-    write_bytes_atomic(attribution,
-                       attribution_text(attribution_rows(mirror, selection)).encode())
+    attribution = write_metadata(
+        out, header, rows, attribution_text(attribution_rows(mirror, selection)).encode())
     return {"images": len(selection), "columns": len(header), "path": str(out),
             "attribution": str(attribution)}
 

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from mirror import progress
 from mirror.errors import MirrorError, MissingObjectError
-from mirror.export import attribution_path, csv_bytes, field_value, write_parquet
+from mirror.export import field_value, write_metadata
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob, ObjectRow
 from mirror.sources.isic_v2.isiccli import (
@@ -84,16 +84,8 @@ def export_metadata(mirror: Mirror, out: Path, selection: Any,
                     columns: list[str] | None = None) -> dict:
     """``out`` (``.csv`` or ``.parquet``) and ``OUT.attribution.txt`` (isic-cli's ranking
     of the selected images' attributions) beside it."""
-    out = Path(out)
-    if out.suffix not in (".csv", ".parquet"):
-        raise MirrorError(f"cannot tell the format of {out.name}: name it .csv or .parquet")
     header, rows = metadata_table(mirror, selection, columns)
-    if out.suffix == ".parquet":
-        write_parquet(out, header, rows)
-    else:
-        write_bytes_atomic(out, csv_bytes(header, rows))
-    attribution = attribution_path(out)
-    write_bytes_atomic(attribution, attribution_bytes(
+    attribution = write_metadata(out, header, rows, attribution_bytes(
         survey(documents(mirror, selection.ids)).attributions))
     return {"images": len(selection), "columns": len(header), "path": str(out),
             "attribution": str(attribution)}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from mirror.errors import MirrorError
-from mirror.export import csv_bytes, object_table, write_parquet
+from mirror.export import csv_bytes, object_table, write_metadata
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob, ObjectRow
 from mirror.sources.tcia.client import SERIES_COLUMNS
@@ -186,18 +186,8 @@ def metadata_table(mirror: Mirror, selection, columns: list[str] | None = None):
 def export_metadata(mirror: Mirror, out: Path, selection,
                     columns: list[str] | None = None) -> dict:
     """``out`` (``.csv`` or ``.parquet``) and ``OUT.attribution.txt`` (the licences)."""
-    from mirror.export import attribution_path
-
-    out = Path(out)
-    if out.suffix not in (".csv", ".parquet"):
-        raise MirrorError(f"cannot tell the format of {out.name}: name it .csv or .parquet")
     header, rows = metadata_table(mirror, selection, columns)
-    if out.suffix == ".parquet":
-        write_parquet(out, header, rows)
-    else:
-        write_bytes_atomic(out, csv_bytes(header, rows))
     with mirror._engine.connect() as conn:
         docs = [doc for _, doc in _series(conn, list(selection.ids))]
-    attribution = attribution_path(out)
-    write_bytes_atomic(attribution, citations(docs))
+    attribution = write_metadata(out, header, rows, citations(docs))
     return {"images": len(selection), "columns": len(header), "attribution": str(attribution)}
