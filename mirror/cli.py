@@ -304,7 +304,8 @@ def verify(root, fast, repair, as_json) -> None:
 
 @main.command()
 @_root_option
-@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be removed and what is kept, and why; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def gc(root, dry_run, as_json) -> None:
     """Remove superseded versions and stray files that no snapshot pins."""
@@ -312,8 +313,12 @@ def gc(root, dry_run, as_json) -> None:
 
     data = collect_garbage(root, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    lines = [f"{verb} {path}" for path in data["files"]]
-    lines.append(f"{verb} {len(data['files'])} file(s), {data['bytes'] / 1e6:.1f} MB")
+    lines = [f"{verb} {item['path']} ({item['reason']})" for item in data["reasons"]]
+    if dry_run:
+        lines += [f"would keep {item['path']} ({item['reason']})" for item in data["kept"]]
+    lines.append(f"{verb} {len(data['files'])} file(s), {data['bytes'] / 1e6:.1f} MB"
+                 + (f"; kept {len(data['kept'])} pinned or recently removed" if data["kept"]
+                    else ""))
     _emit(data, lines, as_json)
 
 

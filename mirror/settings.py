@@ -51,6 +51,13 @@ RECHECK_PERIOD = Setting(
     "runs, and none left unchecked longer than this many days. 1 checks all every run; "
     "'mirror sync --full' checks all once. The archive changes these without a sign.")
 
+GC_REMOVED_GRACE_DAYS = Setting(
+    "MIRROR_GC_REMOVED_GRACE_DAYS", 30,
+    "'mirror gc' keeps the files of an object the archive removed for this many days after "
+    "the sync that marked it removed (and for as long as any snapshot pins them): a removal "
+    "that was a mistake (a broken listing confirmed with --allow-removals) can be undone by "
+    "the next sync without downloading anything. 0 lets gc delete them at once.")
+
 SIZE_SAMPLE_FILES = Setting(
     "MIRROR_SIZE_SAMPLE_FILES", 8,
     "Files of each role fetched first when the index holds none of that role yet, so that "
@@ -87,4 +94,5 @@ ENVIRONMENT = {
 }
 
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
-       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD)
+       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD,
+       GC_REMOVED_GRACE_DAYS)
