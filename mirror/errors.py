@@ -66,6 +66,11 @@ class AuthenticationError(MirrorError):
     """Login failed; the message never contains the password."""
 
 
+class LoginLostError(AuthenticationError):
+    """The archive answered an authenticated request anonymously (an expired or ignored
+    login): its listings may lack private objects, so nothing is marked removed."""
+
+
 class IndexFenceError(MirrorError):
     """Another writer published a generation while this one worked; nothing was published."""
 

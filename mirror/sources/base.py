@@ -272,6 +272,11 @@ class Source(Protocol):
 
     def login(self, username: str, password: str) -> None: ...
 
+    # Optional, for sources that take logins: ``check_login()`` asks the archive whether
+    # the login still holds and raises ``LoginLostError`` when it is answered anonymously
+    # (an expired token, a proxy that strips it, a token the archive ignores). The engine
+    # calls it before marking anything removed (``DocumentRun.remove_missing``).
+
     def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None: ...
 
     def plan_files(self, session: Session, scope: set[str] | None,

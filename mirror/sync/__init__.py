@@ -155,6 +155,8 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
                                public=not config.authenticated, window=4 * options.workers,
                                allow_removals=options.allow_removals)
+            if config.authenticated:
+                docs.check_login = getattr(source, "check_login", None)
             with progress.task("documents", unit="document") as step:
                 seen: dict[str, int] = {}
 

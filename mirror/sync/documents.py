@@ -9,6 +9,7 @@ longer shows are marked removed, never deleted, and only within the removal guar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
@@ -24,6 +25,7 @@ from mirror.store import ObjectStore, StoredFile
 from mirror.sync.summary import SyncSummary
 
 Stored = tuple[dict, StoredFile]
+LOGIN_RECHECK_SECONDS = 30.0  # a removal after a check this recent needs no new one
 
 
 class DocumentRun:
@@ -38,6 +40,11 @@ class DocumentRun:
         self.window = window  # tasks in flight: bounds memory, keeps workers busy
         self.allow_removals = allow_removals
         self.on_recorded: Callable[[str, int], None] = lambda kind, n: None  # progress
+        # The source's ``check_login`` (the engine sets it for a logged-in run): asked before
+        # anything is marked removed, since an archive that stopped honouring the login
+        # answers anonymously, and an anonymous listing lacks every private object.
+        self.check_login: Callable[[], None] | None = None
+        self._login_checked_at = -LOGIN_RECHECK_SECONDS
 
     def commit(self) -> None:
         self._commit()
@@ -79,8 +86,20 @@ class DocumentRun:
         if not gone:
             return
         self.check_removals(kind, len(gone), len(present), where)
+        self.confirm_login()
         mark_removed(self.session, spec, gone, utc_now())
         self.summary.count(kind, "removed", len(gone))
+
+    def confirm_login(self) -> None:
+        """Re-check the login (at most every ``LOGIN_RECHECK_SECONDS``) before a removal;
+        the source raises :class:`~mirror.errors.LoginLostError` when it no longer holds."""
+        if self.check_login is None:
+            return
+        now = time.monotonic()
+        if now - self._login_checked_at < LOGIN_RECHECK_SECONDS:
+            return
+        self.check_login()
+        self._login_checked_at = time.monotonic()
 
     def check_removals(self, kind: str, gone: int, present: int, where: str | None) -> None:
         """Raise :class:`RemovalGuardError` when ``gone`` of ``present`` is too many."""

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from mirror.errors import AuthenticationError, MirrorError, MirrorModeError
+from mirror.errors import AuthenticationError, LoginLostError, MirrorError, MirrorModeError
 from mirror.index import Blob, FileVersion, ObjectRow
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
 from mirror.sources.http import HttpClient
@@ -59,6 +59,22 @@ class IsicV2Source:
         except MirrorError as exc:
             raise AuthenticationError(str(exc)) from None
         self._token_checked = True
+
+    def check_login(self) -> None:
+        """Ask ``users/me/`` again (the engine does before marking anything removed): a
+        token that expired during the run is served as anonymous on public routes."""
+        if not self.client.authenticated:
+            return
+        try:
+            me = self.client.whoami()
+        except MirrorError as exc:
+            raise LoginLostError(f"the login no longer holds ({exc}); nothing was marked "
+                                 "removed") from None
+        if not isinstance(me, dict):
+            raise LoginLostError(
+                "the archive answered users/me/ anonymously: the token expired or was "
+                f"dropped, so listings may lack private images; nothing was marked removed. "
+                f"Set {TOKEN_ENV} to a fresh access token and run 'mirror sync' again")
 
     # -- documents ---------------------------------------------------------------------------
 
