@@ -51,6 +51,12 @@ RECHECK_PERIOD = Setting(
     "runs, and none left unchecked longer than this many days. 1 checks all every run; "
     "'mirror sync --full' checks all once. The archive changes these without a sign.")
 
+MAX_DOCUMENT_DEPTH = Setting(
+    "MIRROR_MAX_DOCUMENT_DEPTH", 100,
+    "Deepest nesting of objects and lists one archive document may have (ISIC documents "
+    "nest under 10 levels, DICOM JSON headers under 40); a deeper one is a failed item "
+    "naming its field, and the rest of the sync goes on. A whole response deeper than "
+    "MIRROR_MAX_JSON_DEPTH is refused before it is parsed.")
 GC_REMOVED_GRACE_DAYS = Setting(
     "MIRROR_GC_REMOVED_GRACE_DAYS", 30,
     "'mirror gc' keeps the files of an object the archive removed for this many days after "
@@ -95,4 +101,4 @@ ENVIRONMENT = {
 
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
        PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD,
-       GC_REMOVED_GRACE_DAYS)
+       GC_REMOVED_GRACE_DAYS, MAX_DOCUMENT_DEPTH)

@@ -51,13 +51,14 @@ def _kind(name: str, table: str, model, columns, **more) -> KindSpec:
 
 KINDS = (
     _kind("dataset", "datasets", models.Dataset, projection.dataset_columns),
-    _kind("image", "images", models.Image, projection.image_columns, parent="dataset"),
+    _kind("image", "images", models.Image, projection.image_columns, parent="dataset",
+          references=("dataset._id",)),
     _kind("segmentation", "segmentations", models.Segmentation,
-          projection.segmentation_columns, parent="image"),
+          projection.segmentation_columns, parent="image", references=("imageId",)),
     _kind("study", "studies", models.Study, projection.study_columns,
           index=projection.index_studies),
     _kind("annotation", "annotations", models.Annotation, projection.annotation_columns,
-          parent="study"),
+          parent="study", references=("studyId", "image._id", "user._id")),
 )
 
 ROLES = (

@@ -156,8 +156,8 @@ class IsicV2Source:
                                                        Blob.role == role))
 
     def _sync_collections(self, run: DocumentRun) -> None:
-        docs, complete = [], True
-        for collection in self.client.collections():
+        docs, listed, complete = [], Listing(), True
+        for collection in self.client.collections(listed):
             listing = Listing()
             ids = self.client.collection_image_ids(collection["id"], listing)
             if listing.rejected:
@@ -166,17 +166,20 @@ class IsicV2Source:
                     run.summary.fail("collection", str(collection["id"]), "membership", line)
             docs.append({**collection, "isic_ids": ids})
         run.record("collection", run.store_docs("collection", docs))
-        if complete:
-            run.remove_missing("collection", {str(d["id"]) for d in docs},
+        if _complete(run, "collection", listed) and complete:
+            run.remove_missing("collection", _ids(run, "collection", docs),
                                where="the collections/ listing")
         run.commit()
 
     def _sync_lesions(self, run: DocumentRun) -> None:
+        listed = Listing()
         docs = [{**lesion, "images": [stable_document(i) if isinstance(i, dict) else i
-                                      for i in lesion.get("images") or []]}
-                for lesion in self.client.lesions()]
+                                      for i in _list(lesion.get("images"))]}
+                for lesion in self.client.lesions(listed)]
         run.record("lesion", run.store_docs("lesion", docs))
-        run.remove_missing("lesion", {d["id"] for d in docs}, where="the lesions/ listing")
+        if _complete(run, "lesion", listed):
+            run.remove_missing("lesion", _ids(run, "lesion", docs),
+                               where="the lesions/ listing")
         run.commit()
 
     # -- files -------------------------------------------------------------------------------
@@ -256,3 +259,21 @@ def _scope_of(options: Any) -> tuple[str | None, list[int] | None]:
 
 
 __all__ = ["SPEC", "IsicV2Source"]
+
+
+def _ids(run: DocumentRun, kind: str, docs: list) -> set[str]:
+    """The valid ids among listed documents (a malformed one is a failure of its own)."""
+    spec = run.spec.kind(kind)
+    return {spec.id_of(d) for d in docs if isinstance(d, dict) and spec.valid_id(spec.id_of(d))}
+
+
+def _complete(run: DocumentRun, kind: str, listing: Listing) -> bool:
+    """Fail each record the client rejected; True when there were none (a listing with a
+    malformed record may not mark anything removed: it could have been any object)."""
+    for line in listing.rejected:
+        run.summary.fail(kind, "?", "document", line)
+    return not listing.rejected
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
