@@ -545,6 +545,10 @@ def snapshot_export(root, name, dest, fmt) -> None:
     data = export(root, name, dest, fmt)
     click.echo(f"exported {data['files']} file(s), {data['bytes'] / 1e6:.1f} MB, to "
                f"{data['path']} ({fmt})")
+    if data.get("renamed"):
+        click.echo(f"{len(data['renamed'])} file(s) share a name with another object's: "
+                   "each is named <name>_<id> (e.g. "
+                   f"{data['renamed'][0]})")
 
 
 @snapshot.command("verify")
