@@ -79,6 +79,11 @@ class RemovalGuardError(MirrorError):
     """A listing would mark more of the mirror removed than the guard allows."""
 
 
+class DecodeBombError(ValueError):
+    """An image file whose declared dimensions exceed what its object says or the decode
+    cap (``MIRROR_MAX_DECODE_PIXELS``): refused before any pixel is allocated."""
+
+
 class SuperpixelError(ValueError):
     """A superpixel PNG or npz that cannot be a valid label image (a ValueError, so
     decoders' callers that catch bad input keep working)."""

@@ -15,7 +15,7 @@ Problems found:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -32,7 +32,7 @@ from mirror.writer import writing
 
 @dataclass
 class Problem:
-    problem: str  # missing, corrupt, malformed, orphaned, temp
+    problem: str  # missing, corrupt, malformed, disagrees, orphaned, temp
     path: str
     detail: str = ""
 
@@ -119,9 +119,17 @@ def _check_valid(store: ObjectStore, spec, relpath: str, task) -> Problem | None
     """The role's validator on a stored file: well hashed is not enough (a superpixel PNG
     must be this image's label image)."""
     try:
-        spec.role(task.role).validate(store.path(relpath), task)
+        decoded = spec.role(task.role).validate(store.path(relpath), replace(task, shape=None))
     except ValueError as exc:  # SuperpixelError and other decoders' refusals
         return Problem("malformed", relpath, str(exc))
+    shape = getattr(decoded, "shape", None)
+    if task.shape is not None and shape is not None and tuple(shape[:2]) != tuple(task.shape):
+        # Well hashed and well formed, but not the size the image's metadata says now: the
+        # file is as the archive served it (the sync checked it against the metadata of
+        # then). Reported, never deleted by --repair: the archive would serve it again.
+        return Problem("disagrees", relpath,
+                       f"is {shape[1]}x{shape[0]}, but the image is {task.shape[1]}x"
+                       f"{task.shape[0]} (the archive's metadata and file disagree; kept)")
     return None
 
 

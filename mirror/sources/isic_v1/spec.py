@@ -36,6 +36,16 @@ def _check_superpixels(path: Path, task: FileTask):
     return decode_png(path, expected_shape=task.shape)
 
 
+def _check_dimensions(path: Path, task: FileTask) -> None:
+    """A full image or mask must declare the image's size (a full image may be its
+    transpose: EXIF orientation) and stay under MIRROR_MAX_DECODE_PIXELS: a file that
+    would decode to gigabytes is refused on arrival, reading its header only."""
+    from mirror.sources.isic_v1.pixels import open_checked
+
+    open_checked(path, task.shape, f"{task.role} file",
+                 transposed_ok=task.role == "image").close()
+
+
 def _derive_spidx(task: FileTask, labels, path: Path) -> list[Derived]:
     from mirror.sources.isic_v1.superpixels import decode_png, encode_npz
 
@@ -63,7 +73,7 @@ KINDS = (
 
 ROLES = (
     FileRole("image", "image", "full", (JPEG, PNG, BMP), whole=True, named=True,
-             bytes_per_pixel=0.35),
+             validate=_check_dimensions, bytes_per_pixel=0.35),
     FileRole("thumbnail", "thumb", "thumbnail", (JPEG, PNG), whole=True, bytes_per_pixel=0,
              fixed_bytes=20_000),
     FileRole("superpixels", "spimg", "superpixels", (PNG,), whole=True, exts=(".png",),
@@ -71,7 +81,7 @@ ROLES = (
     FileRole("spidx", "spidx", None, (b"PK\x03\x04",), exts=(".npz",),
              derived_from="superpixels", exported=False),
     FileRole("mask", "mask", "masks", (PNG,), whole=True, exts=(".png",),
-             bytes_per_pixel=0.01),
+             validate=_check_dimensions, bytes_per_pixel=0.01),
     FileRole("markups", "markup", None, exts=(".json.zst",), exported=False),
 )
 
