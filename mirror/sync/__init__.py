@@ -128,9 +128,13 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     return summary
 
 
+JOURNAL = "published.journal"  # files published by syncs, with their hashes (store.py)
+
+
 def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
          summary: SyncSummary, started: float) -> None:
     store = ObjectStore(layout, batch_durability=True)
+    store.keep_journal(layout.state_dir() / JOURNAL)
     store.clean_temp()
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
     threads = options.workers + _cpu_threads()
@@ -187,6 +191,7 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
         summary.generation = writer.publish()
         with writer.session() as session:  # what this generation holds, for reindex
             ledger.record(layout, session, source.spec, summary.generation)
+        store.clear_journal()  # the published index names every file it recorded
     finally:
         writer.close()
 
