@@ -293,10 +293,10 @@ def status(root, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def verify(root, fast, repair, as_json) -> None:
     """Re-hash every file and cross-check index and store; exit 1 on any problem."""
-    from mirror.verify import repair_mirror, verify_lines, verify_mirror
+    from mirror.verify import needs_repair, repair_mirror, verify_lines, verify_mirror
 
     report = verify_mirror(root, fast=fast)
-    if repair and not report.ok:
+    if repair and needs_repair(report):
         report = repair_mirror(root, report)
     _emit(report.as_dict(), verify_lines(report), as_json)
     sys.exit(0 if report.ok else 1)

@@ -27,6 +27,7 @@ from mirror.index import Blob, DocumentVersion, FileVersion
 from mirror.index.database import open_reader
 from mirror.sources.base import source_hooks, spec_of
 from mirror.store import ObjectStore
+from mirror.temps import writer_leftovers
 from mirror.writer import writing
 
 
@@ -142,6 +143,10 @@ def _find_strays(store: ObjectStore, layout, indexed: set[str], report: VerifyRe
     for path in store.temp_files():
         report.problems.append(Problem("temp", str(path.relative_to(layout.base)),
                                        "leftover temp file of an interrupted write"))
+    for path in writer_leftovers(layout):  # index copies, CURRENT, mirror.json temps
+        report.problems.append(Problem("temp", str(path.relative_to(layout.root)),
+                                       "left by an aborted writer; 'mirror verify --repair' "
+                                       "or the next sync removes it"))
 
 
 def verify_lines(report: VerifyReport) -> list[str]:
@@ -159,12 +164,20 @@ def repair_mirror(root: Path | str, report: VerifyReport) -> VerifyReport:
 
     bad = sorted(p.path for p in report.problems
                  if p.problem in ("missing", "corrupt", "malformed"))
-    with writing(root, "repair") as w:
+    with writing(root, "repair") as w:  # which removes aborted writers' temps outside
+        w.store.clean_temp()  # ... and dead writers' store temps
+        if not bad:
+            return verify_mirror(root)
         with w.index.session() as session:
             _forget(session, w.store, bad, _hooks(w.config.source))
         w.index.publish()
     sync(root)
     return verify_mirror(root)
+
+
+def needs_repair(report: VerifyReport) -> bool:
+    """Anything ``--repair`` acts on: a problem, or temps an aborted writer left."""
+    return not report.ok or any(p.problem == "temp" for p in report.problems)
 
 
 def _forget(session, store: ObjectStore, bad: list[str], hooks) -> None:

@@ -34,6 +34,7 @@ from mirror.sync.documents import DocumentRun
 from mirror.sync.estimate import Weights, check_disk_space, estimate_bytes, sample_tasks
 from mirror.sync.files import FileFetcher, persist_plan
 from mirror.sync.summary import SyncSummary
+from mirror.temps import clean_writer_temps
 
 log = logging.getLogger("mirror.sync")
 
@@ -136,6 +137,7 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
     store = ObjectStore(layout, batch_durability=True)
     store.keep_journal(layout.state_dir() / JOURNAL)
     store.clean_temp()
+    clean_writer_temps(layout)  # index copies, CURRENT, mirror.json of aborted writers
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
     threads = options.workers + _cpu_threads()
     try:
