@@ -188,3 +188,43 @@ def test_tcia_malformed_series_rows_fail_alone(tmp_path, monkeypatch):
         assert verify_mirror(root).ok
     finally:
         sb.stop()
+
+
+def test_isic_v2_malformed_collection_and_lesion_records_fail_alone(tmp_path, monkeypatch):
+    """A collection whose name is a list and a lesion whose id ends in a newline are
+    failures; they and every other collection and lesion stay current (none removed)."""
+    from mirror.sources.isic_v2.client import TOKEN_ENV
+    from mirror.sources.isic_v2.sandbox import start
+    from mirror.sources.isic_v2.sandbox.api import SandboxAPI
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    root = tmp_path / "m"
+    options = SyncOptions(source="isic-v2", what=frozenset({"collections", "lesions"}),
+                          blobs=frozenset())
+    with start(images=40, seed=94) as sb:
+        assert sync(root, sb.url, options).ok
+        before = mirror_status(root)["objects"]
+        assert before["collection"]["current"] and before["lesion"]["current"]
+        real_collection, real_lesion = SandboxAPI.collection_out, SandboxAPI.lesion_out
+
+        def collection(c):
+            out = real_collection(c)
+            return {**out, "name": [out["name"]]} if out["id"] == first else out
+
+        def lesion(self, row):
+            out = real_lesion(self, row)
+            return {**out, "id": out["id"] + "\n"} if out["id"] == lesion_victim else out
+
+        first = min(sb.archive.collections)
+        lesion_victim = sorted(sb.archive.lesions("anonymous"))[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(SandboxAPI, "collection_out", staticmethod(collection))
+            patch.setattr(SandboxAPI, "lesion_out", lesion)
+            summary = sync(root, options=SyncOptions(what=options.what, blobs=frozenset()))
+        errors = [f.error for f in summary.failures]
+        assert any("collection record is malformed" in e for e in errors), errors
+        assert any("is not IL_nnnnnnn" in e for e in errors), errors
+        assert summary.generation is not None
+        assert mirror_status(root)["objects"] == before  # nothing marked removed
+        assert sync(root, options=SyncOptions(what=options.what, blobs=frozenset())).ok
+        assert verify_mirror(root).ok
