@@ -68,7 +68,7 @@ class Mirror:
         """The Parquet projection of the index this mirror was opened on (opened once)."""
         if self._projection is None:
             self._projection = query.open_projection(self.layout.index_dir,
-                                                     self._projection_number)
+                                                     self._projection_number, self.source)
         return self._projection
 
     def __repr__(self) -> str:
@@ -134,10 +134,13 @@ class Mirror:
             statement = statement.where(model.removed.is_(False))
         return [r[0] for r in self._all(statement)]
 
-    def select(self, kind: str, criteria: Any = None, limit: int | None = None) -> list[str]:
+    def select(self, kind: str, criteria: Any = None, limit: int | None = None,
+               strict: bool = False) -> list[str]:
         """The sorted ids of the current objects of ``kind`` (a table name: ``images``,
-        ``series``...) whose documents meet ``criteria`` (see :mod:`mirror.query`)."""
-        return query.select_ids(self.projection, criteria, limit=limit, kind=kind)
+        ``series``...) whose documents meet ``criteria`` (see :mod:`mirror.query`). A
+        criterion that can never match is a ``CriterionWarning`` (``strict``: an error)."""
+        return query.select_ids(self.projection, criteria, limit=limit, kind=kind,
+                                strict=strict)
 
     def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
         """The header and rows of one read-only SQL statement over the projection's tables

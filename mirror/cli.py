@@ -25,11 +25,24 @@ class _Group(click.Group):
         with _sigterm_interrupts():
             return super().main(*args, **kwargs)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # 'mirror --bogus'
+            _usage_error(exc)
+
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _warnings_as_lines():
+                return super().invoke(ctx)
         except MirrorError as exc:
             _fail(str(exc), exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError:  # 'mirror snapshot': its help, as is
+            raise
+        except click.UsageError as exc:  # a typo'd option or value: one line, as any error
+            _usage_error(exc)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:
             kept = getattr(exc, "files_kept", None) or getattr(exc.__context__, "files_kept",
                                                                 None)
@@ -43,6 +56,36 @@ class _Group(click.Group):
         except _database_errors() as exc:
             _fail(f"the index is damaged ({type(exc).__name__}: {str(exc).splitlines()[0]}"
                   "); rebuild it with 'mirror reindex'", 2)
+
+
+class _warnings_as_lines:
+    """The library's warnings (:class:`~mirror.errors.MirrorWarning`) as one ``warning:``
+    line each on stderr, every time, instead of Python's file:line report."""
+
+    def __enter__(self):
+        import warnings
+
+        from mirror.errors import MirrorWarning
+
+        self.saved = warnings.catch_warnings()
+        self.saved.__enter__()
+        warnings.simplefilter("always", MirrorWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if not issubclass(category, MirrorWarning):
+                return shown(message, category, *args, **kwargs)
+            click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.saved.__exit__(*exc_info)
+
+
+def _usage_error(exc: click.UsageError) -> None:
+    where = exc.ctx.command_path if exc.ctx is not None else "mirror"
+    _fail(f"{exc.format_message().rstrip('.')}; see '{where} --help'", exc.exit_code)
 
 
 def _fail(message: str, code: int, prefix: str = "error: ") -> None:
@@ -165,6 +208,20 @@ def _csv_choice(value: str) -> frozenset[str]:
     return frozenset(v.strip() for v in value.split(",") if v.strip())
 
 
+def _blobs_of(root: str, blobs: str | None, default: str) -> frozenset[str]:
+    """``--blobs``, or the ``default`` choices the mirror's source offers (all its file
+    choices when it offers none of them: ISIC v2 has no masks)."""
+    if blobs is not None:
+        return _csv_choice(blobs)
+    from pathlib import Path
+
+    from mirror.config import load_config
+    from mirror.sources.base import spec_of
+
+    offered = spec_of(load_config(Path(root)).source).file_options
+    return frozenset(b for b in default.split(",") if b in offered) or offered
+
+
 def _root_option(f):
     return click.option("--root", envvar="MIRROR_ROOT", required=True,
                         type=click.Path(file_okay=False),
@@ -184,7 +241,8 @@ def _root_option(f):
 @click.option("--search", help="Only images the archive's own search finds (ISIC v2's query "
               "language, passed through), e.g. 'diagnosis_3:\"Melanoma Invasive\"'.")
 @click.option("--where", "scope_where", help="IDC: series whose catalog row meets FIELD OP VALUE "
-              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'.")
+              "[AND ...], e.g. 'collection_id == \"rider_pilot\" AND Modality == \"CT\"'; "
+              "TCIA: series whose getSeries row does (files of the others are not fetched).")
 @click.option("--sql", "scope_sql", help="IDC: series of one SELECT SeriesInstanceUID FROM "
               "idc_index WHERE ...")
 @click.option("--s3-endpoint", help="IDC: the buckets' S3 endpoint (default: public AWS).")
@@ -209,7 +267,8 @@ def _root_option(f):
 @click.option("--dry-run", is_flag=True, help="Report what changed and the file plan, and "
               "change nothing: the next real run reports the same changes.")
 @click.option("--full", is_flag=True, help="Re-check every per-object listing now (ISIC v1: "
-              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD).")
+              "segmentations), not the share of this run (MIRROR_RECHECK_PERIOD); TCIA: "
+              "every patient's live hash, not the collection hash that lags up to a day.")
 @click.option("--allow-removals", is_flag=True,
               help="Mark removed what the archive stopped listing, even beyond the guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -335,7 +394,11 @@ def reindex(root, as_json) -> None:
 
 
 def _selection_options(f):
-    """--where (repeatable), --dataset, --study: what the selection commands share."""
+    """--where (repeatable), --dataset, --study, --strict: what the selection commands
+    share."""
+    f = click.option("--strict", is_flag=True, help="A criterion that can never match (a "
+                     "field no object has, a value of the wrong type) is an error, not a "
+                     "warning.")(f)
     f = click.option("--study", help="Only images of this study (name or id).")(f)
     f = click.option("--dataset", help="Only images of this dataset (name or id).")(f)
     return click.option("--where", "wheres", multiple=True, metavar="'FIELD OP VALUE'",
@@ -343,11 +406,12 @@ def _selection_options(f):
                         "repeat to require several (see docs/query.md).")(f)
 
 
-def _select(root, wheres, dataset, study, limit=None):
+def _select(root, wheres, dataset, study, limit=None, strict=False):
     from mirror.api import Mirror
 
     mirror = Mirror(root)
-    return mirror, mirror.select_images(list(wheres), dataset=dataset, study=study, limit=limit)
+    return mirror, mirror.select_images(list(wheres), dataset=dataset, study=study, limit=limit,
+                                        strict=strict)
 
 
 @main.command()
@@ -362,15 +426,16 @@ def _select(root, wheres, dataset, study, limit=None):
               type=click.Choice(["table", "csv", "json", "jsonl", "ids"]))
 @click.option("--limit", type=int, help="At most N objects (in _id order).")
 @click.option("--count", is_flag=True, help="Print only the number of objects selected.")
-def query(root, wheres, dataset, study, kind, columns, fmt, limit, count) -> None:
+def query(root, wheres, dataset, study, strict, kind, columns, fmt, limit, count) -> None:
     """Select images (or other objects) by their metadata, offline, and print them."""
-    from mirror.query import projection_of, select_ids, select_positions
+    from mirror.query import check_limit, projection_of, select_ids, select_positions
 
+    check_limit(limit)
     if count:  # the projection alone answers: no index database, no object rows
         projection = projection_of(root)
         try:
             click.echo(select_positions(projection, list(wheres), dataset, study, limit,
-                                        kind)[1].size)
+                                        kind, strict)[1].size)
         finally:
             projection.close()
         return
@@ -378,12 +443,12 @@ def query(root, wheres, dataset, study, kind, columns, fmt, limit, count) -> Non
     from mirror.export import formatted, metadata_table, object_table
 
     if kind in ("images", "image"):
-        mirror, selection = _select(root, wheres, dataset, study, limit)
+        mirror, selection = _select(root, wheres, dataset, study, limit, strict)
         ids = selection.ids
         header, rows = metadata_table(mirror, selection, _csv_list(columns))
     else:
         mirror = Mirror(root)
-        ids = select_ids(mirror.projection, list(wheres), dataset, study, limit, kind)
+        ids = select_ids(mirror.projection, list(wheres), dataset, study, limit, kind, strict)
         header, rows = object_table(mirror, kind, ids, _csv_list(columns))
     for piece in formatted(header, rows, fmt, ids=ids):
         click.echo(piece, nl=False)
@@ -412,6 +477,32 @@ def sql(root, statement, fmt) -> None:
         click.echo(piece, nl=False)
 
 
+@main.command()
+@_root_option
+@click.argument("kind", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fields(root, kind, as_json) -> None:
+    """Every field path of KIND's documents (default: every kind) with its types, how many
+    objects have it and its most common values: what --where and --columns can name."""
+    from mirror.fields import describe_fields, fields_lines
+
+    data = describe_fields(root, kind)
+    _emit(data, fields_lines(data), as_json)
+
+
+@main.command()
+@_root_option
+@click.argument("group", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def names(root, group, as_json) -> None:
+    """The datasets, studies or collections the mirror holds (GROUP: one of them), each
+    with its id, name and object count: what --dataset, --study, --collection take."""
+    from mirror.fields import group_names, names_lines
+
+    data = group_names(root, group)
+    _emit(data, names_lines(data), as_json)
+
+
 def _csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -427,11 +518,12 @@ def export() -> None:
 @_selection_options
 @click.option("--columns", help="Comma list of dotted fields instead of the default columns.")
 @click.option("--replace", is_flag=True, help="Overwrite OUT (and its attribution file).")
-def export_metadata_command(root, out, wheres, dataset, study, columns, replace) -> None:
+def export_metadata_command(root, out, wheres, dataset, study, strict, columns,
+                            replace) -> None:
     """Write OUT.csv or OUT.parquet (one row per image) and OUT.attribution.txt beside it."""
     from mirror.export import export_metadata
 
-    mirror, selection = _select(root, wheres, dataset, study)
+    mirror, selection = _select(root, wheres, dataset, study, strict=strict)
     data = export_metadata(mirror, out, selection, _csv_list(columns), replace=replace)
     click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}"
                + (f", attribution in {data['attribution']}" if data.get("attribution") else ""))
@@ -444,19 +536,19 @@ def export_metadata_command(root, out, wheres, dataset, study, columns, replace)
 @click.option("--link", default="hard", show_default=True,
               type=click.Choice(["hard", "sym", "copy"]),
               help="How files get into DEST (hard links share the store's read-only bytes).")
-@click.option("--blobs", default="full,masks", show_default=True,
-              help="Files per image: full, thumbnail, superpixels, masks.")
+@click.option("--blobs", help="Files per image (default: full,masks; ISIC v2: full): full, "
+              "thumbnail, superpixels, masks.")
 @click.option("--replace", is_flag=True, help="DEST holds an older export: swap it for this "
               "one atomically (otherwise a non-empty DEST is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export_files_command(root, dest, wheres, dataset, study, link, blobs, replace,
+def export_files_command(root, dest, wheres, dataset, study, strict, link, blobs, replace,
                          as_json) -> None:
     """DEST/<name>.jpg (masks and superpixels beside), metadata.csv, attribution.txt."""
     from mirror.export import export_files, export_files_lines
 
-    mirror, selection = _select(root, wheres, dataset, study)
-    data = export_files(mirror, dest, selection, sorted(_csv_choice(blobs)), link,
-                        replace=replace)
+    mirror, selection = _select(root, wheres, dataset, study, strict=strict)
+    data = export_files(mirror, dest, selection, sorted(_blobs_of(root, blobs, "full,masks")),
+                        link, replace=replace)
     _emit(data, export_files_lines(mirror, data, dest), as_json)
     sys.exit(1 if data["missing"] or data["skipped_names"] else 0)
 
@@ -470,14 +562,15 @@ def snapshot() -> None:
 @_root_option
 @click.argument("name")
 @_selection_options
-@click.option("--blobs", default="full,masks,superpixels", show_default=True,
-              help="Files to pin per image: full, thumbnail, superpixels, masks.")
-def snapshot_create(root, name, wheres, dataset, study, blobs) -> None:
+@click.option("--blobs", help="Files to pin per image (default: full,masks,superpixels; "
+              "ISIC v2: full): full, thumbnail, superpixels, masks.")
+def snapshot_create(root, name, wheres, dataset, study, strict, blobs) -> None:
     """Pin the current versions of the selected images as snapshot NAME."""
     from mirror.snapshots import create_snapshot
 
     snap = create_snapshot(root, name, list(wheres), dataset, study,
-                           tuple(sorted(_csv_choice(blobs))))
+                           tuple(sorted(_blobs_of(root, blobs, "full,masks,superpixels"))),
+                           strict=strict)
     files = sum(len(o.get("files", [])) for o in snap.objects)
     click.echo(f"snapshot {name}: {len(snap.of_kind('image'))} image(s), "
                f"{len(snap.objects)} document(s), {files} file(s); "

@@ -176,3 +176,17 @@ class NoProjectionError(MirrorError):
 
 class ReadOnlySqlError(MirrorError):
     """``mirror sql`` was given something other than one read-only statement."""
+
+
+class UnmatchableCriterionError(QueryError):
+    """With ``--strict`` (``strict=True``): a criterion that can never match as meant (a
+    field no object has, a value of a type the field never holds)."""
+
+
+class MirrorWarning(UserWarning):
+    """Something users should know that is not an error (the CLI prints ``warning: ...``)."""
+
+
+class CriterionWarning(MirrorWarning):
+    """A criterion can never match as meant: it names the closest field or the field's
+    types. ``strict=True`` (``--strict``) raises :class:`UnmatchableCriterionError` instead."""

@@ -22,11 +22,15 @@ runs a read-only statement of one's own over the same tables.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import math
 import os
 import re
+import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +39,20 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mirror.errors import MissingObjectError, NoProjectionError, QueryError, ReadOnlySqlError
+from mirror.errors import (
+    CriterionWarning,
+    MissingObjectError,
+    NoProjectionError,
+    QueryError,
+    ReadOnlySqlError,
+    UnmatchableCriterionError,
+)
 from mirror.projection import (
     BOOLEAN,
     LIST_OF,
+    NULL,
     NUMBER,
+    OBJECT,
     SCHEMA,
     TEXT,
     as_float,
@@ -61,6 +74,12 @@ class Criterion:
     field: str
     op: str
     value: Any
+    # ``--where`` text of a value read as a number from unquoted text (``2019``), kept so
+    # that against a field holding only text it can mean that text (:func:`resolve`);
+    # a list of such texts (None for the other items) for an unbracketed ``in`` list
+    bare: Any = dataclasses.field(default=None, compare=False, repr=False)
+    # checked against a projection by :func:`resolve` (its warnings given once)
+    resolved: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.field} {self.op} {json.dumps(self.value)}"
@@ -71,7 +90,7 @@ class Criterion:
 
 # -- parsing -------------------------------------------------------------------------------
 
-def criterion(field: Any, op: Any, value: Any) -> Criterion:
+def criterion(field: Any, op: Any, value: Any, bare: Any = None) -> Criterion:
     """A validated criterion, or a :class:`QueryError` saying what is wrong."""
     shown = f"[{field!r}, {op!r}, {value!r}]"
     if not isinstance(field, str) or not field.strip(".") or not _FIELD.fullmatch(field) \
@@ -85,7 +104,7 @@ def criterion(field: Any, op: Any, value: Any) -> Criterion:
         raise QueryError(f"unknown operator {op!r} in {shown}; use one of "
                          f"{', '.join(OPERATORS)}")
     _check_value(op, value, shown)
-    return Criterion(field, op, value)
+    return Criterion(field, op, value, bare)
 
 
 def _check_value(op: str, value: Any, shown: str) -> None:
@@ -165,10 +184,18 @@ def parse_where(text: str) -> Criterion:
     op = match.group(1) or match.group(2)
     raw = text[match.end():].strip()
     if ALIASES.get(op, op) in ("in", "not in") and not raw.startswith("["):
-        value: Any = [parse_value(part) for part in raw.split(",")] if raw else []
+        parts = [part.strip() for part in raw.split(",")] if raw else []
+        value: Any = [parse_value(part) for part in parts]
+        bare: Any = [p if _is_number(v) else None for p, v in zip(parts, value, strict=True)]
+        bare = bare if any(bare) else None
     else:
         value = parse_value(raw)
-    return criterion(text[:match.start()].strip(), op, value)
+        bare = raw if _is_number(value) else None
+    return criterion(text[:match.start()].strip(), op, value, bare)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_value(text: str) -> Any:
@@ -196,7 +223,10 @@ class Projection:
     view named after its kind. The ``_id`` column and each field's distinct text values are
     read once and kept: the files never change."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, hints: dict[str, dict[str, str]] | None = None):
+        #: per table, names users bring from exports or other tools (``isic_id``) and the
+        #: field each means: the "did you mean" of a criterion on a field no object has
+        self.hints = hints or {}
         try:
             self.schema = json.loads((folder / SCHEMA).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -313,14 +343,21 @@ class Projection:
         return self.column(table, name)[self.positions_of(table, ids)].tolist()
 
 
-def open_projection(index_dir: Path, number: int | None) -> Projection:
-    """The projection of generation ``number`` under ``index_dir``."""
+def open_projection(index_dir: Path, number: int | None, spec: Any = None) -> Projection:
+    """The projection of generation ``number`` under ``index_dir`` (``spec``, the source's,
+    gives the hints of a criterion's misspelt field)."""
     from mirror.projection import folder_name
 
     if number is None:
         raise NoProjectionError(f"no query projection published yet under {index_dir}; run "
                                 "'mirror sync' or 'mirror reindex'")
-    return Projection(index_dir / folder_name(number))
+    return Projection(index_dir / folder_name(number), hints_of(spec))
+
+
+def hints_of(spec: Any) -> dict[str, dict[str, str]]:
+    """The ``aliases`` of every kind of a source spec, by table."""
+    return {kind.table: dict(kind.aliases) for kind in getattr(spec, "kinds", ())
+            if getattr(kind, "aliases", ())}
 
 
 def projection_of(root: str | Path) -> Projection:
@@ -328,10 +365,16 @@ def projection_of(root: str | Path) -> Projection:
     the index database (what ``mirror query --count`` and ``mirror sql`` need)."""
     from mirror.config import layout_for, load_config
     from mirror.projection import reader_number
+    from mirror.sources.base import spec_of
 
     config = load_config(Path(root))
     layout = layout_for(Path(root), config)
-    return open_projection(layout.index_dir, reader_number(layout, config.index_url))
+    number = reader_number(layout, config.index_url)
+    if number is None:
+        from mirror.index.database import nothing_published
+
+        raise nothing_published(layout, NoProjectionError)
+    return open_projection(layout.index_dir, number, spec_of(config.source))
 
 
 # -- compiling -----------------------------------------------------------------------------
@@ -474,6 +517,138 @@ def _numpy_rows(projection: Projection, table: str, item: Criterion) -> np.ndarr
     return ~matched[codes]
 
 
+# -- criteria that can never match -----------------------------------------------------------
+
+_HOLDS = {TEXT: "text", NUMBER: "numbers", BOOLEAN: "booleans", "text[]": "lists of text",
+          "number[]": "lists of numbers", "boolean[]": "lists of booleans",
+          OBJECT: "objects", NULL: "null"}
+_NEVER = {TEXT: "text", NUMBER: "a number", BOOLEAN: "a boolean", "text[]": "a list of text",
+          "number[]": "a list of numbers", "boolean[]": "a list of booleans"}
+
+
+def resolve(projection: Projection, table: str, items: list[Criterion],
+            strict: bool = False) -> list[Criterion]:
+    """The criteria as they run against ``table``, each checked once against its schema.
+
+    A number read from unquoted ``--where`` text (``created >= 2019``) against a field that
+    holds text and never a number means that text (``"2019"``): the shell gives no other
+    way to write it, and a number could not match. A criterion that can never match as
+    meant (a field no object has, a value of a type the field never holds) selects nothing
+    (or, negated, everything) with exit 0, which hides a typo: it is a
+    :class:`CriterionWarning` naming the closest field or the field's types, and with
+    ``strict`` an :class:`UnmatchableCriterionError` (exit 2)."""
+    out = []
+    for item in items:
+        if not item.resolved:
+            kinds = projection.fields(table).get(item.field)
+            item = _as_text(item, kinds)
+            problem = _never_matches(projection, table, item, kinds)
+            if problem and strict:
+                raise UnmatchableCriterionError(f"{problem}; fix the criterion, or leave out "
+                                                "--strict to run it anyway")
+            if problem:
+                warnings.warn(f"{problem}; --strict makes this an error", CriterionWarning,
+                              stacklevel=_outside_mirror())
+            item = dataclasses.replace(item, resolved=True)
+        out.append(item)
+    return out
+
+
+def _outside_mirror() -> int:
+    """The ``stacklevel`` of the first caller outside this package: a warning points at
+    the user's line, not at the selection code in between."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # the caller of this function is level 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _as_text(item: Criterion, kinds: dict[str, str] | None) -> Criterion:
+    """``item`` with its bare numbers as their text, where the field reads only text."""
+    if item.bare is None or not kinds:
+        return item
+    listed = _NEGATION.get(item.op, item.op) in ("ni",)
+    number, text = (LIST_OF[NUMBER], (TEXT, LIST_OF[TEXT])) if listed else (NUMBER, (TEXT,))
+    if number in kinds or not any(k in kinds for k in text):
+        return item
+    if isinstance(item.value, list) and isinstance(item.bare, list):
+        value = [v if raw is None else raw for v, raw in zip(item.value, item.bare, strict=True)]
+    else:
+        value = item.bare
+    return criterion(item.field, item.op, value)
+
+
+def _kinds_read(item: Criterion) -> set[str] | None:
+    """The kinds of column that can make ``item``'s positive true, or None when any field
+    can (``== null``: missing is a match)."""
+    base = _NEGATION.get(item.op, item.op)
+    values = item.value if isinstance(item.value, list) else [item.value]
+    if base in ("==", "in", "is") and None in values:
+        return None
+    if base == "is":
+        return {BOOLEAN}
+    if base == "ni":
+        return {LIST_OF[_kind_of(item.value)]} | ({TEXT} if isinstance(item.value, str)
+                                                   else set())
+    if base == "~":
+        return {TEXT}
+    return {_kind_of(v) for v in values} if values else None
+
+
+def _effect(item: Criterion, table: str, found: bool) -> str:
+    """What a criterion on a missing field (``found`` False) or type selects."""
+    base = _NEGATION.get(item.op, item.op)
+    values = item.value if isinstance(item.value, list) else [item.value]
+    positive = not found and base in ("==", "in", "is") and None in values
+    if item.op in ("not ni", "!~") or positive == (item.op in _NEGATION):
+        return f"selects no {table}"
+    return f"selects all {table}"
+
+
+def _never_matches(projection: Projection, table: str, item: Criterion,
+                   kinds: dict[str, str] | None) -> str | None:
+    """Why ``item`` cannot select as meant, or None."""
+    if kinds is None:
+        shown = _shown(item)
+        near = _closest(projection, table, item.field)
+        hint = f" (did you mean {near!r}?)" if near else ""
+        return (f"no {table} in this mirror have a field {item.field!r}{hint}: {shown} "
+                f"{_effect(item, table, False)}")
+    wanted = _kinds_read(item)
+    if wanted is None or wanted & set(kinds) or item.op == "not ni":
+        return None
+    shown = _shown(item)
+    holds = ", ".join(_HOLDS[k] for k in _HOLDS if k in kinds and k != NULL) or "only null"
+    never = " or ".join(_NEVER[k] for k in _NEVER if k in wanted)
+    return (f"the field {item.field!r} of {table} holds {holds}, never {never}: {shown} "
+            f"{_effect(item, table, True)}")
+
+
+def _shown(item: Criterion) -> str:
+    """A criterion as JSON for a message, a long list of values cut to its length."""
+    if isinstance(item.value, list) and len(item.value) > 5:
+        return f"[{json.dumps(item.field)}, {json.dumps(item.op)}, [{len(item.value)} values]]"
+    return json.dumps(item.as_list())
+
+
+def _closest(projection: Projection, table: str, path: str) -> str | None:
+    """The field a misspelt ``path`` most likely means: a known alias (an export's column
+    name), the same path in another case, a path ending in it, else the nearest by
+    :mod:`difflib`."""
+    fields = list(projection.fields(table))
+    alias = projection.hints.get(table, {}).get(path)
+    if alias in fields:
+        return alias
+    for way in (lambda f: f.casefold() == path.casefold(),
+                lambda f: f.endswith("." + path)):
+        found = sorted(f for f in fields if way(f))
+        if found:
+            return found[0]
+    near = difflib.get_close_matches(path, fields, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
 # -- running -------------------------------------------------------------------------------
 
 def _scope(projection: Projection, table: str, dataset: str | None, study: str | None
@@ -486,13 +661,14 @@ def _scope(projection: Projection, table: str, dataset: str | None, study: str |
         found = _lookup(projection, "datasets", dataset)
         if not found:
             raise MissingObjectError(f"no dataset {dataset!r} in this mirror; "
-                                     "'mirror status' lists what is mirrored")
+                                     "'mirror names datasets' lists those it holds")
         items.append(Criterion("dataset._id", "in", found))
     if study:
         studies = _lookup(projection, "studies", study)
         if not studies:
-            raise MissingObjectError(f"no study {study!r} in this mirror; sync studies with "
-                                     "'mirror sync --what studies,annotations'")
+            raise MissingObjectError(f"no study {study!r} in this mirror; 'mirror names "
+                                     "studies' lists those it holds (sync more with "
+                                     "'mirror sync --what studies,annotations')")
     return items, studies
 
 
@@ -508,14 +684,16 @@ def _lookup(projection: Projection, table: str, key: str) -> list[str]:
 
 def selection_where(projection: Projection, items: Any = None, dataset: str | None = None,
                     study: str | None = None, kind: str = "images",
-                    rest: list[Criterion] | None = None) -> tuple[str, str, list]:
+                    rest: list[Criterion] | None = None,
+                    strict: bool = False) -> tuple[str, str, list]:
     """The table, and the SQL condition (with its parameters) the criteria compile to.
-    With ``rest`` given, the criteria numpy answers are left out of the SQL and put there."""
+    With ``rest`` given, the criteria numpy answers are left out of the SQL and put there.
+    ``strict``: a criterion that can never match is an error (see :func:`resolve`)."""
     table = projection.table(kind)
     scope, studies = _scope(projection, table, dataset, study)
     compiler = _Compiler(projection, table)
     parts = []
-    for item in scope + criteria(items):
+    for item in scope + resolve(projection, table, criteria(items), strict):
         if rest is not None and _in_numpy(projection, table, item):
             rest.append(item)
         else:
@@ -526,13 +704,27 @@ def selection_where(projection: Projection, items: Any = None, dataset: str | No
     return table, " AND ".join(parts) or "true", compiler.params
 
 
+def check_limit(limit: Any) -> int | None:
+    """``limit`` if it is None or a whole number of 0 or more: a negative one would act as
+    a Python slice from the end (``-1``: all but the last), which no user means."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+        raise QueryError(f"the limit (--limit) must be a whole number of 0 or more, not "
+                         f"{limit!r}; "
+                         "leave it out to select everything")
+    return int(limit)
+
+
 def select_positions(projection: Projection, items: Any = None, dataset: str | None = None,
                      study: str | None = None, limit: int | None = None,
-                     kind: str = "images") -> tuple[str, np.ndarray]:
+                     kind: str = "images", strict: bool = False) -> tuple[str, np.ndarray]:
     """The table and the sorted row positions of the current objects the criteria select:
     DuckDB answers the SQL part, numpy combines it with the criteria of :func:`_in_numpy`."""
+    limit = check_limit(limit)
     rest: list[Criterion] = []
-    table, where, params = selection_where(projection, items, dataset, study, kind, rest)
+    table, where, params = selection_where(projection, items, dataset, study, kind, rest,
+                                           strict)
     if not rest:
         positions = projection.positions(table, where, params)
     else:
@@ -544,14 +736,15 @@ def select_positions(projection: Projection, items: Any = None, dataset: str | N
             by_sql[projection.positions(table, where, params)] = True
             rows &= by_sql
         positions = np.flatnonzero(rows)
-    return table, positions if limit is None else positions[:max(limit, 0)]
+    return table, positions if limit is None else positions[:limit]
 
 
 def select_ids(projection: Projection, items: Any = None, dataset: str | None = None,
                study: str | None = None, limit: int | None = None,
-               kind: str = "images") -> list[str]:
+               kind: str = "images", strict: bool = False) -> list[str]:
     """The ``_id`` of every current object of ``kind`` the criteria select, sorted."""
-    table, positions = select_positions(projection, items, dataset, study, limit, kind)
+    table, positions = select_positions(projection, items, dataset, study, limit, kind,
+                                        strict)
     return projection.column(table, "_id")[positions].tolist()
 
 

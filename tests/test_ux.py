@@ -608,6 +608,45 @@ def test_progress_goes_to_a_terminal_only_plain_lines_on_request_nothing_with_q(
     assert quiet.stderr == ""
 
 
+def test_on_a_terminal_the_sync_draws_bars_with_the_bytes_total(tmp_path):
+    """stderr a real terminal (a pty): tqdm bars (carriage returns) for the documents and
+    the files, the bytes bar with its total; stdout keeps only the summary."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    with serve(images=30, seed=19, private_fraction=0.0) as sb:
+        leader, follower = pty.openpty()
+        # a terminal 120 columns wide: a new pty has 0, where tqdm draws nothing
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        try:
+            cmd = [sys.executable, "-m", "mirror", "sync", "--root", str(tmp_path / "m"),
+                   "--url", sb.url, "--blobs", "thumbnail"]
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower,
+                                     env={**os.environ, "PYTHONPATH": os.getcwd()})
+            os.close(follower)
+            drawn = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+            out = child.communicate(timeout=120)[0].decode()
+        finally:
+            os.close(leader)
+    assert child.returncode == 0, drawn[-2000:]
+    text = drawn.decode(errors="replace")
+    assert "\r" in text and "documents:" in text and "files:" in text, text[-2000:]
+    # the bytes bar has a total (a percentage, done/total) and an ETA (elapsed<left)
+    assert re.search(r"bytes: +\d+%\|.*\| [\d.]+[kM]?/[\d.]+[kM]? \[\d\d:\d\d<\d\d:\d\d",
+                     text), text[-2000:]
+    assert "\r" not in out and "thumbnail files" in out
+
+
 def test_verify_gc_reindex_and_exports_report_progress(small_mirror, tmp_path):
     run = CliRunner().invoke
     root = _copy(small_mirror, tmp_path)
@@ -622,16 +661,33 @@ def test_verify_gc_reindex_and_exports_report_progress(small_mirror, tmp_path):
                    for line in done.output.splitlines()), (args, done.output)
 
 
-@pytest.mark.slow  # timing-dependent: since the ISIC v1 change-detection merge it can finish
-# before a reader sees an interim generation (see the session 5 note)
 def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
-    root = tmp_path / "m"
-    with serve(images=40, seed=18, private_fraction=0.0, faults="slow=0.5") as sb:
+    """Deterministic: the sandbox (in this process) holds every image download after the
+    size sample's until a reader has seen a generation holding the sample's files, so the
+    sync cannot finish first and the reader cannot miss the interim publish."""
+    import threading
+
+    root, sample = tmp_path / "m", 5
+    with serve(images=40, seed=18, private_fraction=0.0) as sb:
+        seen, lock, downloads = threading.Event(), threading.Lock(), [0]
+        draw = sb.faults.draw
+
+        def gated(path: str):
+            if path.endswith("/download"):
+                with lock:
+                    downloads[0] += 1
+                    n = downloads[0]
+                if n > sample:
+                    seen.wait(60)
+            return draw(path)
+
+        sb.faults.draw = gated
         child = subprocess.Popen(
             [sys.executable, "-m", "mirror", "sync", "--root", str(root), "--url", sb.url,
              "--quiet", "--workers", "2", "--blobs", "full"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": os.getcwd(), "MIRROR_PUBLISH_EVERY_OBJECTS": "10"})
+            env={**os.environ, "PYTHONPATH": os.getcwd(), "MIRROR_PUBLISH_EVERY_OBJECTS": "1",
+                 "MIRROR_SIZE_SAMPLE_FILES": str(sample)})
         try:
             deadline, during = time.monotonic() + 60, None
             while time.monotonic() < deadline and child.poll() is None:
@@ -640,13 +696,52 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
                     during = json.loads(done.output)
                     if during["blobs"].get("image", {}).get("files", 0) > 0:
                         break
-                time.sleep(0.2)
-            assert child.poll() is None, "the sync ended before a reader could look"
-            assert during and during["objects"]["image"]["current"] == 40, during
-            assert 0 < during["blobs"]["image"]["files"] < 40
+                time.sleep(0.1)
+            running = child.poll() is None
         finally:
+            seen.set()
             child.wait(timeout=120)
+    assert running, f"the sync ended before a reader saw an interim generation: {child.stderr}"
+    assert during and during["objects"]["image"]["current"] == 40, during
+    assert during["blobs"]["image"]["files"] == sample, during
     assert child.returncode == 0, child.stderr
+    after = CliRunner().invoke(main, ["status", "--root", str(root), "--json"])
+    assert json.loads(after.output)["blobs"]["image"]["files"] == 40
+
+
+def test_before_the_first_publish_readers_are_told_to_wait_not_to_sync(tmp_path):
+    """A reader during a first sync, before its first publish, is told that sync is
+    running (pid, host) and publishes shortly, not to run 'mirror sync' (which its lease
+    would refuse). The sandbox holds the sync's first listing until the readers have run."""
+    import threading
+
+    root = tmp_path / "m"
+    with serve(images=5, seed=20, private_fraction=0.0) as sb:
+        looked, draw = threading.Event(), sb.faults.draw
+        sb.faults.draw = lambda path: (looked.wait(60), draw(path))[1]
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mirror", "sync", "--root", str(root), "--url", sb.url,
+             "--quiet", "--blobs", ""], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(root.glob("*/locks/writer.lease")):
+                time.sleep(0.05)
+            answers = [CliRunner().invoke(main, [*args, "--root", str(root)])
+                       for args in (["query", "--count"], ["sql", "SELECT 1"], ["query"],
+                                    ["status"])]
+        finally:
+            looked.set()
+            child.wait(timeout=60)
+    assert child.returncode == 0, child.stderr
+    for done in answers[:3]:
+        assert done.exit_code == 2, done.output
+        lines = done.output.strip().splitlines()
+        assert len(lines) == 1 and re.fullmatch(
+            rf"error: no index published yet under {re.escape(str(root))}: its first sync "
+            r"\(pid \d+ on \S+\) publishes one every few minutes "
+            r"\(MIRROR_PUBLISH_EVERY_SECONDS\); try again shortly", lines[0]), done.output
+    assert "mirror sync" not in answers[3].output, answers[3].output
 
 
 # -- the docs are true -----------------------------------------------------------------------
@@ -661,6 +756,8 @@ def test_the_python_api_page_names_ids_the_demo_mirror_holds():
 
     ids = set(re.findall(r'm\.image\("([0-9a-f]{24})"\)', (DOCS / "python-api.md").read_text()))
     assert ids, "the page shows an image by _id"
+    for page in (DOCS / "query.md", README):  # any quoted _id the docs show
+        ids |= set(re.findall(r'"([0-9a-f]{24})"', page.read_text()))
     archive = Archive(200, seed=0, private_fraction=0.0)
     served = {archive.image_id(i): f"ISIC_{i:07d}" for i in range(200)}
     assert ids <= set(served), ids - set(served)

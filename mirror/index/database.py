@@ -86,6 +86,21 @@ def _sqlite_engine(path: Path) -> Engine:
     return engine
 
 
+def nothing_published(layout: Layout, error: type[MirrorError] = MirrorError) -> MirrorError:
+    """The error of a reader that finds no generation: while a first sync runs (it holds
+    the lease) the wait, not 'run sync', which that lease would refuse."""
+    from mirror.lease import lease_holder
+
+    holder = lease_holder(layout)
+    if holder is not None:
+        return error(
+            f"no index published yet under {layout.root}: its first sync (pid "
+            f"{holder.get('pid')} on {holder.get('host')}) publishes one every few minutes "
+            "(MIRROR_PUBLISH_EVERY_SECONDS); try again shortly")
+    return error(f"no index published yet under {layout.root}; "
+                 "run 'mirror sync' or 'mirror reindex'")
+
+
 def open_reader(layout: Layout, url: str | None = None, generation: int | None = None
                 ) -> Engine:
     """A read-only engine on ``generation`` (default: the current one), or on ``url``.
@@ -96,16 +111,7 @@ def open_reader(layout: Layout, url: str | None = None, generation: int | None =
         return create_engine(url, isolation_level="REPEATABLE READ")
     generation = generation or current_generation(layout)
     if generation is None:
-        from mirror.lease import lease_holder
-
-        holder = lease_holder(layout)
-        if holder is not None:
-            raise MirrorError(
-                f"no index published yet under {layout.root}: its first sync (pid "
-                f"{holder.get('pid')} on {holder.get('host')}) publishes one every few minutes "
-                "(MIRROR_PUBLISH_EVERY_SECONDS); try again shortly")
-        raise MirrorError(f"no index published yet under {layout.root}; "
-                          "run 'mirror sync' or 'mirror reindex'")
+        raise nothing_published(layout)
     path = layout.generation_path(generation).resolve()
 
     def connect() -> sqlite3.Connection:

@@ -171,8 +171,11 @@ def list_snapshots(root: Path | str) -> list[dict]:
 # -- creating ------------------------------------------------------------------------------
 
 def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str | None = None,
-                    study: str | None = None, blobs: tuple[str, ...] = DEFAULT_BLOBS) -> Snapshot:
-    """Pin the current versions of the selected images, their datasets and segmentations."""
+                    study: str | None = None, blobs: tuple[str, ...] = DEFAULT_BLOBS,
+                    strict: bool = False) -> Snapshot:
+    """Pin the current versions of the selected images, their datasets and segmentations.
+    ``strict``: a criterion that can never match is an error, not a warning (a snapshot is
+    permanent, so a typo's empty one is worth refusing)."""
     root = Path(root)
     config = load_config(root)
     layout = layout_for(root, config)
@@ -186,11 +189,12 @@ def create_snapshot(root: Path | str, name: str, where: Any = None, dataset: str
         generation = None if config.index_url else current_generation(layout)
         engine = open_reader(layout, config.index_url, generation)
         number = current_number(layout.index_dir) if config.index_url else generation
-        projection = query.open_projection(layout.index_dir, number)
+        projection = query.open_projection(layout.index_dir, number, spec)
         try:
-            items = query.criteria(where)
+            table = spec.kind(spec.main_kind).table
+            items = query.resolve(projection, table, query.criteria(where), strict)
             ids = query.select_ids(projection, items, dataset=dataset, study=study,
-                                   kind=spec.kind(spec.main_kind).table)
+                                   kind=table)
             with engine.connect() as conn:
                 objects = source_hooks(config.source, "snapshots").pinned_objects(
                     conn, ids, roles)

@@ -98,6 +98,9 @@ class KindSpec:
     # dotted paths of references to other objects (``dataset._id``, ``imageId``): when
     # present they must be text, or the document is a failed item, not a dangling row
     references: tuple[str, ...] = ()
+    # names users bring from exports or other tools (an export's ``isic_id`` column) and
+    # the field path each means: the "did you mean" of a criterion on a field no object has
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def valid_id(self, object_id: object) -> bool:
         return isinstance(object_id, str) and bool(self.id_pattern.fullmatch(object_id))
@@ -280,6 +283,12 @@ class SourceSpec:
     sandbox: str | None = None  # "module:function" serving a local imitation
     # conn -> {table: (columns, rows)}: link tables published beside the kinds' projections
     links: Callable[[Any], dict] | None = None
+    # the sets a mirror's objects come in, listed by 'mirror names' (what --dataset,
+    # --collection... take): (label, table, name field, members). A table other than the
+    # main kind's lists its objects by the name field, each counted by the main kind's
+    # ``members`` field holding its _id (None: not counted); the main kind's own table
+    # lists the distinct values of the name field, counted.
+    groups: tuple[tuple[str, str, str, str | None], ...] = ()
 
     def kind(self, name: str) -> KindSpec:
         for kind in self.kinds:

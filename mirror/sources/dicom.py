@@ -25,6 +25,7 @@ import struct
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +82,8 @@ ZIP_HEADER_PREFIX = 2**20
 """Bytes of each instance kept in memory while it streams, to read its UIDs from."""
 ZIP_CHUNK = 2**20
 
+UID_TAGS = {"SOPInstanceUID": "00080018", "SeriesInstanceUID": "0020000E",
+            "StudyInstanceUID": "0020000D"}
 LICENSE_ENTRY = "LICENSE"
 MD5_ENTRY = "md5hashes.csv"
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -540,14 +543,25 @@ class SeriesZipReader:
         except zipfile.BadZipFile as exc:
             raise self._damaged(exc) from None
 
+    @contextmanager
+    def _chunks_of(self, entry: ZipEntry) -> Iterator[Iterator[bytes]]:
+        """The entry's bytes: what :meth:`ZipEntry.peek_uids` already unpacked whole (and
+        zipfile CRC-checked, having reached its end), else a fresh stream."""
+        whole, entry.whole = entry.whole, None
+        if whole is not None:
+            yield iter([whole] if whole else [])
+            return
+        with self.archive.open(entry.info) as stream:
+            yield iter(lambda: stream.read(ZIP_CHUNK), b"")
+
     def _read_checked(self, entry: ZipEntry) -> Iterator[bytes]:
         label, name = self.label, entry.name
         digest = hashlib.md5(usedforsecurity=False)
         prefix = bytearray()  # kept to read the UIDs from
         held: bytearray | None = bytearray()  # not yielded until the magic is seen
         size = 0
-        with self.archive.open(entry.info) as stream:
-            while chunk := stream.read(ZIP_CHUNK):
+        with self._chunks_of(entry) as chunks:
+            for chunk in chunks:
                 size += len(chunk)
                 digest.update(chunk)
                 if self._read_total + size > self.max_total:
@@ -570,7 +584,10 @@ class SeriesZipReader:
         if entry.md5 is not None and md5 != entry.md5:
             raise SeriesZipError(f"{label} entry {name} has MD5 {md5}, but {MD5_ENTRY} says "
                                  f"{entry.md5}; download it again")
-        uids = read_uids(bytes(prefix))
+        # the same first bytes as peek_uids parsed hold the same UIDs: not parsed twice
+        same_head = (entry.peeked is not None
+                     and entry.peeked_head == hashlib.sha256(prefix).digest())
+        uids = dict(entry.peeked) if same_head else read_uids(bytes(prefix))
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {name} has no valid {missing[0]} in its first "
@@ -602,6 +619,9 @@ class ZipEntry:
     info: zipfile.ZipInfo = field(repr=False)
     instance: VerifiedInstance | None = None  # set once chunks() ran to its end
     peeked: dict[str, str] | None = None
+    peeked_head: bytes | None = field(default=None, repr=False)  # sha256 of what it parsed
+    whole: bytes | None = field(default=None, repr=False)  # all of it, when peek read all
+    header: dict | None = field(default=None, repr=False)  # set by peek_header
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
@@ -613,18 +633,33 @@ class ZipEntry:
         label = self.reader.label
         try:
             with self.reader.archive.open(self.info) as stream:
-                head = stream.read(ZIP_HEADER_PREFIX)
+                head = stream.read(ZIP_HEADER_PREFIX + 1)
+            if len(head) <= ZIP_HEADER_PREFIX:  # the end was reached: not unpacked twice
+                self.whole = head
+            head = head[:ZIP_HEADER_PREFIX]
         except zipfile.BadZipFile as exc:
             raise self.reader._damaged(exc) from None
         if not is_dicom(head):
             raise DicomError(f"{label} entry {self.name} is not DICOM (no 'DICM' at byte "
                              f"{DICOM_MAGIC_OFFSET})")
-        uids = read_uids(head)
+        if self.header is None:
+            uids = read_uids(head)
+        else:  # one parse gives both
+            self.header = read_header(head)
+            uids = {key: str(((self.header.get(tag) or {}).get("Value") or [""])[0])
+                    for key, tag in UID_TAGS.items()}
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
-        self.peeked = uids
+        self.peeked, self.peeked_head = uids, hashlib.sha256(head).digest()
         return uids
+
+    def peek_header(self) -> dict:
+        """:meth:`peek_uids`, and the header (DICOM JSON, as :func:`read_header` gives
+        it) read from the same first bytes in the same parse."""
+        self.header = {}
+        self.peek_uids()
+        return self.header
 
 
 def open_series_zip(path: str | os.PathLike, **checks) -> SeriesZipReader:

@@ -114,6 +114,9 @@ class FileFetcher:
 
     def commit(self) -> None:
         """Write the buffered rows in bulk, then make files and rows durable, in that order."""
+        flush = getattr(self.source, "flush_fetched", None)
+        if flush is not None:  # what record_fetched buffered (TCIA's instances), same commit
+            flush()
         ingest_blobs(self.session, self.rows)
         by_kind = sorted(self.done, key=lambda t: (t.kind, t.role))
         for kind, group in itertools.groupby(by_kind, lambda t: (t.kind, t.role)):

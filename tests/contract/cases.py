@@ -86,9 +86,7 @@ CASES = [
     # listing and each document (at most 3 an image)
     SourceCase("isic-v1", _isic_v1, noop_requests=1 + 1 + 2 + 1 + 3 * (1 + 3)),
     # collections, one getSeries and one collection hash per collection
-    SourceCase("tcia-v4", _tcia_v4, noop_requests=5,
-               snapshots="snapshot create selects with mirror.query, which knows ISIC images "
-                         "only; TCIA has no snapshot hooks yet"),
+    SourceCase("tcia-v4", _tcia_v4, noop_requests=5, snapshot_args=("--blobs", "dicom")),
     # image pages, collections and their membership listings, lesions, stats
     SourceCase("isic-v2", _isic_v2, noop_requests=7,
                snapshots="snapshot create selects with mirror.query, which knows ISIC v1 "

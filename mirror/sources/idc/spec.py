@@ -108,6 +108,7 @@ SPEC = SourceSpec(
     kinds=KINDS,
     roles=ROLES,
     main_kind="series",
+    groups=(("collections", "collections", "name", "collection_id"),),
     parts=frozenset({"series"}),
     file_options=frozenset({"dicom"}),
     default_url=AWS_ENDPOINT,

@@ -62,7 +62,7 @@ class IsicV1Objects:
     def select_images(self, criteria: Any = None, sub_select: Any = False,
                       add_to_selection: bool = False, remove_from_selection: bool = False,
                       dataset: str | None = None, study: str | None = None,
-                      limit: int | None = None) -> ImageSelection:
+                      limit: int | None = None, strict: bool = False) -> ImageSelection:
         """Images whose documents meet ``criteria``, selected by DuckDB over the projection
         of the index (see :mod:`mirror.query`).
 
@@ -73,9 +73,12 @@ class IsicV1Objects:
         ``sub_select`` a list (of ids or image documents) or a dict (keyed by id) selects
         among those images only; ``add_to_selection`` adds what is found to the previous
         selection, ``remove_from_selection`` removes it from it. The result is also stored
-        as ``m.image_selection``.
+        as ``m.image_selection``. A criterion that can never match (a misspelt field, a
+        number against a text field) is a ``CriterionWarning``; ``strict=True`` raises.
         """
-        items = query.criteria(criteria)
+        query.check_limit(limit)
+        items = query.resolve(self._mirror.projection, "images", query.criteria(criteria),
+                              strict)
         previous = self.image_selection
         if isinstance(sub_select, (list, tuple, set, frozenset, dict)):
             items = items + [query.criterion("_id", "in", _ids_of(sub_select))]

@@ -59,10 +59,15 @@ def _kind(name: str, table: str, model, columns, **more) -> KindSpec:
                     model=model, columns=columns, **more)
 
 
+# the columns of 'mirror export metadata' (isic-cli's) and the image fields they show
+EXPORT_COLUMNS = (("isic_id", "name"), ("image_id", "_id"), ("attribution", "dataset.attribution"),
+                  ("copyright_license", "dataset.license"), ("license", "dataset.license"),
+                  ("dataset", "dataset.name"))
+
 KINDS = (
     _kind("dataset", "datasets", models.Dataset, projection.dataset_columns),
     _kind("image", "images", models.Image, projection.image_columns, parent="dataset",
-          references=("dataset._id",)),
+          aliases=EXPORT_COLUMNS, references=("dataset._id",)),
     _kind("segmentation", "segmentations", models.Segmentation,
           projection.segmentation_columns, parent="image", references=("imageId",)),
     _kind("study", "studies", models.Study, projection.study_columns,
@@ -102,4 +107,6 @@ SPEC = SourceSpec(
     source="mirror.sources.isic_v1.source:IsicV1Source",
     sandbox="mirror.sources.isic_v1.sandbox.server:run_forever",
     links=projection.study_image_links,
+    groups=(("datasets", "datasets", "name", "dataset._id"),
+            ("studies", "studies", "name", None)),
 )

@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from mirror.errors import ArchiveError, InvalidRecordError
@@ -83,9 +84,10 @@ class ImageRecord:
     metadata: dict
     raw: dict = field(repr=False, compare=False)
 
-    @property
+    @cached_property
     def document(self) -> dict:
-        """The record as stored: signed queries stripped (see :func:`stable_document`)."""
+        """The record as stored: signed queries stripped (see :func:`stable_document`);
+        made once (the sync reads it to store, hash and compare file identities)."""
         return stable_document(self.raw)
 
     @property

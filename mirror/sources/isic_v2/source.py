@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from sqlalchemy import delete, select
@@ -23,7 +24,9 @@ from mirror.sources.isic_v2.client import (
 from mirror.sources.isic_v2.spec import SPEC
 
 log = logging.getLogger("mirror.isic_v2")
+EXPIRED = "HTTP 403 for "  # how the file fetcher reports CloudFront's refusal of a stale URL
 BATCH = 500  # image documents stored and indexed per step
+PLAN_ROWS = 1000  # image rows read at a time when planning files
 FILES = (("full", "image", "full"), ("thumbnail", "thumbnail", "thumbnail_256"))
 
 
@@ -32,6 +35,8 @@ class IsicV2Source:
 
     spec: ClassVar[SourceSpec] = SPEC
     objects: ClassVar[str] = "mirror.sources.isic_v2.objects:IsicV2Objects"  # m.image(...)
+    exports: ClassVar[str] = "mirror.sources.isic_v2.exports"  # isic-cli's folder, the table
+    snapshots: ClassVar[str] = "mirror.sources.isic_v2.snapshot"
 
     def __init__(self, base_url: str, http: HttpClient):
         self.http = http
@@ -86,7 +91,8 @@ class IsicV2Source:
                                   "or use an authenticated mirror (--username)")
         if self.client.authenticated:
             self._check_token()
-        query, collections = _scope_of(options)
+        query, keys = _scope_of(options)
+        collections = None if keys is None else self._collection_ids(keys)
         complete = (query is None and collections is None and options.limit is None
                     and options.image_ids is None)
         listed: set[str] | None = None
@@ -98,14 +104,29 @@ class IsicV2Source:
             self._sync_lesions(run)
         return None if complete else listed
 
+    def _collection_ids(self, keys: list[str]) -> list[int]:
+        """Collection ids for ids or exact names (as ``isic collection list`` shows them);
+        an unknown name is an error before anything is listed (the archive would answer an
+        unknown id with an empty listing)."""
+        names = [k for k in keys if not k.isdigit()]
+        by_name: dict[str, int] = {}
+        if names:
+            by_name = {c["name"]: c["id"] for c in self.client.collections()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise MirrorError(f"no collection named {unknown[0]!r} is visible to this mirror; "
+                              "give its id or exact name (isic collection list)")
+        return [int(k) if k.isdigit() else by_name[k] for k in keys]
+
     def _sync_images(self, run: DocumentRun, query: str | None, collections: list[int] | None,
                      options: Any, complete: bool) -> set[str]:
-        listing, listed, batch = Listing(), set(), []
+        listing, listed, batch, order = Listing(), set(), [], []
         wanted = options.image_ids
         for record in self.client.images(query, collections, listing):
             if wanted is not None and record.isic_id not in wanted:
                 continue
             listed.add(record.isic_id)
+            order.append(record.isic_id)
             batch.append(record)
             if len(batch) >= BATCH:
                 self._store_images(run, batch)
@@ -118,6 +139,8 @@ class IsicV2Source:
             run.summary.fail("image", "?", "document", line)
         if complete and not listing.rejected:
             run.remove_missing("image", listed, where="the images/ listing")
+            run.record("listing", run.store_docs("listing", [{"id": "images",
+                                                              "isic_ids": order}]))
         elif complete:
             log.warning("not marking images removed: %d record(s) were rejected",
                         len(listing.rejected))
@@ -188,11 +211,15 @@ class IsicV2Source:
                    options: frozenset[str]) -> list[FileTask]:
         """Every wanted file the index lacks, in isic_id order; a file the archive replaced
         (see :meth:`_retire_changed_files`) is fetched as a new version."""
+        if not options & {option for option, _, _ in FILES}:
+            return []  # metadata only: no record need be read again
         have = {tuple(r) for r in session.execute(select(Blob.object_id, Blob.role))}
         had = {tuple(r) for r in session.execute(select(FileVersion.object_id,
                                                         FileVersion.role))}
         rows = session.execute(select(ObjectRow.id, ObjectRow.doc).where(
-            ObjectRow.kind == "image", ObjectRow.removed.is_(False)).order_by(ObjectRow.id))
+            ObjectRow.kind == "image", ObjectRow.removed.is_(False)).order_by(ObjectRow.id)
+            .execution_options(yield_per=PLAN_ROWS))  # streamed: 200,000 parsed records
+            # would be ~1 GB
         tasks = []
         for isic_id, doc in rows:
             if scope is not None and isic_id not in scope:
@@ -208,11 +235,11 @@ class IsicV2Source:
     def _task(self, isic_id: str, doc: dict, option: str, role: str, key: str,
               replace: bool) -> FileTask | None:
         ref = (doc.get("files") or {}).get(key) or {}
-        url = self._signed.get(isic_id, {}).get(role) or ref.get("url")
+        url = ref.get("url")
         if not isinstance(url, str):
             return None
-        if not doc.get("public", True) and url == strip_signed_query(url):
-            url = self._fresh_signed_url(isic_id, key) or url  # listed in an earlier run
+        if not doc.get("public", True):
+            url = None  # signed when its turn comes (fetch_file): a signature can expire
         acquisition = (doc.get("metadata") or {}).get("acquisition") or {}
         px, py = acquisition.get("pixels_x"), acquisition.get("pixels_y")
         shape = (py, px) if role == "image" and isinstance(px, int) and isinstance(py, int) \
@@ -221,11 +248,44 @@ class IsicV2Source:
         return FileTask("image", isic_id, role, option, url=url, shape=shape, replace=replace,
                         size=size)
 
+    def fetch_file(self, task: FileTask, fetcher: Any) -> list[tuple]:
+        """A private image's file through its signed URL (this run's, else the record's
+        again). A signature that expired meanwhile (CloudFront answers 403; the archive
+        renews URLs daily and they live 6-7 days, so a long or resumed sync meets this)
+        makes the record be fetched again for a fresh URL, once; the sync does not fail."""
+        key = "full" if task.role == "image" else "thumbnail_256"
+        url = self._signed.get(task.object_id, {}).get(task.role)
+        if url is not None:
+            try:
+                return fetcher.fetch(replace(task, url=url))
+            except MirrorError as exc:
+                if not str(exc).startswith(EXPIRED):
+                    _unsigned(exc, url)
+                log.info("%s of %s: the signed URL expired; asking for the record again",
+                         task.role, task.object_id)
+        url = self._fresh_signed_url(task.object_id, key)
+        if url is None:
+            raise MirrorError(f"{task.object_id} is no longer visible to this token (404); "
+                              "the next sync marks it removed")
+        self._signed.setdefault(task.object_id, {})[task.role] = url
+        try:
+            return fetcher.fetch(replace(task, url=url))
+        except MirrorError as exc:
+            _unsigned(exc, url)
+
     def _fresh_signed_url(self, isic_id: str, key: str) -> str | None:
         record = self.client.image(isic_id)
         if record is None:
             return None
         return record.full.url if key == "full" else record.thumbnail.url
+
+
+def _unsigned(exc: MirrorError, url: str) -> None:
+    """Re-raise ``exc``; a message naming the signed URL names it unsigned instead (a
+    signature is a capability: it stays out of reports and logs)."""
+    if url in str(exc):
+        raise MirrorError(str(exc).replace(url, strip_signed_query(url))) from None
+    raise exc
 
 
 def _file_identity(doc: dict, key: str) -> tuple:
@@ -239,8 +299,9 @@ def _file_identity(doc: dict, key: str) -> tuple:
     return identity
 
 
-def _scope_of(options: Any) -> tuple[str | None, list[int] | None]:
-    """The search query and collection ids a run is limited to (``options.scope``)."""
+def _scope_of(options: Any) -> tuple[str | None, list[str] | None]:
+    """The search query and collections (ids or names) a run is limited to
+    (``options.scope``)."""
     scope = getattr(options, "scope", None) or {}
     query = scope.get("search") or None
     raw = scope.get("collections", scope.get("collection"))
@@ -252,10 +313,7 @@ def _scope_of(options: Any) -> tuple[str | None, list[int] | None]:
         items = list(raw)
     else:
         items = [raw]
-    try:
-        return query, [int(x) for x in items]
-    except (TypeError, ValueError):
-        raise MirrorError(f"collection ids must be integers, e.g. 61,62 (got {raw!r})") from None
+    return query, [str(x).strip() for x in items if str(x).strip()]
 
 
 __all__ = ["SPEC", "IsicV2Source"]

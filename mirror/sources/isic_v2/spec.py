@@ -1,7 +1,8 @@
 """What ISIC API v2 holds, declared for the engine (see :mod:`mirror.sources.base`).
 
 Kinds: images (``ISIC_nnnnnnn``), collections (integer ids, stored as their decimal
-string) and lesions (``IL_nnnnnnn``), all in the generic ``objects`` table: the records
+string) lesions (``IL_nnnnnnn``) and one ``listing`` (``images``: the isic_ids of the last complete
+listing, in the archive's publish order), all in the generic ``objects`` table: the records
 are stored as the archive sends them (signed URL queries stripped), and columns are
 derived later. Ids are not hex, so they are sharded by the last hex digit of their hash.
 
@@ -22,6 +23,7 @@ JPEG, PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 ISIC_ID = re.compile(r"ISIC_\d{7}")
 COLLECTION_ID = re.compile(r"\d{1,10}")
 LESION_ID = re.compile(r"IL_\d{7}")
+LISTING_ID = re.compile(r"images")
 
 
 def _collection_id(doc: dict) -> str | None:
@@ -38,6 +40,12 @@ KINDS = (
     KindSpec("lesion", "lesions", LESION_ID, shard=shard_by_hash,
              id_of=lambda doc: doc.get("id"), name_of=lambda doc: doc.get("id"), id_field="id",
              name_field="id"),
+    # The order of the last complete images/ listing (publish order, which no record
+    # carries): what isic-cli orders its metadata.csv by. Queries see only its length.
+    KindSpec("listing", "listings", LISTING_ID, shard=shard_by_hash,
+             id_of=lambda doc: doc.get("id"), name_of=lambda doc: doc.get("id"),
+             projected=lambda doc: {"id": doc.get("id"),
+                                    "images": len(doc.get("isic_ids") or [])}),
 )
 
 ROLES = (
@@ -58,6 +66,7 @@ SPEC = SourceSpec(
     kinds=KINDS,
     roles=ROLES,
     main_kind="image",
+    groups=(("collections", "collections", "name", None),),
     parts=frozenset({"images", "collections", "lesions"}),
     file_options=frozenset({"full", "thumbnail"}),
     default_url=DEFAULT_BASE_URL,

@@ -53,15 +53,16 @@ class KnownSeries:
     each instance it verified."""
 
     row: dict
-    md5s: list[str] = field(default_factory=list)
+    md5s: list[str] | None = field(default_factory=list)  # None: the mirror holds no
+    #                                 bytes of it (outside a --where scope, metadata only)
 
     @property
     def uid(self) -> str:
         return self.row["SeriesInstanceUID"]
 
     @property
-    def hash(self) -> str:
-        return combine(self.md5s)
+    def hash(self) -> str | None:
+        return None if self.md5s is None else combine(self.md5s)
 
 
 @dataclass
@@ -110,11 +111,16 @@ def _row_problem(row: dict) -> str | None:
 class ChangePlanner:
     """Builds a :class:`ChangePlan` for some collections with as few requests as it can."""
 
-    def __init__(self, client: NbiaClient, executor: Executor | None = None):
+    def __init__(self, client: NbiaClient, executor: Executor | None = None,
+                 full: bool = False):
         """``executor`` (optional) runs the per-collection requests side by side: with a
-        few hundred collections a no-op plan is otherwise a few hundred round trips."""
+        few hundred collections a no-op plan is otherwise a few hundred round trips.
+        ``full`` (``mirror sync --full``) skips the lagging collection hash and asks the
+        live hash of every patient: a change of bytes the daily job has not folded into
+        the collection hash yet is found now, for one request per patient."""
         self.client = client
         self.executor = executor
+        self.full = full
 
     def _map(self, fn: Callable, items: list) -> list:
         return list(self.executor.map(fn, items) if self.executor else map(fn, items))
@@ -192,6 +198,9 @@ class ChangePlanner:
             (plan.hidden if hidden else plan.removed).append(uid)
 
     def _settle_by_series_hash(self, plan: ChangePlan, known: KnownSeries) -> None:
+        if known.md5s is None:  # no bytes held: nothing to compare, nothing to refetch
+            plan.fields_only.append(known.uid)
+            return
         plan.requests += 1
         if self.client.md5_hierarchy(series=known.uid) == known.hash:
             plan.fields_only.append(known.uid)
@@ -201,8 +210,9 @@ class ChangePlanner:
     def _walk_hierarchy(self, plan: ChangePlan, same_fields: list[str],
                         known: dict[str, KnownSeries]) -> None:
         """Collection → patient → study → series, descending only where hashes differ."""
-        candidates = set(same_fields)
         local = {uid: (known[uid].hash if uid in known else None) for uid in plan.rows}
+        candidates = {uid for uid in same_fields if local[uid] is not None}
+        plan.unchanged.extend(sorted(set(same_fields) - candidates))
         tree: dict[str, dict[str, dict[str, list[str]]]] = {}
         for uid, row in plan.rows.items():
             tree.setdefault(row["Collection"], {}).setdefault(row["PatientID"], {}) \
@@ -222,29 +232,33 @@ class ChangePlanner:
                 hashes = [patient_hash(s) for s in patients.values()]
                 if None not in hashes:
                     mine[collection] = combine(hashes)
-        names = list(mine)
+        names = [] if self.full else list(mine)
         served = dict(zip(names, self._map(
             lambda c: self.client.md5_hierarchy(collection=c), names), strict=True))
         plan.requests += len(names)
         for collection, patients in tree.items():
             if not candidates & {u for s in patients.values() for us in s.values() for u in us}:
                 continue
-            if collection in mine and served[collection] == mine[collection]:
+            if collection in served and served[collection] == mine[collection]:
                 continue  # (may lag by a day: the field diff above caught the rest)
             for pid, studies in patients.items():
                 uids = [u for us in studies.values() for u in us]
                 if not candidates & set(uids):
                     continue
-                plan.requests += 1
-                if self.client.md5_hierarchy(patient=pid, collection=collection) == \
-                        patient_hash(studies):
-                    continue
+                mine_patient = patient_hash(studies)  # None: some series' bytes not held
+                if mine_patient is not None:
+                    plan.requests += 1
+                    if self.client.md5_hierarchy(patient=pid, collection=collection) == \
+                            mine_patient:
+                        continue
                 for study, study_uids in studies.items():
                     if not candidates & set(study_uids):
                         continue
-                    plan.requests += 1
-                    if self.client.md5_hierarchy(study=study) == study_hash(study_uids):
-                        continue
+                    mine_study = study_hash(study_uids)
+                    if mine_study is not None:
+                        plan.requests += 1
+                        if self.client.md5_hierarchy(study=study) == mine_study:
+                            continue
                     for uid in candidates & set(study_uids):
                         plan.requests += 1
                         if self.client.md5_hierarchy(series=uid) != local[uid]:

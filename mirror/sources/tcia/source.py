@@ -2,12 +2,17 @@
 
 Documents: the ``getSeries`` rows of the mirrored collections (``--collection X``, repeatable;
 default every collection), planned by :class:`ChangePlanner` (field diff, vanished series
-probed, MD5 hierarchy checked against the mirror's own hashes); the SOPInstanceUIDs of
-every series that is new or whose bytes changed. Files: one task per series whose
-instances the mirror lacks (or that changed); :meth:`TciaSource.fetch_file` downloads its
-zip once, checks it whole (:class:`SeriesZipReader`), streams each instance into the store
-(``put_stream`` publishes it only after its MD5, CRC and UIDs passed) and adds the
-series' ``md5s`` file, from which the next sync computes its local hashes.
+probed, MD5 hierarchy checked against the mirror's own hashes). ``--where`` criteria over
+the rows (:mod:`mirror.sources.tcia.scope`) pick the series whose files are fetched; every
+row is stored. Files: one task per selected series whose instances the mirror lacks (or
+that changed); :meth:`TciaSource.fetch_file` downloads its zip once, checks it whole
+(:class:`SeriesZipReader`), streams each instance into the store (``put_stream`` publishes
+it only after its MD5, CRC and UIDs passed), reads its header (the instance's document)
+and adds the series' ``md5s`` file, from which the next sync computes its local hashes.
+The verified zip is the instance listing: its entries matched ``ImageCount`` and
+``md5hashes.csv``, so no ``getSOPInstanceUIDs`` is asked (only a metadata-only sync, which
+fetches no zip, lists them); the instances are indexed in one batch per fetcher commit
+(:meth:`TciaSource.flush_fetched`), not series by series.
 
 A zip refused part-way (a duplicate SOPInstanceUID in its third entry, say) leaves the
 instances before it on disk, each verified, but none is indexed: the task fails as a
@@ -18,19 +23,23 @@ bytes in place, and ``mirror gc`` removes them if the series never arrives.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mirror.config import utc_now
 from mirror.errors import MirrorError
 from mirror.index import Blob, ObjectRow, SyncItem
+from mirror.ingest import mark_removed
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
-from mirror.sources.dicom import open_series_zip
+from mirror.sources.dicom import ZIP_HEADER_PREFIX, open_series_zip, read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
+from mirror.sources.tcia.scope import parse_scope
 from mirror.sources.tcia.spec import SPEC
 from mirror.store import TEMP_PREFIX
 from mirror.sync.pool import completed
@@ -40,6 +49,9 @@ class TciaSource:
     """One sync run against NBIA v4."""
 
     spec: ClassVar[SourceSpec] = SPEC
+    objects: ClassVar[str] = "mirror.sources.tcia.objects:TciaObjects"
+    exports: ClassVar[str] = "mirror.sources.tcia.exports"
+    snapshots: ClassVar[str] = "mirror.sources.tcia.snapshot"
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")
@@ -48,6 +60,11 @@ class TciaSource:
         self._expected: dict[str, tuple[int | None, list[str]]] = {}
         self.last_plan = None  # the ChangePlan of the last sync_documents (for reports)
         self._replace: set[str] = set()  # series whose files must be fetched again
+        self._run: DocumentRun | None = None
+        self._lock = threading.Lock()
+        self._fetched: dict[str, list] = {}  # series -> its instance documents, stored
+        self._pending: list[tuple[str, list]] = []  # fetched series not yet indexed
+        self._headers = True  # index each fetched instance's header (--what headers)
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("TCIA's NBIA v4 API serves its public collections without a "
@@ -58,11 +75,15 @@ class TciaSource:
     def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None:
         """Returns the listed series of the mirrored collections (files are planned for
         those that lack instances or changed)."""
-        wanted = _collections(getattr(options, "scope", {}).get("collection"))
+        scope_options = getattr(options, "scope", None) or {}
+        self._headers = "headers" in (getattr(options, "what", None) or {"headers"})
+        scope = parse_scope(scope_options.get("where"))
+        wanted = _collections(scope_options.get("collection"))
         if not wanted:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
-        plan = ChangePlanner(self.client, run.executor).plan(wanted, known)
+        plan = ChangePlanner(self.client, run.executor,
+                             full=bool(getattr(options, "full", False))).plan(wanted, known)
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
                                                                      plan.added)
@@ -74,7 +95,14 @@ class TciaSource:
         run.remove_missing("series", set(plan.rows), within=within,
                            where="the getSeries listings")
         run.commit()
-        needing = self._needing_instances(run.session, plan)
+        self._run = run
+        selected = scope.select(plan.rows.values()) if scope else set(plan.rows)
+        if scope_options.get("series") is not None:  # a snapshot build: exactly these
+            selected &= set(scope_options["series"])
+        if "dicom" in (getattr(options, "blobs", None) or ()):
+            return selected  # the zips list the instances (see record_fetched)
+        needing = [uid for uid in self._needing_instances(run.session, plan)
+                   if uid in selected]
         for uid, future in completed(run.executor, self.client.sop_uids, needing, run.window):
             sops = future.result()  # listed in parallel; stored and indexed here
             docs = [{"SOPInstanceUID": sop, "SeriesInstanceUID": uid} for sop in sops]
@@ -82,7 +110,7 @@ class TciaSource:
             run.remove_missing("instance", set(sops), within=_instance_ids(run.session, uid),
                                where=f"getSOPInstanceUIDs of series {uid}")
         run.commit()
-        return set(plan.rows)
+        return selected
 
     def _known(self, session: Session, store) -> dict[str, KnownSeries]:
         """The current series rows and, where the mirror has them, their instance MD5s."""
@@ -98,9 +126,9 @@ class TciaSource:
             Blob.role == "md5s")).all())
 
     @staticmethod
-    def _md5s(store, relpath: str | None) -> list[str]:
+    def _md5s(store, relpath: str | None) -> list[str] | None:
         if relpath is None:
-            return []
+            return None  # no bytes of the series held
         try:
             return list(json.loads(store.read_bytes(relpath)).values())
         except (OSError, ValueError, MirrorError):
@@ -155,7 +183,9 @@ class TciaSource:
             if scope is not None and uid not in scope:
                 continue
             sops = instances.get(uid, [])
-            complete = uid in md5s_at and all(s in have for s in sops)
+            count = doc.get("ImageCount")
+            complete = (uid in md5s_at and all(s in have for s in sops)
+                        and (count is None or len(sops) >= count))
             if complete and uid not in changed:
                 continue
             self._expected[uid] = (doc.get("ImageCount"), sops)
@@ -166,32 +196,77 @@ class TciaSource:
     def fetch_file(self, task: FileTask, fetcher) -> list[tuple]:
         """Download the series zip, publish each verified instance and the MD5 list."""
         role = self.spec.role("dicom")
-        count, sops = self._expected.get(task.object_id, (None, []))
+        count, _ = self._expected.get(task.object_id, (None, []))
         scratch = fetcher.store.path(fetcher.relpath(task, role, ".dcm")).parent
         path = self.client.download_series_zip(task.object_id, scratch, prefix=TEMP_PREFIX,
                                                max_bytes=task.max_bytes)
         results: list[tuple] = []
         md5s: dict[str, str] = {}
+        headers: dict[str, dict] = {}
         try:
-            with open_series_zip(path, expected_count=count,
-                                 expected_sop_uids=sops or None, series_uid=task.object_id,
+            # the instances the index holds may be stale (the zip is the listing now):
+            # checked against getSeries' ImageCount and md5hashes.csv instead
+            with open_series_zip(path, expected_count=count, series_uid=task.object_id,
                                  max_total=task.max_bytes,  # from getSeries FileSize
                                  label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
-                    sop = entry.peek_uids()["SOPInstanceUID"]
+                    # one parse gives the UIDs and, when asked for, the header
+                    header = entry.peek_header() if self._headers else None
+                    sop = (entry.peeked or entry.peek_uids())["SOPInstanceUID"]
                     one = FileTask("instance", sop, "dicom", "dicom", replace=True)
                     stored = fetcher.put(fetcher.relpath(one, role, ".dcm"), entry.chunks(),
                                          None, one, role, None)
                     md5s[sop] = entry.instance.md5
+                    if header is not None and entry.size > ZIP_HEADER_PREFIX:
+                        header = read_header(fetcher.store.path(stored.relpath))  # past it?
+                    headers[sop] = header
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
         finally:
             path.unlink(missing_ok=True)
+        docs = [instance_document(sop, task.object_id, headers[sop]) for sop in md5s]
+        stored_docs = self._run.store_docs("instance", docs) if self._run else []
+        with self._lock:
+            self._fetched[task.object_id] = stored_docs
         data = json.dumps(md5s, sort_keys=True).encode()
         md5_task = FileTask("series", task.object_id, "md5s", "dicom", replace=True)
         stored = fetcher.store.put_bytes(
             fetcher.relpath(md5_task, self.spec.role("md5s"), ".json"), data, new_version=True)
         results.append((task.object_id, "md5s", stored, "application/json", None, False))
         return results
+
+    def record_fetched(self, task: FileTask, results: list[tuple]) -> None:
+        """In the fetcher's thread: keep the series' instances, as its verified zip listed
+        them, for :meth:`flush_fetched` (indexing them series by series costs the fetching
+        thread a GIL hand-over per statement while the workers unzip)."""
+        with self._lock:
+            stored = self._fetched.pop(task.object_id, None)
+        if stored is not None:
+            self._pending.append((task.object_id, stored))
+
+    def flush_fetched(self) -> None:
+        """Before the fetcher commits its file rows: index the instances of the series
+        fetched since the last commit and mark removed those a series no longer holds
+        (its zip is complete: entries matched ImageCount and md5hashes.csv)."""
+        pending, self._pending = self._pending, []
+        if not pending or self._run is None:
+            return
+        self._run.record("instance", [item for _, stored in pending for item in stored])
+        gone = []
+        for uid, stored in pending:
+            _, before = self._expected.get(uid, (None, []))
+            gone += sorted(set(before) - {doc["SOPInstanceUID"] for doc, _ in stored})
+        if gone:
+            mark_removed(self._run.session, self.spec.kind("instance"), gone, utc_now())
+            self._run.summary.count("instance", "removed", len(gone))
+
+def instance_document(sop: str, series_uid: str, header: dict | None) -> dict:
+    """A fetched instance's document: its ids and its header as DICOM JSON (without
+    ``--what headers``: its ids only, as a metadata-only sync lists them)."""
+    if header is None:
+        return {"SOPInstanceUID": sop, "SeriesInstanceUID": series_uid}
+    study = ((header.get("0020000D") or {}).get("Value") or [None])[0]
+    return {"SOPInstanceUID": sop, "SeriesInstanceUID": series_uid,
+            "StudyInstanceUID": study, "dicom": header}
 
 
 def _collections(value: str | Iterable[str] | None) -> list[str]:

@@ -1,7 +1,9 @@
 """What TCIA's NBIA v4 holds, declared for the engine (see :mod:`mirror.sources.base`).
 
 Kinds: series (the ``getSeries`` row, the unit NBIA lists, hashes and zips) and their
-instances (SOPInstanceUIDs from ``getSOPInstanceUIDs``). Collections, patients and studies
+instances: once fetched, an instance's document is its ids and its DICOM header as DICOM
+JSON (PS3.18 F.2, no pixel data or bulk values), projected by tag keyword; a metadata-only
+mirror holds only the ids ``getSOPInstanceUIDs`` lists. Collections, patients and studies
 are fields of the series rows, not objects: NBIA changes them only through their series.
 Ids are DICOM UIDs (digits and dots), whose last character would fill ten shard folders
 unevenly, so objects shard by the SHA-256 of the id.
@@ -22,6 +24,22 @@ UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
 DICM = b"DICM"
 
+TAG = re.compile(r"[0-9A-Fa-f]{8}")  # keyword_columns keeps private tags by number
+
+
+def _instance_columns(doc: dict) -> dict:
+    """An instance as selections and ``mirror sql`` see it: its ids and its header's
+    public single-valued attributes by keyword (``SliceThickness``, ``KVP``...), not the
+    DICOM JSON's per-tag objects."""
+    from mirror.sources.dicom import keyword_columns
+
+    shown = {k: v for k, v in doc.items() if k != "dicom"}
+    for keyword, value in keyword_columns(doc.get("dicom") or {}).items():
+        if not TAG.fullmatch(keyword) and keyword not in shown and not isinstance(value, list):
+            shown[keyword] = value
+    return shown
+
+
 KINDS = (
     KindSpec(name="series", table="series", id_pattern=UID, shard=shard_by_hash,
              id_of=lambda doc: doc.get("SeriesInstanceUID"),
@@ -31,7 +49,8 @@ KINDS = (
     KindSpec(name="instance", table="instances", id_pattern=UID, parent="series",
              shard=shard_by_hash, id_of=lambda doc: doc.get("SOPInstanceUID"),
              name_of=lambda doc: None, parent_of=lambda doc: doc.get("SeriesInstanceUID"),
-             id_field="SOPInstanceUID", parent_field="SeriesInstanceUID"),
+             projected=_instance_columns, id_field="SOPInstanceUID",
+             parent_field="SeriesInstanceUID"),
 )
 
 ROLES = (
@@ -54,7 +73,8 @@ SPEC = SourceSpec(
     kinds=KINDS,
     roles=ROLES,
     main_kind="series",
-    parts=frozenset({"series"}),
+    groups=(("collections", "series", "Collection", "Collection"),),
+    parts=frozenset({"series", "headers"}),
     file_options=frozenset({"dicom"}),
     default_url=NBIA_V4_URL,
     source="mirror.sources.tcia.source:TciaSource",

@@ -157,3 +157,18 @@ def test_an_executor_gives_the_same_plan(sb):
     with ThreadPoolExecutor(4) as pool:
         parallel = ChangePlanner(nbia(sb), pool).plan(COLLECTIONS, known)
     assert parallel == serial and serial.refetch == [victim.uid] and len(serial.added) == 1
+
+
+def test_full_walks_the_live_patient_hashes_past_a_stale_collection_hash(sb):
+    """Bytes change under identical getSeries fields before NBIA's daily job: the stale
+    collection hash still equals the mirror's, so only --full (patient level) sees it."""
+    known = mirror_state(sb)
+    victim = next(k for k in known.values() if k.row["Collection"] == "Sandbox-Lung-CT")
+    for image in sb.archive.series[victim.uid].images.values():
+        image.data = image.data[:-2] + b"\x00\x01"  # same size, other bytes
+        image.__post_init__()
+    assert plan(sb, known).refetch == []  # within the staleness window: missed
+    patients = len({k.row["PatientID"] for k in known.values()})
+    full = ChangePlanner(nbia(sb), full=True).plan(COLLECTIONS, known)
+    assert full.refetch == [victim.uid]
+    assert full.requests >= 2 + patients  # two listings, then every patient's live hash

@@ -184,3 +184,28 @@ def test_an_html_page_is_never_taken_for_a_hash(sb, monkeypatch):
     monkeypatch.setattr(nbia.http, "post", proxy_page_once)
     assert len(nbia.md5_hierarchy(collection="Sandbox-Lung-CT")) == 32
     assert calls and nbia.http.retries == 1
+
+
+def test_peek_header_is_read_header_of_the_entry_in_one_parse(tmp_path):
+    import io
+    import zipfile
+
+    from mirror.sources.dicom import open_series_zip, read_header
+
+    sandbox = start(collections=1, seed=3)
+    try:
+        nbia = client(sandbox)
+        row = nbia.series()[0]
+        path = nbia.download_series_zip(row["SeriesInstanceUID"], tmp_path)
+    finally:
+        sandbox.stop()
+    raw = zipfile.ZipFile(path)
+    with open_series_zip(path, expected_count=row["ImageCount"],
+                         series_uid=row["SeriesInstanceUID"]) as series:
+        for entry in series:
+            header = entry.peek_header()
+            data = b"".join(entry.chunks())
+            assert data == raw.read(entry.name)
+            assert header == read_header(io.BytesIO(data))
+            assert header["00080018"]["Value"] == [entry.instance.sop_uid]
+            assert entry.peeked["SOPInstanceUID"] == entry.instance.sop_uid
