@@ -369,10 +369,10 @@ def status(root, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def verify(root, fast, repair, as_json) -> None:
     """Re-hash every file and cross-check index and store; exit 1 on any problem."""
-    from mirror.verify import repair_mirror, verify_lines, verify_mirror
+    from mirror.verify import needs_repair, repair_mirror, verify_lines, verify_mirror
 
     report = verify_mirror(root, fast=fast)
-    if repair and not report.ok:
+    if repair and needs_repair(report):
         report = repair_mirror(root, report)
     _emit(report.as_dict(), verify_lines(report), as_json)
     sys.exit(0 if report.ok else 1)
@@ -380,7 +380,8 @@ def verify(root, fast, repair, as_json) -> None:
 
 @main.command()
 @_root_option
-@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be removed and what is kept, and why; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def gc(root, dry_run, as_json) -> None:
     """Remove superseded versions and stray files that no snapshot pins."""
@@ -388,8 +389,12 @@ def gc(root, dry_run, as_json) -> None:
 
     data = collect_garbage(root, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    lines = [f"{verb} {path}" for path in data["files"]]
-    lines.append(f"{verb} {len(data['files'])} file(s), {data['bytes'] / 1e6:.1f} MB")
+    lines = [f"{verb} {item['path']} ({item['reason']})" for item in data["reasons"]]
+    if dry_run:
+        lines += [f"would keep {item['path']} ({item['reason']})" for item in data["kept"]]
+    lines.append(f"{verb} {len(data['files'])} file(s), {data['bytes'] / 1e6:.1f} MB"
+                 + (f"; kept {len(data['kept'])} pinned or recently removed" if data["kept"]
+                    else ""))
     _emit(data, lines, as_json)
 
 
@@ -650,6 +655,10 @@ def snapshot_export(root, name, dest, fmt) -> None:
     data = export(root, name, dest, fmt)
     click.echo(f"exported {data['files']} file(s), {data['bytes'] / 1e6:.1f} MB, to "
                f"{data['path']} ({fmt})")
+    if data.get("renamed"):
+        click.echo(f"{len(data['renamed'])} file(s) share a name with another object's: "
+                   "each is named <name>_<id> (e.g. "
+                   f"{data['renamed'][0]})")
 
 
 @snapshot.command("verify")

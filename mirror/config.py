@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 from mirror.errors import BadUrlError, MirrorError, MirrorModeError, NotAMirrorError
 from mirror.layout import FORMAT_VERSION, MARKER, Layout, shared_mkdir
 from mirror.sources.base import ALIASES, source_for_url, spec_of
+from mirror.temps import owned_temp
 
 
 @dataclass
@@ -59,7 +59,10 @@ def load_config(root: Path) -> MirrorConfig:
         ) from None
     except (OSError, ValueError) as exc:
         raise NotAMirrorError(
-            f"cannot read {path}: {exc}; restore it or run 'mirror reindex'") from None
+            f"cannot read {path}: {exc}; {RESTORE_CONFIG}") from None
+    problem = _config_problem(raw)
+    if problem is not None:
+        raise NotAMirrorError(f"{path} is damaged ({problem}); {RESTORE_CONFIG}")
     if raw.get("format", 0) > FORMAT_VERSION:
         raise MirrorModeError(
             f"{root} uses mirror format {raw['format']}, newer than this tool ({FORMAT_VERSION}); "
@@ -72,12 +75,31 @@ def load_config(root: Path) -> MirrorConfig:
     return config
 
 
+RESTORE_CONFIG = ("restore it from a backup or another copy of this mirror (it names the "
+                  "source and the archive's URL); the store and index are untouched")
+_CONFIG_TYPES = {"source": (str,), "base_url": (str,), "authenticated": (bool,),
+                 "index_url": (str, type(None)), "id": (str,), "format": (int,),
+                 "created": (str,)}
+
+
+def _config_problem(raw: object) -> str | None:
+    """What makes a parsed ``mirror.json`` unusable (a field of the wrong type), or None."""
+    if not isinstance(raw, dict):
+        return f"a JSON {type(raw).__name__}, not an object"
+    for key, types in _CONFIG_TYPES.items():
+        if key in raw and (not isinstance(raw[key], types)
+                           or (key == "format" and isinstance(raw[key], bool))):
+            return f"field {key!r} is {type(raw[key]).__name__}"
+    return None
+
+
 def save_config(root: Path, config: MirrorConfig) -> None:
     """Write ``mirror.json`` atomically (temp file, fsync, replace)."""
     root = Path(root)
     shared_mkdir(root, root)
     data = json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=root)
+    tmp = owned_temp(root / MARKER)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(data)

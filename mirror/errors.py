@@ -66,12 +66,22 @@ class AuthenticationError(MirrorError):
     """Login failed; the message never contains the password."""
 
 
+class LoginLostError(AuthenticationError):
+    """The archive answered an authenticated request anonymously (an expired or ignored
+    login): its listings may lack private objects, so nothing is marked removed."""
+
+
 class IndexFenceError(MirrorError):
     """Another writer published a generation while this one worked; nothing was published."""
 
 
 class RemovalGuardError(MirrorError):
     """A listing would mark more of the mirror removed than the guard allows."""
+
+
+class DecodeBombError(ValueError):
+    """An image file whose declared dimensions exceed what its object says or the decode
+    cap (``MIRROR_MAX_DECODE_PIXELS``): refused before any pixel is allocated."""
 
 
 class SuperpixelError(ValueError):

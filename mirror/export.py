@@ -83,6 +83,27 @@ def export_files(mirror: Mirror, dest: Path, selection: Any, *args: Any,
         return exports_of(mirror).export_files(mirror, staging, selection, *args, **options)
 
 
+def unique_stems(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """``{id: file stem}`` for ``(id, stem)`` pairs, every stem unique, and the renamed ids.
+
+    Two objects may share a name (the archive does not forbid it), and one file would then
+    silently replace the other. Every stem that occurs more than once (compared
+    case-folded: macOS and SMB folders are case-insensitive) becomes ``<stem>_<id>``, for
+    all its objects: which one keeps the plain name never depends on the order.
+    """
+    counts: dict[str, int] = {}
+    for _, stem in pairs:
+        counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
+    out, renamed = {}, []
+    for object_id, stem in pairs:
+        if counts[stem.casefold()] > 1:
+            out[object_id] = f"{stem}_{object_id}"
+            renamed.append(object_id)
+        else:
+            out[object_id] = stem
+    return out, renamed
+
+
 def object_table(mirror: Mirror, kind: str, ids: list[str], columns: list[str] | None = None
                  ) -> tuple[list[str], Iterator[list[Any]]]:
     """The header and rows of selected objects of any kind (a projection table name):

@@ -13,58 +13,17 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import re
 import shutil
-import socket
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from mirror.errors import ExportDestError, MirrorError
-from mirror.lease import pid_alive
+from mirror.temps import TMP_PREFIX, owned_temp, remove_dead_temps  # noqa: F401
 
-TMP_PREFIX = ".mirror-tmp-"
 LINK_MODES = ("hard", "sym", "copy")
-
-
-# .mirror-tmp-<uuid>.<pid>@<host>~<name>: a host name has no "~", so the name can be anything
-_OWNED_TEMP = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{32}}\.(\d+)@([^~]*)~(.*)",
-                         re.DOTALL)
-
-
-def temp_beside(path: Path) -> Path:
-    """A temporary name beside ``path`` that names its owner (pid and host), so that a
-    later run can tell a killed process's leftovers from those of one still running."""
-    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}@{_host()}~{path.name}")
-
-
-def _host() -> str:
-    """This host's name as temps record it (bounded: a file name has 255 bytes)."""
-    return socket.gethostname().replace("~", "")[:64]
-
-
-def remove_dead_temps(folder: Path, name: str | None = None) -> int:
-    """Delete the temps that killed processes of this host left in ``folder`` (only those
-    beside ``name``, when given). Temps of running processes and of other hosts (whose
-    pids mean nothing here) are kept; unowned ones, from versions before owners were
-    named, are deleted."""
-    count, host = 0, _host()
-    for path in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else ():
-        owned = _OWNED_TEMP.fullmatch(path.name)
-        if owned is None:
-            dead = name is None or path.name.endswith(f"-{name}")
-        else:
-            dead = (name is None or owned[3] == name) and owned[2] == host \
-                and not pid_alive(int(owned[1]))
-        if dead:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            count += 1
-    return count
+temp_beside = owned_temp  # one naming rule for every temp (mirror/temps.py)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None], mode: int = 0o644) -> None:

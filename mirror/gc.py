@@ -3,7 +3,9 @@
 Candidates are superseded document versions, the files of objects the archive
 removed, and stray files no index row names (older than a grace period, so a
 sync in progress is never touched). Anything whose SHA-256 appears in a snapshot
-manifest under ``snapshots/`` is kept.
+manifest under ``snapshots/`` is kept. The files of a removed object (its current
+document and every file row) are also kept for ``MIRROR_GC_REMOVED_GRACE_DAYS`` after
+the sync that marked it removed: a removal that was a mistake costs nothing to undo.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from mirror import progress
+from mirror import progress, settings
 from mirror.index import Blob, DocumentVersion
 from mirror.ingest import model_of
 from mirror.sources.base import SourceSpec, spec_of
@@ -51,8 +55,9 @@ def collect_garbage(root: Path | str, dry_run: bool = False,
     with writing(root, "gc") as w:
         store = w.store
         with w.index.session() as session:
-            doomed = _doomed(session, store, pinned_hashes(w.layout.snapshots), grace,
-                             _published_at(w.layout.current), spec_of(w.config.source))
+            plan = _Plan(pinned_hashes(w.layout.snapshots), removed_grace_cutoff())
+            doomed = _doomed(session, store, plan, grace, _published_at(w.layout.current),
+                             spec_of(w.config.source))
             if not dry_run:
                 _forget(session, [p for p, _ in doomed])
         # Publish before deleting: a published index must never name a deleted file. A
@@ -64,7 +69,50 @@ def collect_garbage(root: Path | str, dry_run: bool = False,
         removed_temp = [] if dry_run else store.clean_temp(max_age=grace)
     return {"dry_run": dry_run, "generation": generation,
             "files": sorted(p for p, _ in doomed), "temp_files": [str(p) for p in removed_temp],
-            "bytes": size}
+            "bytes": size,
+            "reasons": [{"path": p, "reason": r} for p, r in sorted(doomed)],
+            "kept": [{"path": p, "reason": r} for p, r in sorted(plan.kept)]}
+
+
+def removed_grace_cutoff(now: float | None = None) -> float:
+    """The POSIX time before which an object's removal is old enough for gc to act on."""
+    days = settings.GC_REMOVED_GRACE_DAYS.get()
+    return (time.time() if now is None else now) - max(days, 0.0) * 86400
+
+
+@dataclass
+class _Plan:
+    """What protects a file from gc: snapshot pins, and a recent removal (the grace)."""
+
+    pinned: set[str]
+    cutoff: float  # removals before this are past their grace
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (relpath, why), for the report
+
+    def protects(self, relpath: str, sha256: str, removed_at: str | None) -> bool:
+        """True (and noted, with every reason) when a candidate file must stay."""
+        reasons = []
+        when = _timestamp(removed_at)
+        if when is not None and when > self.cutoff:
+            days = settings.GC_REMOVED_GRACE_DAYS.get()
+            until = datetime.fromtimestamp(when + days * 86400).astimezone()
+            reasons.append(f"its object was removed on {removed_at[:10]}: kept until "
+                           f"{until:%Y-%m-%d} (MIRROR_GC_REMOVED_GRACE_DAYS={days:g})")
+        if sha256 in self.pinned:
+            reasons.append("pinned by a snapshot")
+        if reasons:
+            self.kept.append((relpath, "; ".join(reasons)))
+        return bool(reasons)
+
+
+def _timestamp(value: str | None) -> float | None:
+    """POSIX time of an ISO-8601 ``removed_at`` (None when absent or unreadable: no grace
+    can be computed, so the object counts as removed long ago; old mirrors set it)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
 
 
 def _published_at(current: Path) -> float:
@@ -75,9 +123,9 @@ def _published_at(current: Path) -> float:
         return 0.0
 
 
-def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
+def _doomed(session, store: ObjectStore, plan: _Plan, grace: float,
             published: float, spec: SourceSpec) -> list[tuple[str, str]]:
-    """(relpath, reason) of every file gc may delete.
+    """(relpath, reason) of every file gc may delete; ``plan`` notes what it keeps.
 
     A file no row names is a stray once it is older than ``grace`` or than the current
     index generation (``published``): the rule ``mirror verify`` uses for "orphaned",
@@ -85,13 +133,16 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
     """
     doomed: list[tuple[str, str]] = []
     current: set[str] = set()
-    removed: set[str] = set()
+    removed: dict[str, str | None] = {}  # object id -> removed_at
+    removed_docs: dict[str, str | None] = {}  # "id:sha" of a removed object's last version
     for kind in spec.kinds:
         model, where = model_of(kind)
-        for object_id, sha, is_removed in session.execute(
-                select(model.id, model.doc_sha256, model.removed).where(*where)):
+        for object_id, sha, is_removed, removed_at in session.execute(
+                select(model.id, model.doc_sha256, model.removed, model.removed_at)
+                .where(*where)):
             if is_removed:
-                removed.add(object_id)
+                removed[object_id] = removed_at
+                removed_docs[f"{object_id}:{sha}"] = removed_at
             else:
                 current.add(f"{object_id}:{sha}")
     # A JSON file that is a file role (ISIC's markups): its current version is the one
@@ -100,13 +151,20 @@ def _doomed(session, store: ObjectStore, pinned: set[str], grace: float,
             select(Blob.object_id, Blob.sha256).where(Blob.path.like("%.json.zst"))):
         if object_id not in removed:
             current.add(f"{object_id}:{sha}")
+        else:
+            removed_docs[f"{object_id}:{sha}"] = removed[object_id]
     for version in session.scalars(select(DocumentVersion)):
-        if version.sha256 in pinned or f"{version.object_id}:{version.sha256}" in current:
+        key = f"{version.object_id}:{version.sha256}"
+        if key in current or plan.protects(version.path, version.sha256,
+                                           removed_docs.get(key)):
             continue
-        doomed.append((version.path, "superseded or removed document version"))
+        doomed.append((version.path, "removed object's document, past its grace"
+                       if key in removed_docs else "superseded document version"))
     for blob in session.scalars(select(Blob)):
-        if blob.object_id in removed and blob.sha256 not in pinned:
-            doomed.append((blob.path, "file of an object the archive removed"))
+        if blob.object_id in removed and not plan.protects(blob.path, blob.sha256,
+                                                           removed[blob.object_id]):
+            doomed.append((blob.path, "file of an object the archive removed, past its "
+                                      "grace"))
     indexed = set(session.scalars(select(Blob.path))) | set(
         session.scalars(select(DocumentVersion.path)))
     cutoff = max(time.time() - grace, published)

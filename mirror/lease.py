@@ -17,18 +17,19 @@ Readers take no lock.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
 import filelock
 
 from mirror.config import utc_now
-from mirror.errors import ReadOnlyMirrorError, WriterBusyError
+from mirror.errors import DiskFullError, MirrorError, ReadOnlyMirrorError, WriterBusyError
 from mirror.layout import Layout, shared_mkdir
+from mirror.temps import owned_temp
 
 LEASE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 30.0
@@ -81,8 +82,13 @@ def holder_is_stale(layout: Layout, holder: dict) -> str | None:
     return None
 
 
-def _not_writable(layout: Layout, command: str, exc: OSError) -> ReadOnlyMirrorError:
+def _not_writable(layout: Layout, command: str, exc: OSError) -> MirrorError:
+    """The lease could not be written: a full disk is said so (it is not read-only)."""
     reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"cannot take the writer lease for 'mirror {command}': the disk under "
+            f"{layout.locks} is full ({reason}); free space, then run the command again")
     return ReadOnlyMirrorError(
         f"cannot take the writer lease for 'mirror {command}' under {layout.locks} "
         f"({reason}): the mirror is read-only here; reading commands (status, query, export, "
@@ -177,7 +183,8 @@ class WriterLease:
     def _write_holder(self) -> None:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command,
                 "started": utc_now()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.layout.locks)
+        tmp = owned_temp(_holder_path(self.layout))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(info, fh)
         os.chmod(tmp, 0o664)

@@ -51,6 +51,29 @@ RECHECK_PERIOD = Setting(
     "runs, and none left unchecked longer than this many days. 1 checks all every run; "
     "'mirror sync --full' checks all once. The archive changes these without a sign.")
 
+MAX_DOCUMENT_DEPTH = Setting(
+    "MIRROR_MAX_DOCUMENT_DEPTH", 100,
+    "Deepest nesting of objects and lists one archive document may have (ISIC documents "
+    "nest under 10 levels, DICOM JSON headers under 40); a deeper one is a failed item "
+    "naming its field, and the rest of the sync goes on. A whole response deeper than "
+    "MIRROR_MAX_JSON_DEPTH is refused before it is parsed.")
+MAX_DECODE_PIXELS = Setting(
+    "MIRROR_MAX_DECODE_PIXELS", 100_000_000,
+    "Largest image (width x height, from the file's header) the mirror decodes: in sync "
+    "(superpixel PNGs, dimension checks), verify and the image accessors. The largest ISIC "
+    "images are about 40 megapixels; a 0.5 MB PNG can declare 13000 x 13000 and cost 2 GB.")
+MAX_SUPERPIXEL_MAP_BYTES = Setting(
+    "MIRROR_MAX_SUPERPIXEL_MAP_BYTES", 2**30,
+    "Largest superpixel pixel map (labels x largest label's pixel count x 4 bytes) "
+    "img.superpixels builds; a valid 14 KB label PNG can ask for 15 GiB. Real ones need "
+    "a few to a few hundred MB.")
+GC_REMOVED_GRACE_DAYS = Setting(
+    "MIRROR_GC_REMOVED_GRACE_DAYS", 30,
+    "'mirror gc' keeps the files of an object the archive removed for this many days after "
+    "the sync that marked it removed (and for as long as any snapshot pins them): a removal "
+    "that was a mistake (a broken listing confirmed with --allow-removals) can be undone by "
+    "the next sync without downloading anything. 0 lets gc delete them at once.")
+
 SIZE_SAMPLE_FILES = Setting(
     "MIRROR_SIZE_SAMPLE_FILES", 8,
     "Files of each role fetched first when the index holds none of that role yet, so that "
@@ -89,4 +112,6 @@ ENVIRONMENT = {
 }
 
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
-       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD)
+       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD,
+       GC_REMOVED_GRACE_DAYS, MAX_DOCUMENT_DEPTH, MAX_DECODE_PIXELS,
+       MAX_SUPERPIXEL_MAP_BYTES)

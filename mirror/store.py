@@ -187,6 +187,7 @@ class ObjectStore:
         self._touched: set[Path] = set()
         self._unsynced: list[Path] = []
         self._lock = threading.Lock()
+        self.journal: Path | None = None  # see :meth:`keep_journal`
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -302,7 +303,43 @@ class ObjectStore:
         os.chmod(tmp, 0o444)
         return hasher.hexdigest(), size
 
+    def keep_journal(self, path: Path) -> None:
+        """Record ``relpath<TAB>sha256`` of every file this store publishes in ``path``,
+        *before* the file appears: a sync killed after a file appeared but before the index
+        named it adopts the file only when the journal (or the index) knows its hash. A
+        file someone planted at a final path is never adopted (:meth:`journaled`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.journal = path
+
+    def journaled(self) -> dict[str, str]:
+        """``{relpath: sha256}`` the journal recorded (empty when there is none)."""
+        if self.journal is None:
+            return {}
+        try:
+            text = self.journal.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return {}
+        pairs = (line.split("\t") for line in text.splitlines())
+        return {p[0]: p[1] for p in pairs if len(p) == 2 and len(p[1]) == 64}
+
+    def clear_journal(self) -> None:
+        """Forget the journal once the index names everything it recorded."""
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
+
+    def _note(self, final: Path, digest: str) -> None:
+        if self.journal is None:
+            return
+        line = f"{final.relative_to(self.base).as_posix()}\t{digest}\n".encode()
+        with self._lock:
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)  # one small append: whole or absent after a kill
+            finally:
+                os.close(fd)
+
     def _publish(self, tmp: Path, final: Path, digest: str) -> None:
+        self._note(final, digest)
         try:
             os.link(tmp, final)
         except FileExistsError:

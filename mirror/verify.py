@@ -15,7 +15,7 @@ Problems found:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -27,12 +27,13 @@ from mirror.index import Blob, DocumentVersion, FileVersion
 from mirror.index.database import open_reader
 from mirror.sources.base import source_hooks, spec_of
 from mirror.store import ObjectStore
+from mirror.temps import writer_leftovers
 from mirror.writer import writing
 
 
 @dataclass
 class Problem:
-    problem: str  # missing, corrupt, malformed, orphaned, temp
+    problem: str  # missing, corrupt, malformed, disagrees, orphaned, temp
     path: str
     detail: str = ""
 
@@ -120,9 +121,17 @@ def _check_valid(store: ObjectStore, spec, relpath: str, task) -> Problem | None
     """The role's validator on a stored file: well hashed is not enough (a superpixel PNG
     must be this image's label image)."""
     try:
-        spec.role(task.role).validate(store.path(relpath), task)
+        decoded = spec.role(task.role).validate(store.path(relpath), replace(task, shape=None))
     except ValueError as exc:  # SuperpixelError and other decoders' refusals
         return Problem("malformed", relpath, str(exc))
+    shape = getattr(decoded, "shape", None)
+    if task.shape is not None and shape is not None and tuple(shape[:2]) != tuple(task.shape):
+        # Well hashed and well formed, but not the size the image's metadata says now: the
+        # file is as the archive served it (the sync checked it against the metadata of
+        # then). Reported, never deleted by --repair: the archive would serve it again.
+        return Problem("disagrees", relpath,
+                       f"is {shape[1]}x{shape[0]}, but the image is {task.shape[1]}x"
+                       f"{task.shape[0]} (the archive's metadata and file disagree; kept)")
     return None
 
 
@@ -135,6 +144,10 @@ def _find_strays(store: ObjectStore, layout, indexed: set[str], report: VerifyRe
     for path in store.temp_files():
         report.problems.append(Problem("temp", str(path.relative_to(layout.base)),
                                        "leftover temp file of an interrupted write"))
+    for path in writer_leftovers(layout):  # index copies, CURRENT, mirror.json temps
+        report.problems.append(Problem("temp", str(path.relative_to(layout.root)),
+                                       "left by an aborted writer; 'mirror verify --repair' "
+                                       "or the next sync removes it"))
 
 
 def verify_lines(report: VerifyReport) -> list[str]:
@@ -152,12 +165,20 @@ def repair_mirror(root: Path | str, report: VerifyReport) -> VerifyReport:
 
     bad = sorted(p.path for p in report.problems
                  if p.problem in ("missing", "corrupt", "malformed"))
-    with writing(root, "repair") as w:
+    with writing(root, "repair") as w:  # which removes aborted writers' temps outside
+        w.store.clean_temp()  # ... and dead writers' store temps
+        if not bad:
+            return verify_mirror(root)
         with w.index.session() as session:
             _forget(session, w.store, bad, _hooks(w.config.source))
         w.index.publish()
     sync(root)
     return verify_mirror(root)
+
+
+def needs_repair(report: VerifyReport) -> bool:
+    """Anything ``--repair`` acts on: a problem, or temps an aborted writer left."""
+    return not report.ok or any(p.problem == "temp" for p in report.problems)
 
 
 def _forget(session, store: ObjectStore, bad: list[str], hooks) -> None:

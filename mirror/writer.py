@@ -12,6 +12,7 @@ from mirror.index.database import IndexWriter
 from mirror.layout import Layout
 from mirror.lease import WriterLease
 from mirror.store import ObjectStore
+from mirror.temps import clean_writer_temps
 
 
 @dataclass
@@ -31,6 +32,7 @@ def writing(root: Path | str, command: str) -> Iterator[Writing]:
     config = load_config(root)
     layout = layout_for(root, config)
     with WriterLease(layout, command=command):
+        clean_writer_temps(layout)  # what aborted writers left (mirror/temps.py)
         index = IndexWriter(layout, config.index_url, mirror_id=config.id,
                             rebuild=command == "reindex")
         try:

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -41,6 +40,7 @@ from mirror.errors import DamagedStateError, IndexFenceError, MirrorError
 from mirror.index.models import Meta
 from mirror.layout import Layout, shared_mkdir
 from mirror.store import fsync_dir
+from mirror.temps import owned_temp
 
 KEEP_GENERATIONS = 3
 READER_POOL_SIZE = 8  # idle connections a reader keeps; more are opened when busy
@@ -269,7 +269,7 @@ class IndexWriter:
             session.merge(Meta(key="generation", value=str(number)))
         shared_mkdir(index_dir, self.layout.root)
         staged = self._stage_projection(self.started_from)
-        tmp = index_dir / f".tmp-{uuid.uuid4().hex}.sqlite"
+        tmp = owned_temp(index_dir / f"index-{number:06d}.sqlite")  # see mirror/temps.py
         try:
             self._vacuum_into(tmp)
             final = self.layout.generation_path(number)
@@ -345,7 +345,7 @@ def _newest_on_disk(layout: Layout) -> int | None:
 
 
 def _write_current(index_dir: Path, name: str) -> None:
-    tmp = index_dir / f".tmp-{uuid.uuid4().hex}.current"
+    tmp = owned_temp(index_dir / "CURRENT")
     with open(tmp, "w", encoding="ascii") as fh:
         fh.write(name + "\n")
         fh.flush()

@@ -192,4 +192,5 @@ def export_snapshot(snap: Snapshot, members: list[Member], dest: Path, fmt: str)
     remove_dead_temps(dest.parent, dest.name)
     WRITERS[fmt](snap, _reported(members, f"export {fmt}"), dest)
     return {"files": len(members), "bytes": sum(m.size for m in members), "path": str(dest),
-            "format": fmt}
+            "format": fmt,
+            "renamed": sorted(m.path for m in members if m.renamed_from is not None)}

@@ -35,6 +35,7 @@ class Member:
     size: int
     sha256: str
     read: Callable[[], Iterator[bytes]]
+    renamed_from: str | None = None  # the shared name this member was renamed away from
 
 
 class Locator:
@@ -82,18 +83,48 @@ class Locator:
 
 def stored_members(snap: Snapshot, locator: Locator) -> list[Member]:
     """Members for every pinned document and file, read from the store when written."""
-    members = []
+    members, owners = [], []  # owners: (entry, file) of each file member, for renames
     hooks = snapshot_hooks(snap)
     for entry in snap.objects:
         kind, object_id, doc = entry["kind"], entry["id"], entry["document"]
         members.append(Member(
             f"documents/{kind}/{object_id}.json", doc["size"], doc["sha256"],
             lambda k=kind, i=object_id, s=doc["sha256"]: iter([locator.document_bytes(k, i, s)])))
+        owners.append(None)  # document paths hold the id: unique already
         for file in entry.get("files", []):
             members.append(Member(
                 hooks.file_member_path(snap, entry, file), file["size"], file["sha256"],
                 lambda i=object_id, f=file: locator.file_chunks(i, f["role"], f["sha256"])))
-    return members
+            owners.append((entry, file))
+    return _unique_paths(snap, hooks, members, owners)
+
+
+def _unique_paths(snap: Snapshot, hooks, members: list[Member],
+                  owners: list[tuple[dict, dict] | None]) -> list[Member]:
+    """Members whose paths collide (two objects with one name; compared case-folded, for
+    case-insensitive folders) are named as if the object were called ``<name>_<id>``, all
+    of them, so a tar never holds duplicate members and a folder or bag is never a file
+    short. A source whose member paths ignore the name gets ``_<id>`` before the
+    extension."""
+    def fold(member: Member) -> str:
+        return member.path.casefold()
+
+    counts: dict[str, int] = {}
+    for member in members:
+        counts[fold(member)] = counts.get(fold(member), 0) + 1
+    out = []
+    for member, owner in zip(members, owners, strict=True):
+        if owner is not None and counts[fold(member)] > 1:
+            entry, file = owner
+            stem = f"{entry.get('name') or entry['id']}_{entry['id']}"
+            path = hooks.file_member_path(snap, {**entry, "name": stem}, file)
+            if path.casefold() == fold(member):
+                ext = file.get("ext") or ""
+                cut = len(path) - len(ext) if ext and path.endswith(ext) else len(path)
+                path = f"{path[:cut]}_{entry['id']}{path[cut:]}"
+            member = Member(path, member.size, member.sha256, member.read, member.path)
+        out.append(member)
+    return out
 
 
 def generated(path: str, data: bytes) -> Member:

@@ -91,12 +91,93 @@ class KindSpec:
     # what the query projection shows of a document (None: all of it); a DICOM header's
     # hundreds of tag paths would make a column each, keywords make a few named ones
     projected: Callable[[dict], dict] | None = None
+    # the fields ``id_of``, ``name_of`` and ``parent_of`` read, named in failure messages
+    id_field: str = "_id"
+    name_field: str = "name"
+    parent_field: str = "parent"
+    # dotted paths of references to other objects (``dataset._id``, ``imageId``): when
+    # present they must be text, or the document is a failed item, not a dangling row
+    references: tuple[str, ...] = ()
     # names users bring from exports or other tools (an export's ``isic_id`` column) and
     # the field path each means: the "did you mean" of a criterion on a field no object has
     aliases: tuple[tuple[str, str], ...] = ()
 
     def valid_id(self, object_id: object) -> bool:
         return isinstance(object_id, str) and bool(self.id_pattern.fullmatch(object_id))
+
+
+def document_problem(kind: KindSpec, doc: object, max_depth: int) -> str | None:
+    """Why ``doc`` cannot be a document of ``kind`` (naming the field), or None.
+
+    Every source's documents pass here before they are stored (``DocumentRun.store_docs``),
+    so a malformed one (no id, a name that is a list, a reference that is an object,
+    nesting deeper than any real document) is one failed item, never a traceback.
+    """
+    if not isinstance(doc, dict):
+        return f"not a JSON object but {_type_name(doc)}"
+    object_id = kind.id_of(doc)
+    if object_id is None:
+        return f"field {kind.id_field!r} is missing or of the wrong type"
+    if not kind.valid_id(object_id):
+        return f"field {kind.id_field!r} is {_shown(object_id)}, not a valid {kind.name} id"
+    for label, read in ((kind.name_field, kind.name_of), (kind.parent_field, kind.parent_of)):
+        value = read(doc) if read is not None else None
+        if value is not None and not isinstance(value, str):
+            return f"field {label!r} is {_type_name(value)}, expected text"
+    for path in kind.references:
+        problem = _reference_problem(doc, path.split("."))
+        if problem is not None:
+            return problem
+    deep = _too_deep(doc, max_depth)
+    if deep is not None:
+        return f"field {deep!r} nests deeper than {max_depth} levels"
+    if kind.columns is not None:
+        try:
+            kind.columns(doc)
+        except Exception as exc:  # noqa: BLE001 - a column the document cannot give
+            return f"a field has the wrong type ({type(exc).__name__}: {exc})"[:200]
+    return None
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def _shown(value: object) -> str:
+    return ascii(value)[:60] if isinstance(value, str) else _type_name(value)
+
+
+def _reference_problem(doc: dict, path: list[str]) -> str | None:
+    """Why the reference at ``path`` is wrong-typed (absent or null is fine), or None."""
+    value: object = doc
+    for n, key in enumerate(path):
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            return (f"field {'.'.join(path[:n])!r} is {_type_name(value)}, expected an "
+                    "object")
+        value = value.get(key)
+    if value is not None and not isinstance(value, str):
+        return f"field {'.'.join(path)!r} is {_type_name(value)}, expected text (an id)"
+    return None
+
+
+def _too_deep(doc: object, max_depth: int) -> str | None:
+    """The dotted path where ``doc`` nests deeper than ``max_depth`` (iteratively: no
+    recursion limit), or None."""
+    stack: list[tuple[object, int, str]] = [(doc, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > max_depth:
+            return path.split(".")[0] or "(document)"
+        items = (value.items() if isinstance(value, dict)
+                 else enumerate(value) if isinstance(value, list) else ())
+        for key, child in items:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1, f"{path}.{key}" if path else str(key)))
+    return None
 
 
 @dataclass(frozen=True)
@@ -280,6 +361,11 @@ class Source(Protocol):
     http: HttpClient
 
     def login(self, username: str, password: str) -> None: ...
+
+    # Optional, for sources that take logins: ``check_login()`` asks the archive whether
+    # the login still holds and raises ``LoginLostError`` when it is answered anonymously
+    # (an expired token, a proxy that strips it, a token the archive ignores). The engine
+    # calls it before marking anything removed (``DocumentRun.remove_missing``).
 
     def sync_documents(self, run: DocumentRun, options: Any) -> set[str] | None: ...
 

@@ -34,6 +34,7 @@ from mirror.sync.documents import DocumentRun
 from mirror.sync.estimate import Weights, check_disk_space, estimate_bytes, sample_tasks
 from mirror.sync.files import FileFetcher, persist_plan
 from mirror.sync.summary import SyncSummary
+from mirror.temps import clean_writer_temps
 
 log = logging.getLogger("mirror.sync")
 
@@ -128,10 +129,15 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     return summary
 
 
+JOURNAL = "published.journal"  # files published by syncs, with their hashes (store.py)
+
+
 def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
          summary: SyncSummary, started: float) -> None:
     store = ObjectStore(layout, batch_durability=True)
+    store.keep_journal(layout.state_dir() / JOURNAL)
     store.clean_temp()
+    clean_writer_temps(layout)  # index copies, CURRENT, mirror.json of aborted writers
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
     threads = options.workers + _cpu_threads()
     try:
@@ -155,6 +161,8 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
                                public=not config.authenticated, window=4 * options.workers,
                                allow_removals=options.allow_removals)
+            if config.authenticated:
+                docs.check_login = getattr(source, "check_login", None)
             with progress.task("documents", unit="document") as step:
                 seen: dict[str, int] = {}
 
@@ -185,6 +193,7 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
         summary.generation = writer.publish()
         with writer.session() as session:  # what this generation holds, for reindex
             ledger.record(layout, session, source.spec, summary.generation)
+        store.clear_journal()  # the published index names every file it recorded
     finally:
         writer.close()
 

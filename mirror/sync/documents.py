@@ -9,6 +9,7 @@ longer shows are marked removed, never deleted, and only within the removal guar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
@@ -19,11 +20,12 @@ from mirror import settings
 from mirror.config import utc_now
 from mirror.errors import RemovalGuardError
 from mirror.ingest import current_ids, ingest_documents, known_hashes, mark_removed
-from mirror.sources.base import SourceSpec
+from mirror.sources.base import SourceSpec, document_problem
 from mirror.store import ObjectStore, StoredFile
 from mirror.sync.summary import SyncSummary
 
 Stored = tuple[dict, StoredFile]
+LOGIN_RECHECK_SECONDS = 30.0  # a removal after a check this recent needs no new one
 
 
 class DocumentRun:
@@ -38,16 +40,50 @@ class DocumentRun:
         self.window = window  # tasks in flight: bounds memory, keeps workers busy
         self.allow_removals = allow_removals
         self.on_recorded: Callable[[str, int], None] = lambda kind, n: None  # progress
+        # The source's ``check_login`` (the engine sets it for a logged-in run): asked before
+        # anything is marked removed, since an archive that stopped honouring the login
+        # answers anonymously, and an anonymous listing lacks every private object.
+        self.check_login: Callable[[], None] | None = None
+        self._login_checked_at = -LOGIN_RECHECK_SECONDS
+        # kind -> ids whose document this run refused as malformed ("" when it had no
+        # usable id): the archive still lists them, so they are never marked removed
+        self.malformed: dict[str, set[str]] = {}
 
     def commit(self) -> None:
         self._commit()
 
     def store_docs(self, kind: str, docs: Iterable[dict]) -> list[Stored]:
-        """Store each document (an equal version is not rewritten)."""
+        """Store each well-formed document (an equal version is not rewritten).
+
+        A malformed one (see :func:`~mirror.sources.base.document_problem`) is a failed
+        item naming the object and the field; it is neither stored nor indexed, and the
+        object keeps the version it had.
+        """
         spec = self.spec.kind(kind)
         return [(doc, self.store.put_json(kind, spec.id_of(doc), doc,
                                           shard=spec.shard(spec.id_of(doc))))
-                for doc in docs]
+                for doc in self.screen(kind, docs)]
+
+    def screen(self, kind: str, docs: Iterable[object]) -> list[dict]:
+        """The documents of ``docs`` that are well-formed; each other one fails."""
+        spec, depth = self.spec.kind(kind), int(settings.MAX_DOCUMENT_DEPTH.get())
+        good = []
+        for doc in docs:
+            problem = document_problem(spec, doc, depth)
+            if problem is None:
+                good.append(doc)
+                continue
+            shown = spec.id_of(doc) if isinstance(doc, dict) else None
+            self.fail_document(kind, shown, problem)
+        return good
+
+    def fail_document(self, kind: str, object_id: object, problem: str) -> None:
+        """One malformed document: a failed item naming the object and the field; the
+        object is never marked removed by this run (it is still listed)."""
+        valid = self.spec.kind(kind).valid_id(object_id)
+        self.malformed.setdefault(kind, set()).add(object_id if valid else "")
+        self.summary.fail(kind, object_id if valid else ascii(object_id)[:60], "document",
+                          f"malformed {kind} document: {problem}; skipped")
 
     def record(self, kind: str, stored: list[Stored], **extra: Any) -> None:
         """Index stored documents, counting new / changed / unchanged by content hash."""
@@ -75,12 +111,29 @@ class DocumentRun:
         present = current_ids(self.session, spec)
         if within is not None:
             present &= within
-        gone = sorted(present - listed)
+        gone = sorted(present - listed - self.malformed.get(kind, set()))
         if not gone:
             return
+        if "" in self.malformed.get(kind, set()):  # some listed object went unnamed
+            self.summary.fail(kind, "?", "listing", f"{len(gone)} {spec.table} not marked "
+                              "removed: the listing held a malformed document without a "
+                              "usable id, so it may have been any of them")
+            return
         self.check_removals(kind, len(gone), len(present), where)
+        self.confirm_login()
         mark_removed(self.session, spec, gone, utc_now())
         self.summary.count(kind, "removed", len(gone))
+
+    def confirm_login(self) -> None:
+        """Re-check the login (at most every ``LOGIN_RECHECK_SECONDS``) before a removal;
+        the source raises :class:`~mirror.errors.LoginLostError` when it no longer holds."""
+        if self.check_login is None:
+            return
+        now = time.monotonic()
+        if now - self._login_checked_at < LOGIN_RECHECK_SECONDS:
+            return
+        self.check_login()
+        self._login_checked_at = time.monotonic()
 
     def check_removals(self, kind: str, gone: int, present: int, where: str | None) -> None:
         """Raise :class:`RemovalGuardError` when ``gone`` of ``present`` is too many."""

@@ -86,6 +86,7 @@ class FileFetcher:
         self.weights: Weights | None = None  # set to weigh what arrives (the size sample)
         self.rows: list[dict] = []  # file rows waiting for the next commit
         self.done: list[FileTask] = []
+        self._journal = store.journaled()  # {relpath: sha256} published by earlier runs
 
     def run(self, tasks: list[FileTask]) -> None:
         try:
@@ -205,6 +206,13 @@ class FileFetcher:
             relpath = self.relpath(task, role, ext)
             if not self.store.exists(relpath):
                 continue
+            sha256, size = self.store.hash(relpath)
+            if sha256 not in self._known_hashes(relpath):
+                # Not written by a sync of this mirror (planted, or a journal lost with the
+                # state folder): its bytes are unknown, so the archive's are fetched.
+                log.warning("refetching %s: no earlier run recorded its hash", relpath)
+                self.store.remove(relpath)
+                return None
             try:
                 self.store.check_file(relpath, role.magic or None, whole=role.whole,
                                       magic_offset=role.magic_offset)
@@ -215,9 +223,17 @@ class FileFetcher:
                 log.warning("refetching %s: the published file is bad (%s)", relpath, exc)
                 self.store.remove(relpath)
                 return None
-            sha256, size = self.store.hash(relpath)
             return StoredFile(relpath, sha256, size), CONTENT_TYPES.get(ext, "")
         return None
+
+    def _known_hashes(self, relpath: str) -> set[str]:
+        """Hashes a sync recorded for ``relpath`` in the publish journal (a file, not the
+        index: workers never touch the session)."""
+        recorded = self._journal.get(relpath)
+        if recorded is None:  # published since the snapshot (this run)? read it again
+            self._journal = self.store.journaled()
+            recorded = self._journal.get(relpath)
+        return {recorded} if recorded else set()
 
     def _derive(self, task: FileTask, role: FileRole, stored: StoredFile, value) -> list[Result]:
         """The role's derived files (ISIC's decoded superpixels), linked to ``stored``."""

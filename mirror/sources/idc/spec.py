@@ -74,16 +74,19 @@ KINDS = (
              name_of=lambda doc: f"{CATALOG_ID} {doc.get('package')}"),
     KindSpec(name="collection", table="collections", id_pattern=COLLECTION_ID,
              id_of=lambda doc: doc.get("collection_id"),
-             name_of=lambda doc: doc.get("collection_name")),
+             name_of=lambda doc: doc.get("collection_name"), id_field="collection_id",
+             name_field="collection_name"),
     KindSpec(name="series", table="series", id_pattern=UID, parent="collection",
              shard=shard_by_hash, id_of=lambda doc: doc.get("SeriesInstanceUID"),
              name_of=lambda doc: doc.get("SeriesDescription"),
-             parent_of=lambda doc: doc.get("collection_id")),
+             parent_of=lambda doc: doc.get("collection_id"), id_field="SeriesInstanceUID",
+             name_field="SeriesDescription", parent_field="collection_id"),
     KindSpec(name="instance", table="instances", id_pattern=INSTANCE_UUID, parent="series",
              shard=shard_by_hex_suffix, id_of=lambda doc: doc.get("crdc_instance_uuid"),
              name_of=lambda doc: doc.get("SOPInstanceUID"),
              parent_of=lambda doc: doc.get("SeriesInstanceUID"),
-             projected=_instance_columns),
+             projected=_instance_columns, id_field="crdc_instance_uuid",
+             name_field="SOPInstanceUID", parent_field="SeriesInstanceUID"),
 )
 
 ROLES = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import requests
 
-from mirror.errors import ArchiveError, AuthenticationError
+from mirror.errors import ArchiveError, AuthenticationError, LoginLostError
 from mirror.sources.http import HttpClient, error_message
 
 log = logging.getLogger("mirror.isic")
@@ -69,6 +69,20 @@ class IsicClient:
                 "and MIRROR_PASSWORD")
         self._token = response.json()["authToken"]["token"]
         self.http.session.headers["Girder-Token"] = self._token
+
+    def check_login(self) -> None:
+        """``user/me`` answers the logged-in user, or ``null`` when Girder took the request
+        as anonymous (an expired token is not an error there: it is ignored). Raises
+        :class:`LoginLostError` then; does nothing for an anonymous client."""
+        if self._token is None:
+            return
+        me = self.get_json("user/me")
+        if not isinstance(me, dict) or not me.get("_id"):
+            raise LoginLostError(
+                "the archive answered this sync's login anonymously (user/me is null: the "
+                "session expired or a proxy dropped the token), so its listings may lack "
+                "private images; nothing was marked removed. Run 'mirror sync' again with "
+                "--username and MIRROR_PASSWORD")
 
     def get_json(self, path: str, **params) -> object:
         """GET ``path`` (relative to the API root) as strict, bounded JSON, with retries."""

@@ -192,8 +192,9 @@ class DocumentSync:
                 self.summary.fail("segmentation", image_id, "json", exc)
                 continue
             for shown in bad:
-                self.summary.fail("segmentation", shown, "listing",
-                                  f"not an ObjectId (listed for image {image_id}); skipped")
+                if not shown.endswith(" malformed)"):  # those failed on their own
+                    self.summary.fail("segmentation", shown, "listing", "not an ObjectId "
+                                      f"(listed for image {image_id}); skipped")
             if bad:  # the list is suspect: record what it showed, check it again next run
                 self.record("segmentation", stored)
                 continue
@@ -236,7 +237,10 @@ class DocumentSync:
         """The image's segmentation documents, and the listed ids that are not ObjectIds."""
         items, bad = checked_listing(self.source.segmentations(image_id))
         docs = [self.source.segmentation(item["_id"]) for item in items]
-        return self.store_docs("segmentation", docs), bad
+        stored = self.store_docs("segmentation", docs)
+        if len(stored) < len(docs):  # a malformed detail failed: check this image again
+            bad = [*bad, f"({len(docs) - len(stored)} malformed)"]
+        return stored, bad
 
     # -- studies and annotations ------------------------------------------------------------
 

@@ -17,7 +17,12 @@ from sqlalchemy import func, select
 
 from mirror import progress
 from mirror.errors import MirrorError
-from mirror.export import csv_bytes, field_value, write_metadata
+from mirror.export import (
+    csv_bytes,
+    field_value,
+    unique_stems,
+    write_metadata,
+)
 from mirror.files import place, remove_dead_temps, write_bytes_atomic
 from mirror.index import Blob
 from mirror.projection import BOOLEAN, NULL, NUMBER, TEXT, literal, quote
@@ -189,7 +194,10 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
     dest.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(dest)
     summary: dict[str, Any] = {"images": len(selection), "files": 0, "linked": {},
-                               "missing": [], "skipped_names": []}
+                               "missing": [], "skipped_names": [], "renamed": []}
+    stems, summary["renamed"] = unique_stems(
+        [(i, stem) for i, n in zip(selection.ids, selection.names, strict=True)
+         if (stem := _stem(n)) is not None])
     with mirror._engine.connect() as conn, \
             progress.task("export", total=len(selection), unit="image") as step:
         for start in range(0, len(selection.ids), CHUNK):
@@ -198,7 +206,8 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
             paths = _blob_paths(conn, ids, roles)
             masks = _masks(conn, ids) if "masks" in blobs else {}
             for image_id, name in zip(ids, names, strict=True):
-                _export_image(mirror, dest, image_id, name, blobs, paths, masks, link, summary)
+                _export_image(mirror, dest, image_id, name, stems.get(image_id), blobs,
+                              paths, masks, link, summary)
                 step.update(1, detail=f"{summary['files']} file(s)")
     header, rows = metadata_table(mirror, selection)
     write_bytes_atomic(dest / "metadata.csv", csv_bytes(header, rows))
@@ -207,10 +216,20 @@ def export_files(mirror: Mirror, dest: Path, selection: ImageSelection,
     return summary
 
 
-def _export_image(mirror: Mirror, dest: Path, image_id: str, name: str, blobs: list[str],
-                  paths: dict, masks: dict, link: str, summary: dict) -> None:
+def _stem(name: str) -> str | None:
     try:
-        targets = list(_targets(safe_name(name), image_id, blobs, paths, masks))
+        return safe_name(name)
+    except UnsafeNameError:
+        return None
+
+
+def _export_image(mirror: Mirror, dest: Path, image_id: str, name: str, stem: str | None,
+                  blobs: list[str], paths: dict, masks: dict, link: str, summary: dict
+                  ) -> None:
+    try:
+        if stem is None:
+            raise UnsafeNameError(name)
+        targets = list(_targets(stem, image_id, blobs, paths, masks))
     except UnsafeNameError:
         summary["skipped_names"].append(image_id)
         return
@@ -233,6 +252,9 @@ def export_files_lines(summary: dict, dest: Path) -> list[str]:
         lines.append(f"not mirrored, so not exported: {len(summary['missing'])} file(s) "
                      f"({shown}{', ...' if len(summary['missing']) > 5 else ''}); "
                      "run 'mirror sync' with --blobs including them")
+    if summary.get("renamed"):
+        lines.append(f"{len(summary['renamed'])} image(s) share a name with another: "
+                     "their files are named <name>_<id> (see metadata.csv for each id)")
     if summary["skipped_names"]:
         lines.append(f"skipped {len(summary['skipped_names'])} image(s) whose names are unsafe "
                      "as file names")

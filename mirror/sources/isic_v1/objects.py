@@ -253,9 +253,10 @@ class MirrorSegmentation:
         """The lesion mask as a boolean (H, W) array."""
         if self.failed:
             raise MissingObjectError(f"segmentation {self.id} failed in the archive: no mask")
-        from PIL import Image as PILImage
+        from mirror.sources.isic_v1.pixels import open_checked
 
-        with PILImage.open(self._mirror._blob(self.id, "mask", "mask")) as img:
+        # the cap only: the sync checked the size against the metadata of its day
+        with open_checked(self._mirror._blob(self.id, "mask", "mask"), None, "mask") as img:
             return np.asarray(img.convert("L")) > 127
 
 
@@ -364,7 +365,9 @@ class MirrorAnnotation:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image as PILImage
+    """RGB pixels, once the declared size is under the decode cap (see ``pixels``; the
+    sync checked it against the image's metadata when the file arrived)."""
+    from mirror.sources.isic_v1.pixels import open_checked
 
-    with PILImage.open(path) as img:
+    with open_checked(path, None, "image") as img:
         return np.asarray(img.convert("RGB"))

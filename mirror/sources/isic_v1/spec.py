@@ -36,6 +36,16 @@ def _check_superpixels(path: Path, task: FileTask):
     return decode_png(path, expected_shape=task.shape)
 
 
+def _check_dimensions(path: Path, task: FileTask) -> None:
+    """A full image or mask must declare the image's size (a full image may be its
+    transpose: EXIF orientation) and stay under MIRROR_MAX_DECODE_PIXELS: a file that
+    would decode to gigabytes is refused on arrival, reading its header only."""
+    from mirror.sources.isic_v1.pixels import open_checked
+
+    open_checked(path, task.shape, f"{task.role} file",
+                 transposed_ok=task.role == "image").close()
+
+
 def _derive_spidx(task: FileTask, labels, path: Path) -> list[Derived]:
     from mirror.sources.isic_v1.superpixels import decode_png, encode_npz
 
@@ -57,18 +67,18 @@ EXPORT_COLUMNS = (("isic_id", "name"), ("image_id", "_id"), ("attribution", "dat
 KINDS = (
     _kind("dataset", "datasets", models.Dataset, projection.dataset_columns),
     _kind("image", "images", models.Image, projection.image_columns, parent="dataset",
-          aliases=EXPORT_COLUMNS),
+          aliases=EXPORT_COLUMNS, references=("dataset._id",)),
     _kind("segmentation", "segmentations", models.Segmentation,
-          projection.segmentation_columns, parent="image"),
+          projection.segmentation_columns, parent="image", references=("imageId",)),
     _kind("study", "studies", models.Study, projection.study_columns,
           index=projection.index_studies),
     _kind("annotation", "annotations", models.Annotation, projection.annotation_columns,
-          parent="study"),
+          parent="study", references=("studyId", "image._id", "user._id")),
 )
 
 ROLES = (
     FileRole("image", "image", "full", (JPEG, PNG, BMP), whole=True, named=True,
-             bytes_per_pixel=0.35),
+             validate=_check_dimensions, bytes_per_pixel=0.35),
     FileRole("thumbnail", "thumb", "thumbnail", (JPEG, PNG), whole=True, bytes_per_pixel=0,
              fixed_bytes=20_000),
     FileRole("superpixels", "spimg", "superpixels", (PNG,), whole=True, exts=(".png",),
@@ -76,7 +86,7 @@ ROLES = (
     FileRole("spidx", "spidx", None, (b"PK\x03\x04",), exts=(".npz",),
              derived_from="superpixels", exported=False),
     FileRole("mask", "mask", "masks", (PNG,), whole=True, exts=(".png",),
-             bytes_per_pixel=0.01),
+             validate=_check_dimensions, bytes_per_pixel=0.01),
     FileRole("markups", "markup", None, exts=(".json.zst",), exported=False),
 )
 

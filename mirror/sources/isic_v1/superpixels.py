@@ -52,23 +52,31 @@ def _decode_rgb_image(image) -> np.ndarray:
     return np.bitwise_and(packed, 0xFFFFFF).view(np.int32)
 
 
-def _open_png(source: str | Path | bytes):
-    from PIL import Image
+def _open_png(source: str | Path | bytes, expected_shape: tuple[int, int] | None = None):
+    """The decoded PNG, once its declared size passed the decode bounds (header only)."""
+    from mirror.errors import DecodeBombError
+    from mirror.sources.isic_v1.pixels import open_checked
 
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image.load()
+        image = open_checked(source, expected_shape, "superpixel PNG")
+    except DecodeBombError as exc:
+        raise SuperpixelError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
         raise SuperpixelError(f"not a readable PNG ({exc})") from None
     if image.format != "PNG":
         raise SuperpixelError(f"expected a PNG, got {image.format}")
+    try:
+        image.load()
+    except Exception as exc:  # noqa: BLE001
+        raise SuperpixelError(f"not a readable PNG ({exc})") from None
     return image
 
 
 def decode_png(source: str | Path | bytes,
                expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode and check a superpixel PNG; int32 labels of shape (H, W)."""
-    image = _open_png(source)
+    """Decode and check a superpixel PNG; int32 labels of shape (H, W). The declared size
+    is checked against ``expected_shape`` and ``MIRROR_MAX_DECODE_PIXELS`` first."""
+    image = _open_png(source, expected_shape)
     if image.mode == "RGBA":
         rgba = np.asarray(image)
         if not (rgba[..., 3] == 255).all():
@@ -122,11 +130,24 @@ def check_labels(idx: np.ndarray) -> int:
 
 
 def superpixel_map(idx: np.ndarray) -> np.ndarray:
-    """The (max+1, maxcount+1) int32 pixel map described in the module docstring."""
+    """The (max+1, maxcount+1) int32 pixel map described in the module docstring.
+
+    Its size is labels x (largest label's pixels + 1) x 4 bytes, which a small, valid label
+    image can make enormous (a million one-pixel labels beside one big one); over
+    ``MIRROR_MAX_SUPERPIXEL_MAP_BYTES`` it is refused before it is allocated.
+    """
+    from mirror import settings
+
     flat = idx.ravel()
     starts, lengths, run_labels = _runs(flat)
     counts = _label_counts(run_labels, lengths)
     labels, width = counts.size, int(counts.max()) + 1
+    cap = int(settings.MAX_SUPERPIXEL_MAP_BYTES.get())
+    if labels * width * 4 > cap:
+        raise SuperpixelError(
+            f"the superpixel map of {labels:,} labels (the largest {width - 1:,} pixels) "
+            f"would take {labels * width * 4 / 2**20:,.0f} MiB, more than "
+            f"MIRROR_MAX_SUPERPIXEL_MAP_BYTES ({cap / 2**20:,.0f} MiB); not built")
     # Runs grouped by label, each label's runs in pixel order (stable sort of ~25k runs),
     # then expanded: the pixels of sorted run j are starts[j] .. starts[j] + lengths[j] - 1.
     by_label = np.argsort(run_labels, kind="stable")

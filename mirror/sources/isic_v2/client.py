@@ -300,8 +300,14 @@ class IsicV2Client:
                 listing.rejected.append(str(exc))
 
     def collections(self, listing: Listing | None = None) -> Iterator[dict]:
+        """Every collection record; malformed ones are skipped and noted in
+        ``listing.rejected`` (the caller fails them and marks nothing removed)."""
+        listing = listing if listing is not None else Listing()
         for raw in self.records("collections/", {}, listing):
-            yield _check_collection(raw)
+            try:
+                yield _check_collection(raw)
+            except InvalidRecordError as exc:
+                listing.rejected.append(str(exc))
 
     def collection_image_ids(self, collection_id: int,
                              listing: Listing | None = None) -> list[str]:
@@ -310,10 +316,14 @@ class IsicV2Client:
         return [r.isic_id for r in self.images(collections=[collection_id], listing=listing)]
 
     def lesions(self, listing: Listing | None = None) -> Iterator[dict]:
+        """Every lesion record; malformed ones go to ``listing.rejected`` (as above)."""
+        listing = listing if listing is not None else Listing()
         for raw in self.records("lesions/", {}, listing):
-            if not isinstance(raw, dict) or not LESION_ID.match(str(raw.get("id", ""))):
-                raise InvalidRecordError(f"lesions/: a lesion with id {_short(raw)} is not "
-                                         "IL_nnnnnnn")
+            if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or \
+                    not LESION_ID.fullmatch(raw["id"]):
+                listing.rejected.append(f"lesions/: a lesion with id {_short(raw)} is not "
+                                        "IL_nnnnnnn")
+                continue
             yield raw
 
     # -- single objects ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from mirror.errors import AuthenticationError, MirrorError, MirrorModeError
+from mirror.errors import AuthenticationError, LoginLostError, MirrorError, MirrorModeError
 from mirror.index import Blob, FileVersion, ObjectRow
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
 from mirror.sources.http import HttpClient
@@ -64,6 +64,22 @@ class IsicV2Source:
         except MirrorError as exc:
             raise AuthenticationError(str(exc)) from None
         self._token_checked = True
+
+    def check_login(self) -> None:
+        """Ask ``users/me/`` again (the engine does before marking anything removed): a
+        token that expired during the run is served as anonymous on public routes."""
+        if not self.client.authenticated:
+            return
+        try:
+            me = self.client.whoami()
+        except MirrorError as exc:
+            raise LoginLostError(f"the login no longer holds ({exc}); nothing was marked "
+                                 "removed") from None
+        if not isinstance(me, dict):
+            raise LoginLostError(
+                "the archive answered users/me/ anonymously: the token expired or was "
+                f"dropped, so listings may lack private images; nothing was marked removed. "
+                f"Set {TOKEN_ENV} to a fresh access token and run 'mirror sync' again")
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -163,8 +179,8 @@ class IsicV2Source:
                                                        Blob.role == role))
 
     def _sync_collections(self, run: DocumentRun) -> None:
-        docs, complete = [], True
-        for collection in self.client.collections():
+        docs, listed, complete = [], Listing(), True
+        for collection in self.client.collections(listed):
             listing = Listing()
             ids = self.client.collection_image_ids(collection["id"], listing)
             if listing.rejected:
@@ -173,17 +189,20 @@ class IsicV2Source:
                     run.summary.fail("collection", str(collection["id"]), "membership", line)
             docs.append({**collection, "isic_ids": ids})
         run.record("collection", run.store_docs("collection", docs))
-        if complete:
-            run.remove_missing("collection", {str(d["id"]) for d in docs},
+        if _complete(run, "collection", listed) and complete:
+            run.remove_missing("collection", _ids(run, "collection", docs),
                                where="the collections/ listing")
         run.commit()
 
     def _sync_lesions(self, run: DocumentRun) -> None:
+        listed = Listing()
         docs = [{**lesion, "images": [stable_document(i) if isinstance(i, dict) else i
-                                      for i in lesion.get("images") or []]}
-                for lesion in self.client.lesions()]
+                                      for i in _list(lesion.get("images"))]}
+                for lesion in self.client.lesions(listed)]
         run.record("lesion", run.store_docs("lesion", docs))
-        run.remove_missing("lesion", {d["id"] for d in docs}, where="the lesions/ listing")
+        if _complete(run, "lesion", listed):
+            run.remove_missing("lesion", _ids(run, "lesion", docs),
+                               where="the lesions/ listing")
         run.commit()
 
     # -- files -------------------------------------------------------------------------------
@@ -298,3 +317,21 @@ def _scope_of(options: Any) -> tuple[str | None, list[str] | None]:
 
 
 __all__ = ["SPEC", "IsicV2Source"]
+
+
+def _ids(run: DocumentRun, kind: str, docs: list) -> set[str]:
+    """The valid ids among listed documents (a malformed one is a failure of its own)."""
+    spec = run.spec.kind(kind)
+    return {spec.id_of(d) for d in docs if isinstance(d, dict) and spec.valid_id(spec.id_of(d))}
+
+
+def _complete(run: DocumentRun, kind: str, listing: Listing) -> bool:
+    """Fail each record the client rejected; True when there were none (a listing with a
+    malformed record may not mark anything removed: it could have been any object)."""
+    for line in listing.rejected:
+        run.summary.fail(kind, "?", "document", line)
+    return not listing.rejected
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []

@@ -33,11 +33,13 @@ def _collection_id(doc: dict) -> str | None:
 
 KINDS = (
     KindSpec("image", "images", ISIC_ID, shard=shard_by_hash,
-             id_of=lambda doc: doc.get("isic_id"), name_of=lambda doc: doc.get("isic_id")),
+             id_of=lambda doc: doc.get("isic_id"), name_of=lambda doc: doc.get("isic_id"),
+             id_field="isic_id", name_field="isic_id"),
     KindSpec("collection", "collections", COLLECTION_ID, shard=shard_by_hash,
-             id_of=_collection_id, name_of=lambda doc: doc.get("name")),
+             id_of=_collection_id, name_of=lambda doc: doc.get("name"), id_field="id"),
     KindSpec("lesion", "lesions", LESION_ID, shard=shard_by_hash,
-             id_of=lambda doc: doc.get("id"), name_of=lambda doc: doc.get("id")),
+             id_of=lambda doc: doc.get("id"), name_of=lambda doc: doc.get("id"), id_field="id",
+             name_field="id"),
     # The order of the last complete images/ listing (publish order, which no record
     # carries): what isic-cli orders its metadata.csv by. Queries see only its length.
     KindSpec("listing", "listings", LISTING_ID, shard=shard_by_hash,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from mirror.errors import ArchiveError
 from mirror.sources.tcia.client import NbiaClient
+from mirror.sources.tcia.spec import UID
 
 CONTENT_FIELDS = ("ImageCount", "FileSize", "MaxSubmissionTimestamp")
 """getSeries fields that move when a series' images change (day granularity for the last)."""
@@ -78,6 +79,33 @@ class ChangePlan:
     renamed: dict[str, str] = field(default_factory=dict)  # old collection -> new
     rows: dict[str, dict] = field(default_factory=dict)
     requests: int = 0
+    # rows the plan cannot use, as (series shown, problem): the source fails each
+    malformed: list[tuple[object, str]] = field(default_factory=list)
+
+    def add_rows(self, rows: list[dict]) -> None:
+        """Key ``rows`` by their SeriesInstanceUID; a row without a valid one, or without
+        the text fields the change walk keys on, is noted in ``malformed``, never a
+        KeyError or a bogus key."""
+        for row in rows:
+            uid = row.get("SeriesInstanceUID")
+            problem = _row_problem(row)
+            if problem is None:
+                self.rows[uid] = row
+            else:
+                self.malformed.append((uid, problem))
+
+
+KEY_FIELDS = ("Collection", "PatientID", "StudyInstanceUID")
+
+
+def _row_problem(row: dict) -> str | None:
+    uid = row.get("SeriesInstanceUID")
+    if not isinstance(uid, str) or not UID.fullmatch(uid):
+        return "field 'SeriesInstanceUID' is missing or not a DICOM UID"
+    for name in KEY_FIELDS:
+        if not isinstance(row.get(name), str):
+            return f"field {name!r} is missing or not text"
+    return None
 
 
 class ChangePlanner:
@@ -102,7 +130,7 @@ class ChangePlanner:
         wanted = list(dict.fromkeys(collections))
         for rows, requests in self._map(self._listing, wanted):
             plan.requests += requests
-            plan.rows.update((row["SeriesInstanceUID"], row) for row in rows)
+            plan.add_rows(rows)
         mirrored = {uid for uid, k in known.items() if k.row.get("Collection") in wanted}
         self._probe_vanished(plan, sorted(mirrored - set(plan.rows)), known)
         same_fields = []
@@ -136,7 +164,7 @@ class ChangePlanner:
     def _list(self, plan: ChangePlan, collection: str) -> None:
         rows, requests = self._listing(collection)
         plan.requests += requests
-        plan.rows.update((row["SeriesInstanceUID"], row) for row in rows)
+        plan.add_rows(rows)
 
     def _probe_vanished(self, plan: ChangePlan, vanished: list[str],
                         known: dict[str, KnownSeries]) -> None:
@@ -151,6 +179,7 @@ class ChangePlanner:
                 probes += 1
                 plan.requests += 1
                 rows = self.client.series(SeriesInstanceUID=uid)
+                rows = [r for r in rows if _row_problem(r) is None]
                 if rows:
                     old, new = known[uid].row.get("Collection", ""), rows[0]["Collection"]
                     if new == old:  # the listing left it out: an empty or partial answer

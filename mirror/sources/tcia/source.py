@@ -102,6 +102,8 @@ class TciaSource:
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
                                                                      plan.added)
+        for shown, problem in plan.malformed:
+            run.fail_document("series", shown, problem)
         run.record("series", run.store_docs("series", plan.rows.values()))
         names = set(wanted) | set(plan.renamed) | set(plan.renamed.values())
         within = {uid for uid, k in known.items() if k.row.get("Collection") in names}

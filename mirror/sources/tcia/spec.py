@@ -44,11 +44,13 @@ KINDS = (
     KindSpec(name="series", table="series", id_pattern=UID, shard=shard_by_hash,
              id_of=lambda doc: doc.get("SeriesInstanceUID"),
              name_of=lambda doc: doc.get("SeriesDescription"),
-             parent_of=lambda doc: doc.get("StudyInstanceUID")),
+             parent_of=lambda doc: doc.get("StudyInstanceUID"), id_field="SeriesInstanceUID",
+             name_field="SeriesDescription", parent_field="StudyInstanceUID"),
     KindSpec(name="instance", table="instances", id_pattern=UID, parent="series",
              shard=shard_by_hash, id_of=lambda doc: doc.get("SOPInstanceUID"),
              name_of=lambda doc: None, parent_of=lambda doc: doc.get("SeriesInstanceUID"),
-             projected=_instance_columns),
+             projected=_instance_columns, id_field="SOPInstanceUID",
+             parent_field="SeriesInstanceUID"),
 )
 
 ROLES = (
