@@ -13,6 +13,8 @@ this process), in the listing (``image?detail=true``), the batch detail path
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -20,6 +22,7 @@ from mirror.cli import main
 from mirror.sources.base import KindSpec, document_problem
 from mirror.sources.isic_v1.sandbox import serve
 from mirror.sources.isic_v1.sandbox.data import Archive
+from mirror.sources.isic_v1.shape import Response, V1Api
 from mirror.sources.isic_v1.spec import SPEC
 from mirror.status import mirror_status
 from mirror.sync import SyncOptions, sync
@@ -47,7 +50,7 @@ SEGMENTED = 3  # whose segmentations name their image as an object
 
 
 def _break(monkeypatch) -> None:
-    real_detail, real_segmentation = Archive.image_detail, Archive.segmentation_detail
+    real_detail = Archive.image_detail
 
     def detail(self, i):
         doc = real_detail(self, i)
@@ -55,14 +58,22 @@ def _break(monkeypatch) -> None:
             BROKEN[i][0](doc)
         return doc
 
-    def segmentation(self, i, j):
-        doc = real_segmentation(self, i, j)
-        if i == SEGMENTED:
-            doc["imageId"] = {"$oid": doc["imageId"]}
-        return doc
+    real_handle = V1Api.handle
+
+    def handle(self, method, path, query, headers):
+        """The segmentation details of image SEGMENTED come with an object for imageId, as
+        a mangling proxy would send them (the archive itself resolves imageId first)."""
+        pattern, reply = real_handle(self, method, path, query, headers)
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2 and parts[0] == "segmentation" and reply.status == 200:
+            doc = json.loads(reply.body)
+            if doc.get("imageId") == self.backend.archive.image_id(SEGMENTED):
+                doc["imageId"] = {"$oid": doc["imageId"]}
+                reply = Response.json(doc)
+        return pattern, reply
 
     monkeypatch.setattr(Archive, "image_detail", detail)
-    monkeypatch.setattr(Archive, "segmentation_detail", segmentation)
+    monkeypatch.setattr(V1Api, "handle", handle)
 
 
 def _failures(output: str) -> list[str]:
