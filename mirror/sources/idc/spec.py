@@ -25,6 +25,7 @@ URL is the S3 endpoint of the buckets (the public AWS one by default).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -111,3 +112,16 @@ SPEC = SourceSpec(
     source="mirror.sources.idc.source:IdcSource",
     sandbox="mirror.sources.idc.sandbox:main",
 )
+
+#: IDC's REST API v1 root (switched off: every route answers 410)
+V1_URL = "https://api.imaging.datacommons.cancer.gov/v1"
+
+V1_SPEC = dataclasses.replace(
+    SPEC, name="idc-api-v1", api="idc-api-v1",
+    title="NCI Imaging Data Commons (series named by an IDC API v1 manifest, public S3 "
+          "buckets)",
+    url_pattern=re.compile(r"imaging\.datacommons\.cancer\.gov/v1/?$"),
+    default_url=V1_URL, source="mirror.sources.idc.v1_source:IdcV1Source")
+"""The seed's v1 API as a second way to name the series: the same kinds, files and folder as
+``idc`` (a v1 manifest only says *which* series; their rows still come from idc-index-data
+and their bytes from the buckets), but the mirror's base URL is the v1 root."""
