@@ -428,7 +428,8 @@ def export_metadata_command(root, out, wheres, dataset, study, columns, replace)
 
     mirror, selection = _select(root, wheres, dataset, study)
     data = export_metadata(mirror, out, selection, _csv_list(columns), replace=replace)
-    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}"
+    click.echo(f"wrote {data['images']} {data.get('unit', 'image(s)')} x {data['columns']} "
+               f"column(s) to {out}"
                + (f", attribution in {data['attribution']}" if data.get("attribution") else ""))
 
 

@@ -97,6 +97,8 @@ class IdcSource:
 
     spec: ClassVar[SourceSpec] = SPEC
     snapshots: ClassVar[str] = "mirror.sources.idc.snapshot"
+    exports: ClassVar[str] = "mirror.sources.idc.exports"  # series table, citations, DICOM
+    objects: ClassVar[str] = "mirror.sources.idc.exports:IdcObjects"  # series selections
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")
