@@ -53,9 +53,9 @@ from mirror.index import Blob, Listing, ObjectRow, SyncItem
 from mirror.ingest import mark_removed, upsert
 from mirror.query import Criterion
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
-from mirror.sources.dicom import read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.idc.catalog import Catalog, Scope, as_scope
+from mirror.sources.idc.header import read_header
 from mirror.sources.idc.s3 import IdcS3, S3Object
 from mirror.sources.idc.spec import CATALOG_ID, INSTANCE_UUID, SPEC
 from mirror.store import StoredFile, canonical_json

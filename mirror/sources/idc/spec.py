@@ -42,7 +42,6 @@ UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters (every v25 series)."""
 INSTANCE_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 COLLECTION_ID = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
-TAG = re.compile(r"[0-9A-Fa-f]{8}")  # keyword_columns keeps private tags by number
 CATALOG_ID = "idc-index-data"
 DICM = b"DICM"
 NEVER = re.compile(r"(?!)")  # IDC has no API URL: --source idc picks it
@@ -60,12 +59,11 @@ def _instance_columns(doc: dict) -> dict:
     """An instance as selections and ``mirror sql`` see it: its ids and its header's public
     single-valued attributes by keyword (``Modality``, ``SliceThickness``...), not the
     DICOM JSON's per-tag objects (one column per tag and field, thousands over IDC)."""
-    from mirror.sources.dicom import keyword_columns
+    from mirror.sources.idc.header import public_keyword_columns
 
     shown = {k: v for k, v in doc.items() if k != "dicom"}
-    for keyword, value in keyword_columns(doc.get("dicom") or {}).items():
-        if not TAG.fullmatch(keyword) and keyword not in shown and not isinstance(value, list):
-            shown[keyword] = value
+    for keyword, value in public_keyword_columns(doc.get("dicom") or {}).items():
+        shown.setdefault(keyword, value)
     return shown
 
 
