@@ -280,9 +280,11 @@ class IdcSource:
                     fetcher.store.remove(item.stored.relpath)
             raise errors[0]
         fresh = [item for item in done if item is not None]
-        docs = [(item.doc, fetcher.store.put_json(
+        # the headers are stored once the whole series checked out (a failed series leaves
+        # no document behind), on the pool: each is a file create that threads overlap
+        docs = list(self._pool.map(lambda item: (item.doc, fetcher.store.put_json(
             "instance", item.uuid, item.doc,
-            shard=self.spec.shard_of("instance", item.uuid))) for item in fresh]
+            shard=self.spec.shard_of("instance", item.uuid))), fresh))
         with self._lock:
             self._fetched[task.object_id] = FetchedSeries({o.name[:-4] for o in
                                                            listing.objects}, docs)
