@@ -17,7 +17,8 @@ times, in the same run, median of ``--runs``:
 then a no-op re-sync of (b), whose requests SeaweedFS counts (the target is zero).
 
 ``--catalog-only`` syncs every series of the installed idc-index-data with ``--blobs ''``
-and reports wall time and the child's peak RSS.
+and reports wall time and the child's peak RSS, then times three ``mirror sql`` queries
+beside the same queries in DuckDB over ``idc_index.parquet`` directly.
 """
 
 from __future__ import annotations
@@ -170,6 +171,55 @@ def bench_catalog(args: argparse.Namespace) -> None:
               f"peak RSS {rss / 1024:.0f} MB")
         seconds, summary, _ = mirror_sync(tmp / "m", "--blobs", "")
         print(f"its no-op re-sync: {seconds:.1f} s, {summary['requests']} requests")
+        bench_queries(tmp / "m", args.runs)
+
+
+QUERIES = (
+    "SELECT collection_id, count(*) AS series, sum(instanceCount) AS instances FROM {t} "
+    "GROUP BY collection_id ORDER BY series DESC, collection_id LIMIT 5",
+    "SELECT Modality, round(sum(series_size_MB) / 1e6, 3) AS TB FROM {t} GROUP BY Modality "
+    "ORDER BY TB DESC, Modality LIMIT 5",
+    "SELECT count(*) AS n FROM {t} WHERE collection_id = 'nlst' AND Modality = 'CT' "
+    "AND instanceCount > 200",
+)
+
+
+def bench_queries(root: Path, runs: int) -> None:
+    """Three ``mirror sql`` queries over the catalog-only mirror, timed beside the same
+    queries in DuckDB over the installed ``idc_index.parquet`` (median of ``runs``; the
+    CLI's figure includes its process start)."""
+    import duckdb
+
+    from mirror.query import projection_of, run_sql
+    from mirror.sources.idc.catalog import Catalog
+
+    parquet = Catalog.installed().paths["idc_index"]
+    direct = duckdb.connect()
+    projection = projection_of(root)
+    try:
+        for n, query in enumerate(QUERIES, 1):
+            ours, theirs, cli = [], [], []
+            for _ in range(runs):
+                started = time.perf_counter()
+                _, rows = run_sql(projection, query.format(t="series"))
+                ours.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                expected = direct.execute(query.format(
+                    t=f"read_parquet('{parquet}')")).fetchall()
+                theirs.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "mirror", "sql", "--root", str(root),
+                                query.format(t="series"), "--format", "csv"], check=True,
+                               capture_output=True, env=_env())
+                cli.append(time.perf_counter() - started)
+            same = [tuple(r) for r in rows] == [tuple(r) for r in expected]
+            print(f"query {n}: mirror sql {statistics.median(ours) * 1e3:7.1f} ms in process, "
+                  f"{statistics.median(cli):5.2f} s as a command; DuckDB over "
+                  f"idc_index.parquet {statistics.median(theirs) * 1e3:7.1f} ms; "
+                  f"{'same rows' if same else 'ROWS DIFFER'}: {query.format(t='series')}")
+    finally:
+        projection.close()
+        direct.close()
 
 
 def main() -> None:

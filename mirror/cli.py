@@ -542,7 +542,8 @@ def export_metadata_command(root, out, wheres, dataset, study, strict, columns,
 
     mirror, selection = _select(root, wheres, dataset, study, strict=strict)
     data = export_metadata(mirror, out, selection, _csv_list(columns), replace=replace)
-    click.echo(f"wrote {data['images']} image(s) x {data['columns']} column(s) to {out}"
+    click.echo(f"wrote {data['images']} {data.get('unit', 'image(s)')} x {data['columns']} "
+               f"column(s) to {out}"
                + (f", attribution in {data['attribution']}" if data.get("attribution") else ""))
 
 

@@ -83,7 +83,8 @@ SIZE_SAMPLE_FILES = Setting(
 PUBLISH_EVERY_OBJECTS = Setting(
     "MIRROR_PUBLISH_EVERY_OBJECTS", 5000,
     "A sync publishes an index generation after this many more objects and files, so "
-    "readers can query a long first sync while it runs (each publish copies the index).")
+    "readers can query a long first sync while it runs (each publish copies the index; "
+    "the next waits at least four times as long as the last took).")
 PUBLISH_EVERY_SECONDS = Setting(
     "MIRROR_PUBLISH_EVERY_SECONDS", 300,
     "... or after this many seconds since the last publish, whichever comes first.")

@@ -379,6 +379,7 @@ class Source(Protocol):
 REGISTRY: dict[str, str] = {
     "isic-v1": "mirror.sources.isic_v1.spec:SPEC",
     "idc": "mirror.sources.idc.spec:SPEC",
+    "idc-api-v1": "mirror.sources.idc.spec:V1_SPEC",
     "isic-v2": "mirror.sources.isic_v2.spec:SPEC",
     "tcia-v4": "mirror.sources.tcia.spec:SPEC",
 }

@@ -6,7 +6,10 @@ each manifest names the idc-index-data version it came from. An export holds
 ``dicom/<collection_id>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, ``series.csv`` (one row
 per series with its ``license_short_name`` and ``source_DOI``) and ``citations.txt`` (per
 collection: licences, DOIs and the citations IDC gives for its sources), all made from the
-manifest and the pinned bytes alone.
+manifest and the pinned bytes alone. The manifest says the same itself: each series entry
+carries its ``license_short_name`` and ``source_DOI``, each collection entry a
+``citations`` record (licences, DOIs, its sources' citations), so a manifest read without
+the mirror still says what to cite.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ def pinned_objects(conn, series_ids: list[str], roles: list[str]) -> list[dict]:
     collections: set[str] = set()
     for start in range(0, len(series_ids), CHUNK):
         chunk = series_ids[start:start + CHUNK]
-        for uid, name, sha, parent in conn.execute(select(
-                ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256, ObjectRow.parent_id).where(
-                ObjectRow.kind == "series", ObjectRow.id.in_(chunk))):
+        for uid, name, sha, parent, doc in conn.execute(select(
+                ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256, ObjectRow.parent_id,
+                ObjectRow.doc).where(ObjectRow.kind == "series", ObjectRow.id.in_(chunk))):
             pinned = entry(conn, "series", uid, sha, name, None, [])
-            pinned["collection_id"] = parent
+            doc = _loaded(doc)
+            pinned.update(collection_id=parent, license_short_name=doc.get(
+                "license_short_name"), source_DOI=doc.get("source_DOI"))
             objects.append(pinned)
             collections.add(parent)
         instances = conn.execute(select(ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256,
@@ -64,11 +69,39 @@ def pinned_objects(conn, series_ids: list[str], roles: list[str]) -> list[dict]:
             objects.append(pinned)
     for kind, ids in (("collection", sorted(c for c in collections if c)),
                       ("catalog", [CATALOG_ID])):
-        for object_id, name, sha in conn.execute(select(
-                ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256).where(
+        for object_id, name, sha, doc in conn.execute(select(
+                ObjectRow.id, ObjectRow.name, ObjectRow.doc_sha256, ObjectRow.doc).where(
                 ObjectRow.kind == kind, ObjectRow.id.in_(ids))):
-            objects.append(entry(conn, kind, object_id, sha, name, None, []))
+            pinned = entry(conn, kind, object_id, sha, name, None, [])
+            if kind == "collection":
+                pinned["citations"] = collection_citations(_loaded(doc), objects, object_id)
+            objects.append(pinned)
     return sorted(objects, key=lambda o: (o["kind"], o["id"]))
+
+
+def _loaded(doc: Any) -> dict:
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    return doc if isinstance(doc, dict) else {}
+
+
+def collection_citations(doc: dict, pinned: list[dict], collection_id: str) -> dict:
+    """What a manifest says to cite for one collection: the licences and DOIs of its pinned
+    series and the citation of each of its sources (``collections_index.sources``)."""
+    series = [p for p in pinned if p["kind"] == "series"
+              and p.get("collection_id") == collection_id]
+    sources = []
+    for source in doc.get("sources") or []:
+        if isinstance(source, dict):
+            licence = source.get("license")
+            if isinstance(licence, dict):
+                licence = licence.get("license_short_name")
+            sources.append({"source_doi": source.get("source_doi"), "license": licence,
+                            "source_type": source.get("source_type"),
+                            "citation": " ".join(str(source.get("citation") or "").split())})
+    return {"licenses": sorted({p.get("license_short_name") or "not recorded"
+                                for p in series}),
+            "source_DOIs": sorted({p["source_DOI"] for p in series if p.get("source_DOI")}),
+            "sources": sources}
 
 
 def _safe(text: str | None, fallback: str) -> str:

@@ -53,9 +53,9 @@ from mirror.index import Blob, Listing, ObjectRow, SyncItem
 from mirror.ingest import mark_removed, upsert
 from mirror.query import Criterion
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
-from mirror.sources.dicom import read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.idc.catalog import Catalog, Scope, as_scope
+from mirror.sources.idc.header import read_header
 from mirror.sources.idc.s3 import IdcS3, S3Object
 from mirror.sources.idc.spec import CATALOG_ID, INSTANCE_UUID, SPEC
 from mirror.store import StoredFile, canonical_json
@@ -97,6 +97,8 @@ class IdcSource:
 
     spec: ClassVar[SourceSpec] = SPEC
     snapshots: ClassVar[str] = "mirror.sources.idc.snapshot"
+    exports: ClassVar[str] = "mirror.sources.idc.exports"  # series table, citations, DICOM
+    objects: ClassVar[str] = "mirror.sources.idc.exports:IdcObjects"  # series selections
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")
@@ -278,9 +280,11 @@ class IdcSource:
                     fetcher.store.remove(item.stored.relpath)
             raise errors[0]
         fresh = [item for item in done if item is not None]
-        docs = [(item.doc, fetcher.store.put_json(
+        # the headers are stored once the whole series checked out (a failed series leaves
+        # no document behind), on the pool: each is a file create that threads overlap
+        docs = list(self._pool.map(lambda item: (item.doc, fetcher.store.put_json(
             "instance", item.uuid, item.doc,
-            shard=self.spec.shard_of("instance", item.uuid))) for item in fresh]
+            shard=self.spec.shard_of("instance", item.uuid))), fresh))
         with self._lock:
             self._fetched[task.object_id] = FetchedSeries({o.name[:-4] for o in
                                                            listing.objects}, docs)

@@ -25,6 +25,7 @@ URL is the S3 endpoint of the buckets (the public AWS one by default).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -41,7 +42,6 @@ UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters (every v25 series)."""
 INSTANCE_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 COLLECTION_ID = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
-TAG = re.compile(r"[0-9A-Fa-f]{8}")  # keyword_columns keeps private tags by number
 CATALOG_ID = "idc-index-data"
 DICM = b"DICM"
 NEVER = re.compile(r"(?!)")  # IDC has no API URL: --source idc picks it
@@ -59,12 +59,11 @@ def _instance_columns(doc: dict) -> dict:
     """An instance as selections and ``mirror sql`` see it: its ids and its header's public
     single-valued attributes by keyword (``Modality``, ``SliceThickness``...), not the
     DICOM JSON's per-tag objects (one column per tag and field, thousands over IDC)."""
-    from mirror.sources.dicom import keyword_columns
+    from mirror.sources.idc.header import public_keyword_columns
 
     shown = {k: v for k, v in doc.items() if k != "dicom"}
-    for keyword, value in keyword_columns(doc.get("dicom") or {}).items():
-        if not TAG.fullmatch(keyword) and keyword not in shown and not isinstance(value, list):
-            shown[keyword] = value
+    for keyword, value in public_keyword_columns(doc.get("dicom") or {}).items():
+        shown.setdefault(keyword, value)
     return shown
 
 
@@ -115,3 +114,16 @@ SPEC = SourceSpec(
     source="mirror.sources.idc.source:IdcSource",
     sandbox="mirror.sources.idc.sandbox:main",
 )
+
+#: IDC's REST API v1 root (switched off: every route answers 410)
+V1_URL = "https://api.imaging.datacommons.cancer.gov/v1"
+
+V1_SPEC = dataclasses.replace(
+    SPEC, name="idc-api-v1", api="idc-api-v1",
+    title="NCI Imaging Data Commons (series named by an IDC API v1 manifest, public S3 "
+          "buckets)",
+    url_pattern=re.compile(r"imaging\.datacommons\.cancer\.gov/v1/?$"),
+    default_url=V1_URL, source="mirror.sources.idc.v1_source:IdcV1Source")
+"""The seed's v1 API as a second way to name the series: the same kinds, files and folder as
+``idc`` (a v1 manifest only says *which* series; their rows still come from idc-index-data
+and their bytes from the buckets), but the mirror's base URL is the v1 root."""

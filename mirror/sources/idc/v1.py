@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import requests
 
-from mirror.errors import ArchiveError
+from mirror.errors import ArchiveError, MirrorError
 
 V1_TIMEOUT = 60.0
 """Seconds per v1 request."""
 V1_RESUBMITS = 5
 """202 answers in a row accepted for one page before giving up."""
+SWITCHED_OFF = ("IDC's REST API v1 is switched off ({what}); name the series from the "
+                "idc-index-data catalog instead: mirror sync --source idc --where "
+                "'collection_id == \"...\"'")
 
 
 def _token(body: dict) -> str | None:
@@ -33,18 +37,17 @@ def _token(body: dict) -> str | None:
     return token or None
 
 
-def _switched_off(session: requests.Session, base: str, timeout: float) -> bool:
+def _switched_off(session: Any, base: str, timeout: float) -> bool:
     """Whether v1 is the switched-off service: its GET stubs answer 410."""
     try:
         return session.get(f"{base}/about", timeout=timeout).status_code == 410
-    except requests.RequestException:
+    except (requests.RequestException, MirrorError):
         return False
 
 
 def _json(answer: requests.Response, what: str) -> dict:
     if answer.status_code == 410:
-        raise ArchiveError(f"IDC's REST API v1 is switched off (HTTP 410 on {what}); mirror "
-                           "IDC from the idc-index-data catalog instead")
+        raise ArchiveError(SWITCHED_OFF.format(what=f"HTTP 410 on {what}"))
     try:
         body = answer.json()
     except ValueError:
@@ -56,9 +59,10 @@ def _json(answer: requests.Response, what: str) -> dict:
 
 
 def manifest(base_url: str, filters: dict[str, list], fields: Sequence[str],
-             page_size: int = 1000, session: requests.Session | None = None,
+             page_size: int = 1000, session: Any = None,
              timeout: float = V1_TIMEOUT) -> Iterator[dict]:
-    """Every manifest row of a cohort preview, page by page."""
+    """Every manifest row of a cohort preview, page by page. ``session`` is anything with
+    requests' ``get``/``post`` (a ``requests.Session``, the sync's counting ``HttpClient``)."""
     session = session or requests.Session()
     base = base_url.rstrip("/")
     params = {f: "True" for f in fields} | {"_page_size": page_size}
@@ -66,9 +70,8 @@ def manifest(base_url: str, filters: dict[str, list], fields: Sequence[str],
                           json={"name": "mirror", "description": "", "filters": filters},
                           timeout=timeout)
     if answer.status_code == 405 and _switched_off(session, base, timeout):
-        raise ArchiveError("IDC's REST API v1 is switched off (HTTP 405 on POST "
-                           "cohorts/manifest/preview, 410 on its GET routes); mirror IDC "
-                           "from the idc-index-data catalog instead")
+        raise ArchiveError(SWITCHED_OFF.format(
+            what="HTTP 405 on POST cohorts/manifest/preview, 410 on its GET routes"))
     body = _json(answer, "cohorts/manifest/preview")
     pages = resubmits = 0
     limit: int | None = None
