@@ -298,3 +298,16 @@ def test_a_private_v2_mirror_serves_its_private_images_only_with_the_token(tmp_p
         blob = mine["results"][0]["files"]["full"]["url"]
         assert requests.get(blob, timeout=30).status_code == 401
         assert requests.get(blob, headers=bearer, timeout=30).status_code == 200
+
+
+def test_the_browse_page_lists_and_shows_a_v2_image(v2):
+    _, url, root = v2
+    grid = requests.get(f"{url}/", timeout=30)
+    assert grid.status_code == 200 and "/browse/image/ISIC_" in grid.text
+    isic_id = grid.text.split("/browse/image/", 1)[1][:12]
+    page = requests.get(f"{url}/browse/image/{isic_id}", timeout=30)
+    assert page.status_code == 200 and isic_id in page.text
+    with reading(root) as r:
+        sha = r.conn.execute(select(Blob.sha256).where(Blob.object_id == isic_id,
+                                                       Blob.role == "image")).scalar_one()
+    assert f"/blob/{sha}" in page.text  # its files, linked by SHA-256
