@@ -49,7 +49,6 @@ class Row:
     rank: int
     isic_id: str
     public: bool
-    pinned: int = 0  # no record says which images are pinned: pin_sort keeps the order
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,7 @@ def _rank(row: Any) -> int:
 
 ORDERS = {
     "images": Ordering(((_rank, False, int),), multi=True, sorted_ascending=True),
+    # no record says which images are pinned: pin_sort keeps the listing's order
     "pinned": Ordering(((_rank, False, int),), multi=True, sorted_ascending=True),
     "collections": Ordering(((_rank, False, int),), multi=False),
     "collections:created": Ordering(((_rank, True, int),), multi=False),
