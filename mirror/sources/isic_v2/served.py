@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextvars
 import secrets
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +33,8 @@ from mirror.sources.isic_v2.shape import API_ROOT, Ordering, V2Api, attribution_
 
 TOKEN_HOLDER = "token"  # the caller that showed --token-file's token: sees everything held
 PREFETCH = 2000  # image documents read at a time when a search walks the listing
+LESIONS_READ = 200  # lesion records read at a time when a page is rendered
+SEARCHES_KEPT = 16  # recent searches whose matching rows a generation keeps (cursor walks)
 ROLE_KEYS = (("image", "full"), ("thumbnail", "thumbnail_256"))
 IMAGE_KEYS = ("isic_id", "copyright_license", "attribution", "files", "metadata", "public")
 COLLECTION_KEYS = ("doi", "doi_url", "id", "name", "description", "public", "pinned", "locked")
@@ -99,10 +103,27 @@ class MirrorBackend:
         self._lock = threading.Lock()
         self._rows: list[Row] | None = None
         self._local = threading.local()
+        self._searches: OrderedDict[tuple, list] = OrderedDict()
+        self._collections: list[CollectionRow] | None = None
+        self._lesions: list[tuple[str, bool]] | None = None
 
     @staticmethod
     def ordering(listing: str) -> Ordering:
         return ORDERS[listing]
+
+    def cached_rows(self, key: tuple, compute: Callable[[], list]) -> list:
+        """A recent search's rows (the generation is immutable, so they stay right): the
+        pages after the first cost a bisect, not a scan of every record."""
+        with self._lock:
+            if key in self._searches:
+                self._searches.move_to_end(key)
+                return self._searches[key]
+        rows = compute()
+        with self._lock:
+            self._searches[key] = rows
+            while len(self._searches) > SEARCHES_KEPT:
+                self._searches.popitem(last=False)
+        return rows
 
     # -- documents -----------------------------------------------------------------------------
 
@@ -143,12 +164,25 @@ class MirrorBackend:
             cache = dict(self.m._all(select(ObjectRow.id, ObjectRow.doc).where(
                 ObjectRow.kind == "image", ObjectRow.id.in_(ids))))
             self._local.docs = cache
+            self._local.shas = None
         return cache[row.isic_id]
+
+    def _prefetch_files(self, ids: list[str]) -> None:
+        """The stored files of ``ids`` in one query (a page renders up to 100 records)."""
+        shas: dict[str, dict[str, str]] = {i: {} for i in ids}
+        for object_id, role, sha in self.m._all(select(Blob.object_id, Blob.role, Blob.sha256)
+                                                .where(Blob.object_id.in_(ids))):
+            shas[object_id][role] = sha
+        self._local.shas = shas
 
     # -- records -------------------------------------------------------------------------------
 
     def _file_urls(self, isic_id: str) -> dict[str, str]:
-        shas = dict(self.m._all(select(Blob.role, Blob.sha256).where(Blob.object_id == isic_id)))
+        known = getattr(self._local, "shas", None)
+        if known is None or isic_id not in known:
+            docs = getattr(self._local, "docs", None) or {}
+            self._prefetch_files(sorted({isic_id, *docs}))
+        shas = self._local.shas[isic_id]
         host = host_of_request.get()
         return {key: f"http://{host}/blob/{shas[role]}" for role, key in ROLE_KEYS
                 if role in shas}
@@ -172,8 +206,23 @@ class MirrorBackend:
     def collection_record(self, row: CollectionRow) -> dict:
         return {k: row.doc.get(k) for k in COLLECTION_KEYS}
 
-    def lesion_record(self, lesion: tuple[str, dict]) -> dict:
-        doc = lesion[1]
+    def _lesion_doc(self, lesion_id: str) -> dict:
+        """A lesion's record, read with the next lesions of the listing (and their images'
+        files): a page of 100 lesions costs two queries, not two hundred."""
+        cache = getattr(self._local, "lesions", None)
+        if cache is None or lesion_id not in cache:
+            ids = [x[0] for x in self._lesion_rows()]
+            at = ids.index(lesion_id) if lesion_id in ids else 0
+            wanted = [lesion_id, *ids[at:at + LESIONS_READ]]
+            cache = dict(self.m._all(select(ObjectRow.id, ObjectRow.doc).where(
+                ObjectRow.kind == "lesion", ObjectRow.id.in_(wanted))))
+            self._local.lesions = cache
+            self._prefetch_files(sorted({i.get("isic_id", "") for d in cache.values()
+                                         for i in d.get("images") or [] if isinstance(i, dict)}))
+        return cache.get(lesion_id) or {}
+
+    def lesion_record(self, lesion: tuple[str, bool]) -> dict:
+        doc = self._lesion_doc(lesion[0])
         images = [self._record(i) if isinstance(i, dict) else i for i in doc.get("images") or []]
         return _ordered({**doc, "images": images}, LESION_KEYS)
 
@@ -208,7 +257,7 @@ class MirrorBackend:
             return None
         rows = self.all_rows()
         rank = next((r.rank for r in rows if r.isic_id == isic_id), 0)
-        self._local.docs = {isic_id: doc}
+        self._local.docs, self._local.shas = {isic_id: doc}, None
         return Row(rank, isic_id, doc.get("public") is True)
 
     @staticmethod
@@ -232,11 +281,18 @@ class MirrorBackend:
     # -- collections ---------------------------------------------------------------------------
 
     def _collection_rows(self) -> list[CollectionRow]:
-        docs = {str(d.get("id")): d for d in self._docs("collection")}
-        order = [str(i) for i in self._listing("collections", "ids") if str(i) in docs]
-        order += sorted((k for k in docs if k not in set(order)), key=int, reverse=True)
-        return [CollectionRow(n, docs[k], frozenset(docs[k].get("isic_ids") or []))
-                for n, k in enumerate(order)]
+        """Every collection in the synced listing's order, read once per generation."""
+        with self._lock:
+            if self._collections is None:
+                docs = {str(d.get("id")): d for d in self._docs("collection")}
+                order = [str(i) for i in self._listing("collections", "ids") if str(i) in docs]
+                listed = set(order)
+                order += sorted((k for k in docs if k not in listed), key=int, reverse=True)
+                self._collections = [
+                    CollectionRow(n, {k: docs[key].get(k) for k in COLLECTION_KEYS},
+                                  frozenset(docs[key].get("isic_ids") or []))
+                    for n, key in enumerate(order)]
+            return self._collections
 
     def collections(self, who: str) -> list[CollectionRow]:
         return [c for c in self._collection_rows() if self._sees(who, c.doc.get("public") is True)]
@@ -248,21 +304,31 @@ class MirrorBackend:
     def attribution(self, row: CollectionRow) -> list[dict]:
         """Counted by each member's recorded attribution (the archive counts the one frozen
         in the bytes, which only differs after a cohort is re-attributed)."""
-        pairs = []
-        for isic_id in sorted(row.members):
-            doc = self._doc("image", isic_id)
-            if doc is not None:
-                pairs.append((doc.get("copyright_license"), doc.get("attribution")))
+        members, pairs = sorted(row.members), []
+        for start in range(0, len(members), PREFETCH):
+            pairs += [tuple(r) for r in self.m._all(select(
+                ObjectRow.doc["copyright_license"].as_string(),
+                ObjectRow.doc["attribution"].as_string()).where(
+                ObjectRow.kind == "image", ObjectRow.removed.is_(False),
+                ObjectRow.id.in_(members[start:start + PREFETCH])))]
         return attribution_counts(pairs)
 
     # -- lesions, users, stats -------------------------------------------------------------------
 
-    def lesions(self, who: str) -> list[tuple[str, dict]]:
-        return [(d["id"], d) for d in self._docs("lesion")
-                if who != ANONYMOUS or all(isinstance(i, dict) and i.get("public") is True
-                                           for i in d.get("images") or [])]
+    def _lesion_rows(self) -> list[tuple[str, bool]]:
+        """(lesion id, whether an anonymous caller sees it: all its images public), read
+        once per generation; the records are read for the page shown."""
+        with self._lock:
+            if self._lesions is None:
+                self._lesions = [(d["id"], all(isinstance(i, dict) and i.get("public") is True
+                                               for i in d.get("images") or []))
+                                 for d in self._docs("lesion")]
+            return self._lesions
 
-    def lesion(self, lesion_id: str, who: str) -> tuple[str, dict] | None:
+    def lesions(self, who: str) -> list[tuple[str, bool]]:
+        return [x for x in self._lesion_rows() if who != ANONYMOUS or x[1]]
+
+    def lesion(self, lesion_id: str, who: str) -> tuple[str, bool] | None:
         return next((x for x in self.lesions(who) if x[0] == lesion_id), None)
 
     def lesion_count(self, who: str) -> int:

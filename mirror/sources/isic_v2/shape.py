@@ -433,11 +433,23 @@ class V2Api:
     # -- images --------------------------------------------------------------------------------
 
     def _image_rows(self, request: Request, tree, collections: list[int] | None) -> list:
-        rows = self.backend.images(request.who, bool(request.get("pin_sort")), collections)
-        if tree is not None:
-            record = self.backend.search_record
-            rows = [r for r in rows if dsl.matches(tree, record(r))]
-        return rows
+        """The listing's rows; a backend whose rows cannot change under it (a mirror's
+        generation) may keep a search's rows (``cached_rows``), so walking its pages
+        scans the records once, not once per page."""
+        pin_sort = bool(request.get("pin_sort"))
+
+        def compute() -> list:
+            rows = self.backend.images(request.who, pin_sort, collections)
+            if tree is not None:
+                record = self.backend.search_record
+                rows = [r for r in rows if dsl.matches(tree, record(r))]
+            return rows
+
+        cached = getattr(self.backend, "cached_rows", None)
+        if cached is None:
+            return compute()
+        key = (request.who, pin_sort, tuple(collections or ()), request.get("query") or "")
+        return cached(key, compute)
 
     def _list(self, request: Request, tree, collections, errors: list[dict]) -> Response:
         paging_errors, limit, cursor = paging_input(request)
