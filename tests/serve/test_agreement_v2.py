@@ -311,3 +311,19 @@ def test_the_browse_page_lists_and_shows_a_v2_image(v2):
         sha = r.conn.execute(select(Blob.sha256).where(Blob.object_id == isic_id,
                                                        Blob.role == "image")).scalar_one()
     assert f"/blob/{sha}" in page.text  # its files, linked by SHA-256
+
+
+def test_serve_follows_a_resync_and_agrees_again(v2):
+    """Last in this module: it changes the shared archive. A re-sync publishes a new
+    generation; the running server answers from it (its cached rows are per generation)."""
+    sb, url, root = v2
+    before = requests.get(f"{url}/api/v2/images/?limit=100", timeout=30).json()["count"]
+    sb.mutate(add=2, delete=1, edit=2, midnight=True)
+    summary = sync(root, sb.url, SyncOptions(source="isic-v2", workers=2))
+    assert summary.ok, summary.failures
+    after = requests.get(f"{url}/api/v2/images/?limit=100", timeout=30).json()["count"]
+    assert after == before + 1
+    for path in ("images/?limit=100", "images/search/?query=diagnosis_1:Benign",
+                 "collections/", "lesions/"):
+        assert_same(v2, path)
+    assert walk(f"{url}/api/v2", "images/?limit=7") == walk(sb.url, "images/?limit=7")
