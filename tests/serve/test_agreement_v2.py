@@ -211,9 +211,11 @@ def test_files_are_the_same_bytes_with_etag_and_range(v2):
     for key in ("full", "thumbnail_256"):
         served_url, sandbox_url = record["files"][key]["url"], theirs["files"][key]["url"]
         assert served_url.startswith(f"{url}/blob/")
-        data = requests.get(sandbox_url, timeout=30).content
+        original = requests.get(sandbox_url, timeout=30)
+        data = original.content
         got = requests.get(served_url, timeout=30)
         assert got.content == data and got.headers["Content-Length"] == str(len(data))
+        assert got.headers["Content-Type"] == original.headers["Content-Type"]
         sha = hashlib.sha256(data).hexdigest()
         assert got.headers["ETag"] == f'"{sha}"' and served_url.endswith(sha)
         assert requests.get(served_url, headers={"If-None-Match": f'"{sha}"'},
