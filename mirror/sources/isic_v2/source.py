@@ -37,6 +37,7 @@ class IsicV2Source:
     objects: ClassVar[str] = "mirror.sources.isic_v2.objects:IsicV2Objects"  # m.image(...)
     exports: ClassVar[str] = "mirror.sources.isic_v2.exports"  # isic-cli's folder, the table
     snapshots: ClassVar[str] = "mirror.sources.isic_v2.snapshot"
+    served: ClassVar[str] = "mirror.sources.isic_v2.served"  # mirror serve's API face
 
     def __init__(self, base_url: str, http: HttpClient):
         self.http = http
@@ -189,6 +190,11 @@ class IsicV2Source:
                     run.summary.fail("collection", str(collection["id"]), "membership", line)
             docs.append({**collection, "isic_ids": ids})
         run.record("collection", run.store_docs("collection", docs))
+        # the listing's order (newest first) is in no record: mirror serve pages by it
+        kind = run.spec.kind("collection")
+        order = [d["id"] for d in docs if isinstance(d, dict) and "id" in d
+                 and kind.valid_id(kind.id_of(d))]
+        run.record("listing", run.store_docs("listing", [{"id": "collections", "ids": order}]))
         if _complete(run, "collection", listed) and complete:
             run.remove_missing("collection", _ids(run, "collection", docs),
                                where="the collections/ listing")

@@ -2,7 +2,8 @@
 
 Kinds: images (``ISIC_nnnnnnn``), collections (integer ids, stored as their decimal
 string) lesions (``IL_nnnnnnn``) and one ``listing`` (``images``: the isic_ids of the last complete
-listing, in the archive's publish order), all in the generic ``objects`` table: the records
+listing, in the archive's publish order; ``collections``: the collection ids in the
+listing's order), all in the generic ``objects`` table: the records
 are stored as the archive sends them (signed URL queries stripped), and columns are
 derived later. Ids are not hex, so they are sharded by the last hex digit of their hash.
 
@@ -23,7 +24,7 @@ JPEG, PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 ISIC_ID = re.compile(r"ISIC_\d{7}")
 COLLECTION_ID = re.compile(r"\d{1,10}")
 LESION_ID = re.compile(r"IL_\d{7}")
-LISTING_ID = re.compile(r"images")
+LISTING_ID = re.compile(r"images|collections")
 
 
 def _collection_id(doc: dict) -> str | None:
@@ -42,6 +43,7 @@ KINDS = (
              name_field="id"),
     # The order of the last complete images/ listing (publish order, which no record
     # carries): what isic-cli orders its metadata.csv by. Queries see only its length.
+    # ``collections``: the ids of the collections/ listing in its order (newest first).
     KindSpec("listing", "listings", LISTING_ID, shard=shard_by_hash,
              id_of=lambda doc: doc.get("id"), name_of=lambda doc: doc.get("id"),
              projected=lambda doc: {"id": doc.get("id"),

@@ -1,22 +1,16 @@
-"""The ``/api/v2/`` endpoints of the sandbox, independent of HTTP plumbing.
+"""The sandbox's ``/api/v2/`` backend: the synthetic :class:`Archive` behind the API shape.
 
-Behaviour follows the research note ``isic_v2_api.md``: trailing-slash routes (301 for a
-slash-less GET), keyset cursor pagination with the server's cursor encoding and links
-(§2), django-ninja's error bodies (§3: 422 ``{"detail": [...]}``, 400 ``{"message": ...}``
-for a bad search, 404 ``{"detail": "Not Found"}``, 401 ``{"detail": "Unauthorized"}``),
-and its JSON encoding and key order (§1.1, §4).
+Routes, parameters, cursor paging, JSON and error bodies live in
+:mod:`mirror.sources.isic_v2.shape` (shared with ``mirror serve``); this module supplies
+the rows and records a live archive would: hidden ``created`` times as cursor positions,
+the nightly "Elasticsearch" copy behind ``search/size/``, ``facets/`` and some counts,
+attributions frozen in the bytes.
 """
 
 from __future__ import annotations
 
-import base64
-import bisect
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
-from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from mirror.sources.isic_v2.sandbox import blobs, dsl
 from mirror.sources.isic_v2.sandbox.bucket import Bucket
@@ -33,108 +27,23 @@ from mirror.sources.isic_v2.sandbox.data import (
     Collection,
     Image,
 )
-from mirror.sources.isic_v2.sandbox.http import DJANGO_404, DJANGO_500, Response
+from mirror.sources.isic_v2.sandbox.http import Response
+from mirror.sources.isic_v2.shape import (
+    MAX_PAGE,
+    Cursor,
+    Ordering,
+    Request,
+    V2Api,
+    attribution_counts,
+    decode_cursor,
+    encode_cursor,
+    facets,
+    paginate,
+)
 
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the sandbox's logged-in user
 STAFF_TOKEN = "sandbox-staff-token"  # noqa: S105 - sees everything
 TOKENS = {SANDBOX_TOKEN: USER, STAFF_TOKEN: STAFF}
-MAX_PAGE = 100  # limit_max; every page query reads MAX_PAGE + 1 rows
-OFFSET_CUTOFF = 100
-LICENSE_NAMES = ("CC-0", "CC-BY", "CC-BY-NC")
-NOT_FOUND = {"detail": "Not Found"}
-UNAUTHORIZED = {"detail": "Unauthorized"}
-BAD_SEARCH = {"message": "Could not parse search query."}
-INT_MSG = "Input should be a valid integer, unable to parse string as an integer"
-BOOL_MSG = "Input should be a valid boolean, unable to interpret input"
-INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
-TRUE_WORDS, FALSE_WORDS = {"1", "on", "t", "true", "y", "yes"}, {"0", "off", "f", "false", "n",
-                                                                  "no"}
-
-
-class HttpError(Exception):
-    """An answer other than 200, raised from anywhere in a handler."""
-
-    def __init__(self, response: Response):
-        super().__init__(response.status)
-        self.response = response
-
-
-def _json_error(body: object, status: int) -> HttpError:
-    return HttpError(Response.json(body, status))
-
-
-def _invalid(errors: list[dict]) -> HttpError:
-    return _json_error({"detail": errors}, 422)
-
-
-def _value_error(loc: list, message: str) -> dict:
-    return {"type": "value_error", "loc": loc, "msg": f"Value error, {message}",
-            "ctx": {"error": message}}
-
-
-BAD_POSITION = {"loc": ["query", "cursor"], "msg": "Value error, Invalid cursor."}
-
-
-@dataclass
-class Request:
-    method: str
-    path: str  # after /api/v2, percent-decoded, e.g. "/images/ISIC_0000000/"
-    query: str  # raw query string
-    host: str  # Host header (for next/previous links)
-    who: str  # ANONYMOUS, USER or STAFF
-    raw_path: str = ""  # the full request path as sent, for build_absolute_uri
-
-    def values(self, key: str) -> list[str]:
-        return [v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == key]
-
-    def get(self, key: str) -> str | None:
-        """The last value of ``key``, as Django's ``QueryDict.get``."""
-        found = self.values(key)
-        return found[-1] if found else None
-
-
-@dataclass
-class Cursor:
-    offset: int = 0
-    reverse: bool = False
-    position: str | None = None
-
-
-@dataclass
-class Ordering:
-    """How one listing is ordered and how a cursor position maps onto it."""
-
-    fields: tuple[tuple[Callable, bool, Callable], ...]  # (value of row, descending, parse)
-    multi: bool  # PinnedFirstPagination: the position names every field, "|"-joined
-    sorted_ascending: bool = False  # one ascending field with distinct values: may bisect
-
-    def position(self, row) -> str:
-        values = [str(get(row)) for get, _, _ in self.fields]
-        return "|".join(values) if self.multi else values[0]
-
-    def parse(self, position: str) -> tuple:
-        parts = position.split("|") if self.multi else [position]
-        if self.multi and len(parts) != len(self.fields):
-            raise _invalid([BAD_POSITION])
-        used = self.fields if self.multi else self.fields[:1]
-        try:
-            return tuple(parse(part) for (_, _, parse), part in zip(used, parts, strict=True))
-        except ValueError:
-            raise _invalid([BAD_POSITION]) from None
-
-    def after(self, row, position: tuple, reverse: bool) -> bool:
-        """Whether ``row`` lies strictly after ``position`` in the direction of travel."""
-        used = self.fields if self.multi else self.fields[:1]
-        for (get, descending, _), wanted in zip(used, position, strict=True):
-            value = get(row)
-            if value != wanted:
-                return (value > wanted) == (reverse == descending)
-        return False
-
-    def sort(self, rows: list) -> list:
-        for get, descending, _ in reversed(self.fields):
-            rows = sorted(rows, key=get, reverse=descending)
-        return rows
 
 
 def parse_datetime(text: str) -> datetime:
@@ -156,265 +65,31 @@ IMAGE_ORDER = Ordering(((_created, False, parse_datetime),), multi=True, sorted_
 PINNED_ORDER = Ordering(((lambda r: r.pinned, True, int), (_created, False, parse_datetime)),
                         multi=True)
 COLLECTION_ORDERS = {
-    None: Ordering(((_created, True, parse_datetime),), multi=False),
-    "created": Ordering(((_created, False, parse_datetime),), multi=False),
-    "name": Ordering(((lambda c: c.name, False, str),), multi=False),
+    "collections": Ordering(((_created, True, parse_datetime),), multi=False),
+    "collections:created": Ordering(((_created, False, parse_datetime),), multi=False),
+    "collections:name": Ordering(((lambda c: c.name, False, str),), multi=False),
 }
 LESION_ORDER = Ordering(((lambda lesion: lesion[0], False, str),), multi=False)
+ORDERS = {"images": IMAGE_ORDER, "pinned": PINNED_ORDER, "lesions": LESION_ORDER,
+          **COLLECTION_ORDERS}
 
 
-def decode_cursor(raw: str) -> Cursor:
-    """The server's cursor: standard base64 of ``o=..&r=1&p=..`` (each only when set)."""
-    try:
-        tokens = parse_qs(base64.b64decode(raw).decode(), keep_blank_values=True)
-        offset = max(0, min(int(tokens.get("o", ["0"])[0]), OFFSET_CUTOFF))
-        reverse = bool(int(tokens.get("r", ["0"])[0]))
-        position = tokens.get("p", [None])[0]
-    except (TypeError, ValueError):
-        raise ValueError("Invalid cursor.") from None
-    return Cursor(offset, reverse, position)
-
-
-def encode_cursor(cursor: Cursor) -> str:
-    tokens = {}
-    if cursor.offset:
-        tokens["o"] = str(cursor.offset)
-    if cursor.reverse:
-        tokens["r"] = "1"
-    if cursor.position is not None:
-        tokens["p"] = cursor.position
-    return base64.b64encode(urlencode(tokens).encode()).decode()
-
-
-def replace_query_param(url: str, key: str, value: str) -> str:
-    """The server's link rewrite: keys sorted, values re-encoded, blank values kept."""
-    scheme, netloc, path, query, fragment = urlsplit(url)
-    params = parse_qs(query, keep_blank_values=True)
-    params[key] = [value]
-    return urlunsplit((scheme, netloc, path, urlencode(sorted(params.items()), doseq=True),
-                       fragment))
-
-
-def paging_input(request: Request) -> tuple[list[dict], int | None, Cursor]:
-    """Validation errors of ``limit`` and ``cursor``, and their values."""
-    errors, limit, cursor = [], None, Cursor()
-    raw_limit = request.get("limit")
-    if raw_limit is not None:
-        if INTEGER.match(raw_limit):
-            limit = int(raw_limit)
-        else:
-            errors.append({"type": "int_parsing", "loc": ["query", "limit"], "msg": INT_MSG})
-    raw_cursor = request.get("cursor")
-    if raw_cursor is not None:
-        try:
-            cursor = decode_cursor(raw_cursor)
-        except ValueError:
-            errors.append(_value_error(["query", "cursor"], "Invalid cursor."))
-    return errors, limit, cursor
-
-
-def paginate(request: Request, rows: list, ordering: Ordering, limit: int | None,
-             cursor: Cursor, render: Callable, count: Callable[[], int] | None = None,
-             custom_count: int | None = None) -> dict:
-    """One page of ``rows`` (already in forward order) as the server's CursorPagination."""
-    size = max(0, min(limit or MAX_PAGE, MAX_PAGE))
-    if custom_count is not None:
-        total = custom_count
-    else:
-        total = (count() if count else len(rows)) if cursor.position is None else None
-    results = _window(rows, ordering, cursor)
-    page = results[:size]
-    following = ordering.position(results[-1]) if len(results) > len(page) else None
-    if cursor.reverse:
-        page.reverse()
-        has_next = cursor.position is not None or cursor.offset > 0
-        has_previous = following is not None
-        next_position = cursor.position if has_next else None
-        previous_position = following
-    else:
-        has_next = following is not None
-        has_previous = cursor.position is not None or cursor.offset > 0
-        next_position = following
-        previous_position = cursor.position if has_previous else None
-    base = f"http://{request.host}{request.raw_path}"
-    positions = [ordering.position(r) for r in page]
-    link = _Links(positions, cursor, size, next_position, previous_position)
-    return {
-        "results": [render(r) for r in page],
-        "count": total,
-        "next": replace_query_param(base, "cursor", encode_cursor(link.next(has_previous)))
-        if has_next else None,
-        "previous": replace_query_param(base, "cursor", encode_cursor(link.previous(has_next)))
-        if has_previous else None,
-    }
-
-
-def _window(rows: list, ordering: Ordering, cursor: Cursor) -> list:
-    """The up to MAX_PAGE + 1 rows after the cursor, in the direction of travel."""
-    position = ordering.parse(cursor.position) if cursor.position is not None else None
-    width = MAX_PAGE + 1
-    if ordering.sorted_ascending:  # one ascending field: bisect instead of scanning
-        get = ordering.fields[0][0]
-        keys = _Keys(rows, get)
-        if not cursor.reverse:
-            start = bisect.bisect_right(keys, position[0]) if position else 0
-            return rows[start + cursor.offset:start + cursor.offset + width]
-        end = bisect.bisect_left(keys, position[0]) if position else len(rows)
-        end -= cursor.offset
-        return rows[max(0, end - width):max(0, end)][::-1]
-    if cursor.reverse:
-        rows = rows[::-1]
-    if position is not None:
-        rows = [r for r in rows if ordering.after(r, position, cursor.reverse)]
-    return rows[cursor.offset:cursor.offset + width]
-
-
-class _Keys:
-    """A read-only sequence view of one field of sorted rows, for :mod:`bisect`."""
-
-    def __init__(self, rows: list, get: Callable):
-        self.rows, self.get = rows, get
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int):
-        return self.get(self.rows[index])
-
-
-@dataclass
-class _Links:
-    """The boundary a next/previous link encodes: the last (first) row of the page whose
-    position differs from its neighbour's, plus an offset over trailing ties."""
-
-    positions: list[str]
-    cursor: Cursor
-    size: int
-    next_position: str | None
-    previous_position: str | None
-
-    def next(self, has_previous: bool) -> Cursor:
-        page, cursor = self.positions, self.cursor
-        compare = page[-1] if page and cursor.reverse and cursor.offset else self.next_position
-        offset, position, unique = 0, None, False
-        for position in reversed(page):
-            if position != compare:
-                unique = True
-                break
-            compare = position
-            offset += 1
-        if page and not unique:
-            if not has_previous:
-                offset, position = self.size, None
-            elif cursor.reverse:
-                offset, position = 0, self.previous_position
-            else:
-                offset, position = cursor.offset + self.size, self.previous_position
-        if not page:
-            position = self.next_position
-        return Cursor(offset, False, position)
-
-    def previous(self, has_next: bool) -> Cursor:
-        page, cursor = self.positions, self.cursor
-        compare = page[0] if page and not cursor.reverse and cursor.offset else \
-            self.previous_position
-        offset, position, unique = 0, None, False
-        for position in page:
-            if position != compare:
-                unique = True
-                break
-            compare = position
-            offset += 1
-        if page and not unique:
-            if not has_next:
-                offset, position = self.size, None
-            elif cursor.reverse:
-                offset, position = cursor.offset + self.size, self.next_position
-            else:
-                offset, position = 0, self.next_position
-        if not page:
-            position = self.previous_position
-        return Cursor(offset, True, position)
-
-
-def _license_text(name: str) -> bytes:
-    return resources.files("mirror.sources.isic_v2").joinpath("licenses", f"{name}.txt"
-                                                              ).read_bytes()
-
-
-class SandboxAPI:
-    """Routes ``/api/v2/...`` requests to handlers over one :class:`Archive`."""
+class SandboxBackend:
+    """A :class:`~mirror.sources.isic_v2.shape.V2Backend` over the synthetic archive."""
 
     def __init__(self, archive: Archive, bucket: Bucket, es_counts: bool = False):
         self.archive = archive
         self.bucket = bucket
         self.es_counts = es_counts  # image count from the nightly index (before 2026-07)
         self.hostile = None  # set by the server in hostile mode
-        self.routes: list[tuple[tuple[str, ...], Callable, bool]] = [  # (shape, handler, login)
-            (("images",), self.image_list, False),
-            (("images", "search"), self.image_search, False),
-            (("images", "search", "size"), self.image_search_size, False),
-            (("images", "facets"), self.image_facets, False),
-            (("images", "{}"), self.image_detail, False),
-            (("images", "{}", "similar"), self.image_similar, True),
-            (("collections",), self.collection_list, False),
-            (("collections", "{}"), self.collection_detail, False),
-            (("collections", "{}", "attribution"), self.collection_attribution, False),
-            (("lesions",), self.lesion_list, False),
-            (("lesions", "{}"), self.lesion_detail, False),
-            (("zip-download", "license-file", "{}"), self.license_file, False),
-            (("users", "me"), self.user_me, True),
-            (("stats",), self.stats, False),
-        ]
 
-    # -- routing -------------------------------------------------------------------------------
-
-    def match(self, path: str) -> tuple[tuple[str, ...], Callable, bool, list[str]] | None:
-        if not path.endswith("/"):
-            return None
-        parts = path[1:-1].split("/") if path.strip("/") else []
-        for shape, handler, login in self.routes:
-            if len(shape) == len(parts) and all(s == "{}" and p or s == p
-                                                for s, p in zip(shape, parts, strict=True)):
-                return shape, handler, login, [p for s, p in zip(shape, parts, strict=True)
-                                               if s == "{}"]
-        return None
-
-    def route_name(self, path: str) -> str:
-        """The pattern a request counts under in the statistics."""
-        found = self.match(path)
-        if found is None:
-            return "other"
-        names = iter(("isic_id",) if found[0][0] == "images" else ("id",) if found[0][0] in (
-            "collections", "lesions") else ("license",))
-        return "/" + "/".join(f"{{{next(names)}}}" if s == "{}" else s for s in found[0]) + "/"
-
-    def handle(self, method: str, raw_path: str, query: str, host: str, who: str) -> Response:
-        path = unquote(raw_path)
-        found = self.match(path)
-        if found is None:
-            if not path.endswith("/") and self.match(path + "/") is not None:
-                location = raw_path + "/" + (f"?{query}" if query else "")
-                return Response(301, b"", {"Location": "/api/v2" + location,
-                                           "Content-Type": "text/html; charset=utf-8"})
-            return Response.html(DJANGO_404, 404)
-        _, handler, login, args = found
-        if method != "GET":
-            return Response(405, b"", {"Allow": "GET", "Content-Type": "text/html; charset=utf-8"})
-        request = Request(method, path, query, host, who,
-                          "/api/v2" + raw_path + (f"?{query}" if query else ""))
-        try:
-            if login and who == ANONYMOUS:
-                raise _json_error(UNAUTHORIZED, 401)
-            return handler(request, *args)
-        except HttpError as err:
-            return err.response
-        except dsl.UnstoredFieldError:
-            return Response.html(DJANGO_500, 500)
+    @staticmethod
+    def ordering(listing: str) -> Ordering:
+        return ORDERS[listing]
 
     # -- records -------------------------------------------------------------------------------
 
-    def image_out(self, image: Image) -> dict:
+    def image_record(self, image: Image) -> dict:
         full_url, thumb_url = self.bucket.urls(image)
         full_size, thumb_size = blobs.recorded_sizes(image)
         width, height = image.size
@@ -434,14 +109,14 @@ class SandboxAPI:
         return self.hostile.record(record) if self.hostile else record
 
     @staticmethod
-    def collection_out(collection: Collection) -> dict:
+    def collection_record(collection: Collection) -> dict:
         return {"doi": collection.doi,
                 "doi_url": f"https://doi.org/{collection.doi}" if collection.doi else None,
                 "id": collection.id, "name": collection.name,
                 "description": collection.description, "public": collection.public,
                 "pinned": collection.pinned, "locked": collection.locked}
 
-    def lesion_out(self, lesion: tuple[str, list[Image]]) -> dict:
+    def lesion_record(self, lesion: tuple[str, list[Image]]) -> dict:
         lesion_id, images = lesion
 
         def rank(image: Image) -> tuple:
@@ -454,23 +129,28 @@ class SandboxAPI:
         levels = [index.metadata[f"diagnosis_{n}"] for n in range(1, 6)
                   if f"diagnosis_{n}" in index.metadata]
         days = {i.metadata.get("acquisition_day") for i in images} - {None}
-        return {"images": [self.image_out(i) for i in images], "images_count": len(images),
+        return {"images": [self.image_record(i) for i in images], "images_count": len(images),
                 "longitudinally_monitored": len(days) > 1, "index_image_id": index.isic_id,
                 "outcome_diagnosis": ":".join(levels) if levels else None,
                 "outcome_diagnosis_1": index.metadata.get("diagnosis_1"), "id": lesion_id}
 
     # -- images --------------------------------------------------------------------------------
 
-    def _image_rows(self, request: Request, tree, collections: list[int] | None) -> list[Image]:
-        rows = self.archive.visible_images(request.who)
-        if request.get("pin_sort"):
+    def images(self, who: str, pin_sort: bool, collections: list[int] | None) -> list[Image]:
+        rows = self.archive.visible_images(who)
+        if pin_sort:
             rows = PINNED_ORDER.sort(rows)
         if collections is not None:
-            members = self._members(collections, request.who)
+            members = self._members(collections, who)
             rows = [r for r in rows if r.n in members]
-        if tree is not None:
-            rows = [r for r in rows if dsl.matches(tree, r.search_record())]
         return rows
+
+    @staticmethod
+    def search_record(image: Image) -> dict:
+        return image.search_record()
+
+    def image(self, isic_id: str, who: str) -> Image | None:
+        return self.archive.image(isic_id, who)
 
     def _members(self, ids: list[int], who: str) -> set[int]:
         """Images in any of the collections ``who`` may see among ``ids``."""
@@ -481,10 +161,15 @@ class SandboxAPI:
                 members |= collection.images
         return members
 
-    def _es_count(self, who: str, tree, collections: list[int] | None) -> int:
-        return len(self._es_docs(who, tree, collections))
+    def image_count(self, who: str, tree, collections: list[int] | None
+                    ) -> Callable[[], int] | None:
+        if not self.es_counts:
+            return None
+        return lambda: len(self.indexed(who, tree, collections))
 
-    def _es_docs(self, who: str, tree, collections: list[int] | None) -> list:
+    def indexed(self, who: str, tree, collections: list[int] | None) -> list:
+        """The nightly index's documents ``who`` may see that match (it never drops a
+        deleted image)."""
         visible = None
         if collections is not None:
             visible = {c for c in collections if c in self.archive.collections and
@@ -495,206 +180,68 @@ class SandboxAPI:
                 and (visible is None or d.collections & visible)
                 and dsl.matches(tree, d.record, mode="es")]
 
-    def _list(self, request: Request, tree, collections, errors: list[dict]) -> Response:
-        paging_errors, limit, cursor = paging_input(request)
-        if errors or paging_errors:
-            raise _invalid(errors + paging_errors)
-        if tree == "bad":
-            raise _json_error(BAD_SEARCH, 400)
-        rows = self._image_rows(request, tree, collections)
-        ordering = PINNED_ORDER if request.get("pin_sort") else IMAGE_ORDER
-        count = (lambda: self._es_count(request.who, tree, collections)) if self.es_counts \
-            else None
-        page = paginate(request, rows, ordering, limit, cursor, self.image_out, count)
-        if self.hostile:
-            page = self.hostile.page(request, page)
-        return Response.json(page)
-
-    def image_list(self, request: Request) -> Response:
-        return self._list(request, None, None, [])
-
-    def _search_input(self, request: Request) -> tuple[object, list[int] | None, list[dict]]:
-        """(parse tree, "bad" or None; collection ids or None; validation errors)."""
-        errors: list[dict] = []
-        raw = request.get("query")
-        try:
-            tree = dsl.parse(raw) if raw else None
-        except dsl.SearchParseError:
-            tree = "bad"
-        values = request.values("collections")
-        collections = None
-        if len(values) == 1 and values[0]:
-            try:
-                collections = [int(x) for x in values[0].split(",")]
-            except ValueError as exc:
-                errors.append(_value_error(["query", "collections"], str(exc)))
-        elif len(values) > 1:
-            collections = []
-            for k, value in enumerate(values):
-                if INTEGER.match(value):
-                    collections.append(int(value))
-                else:
-                    errors.append({"type": "int_parsing", "loc": ["query", "collections", k],
-                                   "msg": INT_MSG})
-        return tree, collections or None, errors
-
-    def image_search(self, request: Request) -> Response:
-        tree, collections, errors = self._search_input(request)
-        return self._list(request, tree, collections, errors)
-
-    def image_search_size(self, request: Request) -> Response:
-        tree, collections, errors = self._search_input(request)
-        if errors:
-            raise _invalid(errors)
-        if tree == "bad":
-            raise _json_error(BAD_SEARCH, 400)
-        docs = self._es_docs(request.who, tree, collections)
-        return Response.json({"size": sum(d.blob_size for d in docs)})
-
-    def image_facets(self, request: Request) -> Response:
-        tree, collections, errors = self._search_input(request)
-        if errors:
-            raise _invalid(errors)
-        if tree == "bad":
-            raise _json_error(BAD_SEARCH, 400)
-        return Response.json(facets(self._es_docs(request.who, tree, collections),
-                                    list(self.archive.es.values())))
-
-    def image_detail(self, request: Request, isic_id: str) -> Response:
-        image = self.archive.image(isic_id, request.who)
-        if image is None:
-            raise _json_error(NOT_FOUND, 404)
-        return Response.json(self.image_out(image))
-
-    def image_similar(self, request: Request, isic_id: str) -> Response:
-        raw = request.get("limit")
-        if raw is not None and not INTEGER.match(raw):
-            raise _invalid([{"type": "int_parsing", "loc": ["query", "limit"], "msg": INT_MSG}])
-        if raw is not None and int(raw) > 50:
-            raise _invalid([{"type": "less_than_equal", "loc": ["query", "limit"],
-                             "msg": "Input should be less than or equal to 50",
-                             "ctx": {"le": 50}}])
-        if self.archive.image(isic_id, request.who) is None:
-            raise _json_error(NOT_FOUND, 404)
-        return Response.json([])  # no image has an embedding in the sandbox
+    def all_indexed(self) -> list:
+        return list(self.archive.es.values())
 
     # -- collections ---------------------------------------------------------------------------
 
-    def collection_list(self, request: Request) -> Response:
-        errors: list[dict] = []
-        pinned = request.get("pinned")
-        if pinned is not None and pinned.lower() not in TRUE_WORDS | FALSE_WORDS:
-            errors.append({"type": "bool_parsing", "loc": ["query", "pinned"], "msg": BOOL_MSG})
-        sort = request.get("sort")
-        if sort is not None and sort not in ("name", "created"):
-            errors.append({"type": "literal_error", "loc": ["query", "sort"],
-                           "msg": "Input should be 'name' or 'created'",
-                           "ctx": {"expected": "'name' or 'created'"}})
-        paging_errors, limit, cursor = paging_input(request)
-        if errors or paging_errors:
-            raise _invalid(errors + paging_errors)
+    def collections(self, who: str) -> list[Collection]:
         with self.archive.lock:
-            rows = [c for c in self.archive.collections.values()
-                    if self.archive.can_see_collection(c, request.who)]
-        if pinned is not None:
-            rows = [c for c in rows if c.pinned == (pinned.lower() in TRUE_WORDS)]
-        ordering = COLLECTION_ORDERS[sort]
-        page = paginate(request, ordering.sort(rows), ordering, limit, cursor,
-                        self.collection_out)
-        return Response.json(page)
+            return [c for c in self.archive.collections.values()
+                    if self.archive.can_see_collection(c, who)]
 
-    def _collection(self, request: Request, raw_id: str) -> Collection:
-        if not INTEGER.match(raw_id):
-            raise _invalid([{"type": "int_parsing", "loc": ["path", "id"], "msg": INT_MSG}])
-        collection = self.archive.collections.get(int(raw_id))
-        if collection is None or not self.archive.can_see_collection(collection, request.who):
-            raise _json_error(NOT_FOUND, 404)
+    def collection(self, collection_id: int, who: str) -> Collection | None:
+        collection = self.archive.collections.get(collection_id)
+        if collection is None or not self.archive.can_see_collection(collection, who):
+            return None
         return collection
 
-    def collection_detail(self, request: Request, raw_id: str) -> Response:
-        return Response.json(self.collection_out(self._collection(request, raw_id)))
-
-    def collection_attribution(self, request: Request, raw_id: str) -> Response:
-        collection = self._collection(request, raw_id)
-        counts: dict[tuple[str, str], int] = {}
+    def attribution(self, collection: Collection) -> list[dict]:
+        """Counted by the attribution frozen in each image's bytes, not the live one."""
         with self.archive.lock:
-            for n in collection.images:
-                image = self.archive.images.get(n)
-                if image is not None:
-                    key = (image.license, image.frozen_attribution)
-                    counts[key] = counts.get(key, 0) + 1
-        rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return Response.json([{"license": lic, "attribution": attribution, "count": n}
-                              for (lic, attribution), n in rows])
+            images = [self.archive.images.get(n) for n in collection.images]
+        return attribution_counts([(i.license, i.frozen_attribution) for i in images if i])
 
-    # -- lesions, licences, users, stats ---------------------------------------------------------
+    # -- lesions, users, stats -------------------------------------------------------------------
 
-    def lesion_list(self, request: Request) -> Response:
-        paging_errors, limit, cursor = paging_input(request)
-        if paging_errors:
-            raise _invalid(paging_errors)
-        rows = list(self.archive.lesions(request.who).items())
-        return Response.json(paginate(request, rows, LESION_ORDER, limit, cursor,
-                                      self.lesion_out,
-                                      custom_count=self.archive.es_lesions[request.who]))
+    def lesions(self, who: str) -> list[tuple[str, list[Image]]]:
+        return list(self.archive.lesions(who).items())
 
-    def lesion_detail(self, request: Request, lesion_id: str) -> Response:
-        images = self.archive.lesions(request.who).get(lesion_id)
-        if images is None:
-            raise _json_error(NOT_FOUND, 404)
-        return Response.json(self.lesion_out((lesion_id, images)))
+    def lesion(self, lesion_id: str, who: str) -> tuple[str, list[Image]] | None:
+        images = self.archive.lesions(who).get(lesion_id)
+        return None if images is None else (lesion_id, images)
+
+    def lesion_count(self, who: str) -> int:
+        return self.archive.es_lesions[who]
 
     @staticmethod
-    def license_file(request: Request, name: str) -> Response:
-        if name not in LICENSE_NAMES:
-            raise _json_error(NOT_FOUND, 404)
-        return Response(200, _license_text(name), {"Content-Type": "text/plain"})
+    def user(who: str) -> dict:
+        return STAFF_USER if who == STAFF else SANDBOX_USER
 
-    @staticmethod
-    def user_me(request: Request) -> Response:
-        return Response.json(STAFF_USER if request.who == STAFF else SANDBOX_USER)
-
-    def stats(self, request: Request) -> Response:
-        return Response.json(self.archive.stats())
+    def stats(self) -> dict:
+        return self.archive.stats()
 
 
-# -- facets (Elasticsearch aggregations over the nightly index) ----------------------------------
+class SandboxAPI(V2Api):
+    """The v2 shape over the sandbox's archive (``hostile``: the server's hostile mode)."""
 
-RANGES = {
-    "age_approx": [(a, a + 10) for a in range(0, 90, 10)],
-    "clin_size_long_diam_mm": [(0.0, 5.0), (5.0, 10.0), (10.0, 20.0), (20.0, None)],
-    "mel_thick_mm": [(0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, None)],
-}
-TERM_FACETS = ("diagnosis_1", "diagnosis_2", "diagnosis_3", "diagnosis_4", "diagnosis_5",
-               "anatom_site_1", "anatom_site_2", "anatom_site_3", "anatom_site_special",
-               "sex", "image_type", "dermoscopic_type", "tbp_tile_type", "image_manipulation",
-               "diagnosis_confirm_type", "fitzpatrick_skin_type", "mel_mitotic_index",
-               "melanocytic", "mel_ulcer", "personal_hx_mm", "family_hx_mm",
-               "concomitant_biopsy", "copyright_license")
+    def __init__(self, archive: Archive, bucket: Bucket, es_counts: bool = False):
+        super().__init__(SandboxBackend(archive, bucket, es_counts))
+        self.archive, self.bucket = archive, bucket
+
+    @property
+    def hostile(self):
+        return self.backend.hostile
+
+    @hostile.setter
+    def hostile(self, value) -> None:
+        self.backend.hostile = value
+        self.page_hook = value.page if value else None
+
+    def image_out(self, image: Image) -> dict:
+        return self.backend.image_record(image)
 
 
-def facets(docs: list, all_docs: list) -> dict:
-    """The shape of ``images/facets/``: ``meta`` counts and ``buckets`` per field; term
-    buckets list every value the index holds (``min_doc_count: 0``); ranges end in ``*``."""
-    out: dict = {}
-    for name in TERM_FACETS:
-        present = [d.record[name] for d in docs if d.record.get(name) is not None]
-        known = {d.record[name] for d in all_docs if d.record.get(name) is not None}
-        counts = {k: 0 for k in known}
-        for value in present:
-            counts[value] += 1
-        buckets = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-        out[name] = {"meta": {"missing_count": len(docs) - len(present),
-                              "present_count": len(present)},
-                     "buckets": [{"key": k, "doc_count": n} for k, n in buckets]}
-    for name, ranges in RANGES.items():
-        values = [float(d.record[name]) for d in docs if d.record.get(name) is not None]
-        buckets = []
-        for lo, hi in ranges:
-            bucket = {"key": f"{lo:.1f}-{'*' if hi is None else f'{hi:.1f}'}", "from": lo,
-                      "doc_count": sum(v >= lo and (hi is None or v < hi) for v in values)}
-            bucket["to"] = "*" if hi is None else hi
-            buckets.append(bucket)
-        out[name] = {"meta": {"missing_count": len(docs) - len(values),
-                              "present_count": len(values)}, "buckets": buckets}
-    return out
+__all__ = ["ANONYMOUS", "MAX_PAGE", "SANDBOX_TOKEN", "STAFF_TOKEN", "TOKENS", "Cursor",
+           "Request", "Response", "SandboxAPI", "SandboxBackend", "decode_cursor",
+           "encode_cursor", "facets", "paginate"]
