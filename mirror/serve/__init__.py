@@ -53,7 +53,7 @@ def check(root: str | Path, allow_private: bool, token_file: str | None
         served = getattr(source_class(m.config.source), "served", None)
         if served is None:
             raise MirrorError(f"mirror serve does not speak {m.source.title} yet; it serves "
-                              "ISIC API v1 mirrors")
+                              "ISIC API v1 and TCIA (NBIA v4) mirrors")
         private = holds_private(m)
     return (check_start(private, allow_private, token_file),
             importlib.import_module(served).API_ROOT)

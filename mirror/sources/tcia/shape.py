@@ -221,7 +221,15 @@ class V4Api:
         self.backend = backend
         self.v4: dict[str, Route] = {
             "getCollectionValues": Route(self.v4_collections, ["format"]),
+            "getModalityValues": Route(self.v4_modalities,
+                                       ["Collection", "BodyPartExamined", "format"]),
+            "getBodyPartValues": Route(self.v4_body_parts, ["Collection", "Modality", "format"]),
+            "getManufacturerValues": Route(self.v4_manufacturers,
+                                           ["Collection", "Modality", "BodyPartExamined",
+                                            "format"]),
             "getPatient": Route(self.v4_patients, ["Collection", "PatientId", "format"]),
+            "getPatientByCollectionAndModality": Route(self.v4_patients_by_modality,
+                                                       ["Collection", "Modality", "format"]),
             "getPatientStudy": Route(self.v4_studies,
                                      ["Collection", "PatientID", "StudyInstanceUID", "format"]),
             "getSeries": Route(self.v4_series, [*SERIES_FILTERS, "format"]),
@@ -288,6 +296,33 @@ class V4Api:
     def v4_collections(self, params: dict) -> Response:
         return format_rows(params.get("format"), ["Collection"],
                            [[c] for c in self.backend.collections()])
+
+    def _distinct(self, column: str, params: dict, upper: bool = False) -> list[list]:
+        """The distinct non-null ``column`` of the visible series the filters match."""
+        at = V4_SERIES_COLUMNS.index(column)
+        values = dict.fromkeys(
+            (row[at].upper() if upper and isinstance(row[at], str) else row[at])
+            for row in self.backend.series_rows(series_filters(params)))
+        return [[v] for v in values if v is not None]
+
+    def v4_modalities(self, params: dict) -> Response:
+        return format_rows(params.get("format"), ["Modality"], self._distinct("Modality", params))
+
+    def v4_body_parts(self, params: dict) -> Response:
+        return format_rows(params.get("format"), ["BodyPartExamined"],
+                           self._distinct("BodyPartExamined", params, upper=True))
+
+    def v4_manufacturers(self, params: dict) -> Response:
+        return format_rows(params.get("format"), ["Manufacturer"],
+                           self._distinct("Manufacturer", params))
+
+    def v4_patients_by_modality(self, params: dict) -> Response:
+        require(params, "Collection", "Modality")
+        at = V4_SERIES_COLUMNS.index("PatientID")
+        filters = {"Collection": params["Collection"], "Modality": params["Modality"]}
+        patients = dict.fromkeys(row[at] for row in self.backend.series_rows(filters))
+        return format_rows(params.get("format"), ["PatientId", "Authorized"],
+                           [[pid, 1] for pid in patients])
 
     def v4_patients(self, params: dict) -> Response:
         rows = self.backend.patient_rows(params.get("Collection"), params.get("PatientId"))
@@ -366,3 +401,26 @@ def combine(hashes: Iterable[str]) -> str:
     """NBIA's ``getMD5Hierarchy`` step: md5 of the sorted, non-empty child hashes, or ""."""
     joined = "".join(sorted(h for h in hashes if h))
     return md5_hex(joined) if joined else ""
+
+
+def ordered(images: list, new_names: bool) -> list:
+    """The instances in zip order; each has ``instance_number`` and ``acquisition_number``."""
+    # ImageDTO2.compareTo compares instance numbers for both keys (a bug kept as is)
+    return sorted(images, key=lambda i: i.instance_number) if new_names else images
+
+
+def entry_names(images: list, new_names: bool) -> list[str]:
+    """``%08d.dcm`` in database order, or ``<acquisition group>-<index>.dcm``."""
+    if not new_names:
+        return [f"{n:08d}.dcm" for n in range(1, len(images) + 1)]
+    groups: list[list] = []
+    for image in ordered(images, True):
+        if not groups or groups[-1][-1].acquisition_number != image.acquisition_number:
+            groups.append([])
+        groups[-1].append(image)
+    width_a = len(str(len(groups)))
+    names = []
+    for a, group in enumerate(groups, 1):
+        width_i = len(str(len(group)))
+        names.extend(f"{a:0{width_a}d}-{i:0{width_i}d}.dcm" for i in range(1, len(group) + 1))
+    return names

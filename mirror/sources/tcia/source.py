@@ -52,6 +52,7 @@ class TciaSource:
     objects: ClassVar[str] = "mirror.sources.tcia.objects:TciaObjects"
     exports: ClassVar[str] = "mirror.sources.tcia.exports"
     snapshots: ClassVar[str] = "mirror.sources.tcia.snapshot"
+    served: ClassVar[str] = "mirror.sources.tcia.served"  # mirror serve's NBIA v4 face
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from mirror.sources.tcia.formats import Response, format_rows
-from mirror.sources.tcia.sandbox.data import Archive, Image, Series, md5_hex
+from mirror.sources.tcia.sandbox.data import Archive, Series, md5_hex
 from mirror.sources.tcia.shape import (
     METHOD_NOT_ALLOWED_HTML,
     NOT_FOUND_HTML,
@@ -28,7 +28,9 @@ from mirror.sources.tcia.shape import (
     Route,
     SeriesZip,
     V4Api,
+    entry_names,
     not_granted,
+    ordered,
     parse_v4_date,
     single_image_response,
     v4_date,
@@ -89,14 +91,6 @@ class TciaAPI(V4Api):
         self._listings_lock = threading.Lock()
         super().__init__(self)  # the sandbox is its own backend (V4Backend below)
         self.v4.update({  # the endpoints only the sandbox answers
-            "getModalityValues": Route(self.v4_modalities,
-                                       ["Collection", "BodyPartExamined", "format"]),
-            "getBodyPartValues": Route(self.v4_body_parts, ["Collection", "Modality", "format"]),
-            "getManufacturerValues": Route(self.v4_manufacturers,
-                                           ["Collection", "Modality", "BodyPartExamined",
-                                            "format"]),
-            "getPatientByCollectionAndModality": Route(self.v4_patients_by_modality,
-                                                       ["Collection", "Modality", "format"]),
             "NewPatientsInCollection": Route(self.v4_new_patients,
                                              ["Collection", "fromDate", "format"]),
             "NewStudiesInPatientCollection": Route(self.v4_new_studies,
@@ -251,7 +245,7 @@ class TciaAPI(V4Api):
             images = list(s.images.values())
             license_text = self._license(s)
         return SeriesZip(license_text, [(name, image.data) for name, image in zip(
-            _entry_names(images, new_names), _ordered(images, new_names), strict=True)])
+            entry_names(images, new_names), ordered(images, new_names), strict=True)])
 
     def single_image(self, series_uid: str, sop_uid: str) -> Response | None:
         with self.archive.lock:
@@ -273,30 +267,9 @@ class TciaAPI(V4Api):
 
     # --- v4 handlers only the sandbox has ------------------------------------------------
 
-    def v4_modalities(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["Modality"],
-                           self._values(self.archive, "modality", _filters(params)))
-
-    def v4_body_parts(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["BodyPartExamined"],
-                           self._values(self.archive, "body_part",
-                                        _filters(params), upper=True))
-
-    def v4_manufacturers(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["Manufacturer"],
-                           self._values(self.archive, "manufacturer",
-                                        _filters(params)))
-
     @staticmethod
     def _patient_keys(series: list[Series]) -> list[tuple[str, str]]:
         return list(dict.fromkeys((s.patient_id, s.collection) for s in series))
-
-    def v4_patients_by_modality(self, params: dict) -> Response:
-        self._require(params, "Collection", "Modality")
-        series = self._visible(self.archive, Collection=params["Collection"],
-                               Modality=params["Modality"])
-        rows = [[pid, 1] for pid, _ in self._patient_keys(series)]
-        return format_rows(params.get("format"), ["PatientId", "Authorized"], rows)
 
     def _released_since(self, params: dict, strict: bool) -> list[Series] | None:
         since = parse_v4_date(params.get("fromDate", "01-01-1900"))
@@ -518,28 +491,6 @@ class TciaAPI(V4Api):
 
 def _filters(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "format"}
-
-
-def _ordered(images: list[Image], new_names: bool) -> list[Image]:
-    # ImageDTO2.compareTo compares instance numbers for both keys (a bug kept as is)
-    return sorted(images, key=lambda i: i.instance_number) if new_names else images
-
-
-def _entry_names(images: list[Image], new_names: bool) -> list[str]:
-    """``%08d.dcm`` in database order, or ``<acquisition group>-<index>.dcm``."""
-    if not new_names:
-        return [f"{n:08d}.dcm" for n in range(1, len(images) + 1)]
-    groups: list[list[Image]] = []
-    for image in _ordered(images, True):
-        if not groups or groups[-1][-1].acquisition_number != image.acquisition_number:
-            groups.append([])
-        groups[-1].append(image)
-    width_a = len(str(len(groups)))
-    names = []
-    for a, group in enumerate(groups, 1):
-        width_i = len(str(len(group)))
-        names.extend(f"{a:0{width_a}d}-{i:0{width_i}d}.dcm" for i in range(1, len(group) + 1))
-    return names
 
 
 def _hostile_entries(case: str, entries: list[tuple[str, bytes]],
