@@ -169,7 +169,10 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
         query = request.scope.get("query_string", b"").decode("latin-1")
         body = await request.body() if request.method == "POST" else None
         reply = await run_in_threadpool(answer, served, path, query, request.headers, body)
-        return to_starlette(reply, request)
+        response = to_starlette(reply, request)
+        if not getattr(served.api, "request_uid", True):  # a Girder header, not NBIA's
+            del response.headers["girder-request-uid"]
+        return response
 
     async def blob(request: Request) -> Response:
         served = await current.aget()

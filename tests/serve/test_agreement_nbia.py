@@ -7,6 +7,7 @@ tables hold, the LICENSE entry) is asserted as the documented difference."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -73,6 +74,8 @@ ERRORS = [
     "getSingleImage?SeriesInstanceUID=1.2.3", "getSingleImage?SeriesInstanceUID=1.2&"
     "SOPInstanceUID=3.4", "getPatientByCollectionAndModality?Collection=x", "nonexistent",
     "getMD5Hierarchy", "getSeries?Collection=nope", "getSeriesSize?SeriesInstanceUID=1.2.3",
+    "getImageWithMD5Hash", "getImageWithMD5Hash?SeriesInstanceUID=1.2.3&IncludeMD5=Yes",
+    "getImageWithMD5Hash?SeriesInstanceUID=1.2.3",
 ]
 
 
@@ -126,20 +129,25 @@ def zip_members(data: bytes) -> dict[str, bytes]:
         return {name: z.read(name) for name in z.namelist()}
 
 
-@pytest.mark.parametrize("options", ["", "&IncludeMD5=Yes", "&NewFileNames=Yes&IncludeMD5=Yes"])
+@pytest.mark.parametrize("options", ["", "&IncludeMD5=Yes", "&NewFileNames=Yes&IncludeMD5=Yes",
+                                     "WithMD5Hash"])
 def test_series_zips_hold_the_same_instances(nbia, series, options):
     for row in series[:3]:
-        ours, served = both(nbia, f"getImage?SeriesInstanceUID={row['SeriesInstanceUID']}"
-                                  + options, stream=False)
+        uid = row["SeriesInstanceUID"]
+        endpoint = (f"getImageWithMD5Hash?SeriesInstanceUID={uid}" if options == "WithMD5Hash"
+                    else f"getImage?SeriesInstanceUID={uid}{options}")
+        ours, served = both(nbia, endpoint)
         assert served.status_code == ours.status_code == 200
         for header in ("Content-Type", "Content-Disposition"):
             assert served.headers[header] == ours.headers[header]
         assert "Content-Length" not in served.headers  # streamed, as NBIA does
         mine, theirs = zip_members(served.content), zip_members(ours.content)
-        assert "LICENSE" in theirs and "LICENSE" not in mine  # not kept by the mirror
-        theirs.pop("LICENSE")
+        if options != "WithMD5Hash":  # getImage's LICENSE: not kept by the mirror
+            assert "LICENSE" in theirs and "LICENSE" not in mine
+            theirs.pop("LICENSE")
         assert mine == theirs  # same names, same instance bytes, same md5hashes.csv
-        assert ("md5hashes.csv" in mine) == ("IncludeMD5" in options)
+        assert ("md5hashes.csv" in mine) == ("MD5" in options)
+        assert len(mine) == row["ImageCount"] + ("MD5" in options)
 
 
 def test_single_images_and_md5_hierarchy_agree(nbia, series):
@@ -187,3 +195,43 @@ def test_a_sync_from_serve_gives_the_same_instances(nbia, tmp_path):
 
     first = held(root)
     assert first and held(second) == first
+
+
+def test_a_stored_instance_has_its_etag_304_and_ranges(nbia, series):
+    sb, url, _ = nbia
+    uid = series[0]["SeriesInstanceUID"]
+    sop = requests.get(f"{sb.v4_url}/getSOPInstanceUIDs", params={"SeriesInstanceUID": uid},
+                       timeout=30).json()[0]["SOPInstanceUID"]
+    params = {"SeriesInstanceUID": uid, "SOPInstanceUID": sop}
+    whole = requests.get(f"{url}/getSingleImage", params=params, timeout=30)
+    assert whole.headers["ETag"] == f'"{hashlib.sha256(whole.content).hexdigest()}"'
+    assert "Girder-Request-Uid" not in whole.headers
+    again = requests.get(f"{url}/getSingleImage", params=params, timeout=30,
+                         headers={"If-None-Match": whole.headers["ETag"]})
+    assert again.status_code == 304 and again.content == b""
+    part = requests.get(f"{url}/getSingleImage", params=params, timeout=30,
+                        headers={"Range": "bytes=128-131"})
+    assert (part.status_code, part.content) == (206, b"DICM")
+
+
+def test_a_mirror_without_the_instances_says_so(nbia, series, tmp_path):
+    """A metadata-only sync lists the series (and their instances) but holds no bytes: the
+    zip and the single image are a 404 naming --blobs dicom, the series hash is empty."""
+    from mirror.api import Mirror
+    from mirror.sources.tcia.served import make_api
+
+    root = tmp_path / "bare"
+    assert sync(root, nbia[0].v4_url, SyncOptions(workers=2, blobs=frozenset())).ok
+    uid = series[0]["SeriesInstanceUID"]
+    with Mirror(root) as m:
+        api = make_api(m, None)
+        _, listed = api.handle("GET", "/getSeries", f"SeriesInstanceUID={uid}", {})
+        assert json.loads(listed.body)[0]["SeriesInstanceUID"] == uid
+        _, sops = api.handle("GET", "/getSOPInstanceUIDs", f"SeriesInstanceUID={uid}", {})
+        assert len(json.loads(sops.body)) == series[0]["ImageCount"]
+        for endpoint in ("getImage", "getImageWithMD5Hash"):
+            _, zipped = api.handle("GET", f"/{endpoint}", f"SeriesInstanceUID={uid}", {})
+            assert zipped.status == 404 and b"--blobs dicom" in zipped.body
+        _, md5 = api.handle("POST", "/getMD5Hierarchy", "", {},
+                            body=f"SeriesInstanceUID={uid}".encode())
+        assert (md5.status, md5.body) == (200, b"")

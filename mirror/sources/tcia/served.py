@@ -77,6 +77,7 @@ class MirrorBackend:
         self.m = mirror
         self.token = token
         self._rows: list[dict] | None = None
+        self._by_uid: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     # -- series rows -------------------------------------------------------------------------
@@ -89,14 +90,15 @@ class MirrorBackend:
                     select(ObjectRow.doc).where(ObjectRow.kind == "series",
                                                 ObjectRow.removed.is_(False))
                     .order_by(ObjectRow.id))]
+                self._by_uid = {r.get("SeriesInstanceUID"): r for r in self._rows}
             return self._rows
 
     def _matching(self, filters: dict[str, str]) -> list[dict]:
         return [row for row in self.rows() if row_matches(row, filters)]
 
     def _row(self, uid: str) -> dict | None:
-        found = self._matching({"SeriesInstanceUID": uid})
-        return found[0] if found else None
+        self.rows()
+        return self._by_uid.get(uid)
 
     def collections(self) -> list[str]:
         return [c for c in dict.fromkeys(r.get("Collection") for r in self.rows()) if c]
@@ -213,6 +215,8 @@ class MirrorBackend:
 
 class MirrorApi(V4Api):
     """The NBIA v4 face of a mirror: an endpoint it does not answer says so."""
+
+    request_uid = False  # no Girder-Request-Uid header: NBIA sends none
 
     def unknown(self, endpoint: str) -> Response:
         if endpoint in SANDBOX_ONLY:

@@ -236,6 +236,7 @@ class V4Api:
             "getSeriesSize": Route(self.v4_series_size, ["SeriesInstanceUID", "format"]),
             "getSOPInstanceUIDs": Route(self.v4_sop_uids, ["SeriesInstanceUID", "format"]),
             "getImage": Route(self.v4_image, ["SeriesInstanceUID", "NewFileNames", "IncludeMD5"]),
+            "getImageWithMD5Hash": Route(self.v4_image_with_md5, ["SeriesInstanceUID"]),
             "getSingleImage": Route(self.v4_single_image,
                                     ["SeriesInstanceUID", "SOPInstanceUID"]),
             "getMD5Hierarchy": Route(self.v4_md5_hierarchy, MD5_FORM_FIELDS, "POST"),
@@ -362,6 +363,15 @@ class V4Api:
         if series_zip is None:
             raise not_granted(uid)
         return zip_response(uid, zip_chunks(series_zip, include_md5))
+
+    def v4_image_with_md5(self, params: dict) -> Response:
+        """``V4_getImageWithMD5Hash.java`` (what tcia_utils asks with ``hash="y"``): the
+        ``%08d.dcm`` entries and ``md5hashes.csv``, no ``LICENSE``."""
+        uid, _, _ = self.image_options(params)
+        series_zip = self.backend.series_zip(uid, False)
+        if series_zip is None:
+            raise not_granted(uid)
+        return zip_response(uid, zip_chunks(SeriesZip(None, series_zip.entries), True))
 
     def v4_single_image(self, params: dict) -> Response:
         require(params, "SeriesInstanceUID")
