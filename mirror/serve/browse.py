@@ -158,15 +158,16 @@ def object_page(served: Any, request: Request) -> HTMLResponse:
         return _page("not found", f"<p class='error'>{html.escape(str(exc))}</p>", 404)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in _flat(doc))
+    oid = doc.get("_id", object_id)  # a TCIA row has no _id: its UID is the object id
     blobs = m._all(select(Blob.role, Blob.size, Blob.sha256).where(
-        Blob.object_id == doc["_id"]).order_by(Blob.role))
+        Blob.object_id == oid).order_by(Blob.role))
     files = "".join(f"<tr><td>{html.escape(role)}</td><td>{size}</td><td><a href='/blob/"
                     f"{sha}'>{sha[:16]}</a></td></tr>" for role, size, sha in blobs)
-    overlays = getattr(_hooks(served), "overlays", lambda *_: [])(m, kind, doc["_id"])
+    overlays = getattr(_hooks(served), "overlays", lambda *_: [])(m, kind, oid)
     shown = "".join(f"<div class='overlay'><h3>{html.escape(title)}</h3><img id='overlay-"
-                    f"{name}' src='/browse/overlay/{doc['_id']}/{name}.png' alt='"
+                    f"{name}' src='/browse/overlay/{oid}/{name}.png' alt='"
                     f"{html.escape(title)}'></div>" for name, title in overlays)
-    title = f"{kind} {doc.get('name') or doc['_id']}"
+    title = f"{kind} {doc.get('name') or oid}"
     body = (f"<h1>{html.escape(title)}</h1>{shown}<h2>files</h2><table id='files'>"
             f"<tr><th>role</th><th>bytes</th><th>sha256</th></tr>{files}</table>"
             f"<h2>metadata</h2><table id='metadata'>{rows}</table>")

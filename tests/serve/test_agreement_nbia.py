@@ -235,3 +235,14 @@ def test_a_mirror_without_the_instances_says_so(nbia, series, tmp_path):
         _, md5 = api.handle("POST", "/getMD5Hierarchy", "", {},
                             body=f"SeriesInstanceUID={uid}".encode())
         assert (md5.status, md5.body) == (200, b"")
+
+
+def test_the_browse_page_lists_and_shows_a_series(nbia, series):
+    base = nbia[1][:-len(V4)]
+    front = requests.get(f"{base}/", timeout=30)
+    assert front.status_code == 200
+    uid = sorted(r["SeriesInstanceUID"] for r in series)[0]
+    assert f"/browse/series/{uid}" in front.text
+    page = requests.get(f"{base}/browse/series/{uid}", timeout=30)
+    assert page.status_code == 200 and series[0]["Collection"].split("-")[0] in page.text
+    assert "md5s" in page.text  # its files are listed
