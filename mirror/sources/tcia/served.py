@@ -78,6 +78,7 @@ class MirrorBackend:
         self.token = token
         self._rows: list[dict] | None = None
         self._by_uid: dict[str, dict] = {}
+        self._series_md5: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # -- series rows -------------------------------------------------------------------------
@@ -194,23 +195,36 @@ class MirrorBackend:
             return []
 
     def series_md5(self, uid: str) -> str:
-        return combine(self._md5s(uid)) if self._row(uid) is not None else ""
+        """Kept once computed: the generation (and so every stored MD5) never changes."""
+        if uid not in self._series_md5:
+            held = self._row(uid) is not None
+            self._series_md5[uid] = combine(self._md5s(uid)) if held else ""
+        return self._series_md5[uid]
+
+    def _study_hash(self, rows: list[dict]) -> str:
+        return combine(self.series_md5(r["SeriesInstanceUID"]) for r in rows)
+
+    def _patient_hash(self, rows: list[dict]) -> str:
+        studies: dict[str, list[dict]] = {}
+        for row in rows:
+            studies.setdefault(row.get("StudyInstanceUID"), []).append(row)
+        return combine(self._study_hash(group) for group in studies.values())
 
     def study_md5(self, uid: str) -> str:
-        return combine(self.series_md5(r["SeriesInstanceUID"])
-                       for r in self._matching({"StudyInstanceUID": uid}))
+        return self._study_hash(self._matching({"StudyInstanceUID": uid}))
 
     def patient_md5(self, patient_id: str, collection: str | None) -> str:
         if collection is None:
             return ""  # HQL ``gs.project = null`` matches nothing
-        rows = self._matching({"PatientID": patient_id, "Collection": collection})
-        return combine(self.study_md5(uid) for uid in
-                       dict.fromkeys(r.get("StudyInstanceUID") for r in rows))
+        return self._patient_hash(self._matching({"PatientID": patient_id,
+                                                  "Collection": collection}))
 
     def collection_md5(self, collection: str) -> str:
-        rows = self._matching({"Collection": collection})
-        return combine(self.patient_md5(pid, collection) for pid in
-                       dict.fromkeys(r.get("PatientID") for r in rows))
+        """Live (NBIA answers its daily job's value): each row is looked at once."""
+        patients: dict[str, list[dict]] = {}
+        for row in self._matching({"Collection": collection}):
+            patients.setdefault(str(row.get("PatientID") or "").upper(), []).append(row)
+        return combine(self._patient_hash(group) for group in patients.values())
 
 
 class MirrorApi(V4Api):
