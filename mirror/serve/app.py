@@ -128,7 +128,8 @@ def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Respo
     if reply.path is not None:
         return FileResponse(reply.path, status_code=reply.status, headers=headers)
     if getattr(reply, "chunks", None) is not None:  # built while sent (NBIA's series zip)
-        return StreamingResponse(reply.chunks, status_code=reply.status, headers=headers)
+        body = iter(()) if request.method == "HEAD" else reply.chunks  # HEAD: not built
+        return StreamingResponse(body, status_code=reply.status, headers=headers)
     return Response(reply.body, status_code=reply.status, headers=headers)
 
 

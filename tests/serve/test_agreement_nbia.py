@@ -141,6 +141,9 @@ def test_series_zips_hold_the_same_instances(nbia, series, options):
         for header in ("Content-Type", "Content-Disposition"):
             assert served.headers[header] == ours.headers[header]
         assert "Content-Length" not in served.headers  # streamed, as NBIA does
+        head = requests.head(f"{nbia[1]}/{endpoint}", timeout=30)
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["Content-Disposition"] == served.headers["Content-Disposition"]
         mine, theirs = zip_members(served.content), zip_members(ours.content)
         if options != "WithMD5Hash":  # getImage's LICENSE: not kept by the mirror
             assert "LICENSE" in theirs and "LICENSE" not in mine
