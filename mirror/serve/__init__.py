@@ -38,6 +38,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _served_titles() -> list[str]:
+    """The titles of the registered sources that name a ``served`` module."""
+    from mirror.sources.base import REGISTRY, source_class, spec_of
+
+    return [spec_of(name).title for name in sorted(REGISTRY)
+            if getattr(source_class(name), "served", None) is not None]
+
+
 def check(root: str | Path, allow_private: bool, token_file: str | None
           ) -> tuple[str | None, str]:
     """Open the mirror once before listening: refuse a private one without
@@ -53,7 +61,7 @@ def check(root: str | Path, allow_private: bool, token_file: str | None
         served = getattr(source_class(m.config.source), "served", None)
         if served is None:
             raise MirrorError(f"mirror serve does not speak {m.source.title} yet; it serves "
-                              "ISIC API v1 mirrors")
+                              f"mirrors of {', '.join(_served_titles())}")
         private = holds_private(m)
     return (check_start(private, allow_private, token_file),
             importlib.import_module(served).API_ROOT)

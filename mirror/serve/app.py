@@ -23,7 +23,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mirror.api import Mirror
@@ -127,14 +127,21 @@ def to_starlette(reply: Any, request: Request, cache: str = REVALIDATE) -> Respo
             return Response(status_code=304, headers=headers)
     if reply.path is not None:
         return FileResponse(reply.path, status_code=reply.status, headers=headers)
+    if getattr(reply, "chunks", None) is not None:  # built while sent (NBIA's series zip)
+        body = iter(()) if request.method == "HEAD" else reply.chunks  # HEAD: not built
+        return StreamingResponse(body, status_code=reply.status, headers=headers)
     return Response(reply.body, status_code=reply.status, headers=headers)
 
 
-def answer(served: Served, path: str, query: str, headers: Any) -> Any:
+def answer(served: Served, path: str, query: str, headers: Any, body: bytes | None = None
+           ) -> Any:
     """The source's reply, in a worker thread; a small stored file is read here whole
     (one thread hop instead of one per 64 KiB chunk). Range requests and big files are
-    streamed by :class:`FileResponse`."""
-    _, reply = served.api.handle("GET", path, query, headers)
+    streamed by :class:`FileResponse`. ``body``: a POST's form (NBIA's getMD5Hierarchy)."""
+    if body is not None:
+        _, reply = served.api.handle("POST", path, query, headers, body=body)
+    else:
+        _, reply = served.api.handle("GET", path, query, headers)
     return inline_small(reply, headers)
 
 
@@ -161,8 +168,12 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
         raw = request.scope.get("raw_path") or request.url.path.encode()
         path = raw.decode("latin-1").split("?", 1)[0][len(served.api_root):]
         query = request.scope.get("query_string", b"").decode("latin-1")
-        reply = await run_in_threadpool(answer, served, path, query, request.headers)
-        return to_starlette(reply, request)
+        body = await request.body() if request.method == "POST" else None
+        reply = await run_in_threadpool(answer, served, path, query, request.headers, body)
+        response = to_starlette(reply, request)
+        if not getattr(served.api, "request_uid", True):  # a Girder header, not NBIA's
+            del response.headers["girder-request-uid"]
+        return response
 
     async def blob(request: Request) -> Response:
         served = await current.aget()
@@ -170,9 +181,11 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
             lambda: inline_small(browse.blob_reply(served, request), request.headers))
         return to_starlette(reply, request, IMMUTABLE)
 
-    api_root = current.get().api_root  # a mirror's source never changes under it
-    routes = [Route(api_root, api, methods=["GET", "HEAD"]),
-              Route(api_root + "/{rest:path}", api, methods=["GET", "HEAD"]),
+    first = current.get()  # a mirror's source never changes under it
+    api_root = first.api_root
+    methods = list(getattr(first.api, "methods", ("GET", "HEAD")))  # NBIA: POST too
+    routes = [Route(api_root, api, methods=methods),
+              Route(api_root + "/{rest:path}", api, methods=methods),
               Route("/blob/{sha256}", blob, methods=["GET", "HEAD"]),
               *browse.routes(current)]
     @contextlib.asynccontextmanager

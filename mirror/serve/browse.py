@@ -159,6 +159,7 @@ def object_page(served: Any, request: Request) -> HTMLResponse:
     oid = doc.get("_id", object_id)  # ISIC v1 documents name their id _id; v2's do not
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in _flat(doc))
+    oid = doc.get("_id", object_id)  # a TCIA row has no _id: its UID is the object id
     blobs = m._all(select(Blob.role, Blob.size, Blob.sha256).where(
         Blob.object_id == oid).order_by(Blob.role))
     files = "".join(f"<tr><td>{html.escape(role)}</td><td>{size}</td><td><a href='/blob/"

@@ -65,6 +65,7 @@ class TciaSource:
     exports: ClassVar[str] = "mirror.sources.tcia.exports"
     snapshots: ClassVar[str] = "mirror.sources.tcia.snapshot"
     maintenance: ClassVar[str] = "mirror.sources.tcia.maintenance"  # status: absent series
+    served: ClassVar[str] = "mirror.sources.tcia.served"  # mirror serve's NBIA v4 face
 
     def __init__(self, base_url: str, http: HttpClient):
         self.base_url = base_url.rstrip("/")

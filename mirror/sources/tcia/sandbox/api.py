@@ -12,23 +12,34 @@ from __future__ import annotations
 
 import json
 import threading
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
-from mirror.sources.tcia.client import SERIES_COLUMNS
-from mirror.sources.tcia.sandbox.data import Archive, Image, Series, md5_hex
-from mirror.sources.tcia.sandbox.formats import SERVER_ERROR, Response, format_rows
+from mirror.sources.tcia.formats import Response, format_rows
+from mirror.sources.tcia.sandbox.data import Archive, Series, md5_hex
+from mirror.sources.tcia.shape import (
+    METHOD_NOT_ALLOWED_HTML,
+    NOT_FOUND_HTML,
+    PROXY_HTML,
+    V4_PATIENT_COLUMNS,
+    V4_SERIES_COLUMNS,
+    V4_STUDY_COLUMNS,
+    BadRequest,
+    Route,
+    SeriesZip,
+    V4Api,
+    entry_names,
+    not_granted,
+    ordered,
+    parse_v4_date,
+    single_image_response,
+    v4_date,
+    zip_chunks,
+    zip_response,
+)
 
-V4_SERIES_COLUMNS = SERIES_COLUMNS
-V4_PATIENT_COLUMNS = ["PatientId", "PatientName", "PatientSex", "EthnicGroup", "Collection",
-                      "Phantom", "SpeciesCode", "SpeciesDescription", "Authorized"]
-V4_STUDY_COLUMNS = [
-    "StudyInstanceUID", "StudyDate", "StudyDescription", "AdmittingDiagnosesDescription",
-    "StudyID", "PatientAge", "PatientID", "PatientName", "PatientSex", "EthnicGroup",
-    "Collection", "SeriesCount", "LongitudinalTemporalEventType",
-    "LongitudinalTemporalOffsetFromEvent", "Authorized"]
+__all__ = ["METHOD_NOT_ALLOWED_HTML", "NOT_FOUND_HTML", "V4_PATIENT_COLUMNS",
+           "V4_SERIES_COLUMNS", "V4_STUDY_COLUMNS", "TciaAPI"]
 V3_SERIES_COLUMNS = [
     "PatientID", "Collection", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "ProtocolName", "SeriesDate", "SeriesDescription", "BodyPartExamined", "SeriesNumber",
@@ -47,7 +58,6 @@ V4_METADATA_COLUMNS = [
     "PixelSpacing(mm)-Row", "SliceThickness(mm)", "SoftwareVersions", "ImageCount",
     "MaxSubmissionTimestamp", "LicenseName", "LicenseURI", "DataDescriptionURI", "FileSize",
     "ReleasedStatus", "DateReleased", "ThirdPartyAnalysis", "Authorized"]
-MD5_FORM_FIELDS = ["SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Collection"]
 V3_API_KEY = "sandbox-key"
 """The one key the sandbox's Bindaas v3 accepts (header ``api_key`` or query parameter)."""
 LICENSE_TEMPLATE = ("The data in this download is part of the {collection} collection of The "
@@ -59,24 +69,6 @@ BOMB_SIZE = 64 * 2**20
 """Bytes of the ``bomb`` hostile instance: deflates to ~64 kB, a ~1000x ratio."""
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, content_type: str = "application/json"):
-        super().__init__(message)
-        self.status, self.content_type = status, content_type
-
-
-def v4_date(value: datetime | None) -> str | None:
-    return value.strftime("%m-%d-%Y") if value is not None else None
-
-
-def parse_v4_date(value: str) -> datetime | None:
-    """``STR_TO_DATE(:d, '%m-%d-%Y')``: NULL (no rows) when it does not parse."""
-    try:
-        return datetime.strptime(value.strip(), "%m-%d-%Y")
-    except ValueError:
-        return None
-
-
 def _ci(value: str | None, wanted: str | None) -> bool:
     return wanted is None or (value or "").upper() == wanted.upper()
 
@@ -85,15 +77,9 @@ def _exact(value: str | None, wanted: str | None) -> bool:
     return wanted is None or value == wanted
 
 
-@dataclass
-class Route:
-    handler: Callable[[dict[str, str]], Response]
-    allowed: list[str]
-    method: str = "GET"
-
-
-class TciaAPI:
-    """Both API generations over one :class:`Archive` (v3 over a frozen snapshot)."""
+class TciaAPI(V4Api):
+    """Both API generations over one :class:`Archive` (v3 over a frozen snapshot); the
+    NBIA v4 routes shared with ``mirror serve`` are :class:`~mirror.sources.tcia.shape.V4Api`'s."""
 
     def __init__(self, archive: Archive, hostile: dict[str, str] | None = None,
                  listing_cases: frozenset[str] = frozenset()):
@@ -103,38 +89,17 @@ class TciaAPI:
         self.listing_cases = listing_cases  # see server.LISTING_CASES
         self._listings = 0
         self._listings_lock = threading.Lock()
-        self.v4 = {
-            "getCollectionValues": Route(self.v4_collections, ["format"]),
-            "getModalityValues": Route(self.v4_modalities,
-                                       ["Collection", "BodyPartExamined", "format"]),
-            "getBodyPartValues": Route(self.v4_body_parts, ["Collection", "Modality", "format"]),
-            "getManufacturerValues": Route(self.v4_manufacturers,
-                                           ["Collection", "Modality", "BodyPartExamined",
-                                            "format"]),
-            "getPatient": Route(self.v4_patients, ["Collection", "PatientId", "format"]),
-            "getPatientByCollectionAndModality": Route(self.v4_patients_by_modality,
-                                                       ["Collection", "Modality", "format"]),
+        super().__init__(self)  # the sandbox is its own backend (V4Backend below)
+        self.v4.update({  # the endpoints only the sandbox answers
             "NewPatientsInCollection": Route(self.v4_new_patients,
                                              ["Collection", "fromDate", "format"]),
-            "getPatientStudy": Route(self.v4_studies,
-                                     ["Collection", "PatientID", "StudyInstanceUID", "format"]),
             "NewStudiesInPatientCollection": Route(self.v4_new_studies,
                                                    ["Collection", "PatientID", "fromDate",
                                                     "format"]),
-            "getSeries": Route(self.v4_series,
-                               ["Collection", "PatientID", "StudyInstanceUID",
-                                "SeriesInstanceUID", "Modality", "BodyPartExamined",
-                                "Manufacturer", "ManufacturerModelName", "format"]),
             "getUpdatedSeries": Route(self.v4_updated_series, ["fromDate", "format"]),
-            "getSeriesSize": Route(self.v4_series_size, ["SeriesInstanceUID", "format"]),
-            "getSOPInstanceUIDs": Route(self.v4_sop_uids, ["SeriesInstanceUID", "format"]),
-            "getImage": Route(self.v4_image, ["SeriesInstanceUID", "NewFileNames", "IncludeMD5"]),
-            "getSingleImage": Route(self.v4_single_image,
-                                    ["SeriesInstanceUID", "SOPInstanceUID"]),
             "getMD5HashForImage": Route(self.v4_image_md5, ["SOPInstanceUID"]),
-            "getMD5Hierarchy": Route(self.v4_md5_hierarchy, MD5_FORM_FIELDS, "POST"),
             "getSeriesMetadata": Route(self.v4_series_metadata, ["list", "format"], "POST"),
-        }
+        })
         self.v3 = {
             "getCollectionValues": self.v3_collections,
             "getModalityValues": self.v3_modalities,
@@ -154,26 +119,10 @@ class TciaAPI:
 
     # --- dispatch -----------------------------------------------------------------------
 
-    def route_v4(self, method: str, endpoint: str, params: dict[str, str],
-                 names: list[str]) -> Response:
-        route = self.v4.get(endpoint)
-        if route is None:
-            return Response.text(NOT_FOUND_HTML, 404, "text/html")
-        if method != route.method:
-            return Response.text(METHOD_NOT_ALLOWED_HTML, 405, "text/html")
-        kind = "form" if route.method == "POST" else "query"
-        for name in names:  # every V4_*.java checks before anything else
-            if name not in route.allowed:
-                return Response.text(f"Invalid {kind} parameter: '{name}'. Allowed parameters "
-                                     f"are: [{', '.join(route.allowed)}]", 400)
+    def before(self, endpoint: str, params: dict[str, str]) -> Response | None:
         if endpoint == "getSeries" and "Collection" in params and self.listing_cases:
-            lie = self._listing_lie()
-            if lie is not None:
-                return lie
-        try:
-            return route.handler({k: v for k, v in params.items() if v != ""})
-        except BadRequest as err:
-            return Response.text(str(err), err.status, err.content_type)
+            return self._listing_lie()
+        return None
 
     def _listing_lie(self) -> Response | None:
         with self._listings_lock:
@@ -260,42 +209,67 @@ class TciaAPI:
 
     # --- v4 handlers --------------------------------------------------------------------
 
-    def v4_collections(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["Collection"],
-                           [[c] for c in self.archive.collections()])
+    # --- the V4Backend the shape's routes read -------------------------------------------
 
-    def v4_modalities(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["Modality"],
-                           self._values(self.archive, "modality", _filters(params)))
+    def collections(self) -> list[str]:
+        return self.archive.collections()
 
-    def v4_body_parts(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["BodyPartExamined"],
-                           self._values(self.archive, "body_part",
-                                        _filters(params), upper=True))
+    def series_rows(self, filters: dict[str, str]) -> list[list]:
+        with self.archive.lock:
+            return [self._series_row_v4(s) for s in self._visible(self.archive, **filters)]
 
-    def v4_manufacturers(self, params: dict) -> Response:
-        return format_rows(params.get("format"), ["Manufacturer"],
-                           self._values(self.archive, "manufacturer",
-                                        _filters(params)))
+    def patient_rows(self, collection: str | None, patient_id: str | None) -> list[list]:
+        with self.archive.lock:
+            series = self._visible(self.archive, Collection=collection, PatientID=patient_id)
+            return [self._patient_row_v4(self.archive, k) for k in self._patient_keys(series)]
+
+    def study_rows(self, filters: dict[str, str]) -> list[list]:
+        with self.archive.lock:
+            return self._study_rows(self._visible(self.archive, **filters))
+
+    def series_size(self, uid: str) -> list | None:
+        with self.archive.lock:
+            s = self._listed(uid)
+            return [s.file_size, s.image_count] if s else None
+
+    def sop_uids(self, uid: str) -> list[str] | None:
+        with self.archive.lock:
+            s = self._listed(uid)
+            return list(s.images) if s else None
+
+    def series_zip(self, uid: str, new_names: bool) -> SeriesZip | None:
+        with self.archive.lock:
+            s = self._listed(uid)
+            if s is None:
+                return None
+            images = list(s.images.values())
+            license_text = self._license(s)
+        return SeriesZip(license_text, [(name, image.data) for name, image in zip(
+            entry_names(images, new_names), ordered(images, new_names), strict=True)])
+
+    def single_image(self, series_uid: str, sop_uid: str) -> Response | None:
+        with self.archive.lock:
+            s = self._listed(series_uid)
+            image = s.images.get(sop_uid) if s else None
+        return single_image_response(image.sop_uid, image.data) if image else None
+
+    def series_md5(self, uid: str) -> str:
+        return self.archive.series_md5(uid)
+
+    def study_md5(self, uid: str) -> str:
+        return self.archive.study_md5(uid)
+
+    def patient_md5(self, patient_id: str, collection: str | None) -> str:
+        return self.archive.patient_md5(patient_id, collection)
+
+    def collection_md5(self, collection: str) -> str:
+        return self.archive.collection_md5_served(collection)
+
+    # --- v4 handlers only the sandbox has ------------------------------------------------
 
     @staticmethod
     def _patient_keys(series: list[Series]) -> list[tuple[str, str]]:
         return list(dict.fromkeys((s.patient_id, s.collection) for s in series))
-
-    def v4_patients(self, params: dict) -> Response:
-        with self.archive.lock:
-            series = self._visible(self.archive, Collection=params.get("Collection"),
-                                   PatientID=params.get("PatientId"))
-            rows = [self._patient_row_v4(self.archive, k)
-                    for k in self._patient_keys(series)]
-        return format_rows(params.get("format"), V4_PATIENT_COLUMNS, rows)
-
-    def v4_patients_by_modality(self, params: dict) -> Response:
-        self._require(params, "Collection", "Modality")
-        series = self._visible(self.archive, Collection=params["Collection"],
-                               Modality=params["Modality"])
-        rows = [[pid, 1] for pid, _ in self._patient_keys(series)]
-        return format_rows(params.get("format"), ["PatientId", "Authorized"], rows)
 
     def _released_since(self, params: dict, strict: bool) -> list[Series] | None:
         since = parse_v4_date(params.get("fromDate", "01-01-1900"))
@@ -321,23 +295,12 @@ class TciaAPI:
             counts[s.study_uid] = counts.get(s.study_uid, 0) + 1
         return [self._study_row_v4(self.archive, uid, n) for uid, n in counts.items()]
 
-    def v4_studies(self, params: dict) -> Response:
-        with self.archive.lock:
-            rows = self._study_rows(self._visible(self.archive, **_filters(params)))
-        return format_rows(params.get("format"), V4_STUDY_COLUMNS, rows)
-
     def v4_new_studies(self, params: dict) -> Response:
         """``SeriesCount`` counts only the series that pass the date filter."""
         self._require(params, "Collection", "fromDate")
         with self.archive.lock:
             rows = self._study_rows(self._released_since(params, strict=False) or [])
         return format_rows(params.get("format"), V4_STUDY_COLUMNS, rows)
-
-    def v4_series(self, params: dict) -> Response:
-        with self.archive.lock:
-            rows = [self._series_row_v4(s) for s in self._visible(self.archive,
-                                                                  **_filters(params))]
-        return format_rows(params.get("format"), V4_SERIES_COLUMNS, rows)
 
     def v4_updated_series(self, params: dict) -> Response:
         """``date_released > fromDate 00:00`` over every collection (strict)."""
@@ -350,60 +313,27 @@ class TciaAPI:
         series = self.archive.get_series(uid)
         return series if series is not None and series.visible else None
 
-    def v4_series_size(self, params: dict) -> Response:
-        # Visible series only (the DAO filters authorized = 1; hidden series are treated
-        # like unknown ones, the same as in getSeries and getImage).
-        self._require(params, "SeriesInstanceUID")
-        with self.archive.lock:
-            s = self._listed(params["SeriesInstanceUID"])
-            rows = [[s.file_size, s.image_count]] if s else []
-        return format_rows(params.get("format"), ["TotalSizeInBytes", "ObjectCount"], rows)
-
-    def v4_sop_uids(self, params: dict) -> Response:
-        self._require(params, "SeriesInstanceUID")
-        with self.archive.lock:
-            s = self._listed(params["SeriesInstanceUID"])
-            rows = [[sop] for sop in s.images] if s else []
-        return format_rows(params.get("format"), ["SOPInstanceUID"], rows)
-
     def v4_image(self, params: dict) -> Response:
-        self._require(params, "SeriesInstanceUID", comma=True)
-        uid = params["SeriesInstanceUID"]
+        uid, new_names, include_md5 = self.image_options(params)
+        case = self.hostile.get(uid)
+        if case is None:
+            return super().v4_image(params)
         with self.archive.lock:
             s = self._listed(uid)
-            if s is None:
-                raise BadRequest(400, "The user has not been granted the access to image with "
-                                 f"given SeriesInstanceUID,{uid}. Please contact System Admin "
-                                 "to resolve this issue.")
-            images = list(s.images.values())
-            license_text = self._license(s)
-        new_names = params.get("NewFileNames", "").lower() == "yes"
-        include_md5 = params.get("IncludeMD5", "").lower() == "yes"
-        entries = [(name, image.data) for name, image in zip(
-            _entry_names(images, new_names), _ordered(images, new_names), strict=True)]
-        case = self.hostile.get(uid)
+        series_zip = self.series_zip(uid, new_names)
+        if s is None or series_zip is None:
+            raise not_granted(uid)
         if case == "htmlzip":  # a proxy's error page where the zip should be, status 200
             return Response.text(PROXY_HTML, 200, "text/html")
-        headers = {"Content-Type": "application/octet-stream",
-                   "Content-Disposition": f'attachment; filename="{uid}.zip"'}
-        return Response(200, b"", headers, stream=_zip_stream(license_text, entries,
-                                                              include_md5, case, s))
+        response = zip_response(uid, iter(()))
+        response.chunks = None  # the hostile zips are the sandbox's own (server.py streams)
+        response.stream = _zip_stream(series_zip.license_text, series_zip.entries,
+                                      include_md5, case, s)
+        return response
 
     def _license(self, s: Series) -> str:
         return LICENSE_TEMPLATE.format(collection=s.collection, name=s.license_name,
                                        uri=s.license_uri, doi=s.description_uri)
-
-    def v4_single_image(self, params: dict) -> Response:
-        self._require(params, "SeriesInstanceUID")
-        self._require(params, "SOPInstanceUID")
-        with self.archive.lock:
-            s = self._listed(params["SeriesInstanceUID"])
-            image = s.images.get(params["SOPInstanceUID"]) if s else None
-        if image is None:  # the DAO returns null and the handler throws
-            return Response.text(f"{SERVER_ERROR}\njava.lang.NullPointerException", 500)
-        return Response(200, image.data, {
-            "Content-Type": "application/dicom",
-            "Content-Disposition": f"attachment; filename={image.sop_uid}.dcm"})
 
     def v4_image_md5(self, params: dict) -> Response:
         self._require(params, "SOPInstanceUID")
@@ -413,21 +343,6 @@ class TciaAPI:
                 if image is not None:
                     return Response.text(image.md5)
         return Response(200, b"", {})
-
-    def v4_md5_hierarchy(self, params: dict) -> Response:
-        """Every field is evaluated in turn and the last that applies wins (research note
-        ``tcia_idc_changes.md`` C1); the collection level is the daily job's snapshot."""
-        md5 = ""
-        a = self.archive
-        if "SeriesInstanceUID" in params:
-            md5 = a.series_md5(params["SeriesInstanceUID"])
-        if "StudyInstanceUID" in params:
-            md5 = a.study_md5(params["StudyInstanceUID"])
-        if "PatientID" in params:
-            md5 = a.patient_md5(params["PatientID"], params.get("Collection"))
-        elif "Collection" in params:
-            md5 = a.collection_md5_served(params["Collection"])
-        return Response.text(md5) if md5 else Response(200, b"", {"Content-Type": "text/plain"})
 
     def v4_series_metadata(self, params: dict) -> Response:
         """POST form ``list`` (comma-joined UIDs, as tcia_utils sends); CSV by default."""
@@ -578,28 +493,6 @@ def _filters(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "format"}
 
 
-def _ordered(images: list[Image], new_names: bool) -> list[Image]:
-    # ImageDTO2.compareTo compares instance numbers for both keys (a bug kept as is)
-    return sorted(images, key=lambda i: i.instance_number) if new_names else images
-
-
-def _entry_names(images: list[Image], new_names: bool) -> list[str]:
-    """``%08d.dcm`` in database order, or ``<acquisition group>-<index>.dcm``."""
-    if not new_names:
-        return [f"{n:08d}.dcm" for n in range(1, len(images) + 1)]
-    groups: list[list[Image]] = []
-    for image in _ordered(images, True):
-        if not groups or groups[-1][-1].acquisition_number != image.acquisition_number:
-            groups.append([])
-        groups[-1].append(image)
-    width_a = len(str(len(groups)))
-    names = []
-    for a, group in enumerate(groups, 1):
-        width_i = len(str(len(group)))
-        names.extend(f"{a:0{width_a}d}-{i:0{width_i}d}.dcm" for i in range(1, len(group) + 1))
-    return names
-
-
 def _hostile_entries(case: str, entries: list[tuple[str, bytes]],
                      series: Series) -> list[tuple[str, bytes]]:
     entries = list(entries)
@@ -626,28 +519,20 @@ def _hostile_entries(case: str, entries: list[tuple[str, bytes]],
 
 def _zip_stream(license_text: str | None, entries: list[tuple[str, bytes]], include_md5: bool,
                 case: str | None, series: Series | None) -> Callable:
-    """A writer of the zip as ``ZipOutputStream`` streams it: entries with data descriptors,
-    ``LICENSE`` first, ``md5hashes.csv`` last (rows in a hash-map-like order)."""
+    """A writer of the zip as ``ZipOutputStream`` streams it (the shape's
+    :func:`~mirror.sources.tcia.shape.zip_chunks`), corrupted by a hostile ``case``."""
     if case is not None and series is not None:
         entries = _hostile_entries(case, entries, series)
 
+    def tamper(rows: list[tuple[str, str]]) -> None:
+        if case == "md5":
+            rows[0] = (rows[0][0], md5_hex(b"not these bytes"))
+
     def write(out) -> None:
-        target = out
-        if case == "truncated":
-            target = _Cut(out)
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
-            if license_text is not None:
-                z.writestr("LICENSE", license_text)
-            for name, data in entries:
-                z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data,
-                           compress_type=zipfile.ZIP_DEFLATED)
-            if include_md5:
-                rows = [(name, md5_hex(data)) for name, data in entries]
-                if case == "md5":
-                    rows[0] = (rows[0][0], md5_hex(b"not these bytes"))
-                rows.sort(key=lambda row: md5_hex(row[0]))  # neither zip nor name order
-                z.writestr(zipfile.ZipInfo("md5hashes.csv", (1980, 1, 1, 0, 0, 0)),
-                           "Filename,MD5Hash\n" + "".join(f"{n},{h}\n" for n, h in rows))
+        target = _Cut(out) if case == "truncated" else out
+        for chunk in zip_chunks(SeriesZip(license_text, list(entries)), include_md5, tamper):
+            if chunk:
+                target.write(chunk)
         if isinstance(target, _Cut):
             target.finish()
 
@@ -671,11 +556,3 @@ class _Cut:
     def finish(self) -> None:
         self.out.write(bytes(self.buffer[:len(self.buffer) * 3 // 5]))
 
-
-PROXY_HTML = ("<html><head><title>Maintenance</title></head><body><h1>The service is "
-              "temporarily unavailable</h1><p>Please try again later.</p></body></html>")
-NOT_FOUND_HTML = ("<!doctype html><html lang=\"en\"><head><title>HTTP Status 404 – Not Found"
-                  "</title></head><body><h1>HTTP Status 404 – Not Found</h1></body></html>")
-METHOD_NOT_ALLOWED_HTML = ("<!doctype html><html lang=\"en\"><head><title>HTTP Status 405 – "
-                           "Method Not Allowed</title></head><body><h1>HTTP Status 405 – "
-                           "Method Not Allowed</h1></body></html>")

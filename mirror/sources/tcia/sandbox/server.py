@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from mirror.sources.faults import FaultPlan
+from mirror.sources.tcia.formats import SERVER_ERROR, Response
 from mirror.sources.tcia.sandbox.api import NOT_FOUND_HTML, TciaAPI
 from mirror.sources.tcia.sandbox.data import Archive
-from mirror.sources.tcia.sandbox.formats import SERVER_ERROR, Response
 
 log = logging.getLogger("mirror.sandbox.tcia")
 V4_ROOT = "/nbia-api/services/v4/"

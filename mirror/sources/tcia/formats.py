@@ -9,7 +9,9 @@ HTTP 200 with an empty body and no content type; an unknown ``format`` with rows
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 SERVER_ERROR = "Server was not able to process your request"
@@ -23,12 +25,19 @@ class Writer(Protocol):
 
 @dataclass
 class Response:
-    """A reply; ``stream`` (when set) writes the body itself and no Content-Length is sent."""
+    """A reply; ``stream`` (when set) writes the body itself and no Content-Length is sent.
+
+    ``mirror serve`` reads the same reply: ``path`` is a stored file (streamed, its
+    ``sha256`` the ETag) and ``chunks`` the body of a streamed one (the same bytes
+    ``stream`` writes), sent without Content-Length as NBIA does."""
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     stream: object = None  # Callable[[Writer], None]
+    path: Path | None = None
+    sha256: str | None = None
+    chunks: Iterator[bytes] | None = None
 
     @classmethod
     def text(cls, message: str, status: int = 200, content_type: str = "text/plain") -> Response:
