@@ -1,0 +1,19 @@
+"""A wheel holds every package of the tree: pyproject lists them by hand (migrations/ ships
+as ``mirror.migrations``, which automatic discovery cannot map), so a new package that is
+not listed would work in an editable checkout and be missing from an installed mirror."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_under_mirror_is_listed_in_pyproject():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {".".join(init.parent.relative_to(REPO).parts)
+             for init in (REPO / "mirror").rglob("__init__.py")}
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert {"mirror.migrations", "mirror.migrations.versions"} <= listed
