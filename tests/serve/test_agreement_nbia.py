@@ -249,3 +249,31 @@ def test_the_browse_page_lists_and_shows_a_series(nbia, series):
     page = requests.get(f"{base}/browse/series/{uid}", timeout=30)
     assert page.status_code == 200 and series[0]["Collection"].split("-")[0] in page.text
     assert "md5s" in page.text  # its files are listed
+
+
+def test_the_series_page_previews_its_middle_slice_with_a_few_tags(nbia, series):
+    """The object page of a series shows its middle instance's pixels (as the instance's
+    own DICOM decodes them) and a few of its tags."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    base = nbia[1][:-len(V4)]
+    uid = sorted(r["SeriesInstanceUID"] for r in series)[0]
+    page = requests.get(f"{base}/browse/series/{uid}", timeout=30).text
+    assert "id='overlay-middle'" in page and "middle slice: instance" in page
+    assert "Modality" in page and "Rows" in page
+    preview = requests.get(f"{base}/browse/overlay/{uid}/middle.png", timeout=30)
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    shown = np.asarray(Image.open(io.BytesIO(preview.content)).convert("L"), dtype=float)
+    sops = requests.get(f"{nbia[1]}/getSOPInstanceUIDs",
+                        params={"SeriesInstanceUID": uid}, timeout=30).json()
+    slices = []
+    for row in sops:
+        one = requests.get(f"{nbia[1]}/getSingleImage", timeout=30, params={
+            "SeriesInstanceUID": uid, "SOPInstanceUID": row["SOPInstanceUID"]})
+        slices.append(pydicom.dcmread(io.BytesIO(one.content)))
+    slices.sort(key=lambda ds: int(ds.InstanceNumber))
+    middle = slices[len(slices) // 2].pixel_array.astype(float)
+    assert shown.shape == middle.shape and shown.std() > 0
+    assert np.corrcoef(shown.ravel(), middle.ravel())[0, 1] > 0.9  # the same picture

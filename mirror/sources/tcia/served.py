@@ -243,3 +243,74 @@ class MirrorApi(V4Api):
 def make_api(mirror: Mirror, token: str | None) -> MirrorApi:
     """The NBIA v4 face ``mirror serve`` mounts at :data:`API_ROOT` for this mirror."""
     return MirrorApi(MirrorBackend(mirror, token))
+
+
+# -- the browse page's picture ---------------------------------------------------------------
+
+PREVIEW_WIDTH = 512  # pixels at most: a slice of a CT is 512 wide, a preview need not be more
+
+
+def _middle(mirror: Mirror, uid: str) -> tuple[Instance, dict, int] | None:
+    """The series' middle stored instance (by InstanceNumber), its header, and how many."""
+    instances = MirrorBackend(mirror)._instances(uid)
+    if not instances:
+        return None
+    middle = instances[len(instances) // 2]
+    row = mirror._one(select(ObjectRow.doc).where(ObjectRow.kind == "instance",
+                                                  ObjectRow.id == middle.sop_uid))
+    return middle, (row[0] if row else {}) or {}, len(instances)
+
+
+def overlays(mirror: Mirror, kind: str, object_id: str) -> list[tuple[str, str]]:
+    """(name, title) of the pictures the object page shows: a series' middle slice, titled
+    with a few of its tags."""
+    found = _middle(mirror, object_id) if kind == "series" else None
+    if found is None:
+        return []
+    middle, header, count = found
+    tags = [f"{name} {_tag(header, tag)}" for name, tag in
+            (("Modality", "00080060"), ("SliceThickness", "00180050"),
+             ("Rows", "00280010"), ("Columns", "00280011"))
+            if _tag(header, tag) is not None]
+    return [("middle", f"middle slice: instance {middle.instance_number} "
+                       f"({count // 2 + 1} of {count})"
+                       + (f"; {', '.join(tags)}" if tags else ""))]
+
+
+def overlay_png(mirror: Mirror, uid: str, name: str) -> bytes | None:
+    """The middle slice of series ``uid`` as an 8-bit greyscale PNG: the modality LUT
+    (rescale slope and intercept), then the stored window if there is one, scaled to 0-255.
+    None when the series has no stored instance or pydicom cannot decode its pixels here
+    (a compressed transfer syntax without its decoder installed)."""
+    import io
+
+    import numpy as np
+    import pydicom
+    from PIL import Image as Pil
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    found = _middle(mirror, uid) if name == "middle" else None
+    if found is None:
+        return None
+    try:
+        ds = pydicom.dcmread(found[0].path)
+        pixels = ds.pixel_array
+    except Exception:  # noqa: BLE001 - no decoder for this transfer syntax, damaged data
+        return None
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[len(pixels) // 2]  # a multi-frame instance: its middle frame
+    if pixels.ndim == 2:
+        pixels = apply_modality_lut(pixels, ds)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            pixels = apply_voi_lut(pixels, ds)
+    pixels = pixels.astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    grey = ((pixels - low) * (255.0 / (high - low)) if high > low
+            else np.zeros_like(pixels)).astype(np.uint8)
+    image = Pil.fromarray(grey)
+    if image.width > PREVIEW_WIDTH:
+        image = image.resize((PREVIEW_WIDTH, max(1, round(image.height * PREVIEW_WIDTH
+                                                          / image.width))))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
