@@ -277,7 +277,7 @@ def test_a_killed_publish_leaves_a_staging_folder_the_next_one_removes(tmp_path)
     index_dir = writer.layout.index_dir
     dead = index_dir / ".mirror-tmp-0123456789abcdef0123456789abcdef.999999999@nohost~projection"
     dead.mkdir(parents=True)
-    from mirror.files import _host
+    from mirror.temps import host as _host
 
     dead = dead.rename(dead.with_name(dead.name.replace("nohost", _host())))
     (dead / "images.parquet").write_bytes(b"half")

@@ -662,9 +662,11 @@ def test_verify_gc_reindex_and_exports_report_progress(small_mirror, tmp_path):
 
 
 def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
-    """Deterministic: the sandbox (in this process) holds every image download after the
-    size sample's until a reader has seen a generation holding the sample's files, so the
-    sync cannot finish first and the reader cannot miss the interim publish."""
+    """Deterministic: the sandbox (in this process) holds each image download after the
+    size sample's for a second, until a reader has seen a generation holding image files,
+    so the sync cannot finish first and the reader cannot miss an interim publish. (Held,
+    not stopped: a publish is never due sooner than four times the last one took, so the
+    run must go on to reach its next one.)"""
     import threading
 
     root, sample = tmp_path / "m", 5
@@ -678,7 +680,7 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
                     downloads[0] += 1
                     n = downloads[0]
                 if n > sample:
-                    seen.wait(60)
+                    seen.wait(1.0)
             return draw(path)
 
         sb.faults.draw = gated
@@ -703,7 +705,7 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
             child.wait(timeout=120)
     assert running, f"the sync ended before a reader saw an interim generation: {child.stderr}"
     assert during and during["objects"]["image"]["current"] == 40, during
-    assert during["blobs"]["image"]["files"] == sample, during
+    assert sample <= during["blobs"]["image"]["files"] < 40, during
     assert child.returncode == 0, child.stderr
     after = CliRunner().invoke(main, ["status", "--root", str(root), "--json"])
     assert json.loads(after.output)["blobs"]["image"]["files"] == 40

@@ -155,9 +155,9 @@ def test_tcia_malformed_series_rows_fail_alone(tmp_path, monkeypatch):
     SeriesInstanceUID is an object (no usable id) fail alone; the rest is mirrored."""
     import json
 
+    from mirror.sources.tcia.formats import Response
     from mirror.sources.tcia.sandbox import start
     from mirror.sources.tcia.sandbox.api import TciaAPI
-    from mirror.sources.tcia.sandbox.formats import Response
 
     real = TciaAPI.v4_series
 
@@ -206,7 +206,7 @@ def test_isic_v2_malformed_collection_and_lesion_records_fail_alone(tmp_path, mo
     failures; they and every other collection and lesion stay current (none removed)."""
     from mirror.sources.isic_v2.client import TOKEN_ENV
     from mirror.sources.isic_v2.sandbox import start
-    from mirror.sources.isic_v2.sandbox.api import SandboxAPI
+    from mirror.sources.isic_v2.sandbox.api import SandboxBackend
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     root = tmp_path / "m"
@@ -216,7 +216,8 @@ def test_isic_v2_malformed_collection_and_lesion_records_fail_alone(tmp_path, mo
         assert sync(root, sb.url, options).ok
         before = mirror_status(root)["objects"]
         assert before["collection"]["current"] and before["lesion"]["current"]
-        real_collection, real_lesion = SandboxAPI.collection_out, SandboxAPI.lesion_out
+        real_collection = SandboxBackend.collection_record
+        real_lesion = SandboxBackend.lesion_record
 
         def collection(c):
             out = real_collection(c)
@@ -229,8 +230,8 @@ def test_isic_v2_malformed_collection_and_lesion_records_fail_alone(tmp_path, mo
         first = min(sb.archive.collections)
         lesion_victim = sorted(sb.archive.lesions("anonymous"))[0]
         with monkeypatch.context() as patch:
-            patch.setattr(SandboxAPI, "collection_out", staticmethod(collection))
-            patch.setattr(SandboxAPI, "lesion_out", lesion)
+            patch.setattr(SandboxBackend, "collection_record", staticmethod(collection))
+            patch.setattr(SandboxBackend, "lesion_record", lesion)
             summary = sync(root, options=SyncOptions(what=options.what, blobs=frozenset()))
         errors = [f.error for f in summary.failures]
         assert any("collection record is malformed" in e for e in errors), errors

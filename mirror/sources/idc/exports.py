@@ -59,14 +59,16 @@ class IdcObjects:
         self._m = mirror
 
     def select_images(self, items: Any = None, dataset: str | None = None,
-                      study: str | None = None, limit: int | None = None) -> SeriesSelection:
-        """The series the criteria select (what ``mirror export`` exports for IDC)."""
+                      study: str | None = None, limit: int | None = None,
+                      strict: bool = False) -> SeriesSelection:
+        """The series the criteria select (what ``mirror export`` exports for IDC); a
+        criterion that can never match is a ``CriterionWarning`` (``strict``: an error)."""
         if dataset or study:
             raise MirrorError("IDC has no datasets or studies to select by; use --where, "
                               "e.g. 'collection_id == \"lung_phantom\"'")
         from mirror.query import select_ids
 
-        ids = select_ids(self._m.projection, items, None, None, limit, "series")
+        ids = select_ids(self._m.projection, items, None, None, limit, "series", strict)
         docs = _docs(self._m, "series", ids)
         return SeriesSelection(ids, [docs[i].get("SeriesDescription") for i in ids])
 
