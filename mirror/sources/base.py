@@ -375,7 +375,7 @@ class Source(Protocol):
 
 # -- the registry ------------------------------------------------------------------------
 
-#: name -> "module:attribute" of its Source class. Adding a source adds one line here.
+#: name -> "module:attribute" of its spec. Adding a source adds one line here.
 REGISTRY: dict[str, str] = {
     "isic-v1": "mirror.sources.isic_v1.spec:SPEC",
     "idc": "mirror.sources.idc.spec:SPEC",
