@@ -88,9 +88,7 @@ CASES = [
     # collections, one getSeries and one collection hash per collection
     SourceCase("tcia-v4", _tcia_v4, noop_requests=5, snapshot_args=("--blobs", "dicom")),
     # image pages, collections and their membership listings, lesions, stats
-    SourceCase("isic-v2", _isic_v2, noop_requests=7,
-               snapshots="snapshot create selects with mirror.query, which knows ISIC v1 "
-                         "images only; ISIC v2 has no snapshot hooks yet"),
+    SourceCase("isic-v2", _isic_v2, noop_requests=7),
     # the same catalog build and scope: nothing to ask the buckets
     SourceCase("idc", _idc, noop_requests=0, snapshot_args=("--blobs", "dicom")),
 ]
