@@ -473,6 +473,11 @@ def _cli_code(*args: str) -> int:
     return result.exit_code
 
 
+# slow: the other users' commands run in children forked from this multithreaded test
+# process (the interpreter under /root cannot be exec'd by them), and such a child crashed
+# once in four full runs (SIGSEGV, before any mirror code could report); `pytest -m slow`
+# runs it until it runs each user's commands from a fresh interpreter.
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                     reason="needs root to make a lab group and two users")
 def test_every_folder_is_group_shared_so_a_second_member_can_write(tmp_path):
