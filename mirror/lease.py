@@ -29,7 +29,7 @@ import filelock
 from mirror.config import utc_now
 from mirror.errors import DiskFullError, MirrorError, ReadOnlyMirrorError, WriterBusyError
 from mirror.layout import Layout, shared_mkdir
-from mirror.temps import owned_temp
+from mirror.temps import owned_temp, pid_alive
 
 LEASE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 30.0
@@ -94,17 +94,6 @@ def _not_writable(layout: Layout, command: str, exc: OSError) -> MirrorError:
         f"({reason}): the mirror is read-only here; reading commands (status, query, export, "
         "verify, snapshot export) work; write from a host and user that can write it (the "
         "mirror's group, see docs/operations.md)")
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` of this host runs (or belongs to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WriterLease:

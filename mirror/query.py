@@ -170,6 +170,21 @@ _OP_PATTERN = re.compile(r"\s*(==|!=|<=|>=|!~|<|>|~)\s*|\s+(" +
                          "|".join(re.escape(w) for w in _WORD_OPS) + r")\s+")
 
 
+_AND = re.compile(r"\s+AND\s+", re.IGNORECASE)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'')
+
+
+def split_and(text: str) -> list[str]:
+    """Split a ``--where`` text on ``AND`` (any case) outside quoted values, so that
+    ``x == "a and b"`` stays whole; each part is one :func:`parse_where` criterion."""
+    masked = _QUOTED.sub(lambda m: "\x00" * len(m.group()), text)
+    parts, start = [], 0
+    for match in _AND.finditer(masked):
+        parts.append(text[start:match.start()])
+        start = match.end()
+    return [*parts, text[start:]]
+
+
 def parse_where(text: str) -> Criterion:
     """Parse ``'meta.clinical.diagnosis == melanoma'`` (the CLI's ``--where``).
 

@@ -455,7 +455,7 @@ class ObjectStore:
         A temp file names its writer's pid (``.tmp-<uuid>.<pid>``): one whose process is
         gone on this host goes at once; others (another host's pid, an unreadable name)
         once older than ``max_age`` seconds."""
-        from mirror.lease import pid_alive
+        from mirror.temps import pid_alive
 
         cutoff = time.time() - max_age
         removed = []

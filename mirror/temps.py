@@ -40,7 +40,8 @@ def host() -> str:
     return socket.gethostname().replace("~", "")[:64]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` of this host runs (or belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +58,7 @@ def is_dead(path: Path, name: str | None = None, legacy: bool = False) -> bool:
     owned = _OWNED_TEMP.fullmatch(path.name)
     if owned is not None:
         return (name is None or owned[3] == name) and owned[2] == host() \
-            and not _alive(int(owned[1]))
+            and not pid_alive(int(owned[1]))
     if path.name.startswith(TMP_PREFIX):
         return name is None or path.name.endswith(f"-{name}")
     return legacy and path.name.startswith(LEGACY_PREFIX)

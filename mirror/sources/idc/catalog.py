@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mirror.errors import CatalogError, ScopeError
-from mirror.query import Criterion, QueryError, parse_where
+from mirror.query import Criterion, QueryError, parse_where, split_and
 
 PACKAGE = "idc-index-data"
 TABLES = ("idc_index", "prior_versions_index", "collections_index", "version_metadata_index")
@@ -65,8 +65,6 @@ _SQL_START = re.compile(r"^\s*\(*\s*(select|with|from|values|table|explain|descr
                         r"alter|insert|update|delete|set|reset|call|export|import|use|"
                         r"begin|commit|rollback|checkpoint|vacuum|prepare|execute)\b",
                         re.IGNORECASE)
-_AND = re.compile(r"\s+AND\s+", re.IGNORECASE)
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'')
 _NUMERIC = ("BIGINT", "INTEGER", "DOUBLE", "FLOAT", "DECIMAL", "HUGEINT", "SMALLINT",
             "TINYINT", "UBIGINT", "UINTEGER", "REAL")
 
@@ -332,16 +330,6 @@ def parse_scope(text: str) -> Scope:
             raise ScopeError(str(exc).replace("--where", "scope")) from None
         criteria.append(Criterion(crit.field, crit.op, _unquote(crit.value)))
     return Scope(tuple(criteria))
-
-
-def split_and(text: str) -> list[str]:
-    """Split on ``AND`` (any case) outside quoted values: ``x == "a and b"`` stays whole."""
-    masked = _QUOTED.sub(lambda m: "\x00" * len(m.group()), text)
-    parts, start = [], 0
-    for match in _AND.finditer(masked):
-        parts.append(text[start:match.start()])
-        start = match.end()
-    return [*parts, text[start:]]
 
 
 def _unquote(value: Any) -> Any:

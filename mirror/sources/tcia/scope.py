@@ -19,21 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirror.errors import QueryError, ScopeError
-from mirror.query import Criterion, parse_where
+from mirror.query import Criterion, parse_where, split_and
 from mirror.sources.tcia.client import SERIES_COLUMNS
-
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_AND = re.compile(r"\s+AND\s+", re.IGNORECASE)
-
-
-def split_and(text: str) -> list[str]:
-    """Split on ``AND`` (any case) outside double-quoted values."""
-    masked = _QUOTED.sub(lambda m: "\x00" * len(m.group()), text)
-    parts, start = [], 0
-    for match in _AND.finditer(masked):
-        parts.append(text[start:match.start()])
-        start = match.end()
-    return [*parts, text[start:]]
 
 
 @dataclass(frozen=True)
