@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from mirror.index import Base
-from mirror.index.database import upgrade_to_head
+from mirror.index.database import HEAD_REVISION, upgrade_to_head
 from mirror.sources.base import load_all
 
 load_all()  # every source's tables are in Base.metadata
@@ -74,3 +74,20 @@ def test_data_from_the_first_revision_survives_upgrade_to_head(tmp_path):
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
         row = conn.execute(text("SELECT name, doc FROM images")).one()
     assert row.name == "ISIC_0000000" and row.doc == '{"a": 1}'
+
+
+def test_head_revision_is_alembics_head():
+    """``upgrade_to_head`` skips Alembic when an index records ``HEAD_REVISION``: a new
+    revision must move that constant too, or old indexes would never be migrated."""
+    engine = create_engine("sqlite://")
+    assert ScriptDirectory.from_config(_config(engine)).get_current_head() == HEAD_REVISION
+
+
+def test_an_index_behind_head_is_still_migrated(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    command.upgrade(_config(engine), "0006")
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

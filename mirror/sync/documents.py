@@ -9,6 +9,7 @@ longer shows are marked removed, never deleted, and only within the removal guar
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -25,6 +26,7 @@ from mirror.store import ObjectStore, StoredFile
 from mirror.sync.summary import SyncSummary
 
 Stored = tuple[dict, StoredFile]
+STORE_CHUNK = 64  # documents a pool task stores (below two chunks: in this thread)
 LOGIN_RECHECK_SECONDS = 30.0  # a removal after a check this recent needs no new one
 
 
@@ -60,9 +62,19 @@ class DocumentRun:
         object keeps the version it had.
         """
         spec = self.spec.kind(kind)
-        return [(doc, self.store.put_json(kind, spec.id_of(doc), doc,
-                                          shard=spec.shard(spec.id_of(doc))))
-                for doc in self.screen(kind, docs)]
+        good = self.screen(kind, docs)
+
+        def put(chunk: list[dict]) -> list[Stored]:
+            return [(doc, self.store.put_json(kind, spec.id_of(doc), doc,
+                                              shard=spec.shard(spec.id_of(doc))))
+                    for doc in chunk]
+
+        chunks = [good[i:i + STORE_CHUNK] for i in range(0, len(good), STORE_CHUNK)]
+        if len(chunks) < 2 or threading.current_thread() is not threading.main_thread():
+            return put(good)  # a worker (TCIA's instances) never waits on its own pool
+        # each document is its own small file, and creating files is most of the cost
+        # (a few hundred us each); threads overlap it, as the GIL is free in system calls
+        return [pair for part in self.executor.map(put, chunks) for pair in part]
 
     def screen(self, kind: str, docs: Iterable[object]) -> list[dict]:
         """The documents of ``docs`` that are well-formed; each other one fails."""

@@ -63,7 +63,6 @@ from mirror.store import StoredFile, canonical_json
 ROLE = "instance"
 OPTION = "dicom"
 LOOKUP_CHUNK = 500  # ids per IN (...) query
-STORE_CHUNK = 256  # documents per store task on the run's pool
 PARSER_PROCESSES = 0
 """Processes that turn fetched headers into DICOM JSON (0: one per CPU). pydicom's
 ``to_json_dict`` costs 5-20 ms of CPU per instance, more than its download: threads would
@@ -204,7 +203,7 @@ class IdcSource:
         if not changed:
             return
         self._mark_revised(run.session, changed, known)
-        run.record("series", store_parallel(run, "series", changed))
+        run.record("series", run.store_docs("series", changed))  # on the pool, in chunks
         run.commit()
 
     def _mark_revised(self, session: Session, changed: list[dict], known: dict) -> None:
@@ -388,19 +387,6 @@ def scope_of(options: dict) -> Scope:
         raise ScopeError("--where takes FIELD OP VALUE criteria joined by AND; give a SELECT "
                          "with --sql")
     return scope
-
-
-def store_parallel(run: DocumentRun, kind: str, docs: list[dict]) -> list:
-    """``run.store_docs`` on the run's pool, in chunks: each document is its own small file
-    and creating files is most of the cost (about 200 us each on ext4), which threads
-    overlap; the GIL is released in every system call."""
-    chunks = [docs[i:i + STORE_CHUNK] for i in range(0, len(docs), STORE_CHUNK)]
-    if len(chunks) < 2:
-        return run.store_docs(kind, docs)
-    stored: list = []
-    for part in run.executor.map(lambda chunk: run.store_docs(kind, chunk), chunks):
-        stored.extend(part)
-    return stored
 
 
 def _uids_scope(uids: list[str]) -> Scope:

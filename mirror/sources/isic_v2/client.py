@@ -30,6 +30,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -218,30 +219,54 @@ class IsicV2Client:
 
     def pages(self, path: str, params: dict | None = None,
               listing: Listing | None = None) -> Iterator[list]:
-        """The ``results`` of each page of a listing until ``next`` is null."""
+        """The ``results`` of each page of a listing until ``next`` is null.
+
+        The next page is requested before this one is handed over: a cursor listing is a
+        chain of round trips, and while the caller stores one page the next is on its way
+        (at 100 ms a round trip that hides a second of every 1,000 images)."""
         listing = listing if listing is not None else Listing()
         params = {k: v for k, v in (params or {}).items() if v is not None}
         params["limit"] = PAGE_SIZE
         seen_cursors: set[str] = set()
-        while True:
-            page = self.get_json(path, params)
-            if not isinstance(page, dict) or not isinstance(page.get("results"), list):
-                raise ArchiveError(f"{path}: a listing page is not {{'results': [...]}}; the "
-                                   "archive's API may have changed: update mirror")
-            listing.pages += 1
-            if listing.pages == 1:
-                count = page.get("count")
-                listing.first_count = count if isinstance(count, int) and not isinstance(
-                    count, bool) else None
-            yield page["results"]
+        with ThreadPoolExecutor(1, thread_name_prefix="next-page") as ahead:
+            upcoming = ahead.submit(self.get_json, path, params)
+            try:
+                while True:
+                    page = upcoming.result()
+                    if not isinstance(page, dict) or not isinstance(page.get("results"), list):
+                        raise ArchiveError(f"{path}: a listing page is not {{'results': [...]}}"
+                                           "; the archive's API may have changed: update mirror")
+                    listing.pages += 1
+                    if listing.pages == 1:
+                        count = page.get("count")
+                        listing.first_count = count if isinstance(count, int) and not \
+                            isinstance(count, bool) else None
+                    cursor, refused = self._advance(path, page, seen_cursors)
+                    if cursor is not None:
+                        params = {**params, "cursor": cursor}
+                        upcoming = ahead.submit(self.get_json, path, params)
+                    yield page["results"]
+                    if refused is not None:
+                        raise refused  # after the page: what it brought is kept
+                    if cursor is None:
+                        return
+            finally:
+                upcoming.cancel()  # a caller that stops early (--limit) waits for no page
+
+    def _advance(self, path: str, page: dict, seen: set[str]
+                 ) -> tuple[str | None, ArchiveError | None]:
+        """The next page's cursor (None at the end), or the error that refuses to follow."""
+        try:
             cursor = self._next_cursor(path, page.get("next"))
-            if cursor is None:
-                return
-            if cursor in seen_cursors:
-                raise ArchiveError(f"{path}: the listing does not advance (a next cursor came "
-                                   "back twice); the archive is misbehaving: retry later")
-            seen_cursors.add(cursor)
-            params = {**params, "cursor": cursor}
+        except ArchiveError as exc:
+            return None, exc
+        if cursor is not None and cursor in seen:
+            return None, ArchiveError(f"{path}: the listing does not advance (a next cursor "
+                                      "came back twice); the archive is misbehaving: retry "
+                                      "later")
+        if cursor is not None:
+            seen.add(cursor)
+        return cursor, None
 
     def _next_cursor(self, path: str, next_url: object) -> str | None:
         if next_url is None:
