@@ -344,6 +344,7 @@ class DocumentRun(Protocol):
                ) -> None: ...
     def remove_missing(self, kind: str, listed: set[str], *,
                        within: set[str] | None = None) -> None: ...
+    def offer(self, tasks: list[FileTask]) -> None: ...  # files to begin while listing
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ from mirror.index import SyncRun
 from mirror.index.database import IndexWriter
 from mirror.layout import MARKER, Layout
 from mirror.lease import WriterLease
-from mirror.sources.base import Source, SourceSpec, source_class
+from mirror.sources.base import FileTask, Source, SourceSpec, source_class
 from mirror.sources.http import HttpClient
 from mirror.store import ObjectStore
 from mirror.sync.documents import DocumentRun
@@ -161,6 +161,11 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
                                public=not config.authenticated, window=4 * options.workers,
                                allow_removals=options.allow_removals)
+            fetcher = FileFetcher(source, store, session, pool, summary, commit,
+                                  window=4 * options.workers)
+            early = _EarlyFiles(layout, options, session, fetcher)
+            if not options.dry_run and options.blobs:
+                docs.offer_files = early.offer
             if config.authenticated:
                 docs.check_login = getattr(source, "check_login", None)
             with progress.task("documents", unit="document") as step:
@@ -171,18 +176,24 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
                     step.update(n, detail=", ".join(f"{k} {v}" for k, v in sorted(seen.items())))
 
                 docs.on_recorded = recorded
-                scope = source.sync_documents(docs, options)
+                try:
+                    scope = source.sync_documents(docs, options)
+                except KeyboardInterrupt:
+                    pool.shutdown(cancel_futures=True)  # early files: only those under way end
+                    raise
+            docs.offer_files = None
             # documents a source records while its files arrive (IDC's DICOM headers) must
             # not update the closed documents step
             docs.on_recorded = lambda kind, n: None
-            tasks = source.plan_files(session, scope, frozenset(options.blobs))
+            tasks = early.rest(source.plan_files(session, scope, frozenset(options.blobs)))
             weights = Weights.from_index(session, source.spec)
             sample = [] if options.dry_run else sample_tasks(tasks, weights)
-            step = (progress.task("files", total=len(tasks), unit="file", total_bytes=0)
-                    if tasks and not options.dry_run else nullcontext(None))
+            total = len(tasks) + early.count
+            step = (progress.task("files", total=total, unit="file", total_bytes=0)
+                    if total and not options.dry_run else nullcontext(None))
             with step as files_step:
-                _files(layout, source, options, summary, session, store, pool, commit, tasks,
-                       weights, sample, files_step)
+                _files(layout, options, summary, session, pool, commit, fetcher, early,
+                       tasks, weights, sample, files_step)
             if options.dry_run:
                 session.rollback()
                 return
@@ -198,10 +209,41 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
         writer.close()
 
 
-def _files(layout, source, options, summary, session, store, pool, commit, tasks, weights,
+class _EarlyFiles:
+    """Files a source offers while it still lists (``DocumentRun.offer_files``): their
+    downloads overlap the listing's round trips instead of waiting for its end. Each batch
+    is recorded in the plan (``sync_items``) and checked against the free disk space
+    before it starts; the whole plan is checked again once the listing ends."""
+
+    def __init__(self, layout: Layout, options: SyncOptions, session, fetcher: FileFetcher):
+        self.layout, self.options, self.session, self.fetcher = layout, options, session, fetcher
+        self.offered: set[tuple[str, str, str]] = set()
+        self.bytes = 0  # what the offered files declare (their records' sizes)
+
+    @property
+    def count(self) -> int:
+        return len(self.offered)
+
+    def offer(self, tasks: list[FileTask]) -> None:
+        tasks = [t for t in tasks if (t.kind, t.object_id, t.role) not in self.offered]
+        if not tasks:
+            return
+        declared = sum(t.size or 0 for t in tasks)
+        check_disk_space(self.layout.root, self.bytes + declared, self.options.space_check)
+        persist_plan(self.session, tasks)
+        self.offered.update((t.kind, t.object_id, t.role) for t in tasks)
+        self.bytes += declared
+        self.fetcher.start(tasks)
+
+    def rest(self, tasks: list[FileTask]) -> list[FileTask]:
+        """The plan without what was offered (under way, or done but not yet indexed)."""
+        return [t for t in tasks if (t.kind, t.object_id, t.role) not in self.offered]
+
+
+def _files(layout, options, summary, session, pool, commit, fetcher, early, tasks, weights,
            sample, files_step) -> None:
-    """The size sample, the plan and its disk check, then the files."""
-    legacy = _progress(options, len(tasks)) if not options.dry_run else None
+    """The size sample, the plan and its disk check, then the files (and the early ones)."""
+    legacy = _progress(options, len(tasks) + early.count) if not options.dry_run else None
 
     def report(items: int, nbytes: int) -> None:
         if files_step is not None:
@@ -209,8 +251,10 @@ def _files(layout, source, options, summary, session, store, pool, commit, tasks
         if legacy is not None:
             legacy(items, nbytes)
 
-    fetcher = FileFetcher(source, store, session, pool, summary, commit, report,
-                          window=4 * options.workers)
+    fetcher.progress = report
+    done_early = summary.files_kept
+    if done_early:  # the early files that finished before the files step began
+        report(done_early, 0)
     try:
         if sample:  # weigh a few of each new role first: the estimate uses them
             persist_plan(session, tasks)  # the whole plan: a failure stays in it
@@ -219,20 +263,21 @@ def _files(layout, source, options, summary, session, store, pool, commit, tasks
             fetcher.weights = None
         picked = {id(t) for t in sample}
         rest = [t for t in tasks if id(t) not in picked]
-        needed, basis = estimate_bytes(source.spec, rest, weights)
+        needed, basis = estimate_bytes(fetcher.spec, rest, weights)
         free = check_disk_space(layout.root, needed, options.space_check)
         weighed = sum(w.bytes for w in weights.sampled.values())  # already on disk
-        summary.plan = {"files": len(tasks), "estimated_bytes": needed + weighed,
+        summary.plan = {"files": len(tasks) + early.count,
+                        "estimated_bytes": needed + weighed + early.bytes,
                         "free_bytes": free, "basis": basis}
         if files_step is not None:
-            files_step.expect_bytes(needed + weighed)
+            files_step.expect_bytes(needed + weighed + early.bytes)
         if options.on_plan:
             options.on_plan(summary.plan)
         if options.dry_run:
             return
         persist_plan(session, rest)
         commit()
-        fetcher.run(rest)
+        fetcher.run(rest, finish=True)
     except KeyboardInterrupt:
         pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
         raise

@@ -21,7 +21,7 @@ from mirror import settings
 from mirror.config import utc_now
 from mirror.errors import RemovalGuardError
 from mirror.ingest import current_ids, ingest_documents, known_hashes, mark_removed
-from mirror.sources.base import SourceSpec, document_problem
+from mirror.sources.base import FileTask, SourceSpec, document_problem
 from mirror.store import ObjectStore, StoredFile
 from mirror.sync.summary import SyncSummary
 
@@ -50,9 +50,19 @@ class DocumentRun:
         # kind -> ids whose document this run refused as malformed ("" when it had no
         # usable id): the archive still lists them, so they are never marked removed
         self.malformed: dict[str, set[str]] = {}
+        # The engine's: begin these files now, while the listing goes on (None: the files
+        # wait for the plan after the documents phase, as in a dry run)
+        self.offer_files: Callable[[list[FileTask]], None] | None = None
 
     def commit(self) -> None:
         self._commit()
+
+    def offer(self, tasks: list[FileTask]) -> None:
+        """Files of documents this run just recorded, which the source knows it wants:
+        fetched at once when the engine allows it (the plan after the documents phase
+        leaves them out), else planned as usual then. Optional for a source."""
+        if self.offer_files is not None and tasks:
+            self.offer_files(tasks)
 
     def store_docs(self, kind: str, docs: Iterable[dict]) -> list[Stored]:
         """Store each well-formed document (an equal version is not rewritten).

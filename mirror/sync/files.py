@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -87,30 +87,66 @@ class FileFetcher:
         self.rows: list[dict] = []  # file rows waiting for the next commit
         self.done: list[FileTask] = []
         self._journal = store.journaled()  # {relpath: sha256} published by earlier runs
+        self._started: dict[Future, FileTask] = {}  # early files under way (start)
+        self._taken, self._last_commit = 0, time.monotonic()
 
-    def run(self, tasks: list[FileTask]) -> None:
+    def run(self, tasks: list[FileTask], finish: bool = False) -> None:
+        """Fetch ``tasks`` (``finish``: and wait for what :meth:`start` began), then commit."""
         try:
             self._run(tasks)
+            if finish:
+                self.finish()
         except (DiskFullError, KeyboardInterrupt):
+            self.collect()  # early files that finished count too
             self.commit()  # keep what arrived (Ctrl-C, SIGTERM): the next run resumes after it
             raise
         self.commit()
 
     def _run(self, tasks: list[FileTask]) -> None:
-        last_commit = time.monotonic()
-        for n, (task, future) in enumerate(
-                completed(self.executor, self.fetch, tasks, self.window), 1):
-            try:
-                results = future.result()
-            except DiskFullError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - recorded and retried next run
-                self._record_failure(task, exc)
-                continue
+        for task, future in completed(self.executor, self.fetch, tasks, self.window):
+            self._take(task, future)
+
+    def _take(self, task: FileTask, future: Future) -> None:
+        """Record one finished task; commit every :data:`COMMIT_EVERY` or 5 s."""
+        try:
+            results = future.result()
+        except DiskFullError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded and retried next run
+            self._record_failure(task, exc)
+        else:
             self._record_success(task, results)
-            if n % COMMIT_EVERY == 0 or time.monotonic() - last_commit > 5:
-                self.commit()
-                last_commit = time.monotonic()
+        self._taken += 1
+        if self._taken % COMMIT_EVERY == 0 or time.monotonic() - self._last_commit > 5:
+            self.commit()
+
+    # -- early files: fetched while the documents phase still lists -------------------------
+
+    def start(self, tasks: list[FileTask]) -> None:
+        """Begin ``tasks`` now, without waiting (the documents phase goes on meanwhile); at
+        most :attr:`window` of them stay unfinished, so a listing faster than the downloads
+        waits here instead of queueing the whole archive in memory."""
+        for task in tasks:
+            while len(self._started) >= self.window:
+                self.collect(block=True)
+            self._started[self.executor.submit(self.fetch, task)] = task
+        self.collect()
+
+    def collect(self, block: bool = False) -> None:
+        """Record the started tasks that have finished (``block``: wait for one at least)."""
+        if not self._started:
+            return
+        if block:
+            done, _ = wait(self._started, return_when=FIRST_COMPLETED)
+        else:
+            done = [f for f in self._started if f.done()]
+        for future in done:
+            self._take(self._started.pop(future), future)
+
+    def finish(self) -> None:
+        """Wait for every started task and record it."""
+        while self._started:
+            self.collect(block=True)
 
     def commit(self) -> None:
         """Write the buffered rows in bulk, then make files and rows durable, in that order."""
@@ -126,6 +162,7 @@ class FileFetcher:
                 SyncItem.object_id.in_(ids)))
         self.rows, self.done = [], []
         self._commit()
+        self._last_commit = time.monotonic()
 
     def fetch(self, task: FileTask) -> list[Result]:
         """Download (or adopt an already published file) and derive; runs in a worker."""

@@ -25,7 +25,8 @@ from mirror.sources.isic_v2.spec import SPEC
 
 log = logging.getLogger("mirror.isic_v2")
 EXPIRED = "HTTP 403 for "  # how the file fetcher reports CloudFront's refusal of a stale URL
-BATCH = 500  # image documents stored and indexed per step
+BATCH = 500  # image documents per commit
+OFFER_EVERY = 100  # image documents stored, indexed and their files begun per step (a page)
 PLAN_ROWS = 1000  # image rows read at a time when planning files
 FILES = (("full", "image", "full"), ("thumbnail", "thumbnail", "thumbnail_256"))
 
@@ -122,20 +123,21 @@ class IsicV2Source:
     def _sync_images(self, run: DocumentRun, query: str | None, collections: list[int] | None,
                      options: Any, complete: bool) -> set[str]:
         listing, listed, batch, order = Listing(), set(), [], []
-        wanted = options.image_ids
+        wanted, blobs = options.image_ids, frozenset(options.blobs or ())
         for record in self.client.images(query, collections, listing):
             if wanted is not None and record.isic_id not in wanted:
                 continue
             listed.add(record.isic_id)
             order.append(record.isic_id)
             batch.append(record)
+            if len(batch) % OFFER_EVERY == 0:  # a page: its files start while listing goes on
+                self._store_images(run, batch[-OFFER_EVERY:], blobs)
             if len(batch) >= BATCH:
-                self._store_images(run, batch)
                 run.commit()  # a run killed now keeps what it stored
                 batch = []
             if options.limit is not None and len(listed) >= options.limit:
                 break
-        self._store_images(run, batch)
+        self._store_images(run, batch[len(batch) - len(batch) % OFFER_EVERY:], blobs)
         for line in listing.rejected:
             run.summary.fail("image", "?", "document", line)
         if complete and not listing.rejected:
@@ -148,7 +150,8 @@ class IsicV2Source:
         run.commit()
         return listed
 
-    def _store_images(self, run: DocumentRun, records: list[ImageRecord]) -> None:
+    def _store_images(self, run: DocumentRun, records: list[ImageRecord],
+                      blobs: frozenset[str] = frozenset()) -> None:
         if not records:
             return
         self._retire_changed_files(run.session, records)
@@ -161,6 +164,28 @@ class IsicV2Source:
             else:
                 self._signed.pop(record.isic_id, None)
         run.record("image", run.store_docs("image", [r.document for r in records]))
+        run.offer(self._tasks_of(run.session, records, blobs))
+
+    def _tasks_of(self, session: Session, records: list[ImageRecord],
+                  blobs: frozenset[str]) -> list[FileTask]:
+        """The wanted files of just-recorded ``records`` that the index lacks: what
+        :meth:`plan_files` will plan for them, known now (the listing goes on meanwhile)."""
+        if not blobs & {option for option, _, _ in FILES}:
+            return []
+        ids = [r.isic_id for r in records]
+        have = {tuple(r) for r in session.execute(
+            select(Blob.object_id, Blob.role).where(Blob.object_id.in_(ids)))}
+        had = {tuple(r) for r in session.execute(
+            select(FileVersion.object_id, FileVersion.role).where(FileVersion.object_id.in_(ids)))}
+        tasks = []
+        for record in records:
+            for option, role, key in FILES:
+                if option in blobs and (record.isic_id, role) not in have:
+                    task = self._task(record.isic_id, record.document, option, role, key,
+                                      (record.isic_id, role) in had)
+                    if task is not None:
+                        tasks.append(task)
+        return tasks
 
     @staticmethod
     def _retire_changed_files(session: Session, records: list[ImageRecord]) -> None:

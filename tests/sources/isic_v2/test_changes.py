@@ -6,6 +6,7 @@ and a signed URL that expires in the middle of a sync."""
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import pytest
 import requests
@@ -212,14 +213,16 @@ def test_anonymous_and_token_views(sb, tmp_path):
 
 def test_a_signed_url_that_expires_mid_sync_is_signed_again(sb, tmp_path, monkeypatch):
     root = tmp_path / "t"
-    plan = IsicV2Source.plan_files
+    fetch, expired, lock = IsicV2Source.fetch_file, [], threading.Lock()
 
-    def plan_then_expire(self, *args, **kwargs):
-        tasks = plan(self, *args, **kwargs)
-        sb.advance(8 * 86_400)  # after the listing, before any download: all expired
-        return tasks
+    def expire_then_fetch(self, *args, **kwargs):
+        with lock:
+            if not expired:  # after the listing signed them, before any private download
+                sb.advance(8 * 86_400)
+                expired.append(True)
+        return fetch(self, *args, **kwargs)
 
-    monkeypatch.setattr(IsicV2Source, "plan_files", plan_then_expire)
+    monkeypatch.setattr(IsicV2Source, "fetch_file", expire_then_fetch)
     sb.reset_stats()
     summary = run(root, sb, token=SANDBOX_TOKEN)
     private = [i for i in mirrored(root, "image")

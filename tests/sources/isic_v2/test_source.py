@@ -217,3 +217,40 @@ def test_hostile_records_are_reported_and_nothing_is_marked_removed(tmp_path):
     assert failures and all(f["kind"] == "image" for f in failures)
     assert "removed" not in summary["objects"]["image"]
     assert verify_mirror(root).ok
+
+
+def test_files_begin_while_the_listing_goes_on(sb, tmp_path, monkeypatch):
+    """A page's files start as soon as it is stored, not after the whole listing: the
+    downloads overlap the listing's round trips (and a dry run still fetches nothing)."""
+    from mirror.sources.isic_v2 import client, source
+    from mirror.sources.isic_v2.client import IsicV2Client
+    from mirror.sync.files import FileFetcher
+
+    monkeypatch.setattr(client, "PAGE_SIZE", 10)
+    monkeypatch.setattr(source, "OFFER_EVERY", 10)
+    events: list[str] = []
+    get_json, download = IsicV2Client.get_json, FileFetcher._download
+
+    def listed(self, path, *args, **kwargs):
+        if path == "images/":
+            events.append("page")
+        return get_json(self, path, *args, **kwargs)
+
+    def fetched(self, *args, **kwargs):
+        events.append("file")
+        return download(self, *args, **kwargs)
+
+    monkeypatch.setattr(IsicV2Client, "get_json", listed)
+    monkeypatch.setattr(FileFetcher, "_download", fetched)
+    dry = run(tmp_path / "dry", sb, dry_run=True, what=frozenset({"images"}))
+    assert "file" not in events and dry["plan"]["files"] > 0
+    events.clear()
+    summary = run(tmp_path / "m", sb, what=frozenset({"images"}), blobs=frozenset({"full"}))
+    public = len([r for r in sb.archive.images.values() if r.public])
+    assert events.count("page") >= 4 and events.count("file") == public
+    last_page = len(events) - 1 - events[::-1].index("page")
+    assert events.index("file") < last_page, events
+    assert summary["blobs"]["image"] == {"fetched": public}
+    assert summary["plan"]["files"] == public  # the early files are in the plan's count
+    assert verify_mirror(tmp_path / "m").ok
+    assert len(rows(tmp_path / "m", Blob, role="image")) == public
