@@ -43,8 +43,10 @@ Result = tuple[str, str, StoredFile, str, "str | None", bool]
 
 def persist_plan(session: Session, tasks: list[FileTask]) -> None:
     """Record the outstanding work so that a killed run can report and resume it."""
-    known = {tuple(r) for r in session.execute(
-        select(SyncItem.kind, SyncItem.object_id, SyncItem.role))}
+    query = select(SyncItem.kind, SyncItem.object_id, SyncItem.role)
+    if len(tasks) <= 500:  # an early batch: its own rows, not the whole table each time
+        query = query.where(SyncItem.object_id.in_({t.object_id for t in tasks}))
+    known = {tuple(r) for r in session.execute(query)}
     session.add_all(SyncItem(kind=t.kind, object_id=t.object_id, role=t.role, state="pending",
                              attempts=0) for t in tasks
                     if (t.kind, t.object_id, t.role) not in known)
