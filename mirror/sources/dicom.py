@@ -209,12 +209,10 @@ def _drop_deferred(ds: Dataset) -> None:
                 _drop_deferred(item)
 
 
-def read_header(path_or_bytes) -> dict:
-    """The file's header as DICOM JSON (PS3.18 F.2), without pixel data or bulk values.
-
-    Reading stops before the pixel data and defers every value over
-    :data:`HEADER_VALUE_LIMIT`; deferred values are omitted, never read. Raises
-    :class:`DicomError` when the input is not DICOM.
+def pydicom_header(path_or_bytes) -> dict:
+    """:func:`read_header`'s reference: the whole header through pydicom's own
+    ``Dataset.to_json_dict``, element by element. :func:`read_header` must give exactly
+    this (the tests compare them on every readable pydicom test file); it is 5-20x slower.
     """
     ds = _parse(path_or_bytes, stop_before_pixels=True, defer_size=HEADER_VALUE_LIMIT)
     _drop_deferred(ds)
@@ -222,6 +220,21 @@ def read_header(path_or_bytes) -> dict:
                              bulk_data_element_handler=lambda element: "",
                              suppress_invalid_tags=True)
     return _drop_bulk(header)
+
+
+def read_header(path_or_bytes) -> dict:
+    """The file's header as DICOM JSON (PS3.18 F.2), without pixel data or bulk values.
+
+    Reading stops before the pixel data and omits every value over
+    :data:`HEADER_VALUE_LIMIT` (never read). Raises :class:`DicomError` when the input is
+    not DICOM. The JSON is :func:`pydicom_header`'s, element for element, but repeated
+    elements come from a cache (see :mod:`mirror.sources.dicomjson`): the instances of a
+    series share nearly all their elements, and converting each with pydicom was the
+    largest CPU cost of a TCIA or IDC sync.
+    """
+    from mirror.sources import dicomjson
+
+    return dicomjson.read_header(path_or_bytes)
 
 
 def _drop_bulk(header: dict) -> dict:
@@ -264,14 +277,50 @@ def keyword_columns(header_json: dict) -> dict[str, object]:
             continue
         vr = element.get("vr", "")
         values = [_plain(vr, v) for v in element.get("Value", [])]
-        try:
-            keyword = datadict.keyword_for_tag(int(tag, 16)) or tag
-        except ValueError:
-            keyword = tag
+        keyword = _keyword(tag) or tag
         if vr == "SQ":
             columns[keyword] = values
         else:
             columns[keyword] = None if not values else values[0] if len(values) == 1 else values
+    return columns
+
+
+@lru_cache(maxsize=8192)
+def _keyword(tag: str) -> str | None:
+    """The data-dictionary keyword of an 8-hex tag (None: unknown or not hex); cached,
+    since pydicom's lookup (masks for repeating groups) costs microseconds per element."""
+    try:
+        return datadict.keyword_for_tag(int(tag, 16)) or None
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=8192)
+def _public_keyword(tag: str) -> str | None:
+    """:func:`_keyword` of a public tag; None for private ones (odd groups)."""
+    try:
+        private = (int(tag, 16) >> 16) & 1
+    except ValueError:
+        return None
+    return None if private else _keyword(tag)
+
+
+def public_keyword_columns(header_json: dict) -> dict[str, object]:
+    """The single-valued public attributes of a DICOM JSON header, by keyword: what
+    :func:`keyword_columns` gives once private and unknown tags (kept there by number),
+    sequences and multi-valued attributes (lists) are left out, without flattening what
+    is left out. The TCIA and IDC projections read this for every instance at publish."""
+    columns: dict[str, object] = {}
+    for tag, element in header_json.items():
+        keyword = _public_keyword(tag)
+        vr = element.get("vr", "")
+        if keyword is None or vr == "SQ" or "InlineBinary" in element or \
+                "BulkDataURI" in element:
+            continue
+        values = element.get("Value", [])
+        if len(values) > 1:
+            continue
+        columns[keyword] = _plain(vr, values[0]) if values else None
     return columns
 
 
@@ -720,5 +769,5 @@ def safe_unpack_zip(path: str | os.PathLike, sink: InstanceSink, *,
 __all__ = ["DICOM_MAGIC", "DICOM_MAGIC_OFFSET", "FolderSink", "HEADER_VALUE_LIMIT",
            "InstanceSink", "SeriesZip", "SeriesZipReader", "StagedFile", "TEMPLATES",
            "VerifiedInstance", "ZipEntry", "is_dicom", "is_valid_uid", "keyword_columns",
-           "make_instance", "open_series_zip", "read_header", "read_uids", "safe_unpack_zip",
-           "uid_for"]
+           "make_instance", "open_series_zip", "public_keyword_columns", "pydicom_header",
+           "read_header", "read_uids", "safe_unpack_zip", "uid_for"]
