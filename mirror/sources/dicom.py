@@ -249,7 +249,13 @@ def _drop_bulk(header: dict) -> dict:
 
 
 def read_uids(path_or_bytes) -> dict[str, str]:
-    """``{"SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"}`` read from the file."""
+    """``{"SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"}`` read from the file
+    (from the fast header scan when it can read the file, converting only those three)."""
+    from mirror.sources import dicomjson
+
+    uids = dicomjson.read_uids(path_or_bytes)
+    if uids is not None:
+        return uids
     keys = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
     ds = _parse(path_or_bytes, stop_before_pixels=True, specific_tags=list(keys))
     return {k: str(ds.get(k, "")) for k in keys}
@@ -634,8 +640,8 @@ class SeriesZipReader:
             raise SeriesZipError(f"{label} entry {name} has MD5 {md5}, but {MD5_ENTRY} says "
                                  f"{entry.md5}; download it again")
         # the same first bytes as peek_uids parsed hold the same UIDs: not parsed twice
-        same_head = (entry.peeked is not None
-                     and entry.peeked_head == hashlib.sha256(prefix).digest())
+        # (compared byte for byte: cheaper than hashing them again)
+        same_head = entry.peeked is not None and entry.peeked_head == prefix
         uids = dict(entry.peeked) if same_head else read_uids(bytes(prefix))
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
@@ -668,7 +674,7 @@ class ZipEntry:
     info: zipfile.ZipInfo = field(repr=False)
     instance: VerifiedInstance | None = None  # set once chunks() ran to its end
     peeked: dict[str, str] | None = None
-    peeked_head: bytes | None = field(default=None, repr=False)  # sha256 of what it parsed
+    peeked_head: bytes | None = field(default=None, repr=False)  # the bytes it parsed
     whole: bytes | None = field(default=None, repr=False)  # all of it, when peek read all
     header: dict | None = field(default=None, repr=False)  # set by peek_header
 
@@ -700,7 +706,7 @@ class ZipEntry:
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
-        self.peeked, self.peeked_head = uids, hashlib.sha256(head).digest()
+        self.peeked, self.peeked_head = uids, head
         return uids
 
     def peek_header(self) -> dict:

@@ -65,6 +65,8 @@ the end of the file) within them is read by pydicom instead."""
 
 _CHARSET = 0x00080005
 _SOP_UID = "00080018"
+_UID_TAGS = {0x00080018: "SOPInstanceUID", 0x0020000E: "SeriesInstanceUID",
+             0x0020000D: "StudyInstanceUID"}
 _CONTEXT = frozenset({_CHARSET, 0x00280103})  # and PixelRepresentation
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # dcmread's stop_before_pixels
 _ITEM_DELIMITER = 0xFFFEE00D
@@ -104,6 +106,28 @@ def read_header(path_or_bytes) -> dict:
     return _read_parsed(path_or_bytes)
 
 
+def read_uids(path_or_bytes) -> dict[str, str] | None:
+    """The instance's SOP, series and study UIDs (the only elements converted), or None
+    when the fast scan cannot read it (:func:`mirror.sources.dicom.read_uids` then asks
+    pydicom). Only valid UIDs are returned; anything else is left to pydicom's message."""
+    data, whole = _head_bytes(path_or_bytes)
+    if data is None:
+        return None
+    try:
+        elements = _dataset(data, whole)
+    except _Unusual:
+        return None
+    wanted = {tag: elements[tag] for tag in _UID_TAGS if tag in elements}
+    if _CHARSET in elements:
+        wanted = {_CHARSET: elements[_CHARSET], **wanted}
+    header = _convert(wanted)
+    uids = {key: ((header.get(f"{tag:08X}") or {}).get("Value") or [""])[0]
+            for tag, key in _UID_TAGS.items()}
+    if not all(isinstance(v, str) and dicom.is_valid_uid(v) for v in uids.values()):
+        return None
+    return uids
+
+
 def _head_bytes(source) -> tuple[bytes | None, bool]:
     """(the bytes to scan, whether they are the whole input)."""
     if isinstance(source, bytes | bytearray | memoryview):
@@ -125,18 +149,22 @@ def _head_bytes(source) -> tuple[bytes | None, bool]:
 
 
 def _fast(data: bytes, whole: bool) -> dict:
+    header = _convert(_dataset(data, whole))
+    sop = ((header.get(_SOP_UID) or {}).get("Value") or [""])[0]
+    if not dicom.is_valid_uid(sop):
+        raise _Unusual  # pydicom's read says why
+    return header
+
+
+def _dataset(data: bytes, whole: bool) -> dict:
+    """The raw top-level elements of the dataset (after the file meta group)."""
     if not dicom.is_dicom(data):
         raise _Unusual
     meta, pos = _scan(data, dicom.DICOM_HEAD_SIZE, whole, meta=True)
     syntax = meta.get(0x00020010)
     if syntax is None or syntax.__class__ is not tuple or not _explicit_little(syntax[2]):
         raise _Unusual
-    elements, _ = _scan(data, pos, whole, meta=False)
-    header = _convert(elements)
-    sop = ((header.get(_SOP_UID) or {}).get("Value") or [""])[0]
-    if not dicom.is_valid_uid(sop):
-        raise _Unusual  # pydicom's read says why
-    return header
+    return _scan(data, pos, whole, meta=False)[0]
 
 
 def _explicit_little(value: bytes | None) -> bool:

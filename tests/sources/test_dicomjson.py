@@ -101,3 +101,12 @@ def test_what_is_not_dicom_is_refused_in_one_line(body):
     with pytest.raises(DicomError) as info:
         dicom.read_header(body)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("path", [p for p, _ in READABLE], ids=NAMES)
+def test_uids_are_pydicoms(path):
+    keys = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dicom._parse(path, stop_before_pixels=True, specific_tags=list(keys))
+        assert dicom.read_uids(Path(path).read_bytes()) == {k: str(ds.get(k, "")) for k in keys}
