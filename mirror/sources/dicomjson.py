@@ -20,9 +20,12 @@ same JSON in a fraction of the time:
   ``Dataset`` holding this file's raw elements (so private creators, the character set
   and ``PixelRepresentation`` are there as in ``dcmread``'s), under
   ``config.strict_reading`` as ``to_json_dict(suppress_invalid_tags=True)`` does; an
-  element that fails is dropped as it drops it. Never cached: sequences (items can hold
-  ``UN`` or ambiguous-VR elements that depend on the enclosing dataset), ``UN`` and VRs
-  outside :data:`CACHED_VRS`.
+  element that fails is dropped as it drops it. A sequence of defined length is cached by
+  its bytes, the character set and ``PixelRepresentation`` (pydicom passes that to the
+  items, for ``US or SS`` elements); everything an item's elements depend on else (their
+  private creators, their own character set) is inside those bytes. Never cached:
+  sequences of undefined length (pydicom parsed them already), ``UN`` and other VRs
+  outside :data:`CACHED_VRS` (``UN`` looks up its private creator in the dataset).
 * **Anything else** -- implicit VR, big endian, deflated, a VR that is not two letters, a
   value that runs past the end of the bytes at hand, no valid SOPInstanceUID -- goes
   through the same cached conversion over pydicom's ``dcmread`` (:func:`_read_parsed`),
@@ -40,12 +43,15 @@ import io
 import os
 import struct
 import threading
+from functools import lru_cache
 
 from pydicom import config
 from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import ENCODED_VR, read_sequence
+from pydicom.hooks import _private_vr_for_tag
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
@@ -67,7 +73,8 @@ _CHARSET = 0x00080005
 _SOP_UID = "00080018"
 _UID_TAGS = {0x00080018: "SOPInstanceUID", 0x0020000E: "SeriesInstanceUID",
              0x0020000D: "StudyInstanceUID"}
-_CONTEXT = frozenset({_CHARSET, 0x00280103})  # and PixelRepresentation
+_PIXEL_REPRESENTATION = 0x00280103
+_CONTEXT = frozenset({_CHARSET, _PIXEL_REPRESENTATION})
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # dcmread's stop_before_pixels
 _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -255,13 +262,17 @@ def _convert(elements: dict) -> dict:
     :func:`~mirror.sources.dicom._drop_bulk` leaves them out."""
     charset = elements.get(_CHARSET)
     charset = _charset_key(charset[2] if charset is not None else None)
+    pixel_rep = elements.get(_PIXEL_REPRESENTATION)
+    pixel_rep = pixel_rep[2] if pixel_rep.__class__ is tuple else None
     header: dict = {}
     todo: list[tuple[int, tuple | None]] = []
     cached, get = CACHED_VRS, _cache.get
     for tag, raw in elements.items():
         key = None
-        if raw.__class__ is tuple and raw[0] in cached:
-            key = (tag, raw[0], raw[2], charset)
+        if raw.__class__ is tuple and (raw[0] in cached or raw[0] == "SQ"):
+            # a sequence's items read the dataset's PixelRepresentation (US or SS)
+            key = (tag, raw[0], raw[2], charset) if raw[0] != "SQ" else \
+                (tag, "SQ", raw[2], charset, pixel_rep)
             hit = get(key)
             if hit is not None:
                 if hit is not _DROPPED:
@@ -333,16 +344,15 @@ def _read_parsed(path_or_bytes) -> dict:
                       defer_size=dicom.HEADER_VALUE_LIMIT)
     dicom._drop_deferred(ds)
     charset = _charset_key(ds.get_item(_CHARSET, keep_deferred=True))
+    pixel_rep = ds.get_item(_PIXEL_REPRESENTATION, keep_deferred=True)
+    pixel_rep = getattr(pixel_rep, "value", None)
     header: dict = {}
     if len(_cache) >= CACHE_ELEMENTS:
         _cache.clear()
     with _converting, config.strict_reading():
         for tag in ds.keys():
-            raw = ds.get_item(tag, keep_deferred=True)
-            key = None
-            if isinstance(raw, RawDataElement) and not raw.is_implicit_VR and \
-                    raw.VR in CACHED_VRS and raw.value is not None:
-                key = (int(raw.tag), raw.VR, bytes(raw.value), raw.is_little_endian, charset)
+            key = _parsed_key(ds, ds.get_item(tag, keep_deferred=True), charset, pixel_rep)
+            if key is not None:
                 hit = _cache.get(key)
                 if hit is not None:
                     header[f"{tag:08X}"] = hit
@@ -356,3 +366,37 @@ def _read_parsed(path_or_bytes) -> dict:
             if key is not None:
                 _cache[key] = element
     return dicom._drop_bulk(header)
+
+
+def _parsed_key(ds: Dataset, raw, charset, pixel_rep) -> tuple | None:
+    """The cache key of one element as ``dcmread`` left it, or None (never cached). The
+    VR an implicit element gets is part of its key: for a public tag the dictionary's,
+    for a private one what its private creator names (or ``UN``); ambiguous VRs (``US or
+    SS``...) depend on other elements and are not cached."""
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return None
+    tag, value, little = int(raw.tag), raw.value, raw.is_little_endian
+    if not raw.is_implicit_VR:
+        vr = raw.VR
+    elif (tag >> 16) & 1:
+        try:
+            vr = _private_vr_for_tag(ds, raw.tag)
+        except Exception:  # noqa: BLE001 - an odd creator: converted, not cached
+            return None
+        if vr == "SQ":
+            return None
+    else:
+        vr = _dictionary_vr(tag)
+    if vr == "SQ":
+        return (tag, "SQ", bytes(value), little, charset, pixel_rep, raw.is_implicit_VR)
+    if vr in CACHED_VRS or (vr == "UN" and raw.is_implicit_VR):
+        return (tag, vr, bytes(value), little, charset, raw.is_implicit_VR)
+    return None
+
+
+@lru_cache(maxsize=8192)
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None

@@ -9,8 +9,10 @@ import json
 import warnings
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_files
+from pydicom.uid import ImplicitVRLittleEndian
 
 from mirror.errors import DicomError
 from mirror.sources import dicom, dicomjson
@@ -110,3 +112,26 @@ def test_uids_are_pydicoms(path):
         warnings.simplefilter("ignore")
         ds = dicom._parse(path, stop_before_pixels=True, specific_tags=list(keys))
         assert dicom.read_uids(Path(path).read_bytes()) == {k: str(ds.get(k, "")) for k in keys}
+
+
+def _implicit(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_implicit_vr_instances_differing_in_values_keep_their_own_values():
+    """Implicit VR files go through dcmread; their elements are cached by the VR the
+    dictionary (public tags) or the private creator (private tags) gives them."""
+    for template in ("CT_small.dcm", "MR_small.dcm"):
+        for n in (1, 2, 3):
+            data = _implicit(dicom.make_instance(
+                template, patient_id=f"p{n}", study_uid="1.2.3", series_uid="1.2.3.4",
+                sop_uid=f"1.2.3.4.{n}", instance_number=n,
+                extra={"SeriesDescription": f"series {n % 2}"}))
+            header = dicom.read_header(data)
+            _same(header, dicom.pydicom_header(data))
+            assert header["00200013"]["Value"] == [n]
+            assert header["0008103E"]["Value"] == [f"series {n % 2}"]
