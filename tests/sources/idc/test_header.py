@@ -13,7 +13,6 @@ from pydicom.data import get_testdata_files
 
 from mirror.errors import DicomError
 from mirror.sources import dicom, dicomjson
-from mirror.sources.idc import header
 from mirror.sources.idc.spec import _instance_columns
 from mirror.sources.tcia.spec import _instance_columns as tcia_instance_columns
 
@@ -44,8 +43,8 @@ def test_there_are_many_kinds_of_file_to_compare():
 def test_cached_headers_equal_pydicoms_first_and_second_time(path, expected):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert header.read_header(path) == expected
-        assert header.read_header(path) == expected  # now from the cache
+        assert dicom.read_header(path) == expected
+        assert dicom.read_header(path) == expected  # now from the cache
 
 
 def test_a_full_cache_is_emptied_not_grown(monkeypatch):
@@ -53,7 +52,7 @@ def test_a_full_cache_is_emptied_not_grown(monkeypatch):
     monkeypatch.setattr(dicomjson, "_cache", {})
     path, expected = READABLE[0]
     for _ in range(3):
-        assert header.read_header(path) == expected
+        assert dicom.read_header(path) == expected
         assert len(dicomjson._cache) <= max(5, len(expected)) + 5
 
 
@@ -64,7 +63,7 @@ def test_instances_differing_in_one_value_keep_their_own_value(tmp_path):
                                    sop_uid=f"1.2.3.4.{n}", instance_number=n)
         files.append(tmp_path / f"{n}.dcm")
         files[-1].write_bytes(data)
-    first, second = (header.read_header(f) for f in files)
+    first, second = (dicom.read_header(f) for f in files)
     assert first["00080018"]["Value"] == ["1.2.3.4.1"]
     assert second["00080018"]["Value"] == ["1.2.3.4.2"]
     assert second["00200013"]["Value"] == [2] and first == dicom.pydicom_header(files[0])
