@@ -34,7 +34,9 @@ same JSON in a fraction of the time:
 The output equals :func:`~mirror.sources.dicom.pydicom_header`'s, key order included
 (``tests/sources/test_dicomjson.py`` compares them, serialised, on every readable pydicom
 test file, and on instances that differ in one value). The cache lives in the process
-and is bounded: it is emptied when it holds :data:`CACHE_ELEMENTS` entries.
+and is bounded: it is emptied when it holds :data:`CACHE_ELEMENTS` entries or about
+:data:`CACHE_BYTES` of values (a value is at most 4 KiB, so a stream of distinct private
+blobs could otherwise hold a gigabyte).
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ from pydicom.values import convert_string
 from mirror.sources import dicom
 
 CACHE_ELEMENTS = 100_000
-"""Distinct element JSONs one process keeps (about 30 MB at most)."""
+"""Distinct element JSONs one process keeps."""
+CACHE_BYTES = 32 * 2**20
+"""Bytes of raw values (counted three times: the key's bytes and their JSON) after which
+the cache is emptied."""
 CACHED_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO",
                         "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SS",
                         "ST", "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"})
@@ -86,6 +91,7 @@ _SPECIAL_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.2",
                                "1.2.840.10008.1.2.1.99"})  # implicit, big endian, deflated
 
 _cache: dict[tuple, dict] = {}
+_cached_bytes = [0]  # an estimate of what _cache holds
 _DROPPED: dict = {}  # cached for an element read_header leaves out (a bulk value)
 _converting = threading.Lock()
 """Held while pydicom converts: ``config.strict_reading`` sets a process-wide mode and
@@ -286,8 +292,7 @@ def _convert(elements: dict) -> dict:
 
 
 def _convert_missing(elements: dict, header: dict, todo: list) -> None:
-    if len(_cache) >= CACHE_ELEMENTS:
-        _cache.clear()
+    _bound_cache()
     ds = Dataset({BaseTag(tag): _raw(tag, elements[tag]) for tag in _context(elements, todo)})
     charset = elements.get(_CHARSET)
     encoding = (convert_encodings(convert_string(charset[2] or b"", True))
@@ -311,7 +316,7 @@ def _convert_missing(elements: dict, header: dict, todo: list) -> None:
             else:
                 header[name] = element
             if key is not None:
-                _cache[key] = element
+                _remember(key, element)
 
 
 def _context(elements: dict, todo: list) -> list[int]:
@@ -328,6 +333,17 @@ def _context(elements: dict, todo: list) -> list[int]:
 def _self_contained(raw) -> bool:
     vr = raw[0] if raw.__class__ is tuple else raw.VR
     return vr in CACHED_VRS or vr == "SQ"
+
+
+def _bound_cache() -> None:
+    if len(_cache) >= CACHE_ELEMENTS or _cached_bytes[0] >= CACHE_BYTES:
+        _cache.clear()
+        _cached_bytes[0] = 0
+
+
+def _remember(key: tuple, element: dict) -> None:
+    _cache[key] = element
+    _cached_bytes[0] += 3 * len(key[2] or b"") + 200  # key[2]: the raw bytes (or None)
 
 
 def _raw(tag: int, raw) -> RawDataElement | DataElement:
@@ -347,8 +363,7 @@ def _read_parsed(path_or_bytes) -> dict:
     pixel_rep = ds.get_item(_PIXEL_REPRESENTATION, keep_deferred=True)
     pixel_rep = getattr(pixel_rep, "value", None)
     header: dict = {}
-    if len(_cache) >= CACHE_ELEMENTS:
-        _cache.clear()
+    _bound_cache()
     with _converting, config.strict_reading():
         for tag in ds.keys():
             key = _parsed_key(ds, ds.get_item(tag, keep_deferred=True), charset, pixel_rep)
@@ -364,7 +379,7 @@ def _read_parsed(path_or_bytes) -> dict:
                 continue
             header[f"{tag:08X}"] = element
             if key is not None:
-                _cache[key] = element
+                _remember(key, element)
     return dicom._drop_bulk(header)
 
 

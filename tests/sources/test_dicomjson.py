@@ -135,3 +135,19 @@ def test_implicit_vr_instances_differing_in_values_keep_their_own_values():
             _same(header, dicom.pydicom_header(data))
             assert header["00200013"]["Value"] == [n]
             assert header["0008103E"]["Value"] == [f"series {n % 2}"]
+
+
+def test_the_cache_is_bounded_by_the_bytes_it_holds(monkeypatch):
+    def fill(limit: int) -> int:
+        monkeypatch.setattr(dicomjson, "CACHE_BYTES", limit)
+        monkeypatch.setattr(dicomjson, "_cache", {})
+        monkeypatch.setattr(dicomjson, "_cached_bytes", [0])
+        for path, expected in READABLE[:10]:
+            _same(dicom.read_header(path), expected)
+        return len(dicomjson._cache)
+
+    unbounded = fill(2**40)
+    assert fill(20_000) < unbounded
+    # emptied before each file once past the limit: at most one file's worth over it
+    assert dicomjson._cached_bytes[0] < 20_000 + max(
+        3 * len(Path(p).read_bytes()) + 200 * len(e) for p, e in READABLE[:10])
