@@ -677,6 +677,7 @@ class ZipEntry:
     peeked_head: bytes | None = field(default=None, repr=False)  # the bytes it parsed
     whole: bytes | None = field(default=None, repr=False)  # all of it, when peek read all
     header: dict | None = field(default=None, repr=False)  # set by peek_header
+    header_complete: bool = False  # peek_header's bytes reached the pixel data
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
@@ -700,7 +701,9 @@ class ZipEntry:
         if self.header is None:
             uids = read_uids(head)
         else:  # one parse gives both
-            self.header = read_header(head)
+            from mirror.sources.dicomjson import read_prefix_header
+
+            self.header, self.header_complete = read_prefix_header(head)
             uids = {key: str(((self.header.get(tag) or {}).get("Value") or [""])[0])
                     for key, tag in UID_TAGS.items()}
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
@@ -711,7 +714,9 @@ class ZipEntry:
 
     def peek_header(self) -> dict:
         """:meth:`peek_uids`, and the header (DICOM JSON, as :func:`read_header` gives
-        it) read from the same first bytes in the same parse."""
+        it) read from the same first bytes in the same parse; ``header_complete`` says
+        whether those bytes held all of it (the pixel data began within them), else an
+        entry longer than them must have its header read again from the whole file."""
         self.header = {}
         self.peek_uids()
         return self.header

@@ -127,7 +127,7 @@ def read_uids(path_or_bytes) -> dict[str, str] | None:
     if data is None:
         return None
     try:
-        elements = _dataset(data, whole)
+        elements = _dataset(data, whole)[0]
     except _Unusual:
         return None
     wanted = {tag: elements[tag] for tag in _UID_TAGS if tag in elements}
@@ -161,23 +161,39 @@ def _head_bytes(source) -> tuple[bytes | None, bool]:
     return data[:READ_AHEAD], len(data) <= READ_AHEAD
 
 
+def read_prefix_header(data: bytes) -> tuple[dict, bool]:
+    """:func:`read_header` of a file's first bytes, and whether its header ends within
+    them (the scan reached the pixel data): then the whole file gives the same header
+    and need not be read again (a series zip's large instances)."""
+    try:
+        elements, ended = _dataset(data, True)
+        return _checked(_convert(elements)), ended
+    except _Unusual:
+        return _read_parsed(data), False
+
+
 def _fast(data: bytes, whole: bool) -> dict:
-    header = _convert(_dataset(data, whole))
+    return _checked(_convert(_dataset(data, whole)[0]))
+
+
+def _checked(header: dict) -> dict:
     sop = ((header.get(_SOP_UID) or {}).get("Value") or [""])[0]
     if not dicom.is_valid_uid(sop):
         raise _Unusual  # pydicom's read says why
     return header
 
 
-def _dataset(data: bytes, whole: bool) -> dict:
-    """The raw top-level elements of the dataset (after the file meta group)."""
+def _dataset(data: bytes, whole: bool) -> tuple[dict, bool]:
+    """The raw top-level elements of the dataset (after the file meta group), and whether
+    the scan stopped at the pixel data (not at the end of ``data``)."""
     if not dicom.is_dicom(data):
         raise _Unusual
     meta, pos = _scan(data, dicom.DICOM_HEAD_SIZE, whole, meta=True)
     syntax = meta.get(0x00020010)
     if syntax is None or syntax.__class__ is not tuple or not _explicit_little(syntax[2]):
         raise _Unusual
-    return _scan(data, pos, whole, meta=False)[0]
+    elements, pos = _scan(data, pos, whole, meta=False)
+    return elements, pos < len(data)
 
 
 def _explicit_little(value: bytes | None) -> bool:

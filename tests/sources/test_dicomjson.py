@@ -151,3 +151,25 @@ def test_the_cache_is_bounded_by_the_bytes_it_holds(monkeypatch):
     # emptied before each file once past the limit: at most one file's worth over it
     assert dicomjson._cached_bytes[0] < 20_000 + max(
         3 * len(Path(p).read_bytes()) + 200 * len(e) for p, e in READABLE[:10])
+
+
+@pytest.mark.parametrize("prefix,complete", [(20_000, True), (3_000, False)])
+def test_a_zip_entry_longer_than_the_peek_says_whether_its_header_was_all_there(
+        tmp_path, monkeypatch, prefix, complete):
+    """A TCIA instance longer than the peeked prefix is parsed a second time, from the
+    stored file, only when its header did not end (at the pixel data) within the prefix."""
+    import zipfile
+
+    data = dicom.make_instance("CT_small.dcm", patient_id="p", study_uid="1.2.3",
+                               series_uid="1.2.3.4", sop_uid="1.2.3.4.5")
+    path = tmp_path / "series.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("1.dcm", data)
+    monkeypatch.setattr(dicom, "ZIP_HEADER_PREFIX", prefix)  # CT_small is 39 kB
+    with dicom.open_series_zip(path, require_md5=False) as series:
+        for entry in series:
+            header = entry.peek_header()
+            assert entry.size > prefix and entry.header_complete is complete
+            if complete:
+                _same(header, dicom.pydicom_header(data))
+            b"".join(entry.chunks())
