@@ -174,7 +174,9 @@ def _source(path_or_bytes) -> tuple[str, bytes, object]:
 
 
 _PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                 NotImplementedError, AttributeError, struct.error)
+                 NotImplementedError, AttributeError, struct.error, OSError)
+"""What pydicom raises for bytes that are not a whole DICOM header; ``OSError`` too: it is
+what pydicom 3 raises for a sequence cut short ("No tag to read at file position ...")."""
 
 
 def _parse(path_or_bytes, **options) -> Dataset:

@@ -68,8 +68,8 @@ def test_a_cut_prefix_reads_as_pydicom_reads_it(path):
         for cut in (700, 3000):
             try:
                 expected = dicom.pydicom_header(data[:cut])
-            except Exception as exc:  # noqa: BLE001 - the same error, whichever it is
-                with pytest.raises(type(exc)):
+            except DicomError:  # a sequence cut short, say: one line, not a traceback
+                with pytest.raises(DicomError, match=r"^[^\n]*$"):
                     dicom.read_header(data[:cut])
                 continue
             _same(dicom.read_header(data[:cut]), expected)
