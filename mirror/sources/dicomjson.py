@@ -17,8 +17,9 @@ same JSON in a fraction of the time:
 * **Converting**: each element's JSON is remembered by what determines it -- its tag,
   explicit VR, raw value bytes and the dataset's character set -- so a repeated element
   costs a dictionary lookup. What is not in the cache, pydicom converts, in a pydicom
-  ``Dataset`` holding this file's raw elements (so private creators, the character set
-  and ``PixelRepresentation`` are there as in ``dcmread``'s), under
+  ``Dataset`` holding what that conversion reads (the character set and
+  ``PixelRepresentation``; every element of the file when a miss is ``UN`` or another
+  VR whose conversion looks at its neighbours), under
   ``config.strict_reading`` as ``to_json_dict(suppress_invalid_tags=True)`` does; an
   element that fails is dropped as it drops it. A sequence of defined length is cached by
   its bytes, the character set and ``PixelRepresentation`` (pydicom passes that to the
@@ -27,9 +28,12 @@ same JSON in a fraction of the time:
   sequences of undefined length (pydicom parsed them already), ``UN`` and other VRs
   outside :data:`CACHED_VRS` (``UN`` looks up its private creator in the dataset).
 * **Anything else** -- implicit VR, big endian, deflated, a VR that is not two letters, a
-  value that runs past the end of the bytes at hand, no valid SOPInstanceUID -- goes
-  through the same cached conversion over pydicom's ``dcmread`` (:func:`_read_parsed`),
-  which also raises the one-line :class:`~mirror.errors.DicomError` for what is not DICOM.
+  value that runs past the end of the bytes at hand, no valid SOPInstanceUID -- is read
+  by pydicom's ``dcmread`` (:func:`_read_parsed`), which also raises the one-line
+  :class:`~mirror.errors.DicomError` for what is not DICOM, and converted with the same
+  kind of cache: an implicit element is keyed by the VR it gets (the dictionary's for a
+  public tag, what its private creator names or ``UN`` for a private one; ambiguous VRs
+  are never cached), and by the byte order.
 
 The output equals :func:`~mirror.sources.dicom.pydicom_header`'s, key order included
 (``tests/sources/test_dicomjson.py`` compares them, serialised, on every readable pydicom
@@ -385,7 +389,7 @@ def _read_parsed(path_or_bytes) -> dict:
             key = _parsed_key(ds, ds.get_item(tag, keep_deferred=True), charset, pixel_rep)
             if key is not None:
                 hit = _cache.get(key)
-                if hit is not None:
+                if hit is not None and hit is not _DROPPED:  # (never stored by these keys)
                     header[f"{tag:08X}"] = hit
                     continue
             try:
