@@ -174,7 +174,9 @@ def _source(path_or_bytes) -> tuple[str, bytes, object]:
 
 
 _PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                 NotImplementedError, AttributeError, struct.error)
+                 NotImplementedError, AttributeError, struct.error, OSError)
+"""What pydicom raises for bytes that are not a whole DICOM header; ``OSError`` too: it is
+what pydicom 3 raises for a sequence cut short ("No tag to read at file position ...")."""
 
 
 def _parse(path_or_bytes, **options) -> Dataset:
@@ -209,12 +211,10 @@ def _drop_deferred(ds: Dataset) -> None:
                 _drop_deferred(item)
 
 
-def read_header(path_or_bytes) -> dict:
-    """The file's header as DICOM JSON (PS3.18 F.2), without pixel data or bulk values.
-
-    Reading stops before the pixel data and defers every value over
-    :data:`HEADER_VALUE_LIMIT`; deferred values are omitted, never read. Raises
-    :class:`DicomError` when the input is not DICOM.
+def pydicom_header(path_or_bytes) -> dict:
+    """:func:`read_header`'s reference: the whole header through pydicom's own
+    ``Dataset.to_json_dict``, element by element. :func:`read_header` must give exactly
+    this (the tests compare them on every readable pydicom test file); it is 5-20x slower.
     """
     ds = _parse(path_or_bytes, stop_before_pixels=True, defer_size=HEADER_VALUE_LIMIT)
     _drop_deferred(ds)
@@ -222,6 +222,21 @@ def read_header(path_or_bytes) -> dict:
                              bulk_data_element_handler=lambda element: "",
                              suppress_invalid_tags=True)
     return _drop_bulk(header)
+
+
+def read_header(path_or_bytes) -> dict:
+    """The file's header as DICOM JSON (PS3.18 F.2), without pixel data or bulk values.
+
+    Reading stops before the pixel data and omits every value over
+    :data:`HEADER_VALUE_LIMIT` (never read). Raises :class:`DicomError` when the input is
+    not DICOM. The JSON is :func:`pydicom_header`'s, element for element, but repeated
+    elements come from a cache (see :mod:`mirror.sources.dicomjson`): the instances of a
+    series share nearly all their elements, and converting each with pydicom was the
+    largest CPU cost of a TCIA or IDC sync.
+    """
+    from mirror.sources import dicomjson
+
+    return dicomjson.read_header(path_or_bytes)
 
 
 def _drop_bulk(header: dict) -> dict:
@@ -236,7 +251,13 @@ def _drop_bulk(header: dict) -> dict:
 
 
 def read_uids(path_or_bytes) -> dict[str, str]:
-    """``{"SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"}`` read from the file."""
+    """``{"SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"}`` read from the file
+    (from the fast header scan when it can read the file, converting only those three)."""
+    from mirror.sources import dicomjson
+
+    uids = dicomjson.read_uids(path_or_bytes)
+    if uids is not None:
+        return uids
     keys = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
     ds = _parse(path_or_bytes, stop_before_pixels=True, specific_tags=list(keys))
     return {k: str(ds.get(k, "")) for k in keys}
@@ -264,14 +285,50 @@ def keyword_columns(header_json: dict) -> dict[str, object]:
             continue
         vr = element.get("vr", "")
         values = [_plain(vr, v) for v in element.get("Value", [])]
-        try:
-            keyword = datadict.keyword_for_tag(int(tag, 16)) or tag
-        except ValueError:
-            keyword = tag
+        keyword = _keyword(tag) or tag
         if vr == "SQ":
             columns[keyword] = values
         else:
             columns[keyword] = None if not values else values[0] if len(values) == 1 else values
+    return columns
+
+
+@lru_cache(maxsize=8192)
+def _keyword(tag: str) -> str | None:
+    """The data-dictionary keyword of an 8-hex tag (None: unknown or not hex); cached,
+    since pydicom's lookup (masks for repeating groups) costs microseconds per element."""
+    try:
+        return datadict.keyword_for_tag(int(tag, 16)) or None
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=8192)
+def _public_keyword(tag: str) -> str | None:
+    """:func:`_keyword` of a public tag; None for private ones (odd groups)."""
+    try:
+        private = (int(tag, 16) >> 16) & 1
+    except ValueError:
+        return None
+    return None if private else _keyword(tag)
+
+
+def public_keyword_columns(header_json: dict) -> dict[str, object]:
+    """The single-valued public attributes of a DICOM JSON header, by keyword: what
+    :func:`keyword_columns` gives once private and unknown tags (kept there by number),
+    sequences and multi-valued attributes (lists) are left out, without flattening what
+    is left out. The TCIA and IDC projections read this for every instance at publish."""
+    columns: dict[str, object] = {}
+    for tag, element in header_json.items():
+        keyword = _public_keyword(tag)
+        vr = element.get("vr", "")
+        if keyword is None or vr == "SQ" or "InlineBinary" in element or \
+                "BulkDataURI" in element:
+            continue
+        values = element.get("Value", [])
+        if len(values) > 1:
+            continue
+        columns[keyword] = _plain(vr, values[0]) if values else None
     return columns
 
 
@@ -585,8 +642,8 @@ class SeriesZipReader:
             raise SeriesZipError(f"{label} entry {name} has MD5 {md5}, but {MD5_ENTRY} says "
                                  f"{entry.md5}; download it again")
         # the same first bytes as peek_uids parsed hold the same UIDs: not parsed twice
-        same_head = (entry.peeked is not None
-                     and entry.peeked_head == hashlib.sha256(prefix).digest())
+        # (compared byte for byte: cheaper than hashing them again)
+        same_head = entry.peeked is not None and entry.peeked_head == prefix
         uids = dict(entry.peeked) if same_head else read_uids(bytes(prefix))
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
@@ -619,9 +676,10 @@ class ZipEntry:
     info: zipfile.ZipInfo = field(repr=False)
     instance: VerifiedInstance | None = None  # set once chunks() ran to its end
     peeked: dict[str, str] | None = None
-    peeked_head: bytes | None = field(default=None, repr=False)  # sha256 of what it parsed
+    peeked_head: bytes | None = field(default=None, repr=False)  # the bytes it parsed
     whole: bytes | None = field(default=None, repr=False)  # all of it, when peek read all
     header: dict | None = field(default=None, repr=False)  # set by peek_header
+    header_complete: bool = False  # peek_header's bytes reached the pixel data
 
     def chunks(self) -> Iterator[bytes]:
         return self.reader._read(self)
@@ -645,18 +703,22 @@ class ZipEntry:
         if self.header is None:
             uids = read_uids(head)
         else:  # one parse gives both
-            self.header = read_header(head)
+            from mirror.sources.dicomjson import read_prefix_header
+
+            self.header, self.header_complete = read_prefix_header(head)
             uids = {key: str(((self.header.get(tag) or {}).get("Value") or [""])[0])
                     for key, tag in UID_TAGS.items()}
         missing = [k for k, v in uids.items() if not is_valid_uid(v)]
         if missing:
             raise DicomError(f"{label} entry {self.name} has no valid {missing[0]}")
-        self.peeked, self.peeked_head = uids, hashlib.sha256(head).digest()
+        self.peeked, self.peeked_head = uids, head
         return uids
 
     def peek_header(self) -> dict:
         """:meth:`peek_uids`, and the header (DICOM JSON, as :func:`read_header` gives
-        it) read from the same first bytes in the same parse."""
+        it) read from the same first bytes in the same parse; ``header_complete`` says
+        whether those bytes held all of it (the pixel data began within them), else an
+        entry longer than them must have its header read again from the whole file."""
         self.header = {}
         self.peek_uids()
         return self.header
@@ -720,5 +782,5 @@ def safe_unpack_zip(path: str | os.PathLike, sink: InstanceSink, *,
 __all__ = ["DICOM_MAGIC", "DICOM_MAGIC_OFFSET", "FolderSink", "HEADER_VALUE_LIMIT",
            "InstanceSink", "SeriesZip", "SeriesZipReader", "StagedFile", "TEMPLATES",
            "VerifiedInstance", "ZipEntry", "is_dicom", "is_valid_uid", "keyword_columns",
-           "make_instance", "open_series_zip", "read_header", "read_uids", "safe_unpack_zip",
-           "uid_for"]
+           "make_instance", "open_series_zip", "public_keyword_columns", "pydicom_header",
+           "read_header", "read_uids", "safe_unpack_zip", "uid_for"]

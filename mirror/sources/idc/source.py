@@ -53,9 +53,9 @@ from mirror.index import Blob, Listing, ObjectRow, SyncItem
 from mirror.ingest import mark_removed, upsert
 from mirror.query import Criterion
 from mirror.sources.base import DocumentRun, FileTask, SourceSpec
+from mirror.sources.dicom import read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.idc.catalog import Catalog, Scope, as_scope
-from mirror.sources.idc.header import read_header
 from mirror.sources.idc.s3 import IdcS3, S3Object
 from mirror.sources.idc.spec import CATALOG_ID, INSTANCE_UUID, SPEC
 from mirror.store import StoredFile, canonical_json
@@ -65,8 +65,9 @@ OPTION = "dicom"
 LOOKUP_CHUNK = 500  # ids per IN (...) query
 PARSER_PROCESSES = 0
 """Processes that turn fetched headers into DICOM JSON (0: one per CPU). pydicom's
-``to_json_dict`` costs 5-20 ms of CPU per instance, more than its download: threads would
-serialise it on the GIL, processes use every core."""
+``to_json_dict`` cost 5-20 ms of CPU per instance, more than its download; the cached reader
+(:mod:`mirror.sources.dicomjson`) costs 0.1-1 ms, which threads would still serialise on
+the GIL, so processes keep it off the fetching threads."""
 SCOPE_KEY = "idc-scope:"  # Listing rows: scopes already synced with a catalog build
 
 

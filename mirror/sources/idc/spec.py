@@ -59,7 +59,7 @@ def _instance_columns(doc: dict) -> dict:
     """An instance as selections and ``mirror sql`` see it: its ids and its header's public
     single-valued attributes by keyword (``Modality``, ``SliceThickness``...), not the
     DICOM JSON's per-tag objects (one column per tag and field, thousands over IDC)."""
-    from mirror.sources.idc.header import public_keyword_columns
+    from mirror.sources.dicom import public_keyword_columns
 
     shown = {k: v for k, v in doc.items() if k != "dicom"}
     for keyword, value in public_keyword_columns(doc.get("dicom") or {}).items():

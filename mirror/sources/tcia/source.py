@@ -259,8 +259,9 @@ class TciaSource:
                     stored = fetcher.put(fetcher.relpath(one, role, ".dcm"), entry.chunks(),
                                          None, one, role, None)
                     md5s[sop] = entry.instance.md5
-                    if header is not None and entry.size > ZIP_HEADER_PREFIX:
-                        header = read_header(fetcher.store.path(stored.relpath))  # past it?
+                    if header is not None and entry.size > ZIP_HEADER_PREFIX and \
+                            not entry.header_complete:  # the header may go on past it
+                        header = read_header(fetcher.store.path(stored.relpath))
                     headers[sop] = header
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
         finally:

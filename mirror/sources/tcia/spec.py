@@ -24,19 +24,17 @@ UID = re.compile(r"(?=[0-9.]{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
 DICM = b"DICM"
 
-TAG = re.compile(r"[0-9A-Fa-f]{8}")  # keyword_columns keeps private tags by number
-
-
 def _instance_columns(doc: dict) -> dict:
     """An instance as selections and ``mirror sql`` see it: its ids and its header's
     public single-valued attributes by keyword (``SliceThickness``, ``KVP``...), not the
-    DICOM JSON's per-tag objects."""
-    from mirror.sources.dicom import keyword_columns
+    DICOM JSON's per-tag objects. Keywords come from a cached lookup
+    (:func:`~mirror.sources.dicom.public_keyword_columns`): this runs for every instance
+    at every publish that rebuilds the kind."""
+    from mirror.sources.dicom import public_keyword_columns
 
     shown = {k: v for k, v in doc.items() if k != "dicom"}
-    for keyword, value in keyword_columns(doc.get("dicom") or {}).items():
-        if not TAG.fullmatch(keyword) and keyword not in shown and not isinstance(value, list):
-            shown[keyword] = value
+    for keyword, value in public_keyword_columns(doc.get("dicom") or {}).items():
+        shown.setdefault(keyword, value)
     return shown
 
 
