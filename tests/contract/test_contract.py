@@ -130,6 +130,8 @@ FIELDS_EXPECTED = {
                 ("datasets", "studies")),
     "tcia-v4": (("series", "instances"), {"series": ("Collection", "Modality")},
                 ("collections",)),
+    "tcia-v3": (("series", "instances"), {"series": ("Collection", "Modality")},
+                ("collections",)),
     "isic-v2": (("images", "collections"), {"images": ("isic_id",)}, ("collections",)),
     "idc": (("series", "instances", "collections"),
             {"series": ("collection_id", "Modality"), "instances": ("SOPInstanceUID",)},

@@ -31,12 +31,10 @@ from mirror.sources.dicom import (
     safe_unpack_zip,
 )
 from mirror.sources.http import HttpClient, parse_json
-from mirror.sources.tcia.spec import NBIA_V4_URL
+from mirror.sources.tcia.spec import BINDAAS_V3_URL, NBIA_V4_URL
 
 log = logging.getLogger("mirror.tcia")
 
-BINDAAS_V3_URL = "https://services.cancerimagingarchive.net/services/v3/TCIA/query"
-"""The deprecated Bindaas API (frozen since 2022-06-22); needs an ``api_key``."""
 DOWNLOAD_CHUNK = 1 << 20
 MD5_OR_EMPTY = re.compile(r"([0-9a-f]{32})?")
 SERIES_COLUMNS = [
@@ -97,6 +95,21 @@ class NbiaClient:
 
     # --- transport --------------------------------------------------------------------
 
+    def _request_options(self) -> dict:
+        """Keyword arguments every request carries besides its parameters (none for NBIA
+        v4; Bindaas v3 adds its ``api_key`` header, see :mod:`.v3_source`)."""
+        return {}
+
+    def _query_params(self, params: dict) -> dict:
+        """Parameters every listing sends besides its own (none for NBIA v4)."""
+        return params
+
+    def _image_params(self, series_uid: str, new_file_names: bool) -> dict:
+        params = {"SeriesInstanceUID": series_uid, "IncludeMD5": "Yes"}
+        if new_file_names:
+            params["NewFileNames"] = "Yes"
+        return params
+
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code != 200:
             raise ArchiveError(f"{what} failed: HTTP {response.status_code} "
@@ -104,11 +117,12 @@ class NbiaClient:
 
     def query(self, endpoint: str, **params) -> list[dict]:
         """GET ``endpoint`` with ``params`` (None values left out) and return its rows."""
-        params = {k: v for k, v in params.items() if v is not None}
+        params = self._query_params({k: v for k, v in params.items() if v is not None})
         url = f"{self.base_url}/{endpoint}"
 
         def fetch() -> list[dict]:
-            with self.http.fetching(url, params=params or None) as response:
+            with self.http.fetching(url, params=params or None,
+                                    **self._request_options()) as response:
                 self._check(response, f"GET {endpoint}")
                 content = response.content
             return parse_rows(content, f"GET {endpoint}")
@@ -232,16 +246,15 @@ class NbiaClient:
         it. Retried until the zip has its central directory (a connection cut mid-stream
         still began with 200)."""
         url = f"{self.base_url}/getImage"
-        params = {"SeriesInstanceUID": series_uid, "IncludeMD5": "Yes"}
-        if new_file_names:
-            params["NewFileNames"] = "Yes"
+        params = self._image_params(series_uid, new_file_names)
 
         def fetch() -> Path:
             handle, name = tempfile.mkstemp(prefix=prefix, suffix=".zip", dir=folder)
             path = Path(name)
             try:
                 with os.fdopen(handle, "wb") as out, \
-                        self.http.fetching(url, params=params, stream=True) as response:
+                        self.http.fetching(url, params=params, stream=True,
+                                           **self._request_options()) as response:
                     self._check(response, f"GET getImage {series_uid}")
                     written = 0
                     for chunk in response.iter_content(DOWNLOAD_CHUNK):

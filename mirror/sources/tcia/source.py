@@ -97,8 +97,7 @@ class TciaSource:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
         absent = absent_upstream(run.session)
-        plan = ChangePlanner(self.client, run.executor,
-                             full=bool(getattr(options, "full", False))).plan(
+        plan = self._planner(run, options).plan(
             wanted, {uid: k for uid, k in known.items() if uid not in absent})
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
@@ -128,6 +127,10 @@ class TciaSource:
                                where=f"getSOPInstanceUIDs of series {uid}")
         run.commit()
         return selected
+
+    def _planner(self, run: DocumentRun, options: Any) -> ChangePlanner:
+        return ChangePlanner(self.client, run.executor,
+                             full=bool(getattr(options, "full", False)))
 
     def _absent_now(self, session: Session, plan, absent: dict[str, str],
                     within: set[str]) -> set[str]:

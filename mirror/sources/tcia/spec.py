@@ -16,6 +16,7 @@ its own hashes with NBIA's ``getMD5Hierarchy`` without reading the DICOM files a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from mirror.sources.base import FileRole, KindSpec, SourceSpec, shard_by_hash
@@ -80,3 +81,14 @@ SPEC = SourceSpec(
     source="mirror.sources.tcia.source:TciaSource",
     sandbox="mirror.sources.tcia.sandbox.server:main",
 )
+
+BINDAAS_V3_URL = "https://services.cancerimagingarchive.net/services/v3/TCIA/query"
+"""The seed's TCIA REST API v3 (Bindaas): deprecated 2022-06-22, frozen, needs an api_key."""
+
+V3_SPEC = dataclasses.replace(
+    SPEC, name="tcia-v3", api="bindaas-v3",
+    title="TCIA REST API v3 (Bindaas, deprecated 2022, frozen)",
+    url_pattern=re.compile(r"/services/v3/TCIA/query/?$"),
+    default_url=BINDAAS_V3_URL, source="mirror.sources.tcia.v3_source:TciaV3Source")
+"""The seed's v3 API as a second way in: the same kinds, files and folder layout as
+``tcia-v4`` (v3 rows are the 15-key subset of v4's), its key from ``TCIA_API_KEY``."""
