@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from pathlib import Path
 
@@ -92,6 +92,9 @@ class NbiaClient:
     def __init__(self, http: HttpClient, base_url: str = NBIA_V4_URL):
         self.http = http
         self.base_url = base_url.rstrip("/")
+        # called with (SeriesInstanceUID, path) when a series zip has downloaded whole
+        # (the source reads the collection's LICENSE text from it)
+        self.on_zip: Callable[[str, Path], None] | None = None
 
     # --- transport --------------------------------------------------------------------
 
@@ -271,6 +274,8 @@ class NbiaClient:
                                              "HTML or JSON page instead of a zip; retrying")
                     raise SeriesZipError(f"series {series_uid}: the zip is cut short (no "
                                          "central directory); retrying")
+                if self.on_zip is not None:
+                    self.on_zip(series_uid, path)
                 return path
             except BaseException:
                 path.unlink(missing_ok=True)

@@ -144,6 +144,7 @@ class TciaV3Source(TciaSource):
     def __init__(self, base_url: str, http: HttpClient):
         super().__init__(base_url, http)
         self.client = V3Client(http, self.base_url)
+        self.client.on_zip = self.licenses.saw_zip  # (v3 zips carry none so far)
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError(f"TCIA's REST API v3 takes an API key, not a login: set "
