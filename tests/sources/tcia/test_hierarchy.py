@@ -125,3 +125,17 @@ def test_a_patient_removed_upstream_is_kept_and_marked(tmp_path, sb):
     assert not any(removed for oid, (_, removed, _) in objects(root, "patient").items()
                    if oid != key)
     assert objects(root, "collection")[collection_key("Sandbox-Lung-CT")][1] is False
+
+
+def test_a_hidden_series_keeps_its_study_and_patient(tmp_path, sb):
+    """Re-processing hides a series from every listing; its study and patient stay current
+    (absent upstream is not removed)."""
+    root = tmp_path / "m"
+    assert sync(root, sb).ok
+    lone = sorted(sb.archive.series.values(), key=lambda s: s.uid)[0]
+    for s in list(sb.archive.series.values()):  # every series of the study hidden
+        if s.study_uid == lone.study_uid:
+            sb.mutate("reprocess", series=s.uid)
+    assert sync(root, sb).ok
+    assert objects(root, "study")[lone.study_uid][1] is False
+    assert objects(root, "patient")[patient_key(lone.collection, lone.patient_id)][1] is False

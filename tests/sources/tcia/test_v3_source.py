@@ -67,7 +67,7 @@ def test_sync_stores_every_frozen_series_and_never_the_key(tmp_path, sb, key):
         if path.is_file():
             assert V3_API_KEY.encode() not in path.read_bytes(), path
     sb.reset_stats()
-    sync(root, sb, "--collection", "Sandbox-Lung-CT")
+    sync(root, sb, "--collection", "Sandbox-Lung-CT", "--source", "tcia-v3")
     assert sb.stats() == {"GET v3/getSeries": 1, "total": 1}  # one listing, no zip
 
 
