@@ -32,17 +32,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mirror.config import utc_now
 from mirror.errors import AuthenticationError, MirrorError
+from mirror.index import Listing, ObjectRow
 from mirror.sources.base import DocumentRun, SourceSpec
 from mirror.sources.dicom import MD5_ENTRY, ZIP_MAX_TOTAL, open_series_zip
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia import maintenance
 from mirror.sources.tcia.changes import ChangePlan, ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
-from mirror.sources.tcia.source import TciaSource
+from mirror.sources.tcia.source import ABSENT, TciaSource
 from mirror.sources.tcia.spec import V3_SPEC
 
 API_KEY_ENV = "TCIA_API_KEY"
@@ -162,11 +164,6 @@ class TciaV3Source(TciaSource):
         """Series vanished on this run's listing are kept (absent upstream); those absent
         since an earlier run and still unlisted are left to ``remove_missing``: the
         second answer without them. With no hash to ask, nothing else can tell."""
-        from sqlalchemy import delete
-
-        from mirror.index import Listing
-        from mirror.sources.tcia.source import ABSENT
-
         now = utc_now()
         for uid in absent:
             if uid in within:
@@ -178,10 +175,6 @@ class TciaV3Source(TciaSource):
     def _returning_changed(self, session: Session, store, added: list[str]) -> set[str]:
         """A series listed again after an absence is fetched again if the mirror holds its
         bytes and its ``ImageCount`` moved (v3 has no series hash)."""
-        from sqlalchemy import select
-
-        from mirror.index import ObjectRow
-
         plan = self.last_plan
         held = self._md5_paths(session)
         rows = dict(session.execute(select(ObjectRow.id, ObjectRow.doc).where(
