@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 
 from mirror import progress, settings
-from mirror.index import Blob, DocumentVersion
+from mirror.index import Blob, DocumentVersion, FileVersion
 from mirror.ingest import model_of
 from mirror.sources.base import SourceSpec, spec_of
 from mirror.store import ObjectStore
@@ -167,10 +167,15 @@ def _doomed(session, store: ObjectStore, plan: _Plan, grace: float,
                                       "grace"))
     indexed = set(session.scalars(select(Blob.path))) | set(
         session.scalars(select(DocumentVersion.path)))
+    # a file replaced since (a new version beside it) is named by its version row only:
+    # a snapshot that pins it keeps it
+    versions = dict(session.execute(select(FileVersion.path, FileVersion.sha256)).all())
     cutoff = max(time.time() - grace, published)
     with progress.task("gc: scanning", unit="file") as step:
         for relpath in store.iter_files():
             if relpath not in indexed and os.lstat(store.path(relpath)).st_mtime < cutoff:
+                if relpath in versions and plan.protects(relpath, versions[relpath], None):
+                    continue
                 doomed.append((relpath, "not named by the index"))
             step.update(1)
     return doomed
@@ -182,6 +187,7 @@ def _forget(session, paths: list[str]) -> None:
         chunk = paths[start:start + 500]
         session.execute(delete(Blob).where(Blob.path.in_(chunk)))
         session.execute(delete(DocumentVersion).where(DocumentVersion.path.in_(chunk)))
+        session.execute(delete(FileVersion).where(FileVersion.path.in_(chunk)))
     session.commit()
 
 

@@ -108,6 +108,8 @@ ENVIRONMENT = {
                   "memory, sent only to the API, never stored or logged.",
     "MIRROR_SERVE_CONFIG": "Internal: how 'mirror serve --workers N' hands the root and the "
                            "token file's path (never the token) to its worker processes.",
+    "TCIA_API_KEY": "TCIA REST API v3 (Bindaas) api_key; held in memory, sent only as the "
+                    "api_key header to the v3 API, never stored or logged.",
     IDC_CATALOG_ENV: "IDC: a folder of idc-index-data Parquet files to sync from instead "
                      "of the installed package (--catalog overrides it).",
 }

@@ -20,7 +20,7 @@ import zstandard
 from sqlalchemy import select
 
 from mirror.errors import IntegrityError, MissingObjectError
-from mirror.index import Blob, DocumentVersion
+from mirror.index import Blob, DocumentVersion, FileVersion
 from mirror.snapshots.manifest import Snapshot, canonical, snapshot_hooks
 from mirror.store import ObjectStore
 
@@ -56,7 +56,11 @@ class Locator:
     def file_path(self, object_id: str, role: str, sha256: str) -> str:
         row = self.conn.execute(select(Blob.path, Blob.sha256).where(
             Blob.object_id == object_id, Blob.role == role)).first()
-        if row is None or row[1] != sha256:
+        if row is None or row[1] != sha256:  # replaced since: the pinned older version
+            row = self.conn.execute(select(FileVersion.path, FileVersion.sha256).where(
+                FileVersion.object_id == object_id, FileVersion.role == role,
+                FileVersion.sha256 == sha256)).first()
+        if row is None:
             raise MissingObjectError(f"the pinned {role} file of {object_id} "
                                      f"({sha256[:12]}) is not in this mirror")
         return row[0]

@@ -387,6 +387,7 @@ REGISTRY: dict[str, str] = {
     "idc-api-v1": "mirror.sources.idc.spec:V1_SPEC",
     "isic-v2": "mirror.sources.isic_v2.spec:SPEC",
     "tcia-v4": "mirror.sources.tcia.spec:SPEC",
+    "tcia-v3": "mirror.sources.tcia.spec:V3_SPEC",
 }
 """Each registered source's :class:`SourceSpec`, as ``"module:attribute"``. A spec module is
 cheap to import (no client libraries), so matching a URL or naming a kind loads no source's

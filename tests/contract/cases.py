@@ -73,6 +73,26 @@ def _tcia_v4() -> Iterator[Archive]:
 
 
 @contextmanager
+def _tcia_v3() -> Iterator[Archive]:
+    """The sandbox's frozen Bindaas v3; the CLI children read the key from TCIA_API_KEY."""
+    import os
+
+    from mirror.sources.tcia.sandbox import V3_API_KEY, start
+
+    sb = start(collections=2, seed=41)
+    before = os.environ.get("TCIA_API_KEY")
+    os.environ["TCIA_API_KEY"] = V3_API_KEY
+    try:
+        yield Archive(sb.v3_url, lambda: sb.stats().get("total", 0))
+    finally:
+        if before is None:
+            os.environ.pop("TCIA_API_KEY", None)
+        else:
+            os.environ["TCIA_API_KEY"] = before
+        sb.stop()
+
+
+@contextmanager
 def _isic_v2() -> Iterator[Archive]:
     from mirror.sources.isic_v2.sandbox import start
 
@@ -87,6 +107,8 @@ CASES = [
     SourceCase("isic-v1", _isic_v1, noop_requests=1 + 1 + 2 + 1 + 3 * (1 + 3)),
     # collections, one getSeries and one collection hash per collection
     SourceCase("tcia-v4", _tcia_v4, noop_requests=5, snapshot_args=("--blobs", "dicom")),
+    # collections and one getSeries per collection (v3 has no hash)
+    SourceCase("tcia-v3", _tcia_v3, noop_requests=3, snapshot_args=("--blobs", "dicom")),
     # image pages, collections and their membership listings, lesions, stats
     SourceCase("isic-v2", _isic_v2, noop_requests=7),
     # the same catalog build and scope: nothing to ask the buckets

@@ -193,9 +193,14 @@ class ChangePlanner:
                         plan.renamed[old] = new
                     self._list(plan, new)
                     continue
-            plan.requests += 1
-            hidden = self.client.md5_hierarchy(series=uid)
-            (plan.hidden if hidden else plan.removed).append(uid)
+            self._not_listed(plan, uid)
+
+    def _not_listed(self, plan: ChangePlan, uid: str) -> None:
+        """A vanished series listed under no collection: its series hash (which ignores
+        visibility) tells hidden from deleted."""
+        plan.requests += 1
+        hidden = self.client.md5_hierarchy(series=uid)
+        (plan.hidden if hidden else plan.removed).append(uid)
 
     def _settle_by_series_hash(self, plan: ChangePlan, known: KnownSeries) -> None:
         if known.md5s is None:  # no bytes held: nothing to compare, nothing to refetch

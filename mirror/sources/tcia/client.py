@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from pathlib import Path
 
@@ -31,12 +31,10 @@ from mirror.sources.dicom import (
     safe_unpack_zip,
 )
 from mirror.sources.http import HttpClient, parse_json
-from mirror.sources.tcia.spec import NBIA_V4_URL
+from mirror.sources.tcia.spec import BINDAAS_V3_URL, NBIA_V4_URL
 
 log = logging.getLogger("mirror.tcia")
 
-BINDAAS_V3_URL = "https://services.cancerimagingarchive.net/services/v3/TCIA/query"
-"""The deprecated Bindaas API (frozen since 2022-06-22); needs an ``api_key``."""
 DOWNLOAD_CHUNK = 1 << 20
 MD5_OR_EMPTY = re.compile(r"([0-9a-f]{32})?")
 SERIES_COLUMNS = [
@@ -94,8 +92,26 @@ class NbiaClient:
     def __init__(self, http: HttpClient, base_url: str = NBIA_V4_URL):
         self.http = http
         self.base_url = base_url.rstrip("/")
+        # called with (SeriesInstanceUID, path) when a series zip has downloaded whole
+        # (the source reads the collection's LICENSE text from it)
+        self.on_zip: Callable[[str, Path], None] | None = None
 
     # --- transport --------------------------------------------------------------------
+
+    def _request_options(self) -> dict:
+        """Keyword arguments every request carries besides its parameters (none for NBIA
+        v4; Bindaas v3 adds its ``api_key`` header, see :mod:`.v3_source`)."""
+        return {}
+
+    def _query_params(self, params: dict) -> dict:
+        """Parameters every listing sends besides its own (none for NBIA v4)."""
+        return params
+
+    def _image_params(self, series_uid: str, new_file_names: bool) -> dict:
+        params = {"SeriesInstanceUID": series_uid, "IncludeMD5": "Yes"}
+        if new_file_names:
+            params["NewFileNames"] = "Yes"
+        return params
 
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code != 200:
@@ -104,11 +120,12 @@ class NbiaClient:
 
     def query(self, endpoint: str, **params) -> list[dict]:
         """GET ``endpoint`` with ``params`` (None values left out) and return its rows."""
-        params = {k: v for k, v in params.items() if v is not None}
+        params = self._query_params({k: v for k, v in params.items() if v is not None})
         url = f"{self.base_url}/{endpoint}"
 
         def fetch() -> list[dict]:
-            with self.http.fetching(url, params=params or None) as response:
+            with self.http.fetching(url, params=params or None,
+                                    **self._request_options()) as response:
                 self._check(response, f"GET {endpoint}")
                 content = response.content
             return parse_rows(content, f"GET {endpoint}")
@@ -232,16 +249,15 @@ class NbiaClient:
         it. Retried until the zip has its central directory (a connection cut mid-stream
         still began with 200)."""
         url = f"{self.base_url}/getImage"
-        params = {"SeriesInstanceUID": series_uid, "IncludeMD5": "Yes"}
-        if new_file_names:
-            params["NewFileNames"] = "Yes"
+        params = self._image_params(series_uid, new_file_names)
 
         def fetch() -> Path:
             handle, name = tempfile.mkstemp(prefix=prefix, suffix=".zip", dir=folder)
             path = Path(name)
             try:
                 with os.fdopen(handle, "wb") as out, \
-                        self.http.fetching(url, params=params, stream=True) as response:
+                        self.http.fetching(url, params=params, stream=True,
+                                           **self._request_options()) as response:
                     self._check(response, f"GET getImage {series_uid}")
                     written = 0
                     for chunk in response.iter_content(DOWNLOAD_CHUNK):
@@ -258,6 +274,8 @@ class NbiaClient:
                                              "HTML or JSON page instead of a zip; retrying")
                     raise SeriesZipError(f"series {series_uid}: the zip is cut short (no "
                                          "central directory); retrying")
+                if self.on_zip is not None:
+                    self.on_zip(series_uid, path)
                 return path
             except BaseException:
                 path.unlink(missing_ok=True)

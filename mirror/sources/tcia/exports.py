@@ -62,8 +62,14 @@ def series_folder(doc: dict) -> Path:
                 doc["StudyInstanceUID"], doc["SeriesInstanceUID"])
 
 
-def citations(rows: Iterable[dict]) -> bytes:
-    """Per collection: series count, licences (name and URI) and DOIs, one block each."""
+def license_member(collection: str) -> str:
+    """Where an export or snapshot puts a collection's LICENSE text."""
+    return f"licenses/{folder_name(collection, 'unknown_collection')}/LICENSE.txt"
+
+
+def citations(rows: Iterable[dict], license_texts: dict[str, str] | None = None) -> bytes:
+    """Per collection: series count, licences (name and URI), the file holding the
+    archive's LICENSE text (``license_texts``: collection -> path) and DOIs."""
     by_collection: dict[str, list[dict]] = {}
     for row in rows:
         by_collection.setdefault(row.get("Collection") or "", []).append(row)
@@ -76,6 +82,8 @@ def citations(rows: Iterable[dict]) -> bytes:
         dois = sorted({r["DataDescriptionURI"] for r in series if r.get("DataDescriptionURI")})
         lines.append(f"{name or 'unnamed collection'}: {len(series)} series")
         lines += [f"  licence: {lic}" + (f" <{uri}>" if uri else "") for lic, uri in licences]
+        if name in (license_texts or {}):
+            lines.append(f"  licence text: {license_texts[name]}")
         lines.append(f"  cite: {', '.join(dois) or 'no DOI recorded'}")
         lines.append("")
     return "\n".join(lines).encode()
@@ -147,9 +155,26 @@ def export_dicom_tree(mirror: Mirror, dest: str | Path,
             summary["linked"][done] = summary["linked"].get(done, 0) + 1
             summary["files"] += 1
     docs = [doc for _, doc in series]
+    texts = _place_licenses(mirror, dest, {d.get("Collection") for d in docs}, link)
     write_bytes_atomic(dest / "series.csv", series_csv(docs))
-    write_bytes_atomic(dest / "citations.txt", citations(docs))
+    write_bytes_atomic(dest / "citations.txt", citations(docs, texts))
     return summary
+
+
+def _place_licenses(mirror: Mirror, dest: Path, names: set, link: str) -> dict[str, str]:
+    """Each collection's current LICENSE text beside the tree; ``{name: member path}``."""
+    from mirror.sources.tcia.hierarchy import collection_key
+
+    keys = {collection_key(n): n for n in names if isinstance(n, str) and n}
+    with mirror._engine.connect() as conn:
+        paths = dict(conn.execute(select(Blob.object_id, Blob.path).where(
+            Blob.role == "license", Blob.object_id.in_(sorted(keys)))).all())
+    placed = {}
+    for cid, relpath in sorted(paths.items()):
+        member = license_member(keys[cid])
+        place(mirror.store.path(relpath), dest / member, link)
+        placed[keys[cid]] = member
+    return placed
 
 
 # --- the engine's export hooks (mirror/export.py) ---------------------------------------

@@ -39,6 +39,8 @@ from mirror.sources.dicom import ZIP_HEADER_PREFIX, open_series_zip, read_header
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia.changes import ChangePlanner, KnownSeries
 from mirror.sources.tcia.client import NbiaClient
+from mirror.sources.tcia.hierarchy import sync_hierarchy
+from mirror.sources.tcia.licenses import LicenseKeeper, series_to_refresh
 from mirror.sources.tcia.scope import parse_scope
 from mirror.sources.tcia.spec import SPEC
 from mirror.store import TEMP_PREFIX
@@ -79,6 +81,8 @@ class TciaSource:
         self._fetched: dict[str, list] = {}  # series -> its instance documents, stored
         self._pending: list[tuple[str, list]] = []  # fetched series not yet indexed
         self._headers = True  # index each fetched instance's header (--what headers)
+        self.licenses = LicenseKeeper()  # each collection's LICENSE text, from the zips
+        self.client.on_zip = self.licenses.saw_zip
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("TCIA's NBIA v4 API serves its public collections without a "
@@ -97,8 +101,7 @@ class TciaSource:
             wanted = self.client.collections()
         known = self._known(run.session, run.store)
         absent = absent_upstream(run.session)
-        plan = ChangePlanner(self.client, run.executor,
-                             full=bool(getattr(options, "full", False))).plan(
+        plan = self._planner(run, options).plan(
             wanted, {uid: k for uid, k in known.items() if uid not in absent})
         self.last_plan = plan
         self._replace = set(plan.refetch) | self._returning_changed(run.session, run.store,
@@ -111,11 +114,15 @@ class TciaSource:
         kept = self._absent_now(run.session, plan, absent, within)
         run.remove_missing("series", set(plan.rows) | kept, within=within,
                            where="the getSeries listings")
+        sync_hierarchy(run, [*plan.rows.values(), *(known[u].row for u in kept if u in known)],
+                       names)
         run.commit()
         self._run = run
         selected = scope.select(plan.rows.values()) if scope else set(plan.rows)
         if scope_options.get("series") is not None:  # a snapshot build: exactly these
             selected &= set(scope_options["series"])
+        fetching = (set(plan.added) | set(plan.refetch) | self._replace) & selected
+        self._replace |= series_to_refresh(plan, known, fetching) & selected
         if "dicom" in (getattr(options, "blobs", None) or ()):
             return selected  # the zips list the instances (see record_fetched)
         needing = [uid for uid in self._needing_instances(run.session, plan)
@@ -128,6 +135,10 @@ class TciaSource:
                                where=f"getSOPInstanceUIDs of series {uid}")
         run.commit()
         return selected
+
+    def _planner(self, run: DocumentRun, options: Any) -> ChangePlanner:
+        return ChangePlanner(self.client, run.executor,
+                             full=bool(getattr(options, "full", False)))
 
     def _absent_now(self, session: Session, plan, absent: dict[str, str],
                     within: set[str]) -> set[str]:
@@ -285,12 +296,15 @@ class TciaSource:
             stored = self._fetched.pop(task.object_id, None)
         if stored is not None:
             self._pending.append((task.object_id, stored))
+            row = self.last_plan.rows.get(task.object_id) if self.last_plan else None
+            self.licenses.fetched(task.object_id, (row or {}).get("Collection"))
 
     def flush_fetched(self) -> None:
         """Before the fetcher commits its file rows: index the instances of the series
         fetched since the last commit and mark removed those a series no longer holds
         (its zip is complete: entries matched ImageCount and md5hashes.csv)."""
         pending, self._pending = self._pending, []
+        self.licenses.flush(self._run)
         if not pending or self._run is None:
             return
         self._run.record("instance", [item for _, stored in pending for item in stored])

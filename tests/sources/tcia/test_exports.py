@@ -105,7 +105,12 @@ def test_cli_export_files_lays_out_the_dicom_tree_by_hard_links(tmp_path, sb):
             assert path.read_bytes() == image.data
             assert os.stat(path).st_nlink >= 2  # a hard link into the store, not a copy
     assert sorted(p.name for p in dest.iterdir()) == sorted(
-        {s.collection for s in ct} | {"series.csv", "citations.txt"})
+        {s.collection for s in ct} | {"series.csv", "citations.txt", "licenses"})
+    for name in {s.collection for s in ct}:  # the zips' LICENSE text, once per collection
+        text = (dest / "licenses" / name / "LICENSE.txt").read_text()
+        assert f"part of the {name} collection" in text
+        assert f"licence text: licenses/{name}/LICENSE.txt" in \
+            (dest / "citations.txt").read_text()
     assert {r["LicenseURI"] for r in rows(dest / "series.csv")} == {s.license_uri for s in ct}
     done = cli("export", "files", "--root", str(root), str(tmp_path / "x"), "--blobs", "full")
     assert done.exit_code == 2 and "use --blobs dicom" in done.output
@@ -121,7 +126,8 @@ def test_export_of_hostile_names_stays_inside_dest(tmp_path, sb):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tree"]
     folders = sorted(p.name for p in dest.iterdir() if p.is_dir())
-    assert folders == sorted(["Sandbox-Brain-MR", folder_name("../../escape")])
+    assert folders == sorted(["Sandbox-Brain-MR", folder_name("../../escape"), "licenses"])
+    assert (dest / "licenses" / folder_name("../../escape") / "LICENSE.txt").is_file()
     instances = sum(len(s.images) for s in sb.archive.series.values())
     assert len(list(dest.rglob("*.dcm"))) == instances
 

@@ -108,6 +108,11 @@ class TciaSandbox:
         """Change the archive (v4 only; v3 stays frozen): see :meth:`Archive.mutate`."""
         return self.archive.mutate(op, **args)
 
+    def refreeze(self) -> None:
+        """Let v3 show the archive as it is now: models a freeze that came after the
+        mutations made so far, so tests can change what a v3 mirror re-lists."""
+        self.api.frozen = self.archive.snapshot()
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
