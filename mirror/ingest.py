@@ -75,6 +75,8 @@ def _sqlite_upsert(session: Session, table: Table, rows: list[dict]) -> bool:
             values.append(tuple(value))
     except KeyError:  # a row with other columns than the first
         return False
+    if session.autoflush:  # as session.execute would: pending ORM rows first, in order
+        session.flush()
     session.connection().exec_driver_sql(sql, values)
     return True
 
@@ -120,6 +122,8 @@ def known_hashes(session: Session, kind: KindSpec, ids: list[str]) -> dict[str, 
     model, where = model_of(kind)
     found: dict[str, str] = {}
     if session.get_bind().dialect.name == "sqlite":  # no statement compiled per chunk
+        if session.autoflush:  # as session.execute would
+            session.flush()
         connection = session.connection()
         table, extra = model.__table__.name, ' AND "kind" = ?' if where else ""
         for start in range(0, len(ids), 500):
