@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from mirror.layout import Layout, shared_mkdir
 from mirror.sources.base import SourceSpec
 
 FILE = "versions.jsonl"
+APPEND_LINES = 65_536  # appended at a time: a first publish of a million objects holds
+# one chunk of entries, not a million (any prefix of the lines is a valid ledger)
 
 
 @dataclass
@@ -50,9 +53,15 @@ def replay(layout: Layout) -> Ledger:
     """Read the ledger (empty when there is none: a mirror made before it existed)."""
     ledger = Ledger()
     try:
-        lines = path_of(layout).read_bytes().splitlines()
-    except FileNotFoundError:
+        handle = open(path_of(layout), "rb")  # a line at a time, not read whole: a
+    except FileNotFoundError:  # million-line ledger's bytes would sit beside its replay
         return ledger
+    with handle:
+        _replay_lines(handle, ledger)
+    return ledger
+
+
+def _replay_lines(lines, ledger: Ledger) -> None:
     for line in lines:
         try:
             entry = json.loads(line)
@@ -63,16 +72,16 @@ def replay(layout: Layout) -> Ledger:
         if "listing" in entry:
             ledger.listings[entry["listing"]] = (entry.get("digest", ""), entry.get("count", 0))
         elif "k" in entry and "id" in entry:
-            ledger.documents[(entry["k"], entry["id"])] = (
+            ledger.documents[(sys.intern(str(entry["k"])), entry["id"])] = (
                 None if entry.get("removed") else entry.get("sha"))
-    return ledger
 
 
 def record(layout: Layout, session: Session, spec: SourceSpec, generation: int) -> int:
     """Append what generation ``generation`` holds that the ledger does not say yet;
     returns the number of lines appended."""
     known = replay(layout)
-    lines = []
+    lines: list[dict] = []
+    appended = 0
     for kind in spec.kinds:
         model, where = model_of(kind)
         for object_id, sha, removed in session.execute(
@@ -84,13 +93,16 @@ def record(layout: Layout, session: Session, spec: SourceSpec, generation: int) 
                 entry = {"g": generation, "k": kind.name, "id": object_id}
                 entry.update({"removed": True} if removed else {"sha": sha})
                 lines.append(entry)
+                if len(lines) >= APPEND_LINES:
+                    _append(layout, lines)
+                    appended, lines = appended + len(lines), []
     for key, digest, count in session.execute(select(Listing.key, Listing.digest,
                                                      Listing.count)):
         if known.listings.get(key) != (digest, count):
             lines.append({"g": generation, "listing": key, "digest": digest, "count": count})
     if lines:
         _append(layout, lines)
-    return len(lines)
+    return appended + len(lines)
 
 
 def _append(layout: Layout, entries: list[dict]) -> None:

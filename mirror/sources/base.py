@@ -164,6 +164,9 @@ def _reference_problem(doc: dict, path: list[str]) -> str | None:
     return None
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))  # the common case: one set test
+
+
 def _too_deep(doc: object, max_depth: int) -> str | None:
     """The dotted path where ``doc`` nests deeper than ``max_depth`` (iteratively: no
     recursion limit), or None."""
@@ -175,7 +178,7 @@ def _too_deep(doc: object, max_depth: int) -> str | None:
         items = (value.items() if isinstance(value, dict)
                  else enumerate(value) if isinstance(value, list) else ())
         for key, child in items:
-            if isinstance(child, dict | list):
+            if type(child) not in _SCALARS and isinstance(child, (dict, list)):
                 stack.append((child, depth + 1, f"{path}.{key}" if path else str(key)))
     return None
 
