@@ -13,10 +13,18 @@ random, so it spreads evenly; the first digits of an ObjectId are a timestamp an
 put everything in one folder), or the last hex digit of the id's SHA-256 for ids that are
 not hex (``ISIC_0000000``, DICOM UIDs).
 
-A write never opens a final path: bytes go to a unique temp file in the target's
+A file write never opens a final path: bytes go to a unique temp file in the target's
 own folder, are hashed and checked while streaming, fsynced, and published with
 ``os.link`` (which never overwrites). A reader therefore sees a whole file or no
 file. Published files are read-only.
+
+Documents are the exception, because they are small, many (a whole-IDC catalog sync
+stores a million) and named by their own hash: one ``O_EXCL | O_NOFOLLOW`` create of the
+final name, one write. Nothing reads a document before an index row names it, and rows
+are committed only after :meth:`ObjectStore.flush`, so no reader meets one half-written;
+a file a killed writer left cut short is never trusted, because :meth:`ObjectStore.put_json`
+re-hashes whatever it finds at a document's name and replaces what does not match, and
+``mirror verify`` hashes every document the index names.
 """
 
 from __future__ import annotations
@@ -185,7 +193,9 @@ class ObjectStore:
         self.base = layout.base
         self.batch_durability = batch_durability
         self._touched: set[Path] = set()
-        self._unsynced: list[Path] = []
+        self._touched_dirs: set[str] = set()  # documents' folders, as text (no Path per file)
+        self._folders: dict[str, str] = {}  # store/<shard> -> absolute folder, checked once
+        self._unsynced: list[Path | str] = []
         self._lock = threading.Lock()
         self.journal: Path | None = None  # see :meth:`keep_journal`
 
@@ -260,15 +270,108 @@ class ObjectStore:
 
     def put_json(self, kind: str, object_id: str, doc: object,
                  shard: str | None = None) -> StoredFile:
-        """Store one version of a document; idempotent (an equal version is not rewritten)."""
+        """Store one version of a document; idempotent (an equal version is not rewritten).
+
+        A document is small, immutable and named by its own hash, so it is written in one
+        ``O_EXCL`` create of its final name (no temp, link, unlink, chmod or journal line:
+        a whole-catalog sync stores a million of them). A file already there counts only
+        if its content hashes to the name's digest; anything else (a file cut short by a
+        kill, a damaged or planted one) is replaced atomically by the right bytes."""
         payload = canonical_json(doc)
         digest = hashlib.sha256(payload).hexdigest()
         relpath = doc_relpath(kind, object_id, digest, shard=shard)
-        if not self.exists(relpath):
-            compressed = zstandard.ZstdCompressor(
-                level=ZSTD_LEVEL, write_checksum=True, write_content_size=True).compress(payload)
-            self.put_stream(relpath, [compressed], expected_size=len(compressed))
+        self._put_document(relpath, payload, digest)
         return StoredFile(relpath, digest, len(payload))
+
+    def _put_document(self, relpath: str, payload: bytes, digest: str) -> None:
+        folder, _, name = relpath.rpartition("/")
+        folder = self._checked_folder(folder)
+        final = f"{folder}/{name}"
+        data = _compressor().compress(payload)
+        try:
+            try:
+                fd = os.open(final, _CREATE_FINAL, 0o444)
+            except FileExistsError:
+                if not self._holds(final, digest):
+                    self._replace_document(folder, final, data)
+                return
+            try:
+                self._write_final(fd, final, data)
+            except BaseException:
+                os.unlink(final)  # ours (O_EXCL): nothing partial stays behind
+                raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(_disk_full(Path(folder))) from None
+            raise
+        with self._lock:
+            self._touched_dirs.add(folder)
+            if self.batch_durability:
+                self._unsynced.append(final)
+
+    def _write_final(self, fd: int, final: str, data: bytes) -> None:
+        """Write a document's bytes into its freshly created final file (fsynced unless
+        durability is batched); a partial write is continued, never silently short."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if not self.batch_durability:
+            os.fsync(fd)
+
+    def _checked_folder(self, folder: str) -> str:
+        """The absolute shard folder of ``store/<shard>``, made if missing and checked to
+        be a real folder (not a link) once per store object rather than once per file:
+        documents are created with ``O_NOFOLLOW | O_EXCL``, which never follows or
+        replaces a link at the file's own name."""
+        known = self._folders.get(folder)
+        if known is not None:
+            return known
+        path = self.path(f"{folder}/x")  # refuses a linked shard folder, a bad shard
+        self._ensure_dir(path.parent)
+        _refuse_link(path.parent)
+        self._folders[folder] = str(path.parent)
+        return self._folders[folder]
+
+    @staticmethod
+    def _holds(final: str, digest: str) -> bool:
+        """Whether the document file at ``final`` is whole and hashes to ``digest``."""
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                _refuse_link(Path(final))
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return False
+            data = fh.read()
+        try:
+            payload = zstandard.ZstdDecompressor().decompress(data)
+        except zstandard.ZstdError:
+            return False
+        return hashlib.sha256(payload).hexdigest() == digest
+
+    def _replace_document(self, folder: str, final: str, data: bytes) -> None:
+        """Put the right bytes at a document's name over a wrong file (cut short by a
+        killed writer, damaged, planted): a temp and ``rename``, so readers see one or the
+        other whole."""
+        tmp = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o444)
+        try:
+            try:
+                self._write_final(fd, tmp, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        with self._lock:
+            self._touched_dirs.add(folder)
+            if self.batch_durability:
+                self._unsynced.append(final)
 
     def _write_temp(self, tmp: Path, chunks: Iterable[bytes],
                     magic: bytes | tuple[bytes, ...] | None, max_size: int | None = None,
@@ -358,7 +461,8 @@ class ObjectStore:
         """Make everything published since the last flush durable: file contents (batch
         mode), then every touched shard folder's entries (one fsync per folder)."""
         with self._lock:
-            touched, self._touched = sorted(self._touched), set()
+            touched = sorted(self._touched | {Path(f) for f in self._touched_dirs})
+            self._touched, self._touched_dirs = set(), set()
             unsynced, self._unsynced = self._unsynced, []
         if unsynced:
             _sync_files(self.base, unsynced)
@@ -477,6 +581,20 @@ class ObjectStore:
             self._touched.add(self.path(relpath).parent)
 
 
+_CREATE_FINAL = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """This thread's zstd compressor (one context reused: making one per document costs
+    more than compressing it; a compressor must not be shared between threads)."""
+    found = getattr(_local, "zstd", None)
+    if found is None:
+        found = _local.zstd = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+    return found
+
+
 def _refuse_link(path: Path) -> None:
     """:class:`SymlinkError` if ``path`` is a symbolic link: sync, gc, export and repair
     never follow one out of the store (a shard folder linked elsewhere would have gc delete,
@@ -520,7 +638,7 @@ def _sha256_file(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def _sync_files(base: Path, paths: list[Path]) -> None:
+def _sync_files(base: Path, paths: list[Path | str]) -> None:
     """Flush file contents: one ``syncfs`` of the store's file system where Linux has it,
     else an fsync per file."""
     if _syncfs(base):

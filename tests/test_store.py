@@ -17,7 +17,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirror.errors import IntegrityError, UnsafeNameError
+from mirror.errors import DiskFullError, IntegrityError, SymlinkError, UnsafeNameError
 from mirror.layout import Layout
 from mirror.store import (
     ObjectStore,
@@ -206,6 +206,63 @@ def test_json_is_canonical_zstd_and_hashed_uncompressed(store):
     assert store.read_json(stored.relpath) == doc
     changed = store.put_json("image", doc["_id"], {**doc, "a": "new"})
     assert changed.relpath != stored.relpath and store.exists(stored.relpath)  # versions kept
+
+
+def _doc_at(store: ObjectStore, doc: dict) -> Path:
+    """Where ``doc`` would be stored (the shard folder made), without storing it."""
+    relpath = doc_relpath("series", doc["_id"], hashlib.sha256(canonical_json(doc)).hexdigest())
+    path = store.base / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("left", [b"", b"(\xb5/\xfd", None], ids=["empty", "cut short", "other"])
+def test_a_document_file_left_wrong_at_its_name_is_replaced_not_trusted(store, left):
+    """Documents are created at their final name (no temp): a writer killed mid-write
+    leaves a partial file there, and one may be planted. ``put_json`` re-hashes whatever
+    it finds and replaces it atomically; it never counts a file it did not check."""
+    doc = {"_id": "1.2.3", "n": 1, "text": "x" * 300}
+    path = _doc_at(store, doc)
+    whole = zstandard.ZstdCompressor(write_checksum=True).compress(canonical_json(doc))
+    path.write_bytes(whole[:len(whole) // 2] if left is None else left)
+    stored = store.put_json("series", "1.2.3", doc)
+    assert store.base / stored.relpath == path
+    assert store.read_json(stored.relpath) == doc
+    assert store.hash(stored.relpath) == (stored.sha256, len(canonical_json(doc)))
+    assert store.temp_files() == [] and oct(path.stat().st_mode & 0o777) == "0o444"
+
+
+def test_an_equal_document_already_there_is_kept_as_is(store):
+    doc = {"_id": "1.2.3", "n": 1}
+    stored = store.put_json("series", "1.2.3", doc)
+    inode = (store.base / stored.relpath).stat().st_ino
+    assert store.put_json("series", "1.2.3", doc) == stored
+    assert (store.base / stored.relpath).stat().st_ino == inode  # not rewritten
+
+
+def test_a_link_at_a_documents_name_is_refused_and_not_followed(store, tmp_path):
+    doc = {"_id": "1.2.3", "n": 1}
+    path = _doc_at(store, doc)
+    outside = tmp_path / "outside.json.zst"
+    outside.write_bytes(b"not ours")
+    path.symlink_to(outside)
+    with pytest.raises(SymlinkError):
+        store.put_json("series", "1.2.3", doc)
+    assert outside.read_bytes() == b"not ours" and path.is_symlink()
+
+
+def test_disk_full_while_writing_a_document_leaves_nothing_at_its_name(store, monkeypatch):
+    import errno
+
+    def full(self, fd, final, data):
+        os.write(fd, data[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ObjectStore, "_write_final", full)
+    doc = {"_id": "1.2.3", "n": 1}
+    with pytest.raises(DiskFullError, match="disk full"):
+        store.put_json("series", "1.2.3", doc)
+    assert list(store.iter_files()) == [] and store.temp_files() == []
 
 
 def test_damaged_document_fails_its_checksum(store):

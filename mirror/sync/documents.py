@@ -55,6 +55,7 @@ class DocumentRun:
         self.offer_files: Callable[[list[FileTask]], None] | None = None
 
     def commit(self) -> None:
+        """Make what was stored durable, commit the index, and publish if one is due."""
         self._commit()
 
     def offer(self, tasks: list[FileTask]) -> None:
@@ -63,6 +64,20 @@ class DocumentRun:
         leaves them out), else planned as usual then. Optional for a source."""
         if self.offer_files is not None and tasks:
             self.offer_files(tasks)
+
+    def checkpoint(self) -> None:
+        """Commit without considering a publish: the stored files made durable first (one
+        store flush), then the index rows that name them. For a source loading one bulk
+        listing (IDC's catalog, a million rows in minutes) whose interim publishes would
+        each rebuild the projection of everything loaded so far; its last :meth:`commit`
+        publishes as usual. A dry run keeps its one transaction (flushed, not committed),
+        as the engine's commit does."""
+        self.store.flush()
+        if self.summary.dry_run:
+            self.session.flush()
+        else:
+            self.session.commit()
+        self.session.expunge_all()
 
     def store_docs(self, kind: str, docs: Iterable[dict]) -> list[Stored]:
         """Store each well-formed document (an equal version is not rewritten).
@@ -130,6 +145,8 @@ class DocumentRun:
         one suspicious answer. ``where`` names the listing in the message.
         """
         spec = self.spec.kind(kind)
+        if within is not None and not within:
+            return  # nothing it could remove (a first sync): no need to read every id
         present = current_ids(self.session, spec)
         if within is not None:
             present &= within

@@ -28,16 +28,23 @@ FULL_AFTER = textwrap.dedent("""
     from mirror.store import ObjectStore
     from mirror.cli import main
     allowed, real, count, lock = int(sys.argv[1]), ObjectStore._write_temp, [0], threading.Lock()
-    def write_temp(self, tmp, chunks, *args, **kwargs):
+    real_final = ObjectStore._write_final
+    def full():
         with lock:
             count[0] += 1
-            full = count[0] > allowed
-        if full:
+            return count[0] > allowed
+    def write_temp(self, tmp, chunks, *args, **kwargs):
+        if full():
             with open(tmp, "xb") as fh:
                 fh.write(b"\\0" * 10)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
         return real(self, tmp, chunks, *args, **kwargs)
-    ObjectStore._write_temp = write_temp
+    def write_final(self, fd, final, data):  # documents: created at their final name
+        if full():
+            os.write(fd, data[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), final)
+        return real_final(self, fd, final, data)
+    ObjectStore._write_temp, ObjectStore._write_final = write_temp, write_final
     main(sys.argv[2:])
 """)
 

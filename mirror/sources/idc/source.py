@@ -63,6 +63,11 @@ from mirror.store import StoredFile, canonical_json
 ROLE = "instance"
 OPTION = "dicom"
 LOOKUP_CHUNK = 500  # ids per IN (...) query
+# Series recorded between checkpoints of the documents phase (``DocumentRun.checkpoint``:
+# the stored files made durable with one ``syncfs``, then the index committed, no
+# interim publish). A commit per 8,192-row batch cost a second or more each on a busy
+# disk; a run killed between checkpoints stores at most this many series again.
+COMMIT_ROWS = 65_536
 PARSER_PROCESSES = 0
 """Processes that turn fetched headers into DICOM JSON (0: one per CPU). pydicom's
 ``to_json_dict`` cost 5-20 ms of CPU per instance, more than its download; the cached reader
@@ -113,6 +118,7 @@ class IdcSource:
         self._fetched: dict[str, FetchedSeries] = {}
         self._lock = threading.Lock()
         self.catalog: Catalog | None = None
+        self._uncommitted = 0  # series recorded since the documents phase last committed
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("IDC's buckets are public and need no login; run the sync without "
@@ -159,13 +165,15 @@ class IdcSource:
         session = run.session
         mirrored = _current_ids(session, "series")
         seen: set[str] = set()
-        in_scope: set[str] = set()
         collections: set[str] = set()
+        self._uncommitted, listed = 0, 0
         for batch in catalog.select(scope):
-            rows = batch.to_pylist()
-            in_scope.update(r["SeriesInstanceUID"] for r in rows)
-            self._take_series(run, rows, seen, collections)
-        outside = sorted(mirrored - in_scope)
+            self._take_series(run, batch.to_pylist(), seen, collections)
+            listed += batch.num_rows
+        # The scope's (valid) UIDs: a second million-entry set only when the scope is not
+        # the whole catalog (the files phase then needs it; for the whole one, None).
+        in_scope = None if scope == Scope() else set(seen)
+        outside = sorted(mirrored - seen)
         for start in range(0, len(outside), 5000):
             chunk = outside[start:start + 5000]
             for batch in catalog.select(_uids_scope(chunk)):
@@ -175,9 +183,12 @@ class IdcSource:
         self._take_collections(run, catalog, collections)
         run.record("catalog", run.store_docs("catalog", [catalog_document(catalog)]))
         upsert(session, Listing, [{"key": key[:512], "digest": hashlib.sha256(
-            key.encode()).hexdigest(), "count": len(in_scope), "fetched_at": utc_now()}])
-        run.commit()
-        return None if scope == Scope() else in_scope
+            key.encode()).hexdigest(), "count": listed, "fetched_at": utc_now()}])
+        # Durable, not published here: the engine's next publish (the files phase's first
+        # due one, or the run's own at its end) publishes the catalog whole, once; a publish
+        # here too would copy the index and digest a million versions twice in a row.
+        run.checkpoint()
+        return in_scope
 
     def _scope_uids(self, catalog: Catalog, scope: Scope) -> set[str] | None:
         if scope == Scope():
@@ -205,7 +216,13 @@ class IdcSource:
             return
         self._mark_revised(run.session, changed, known)
         run.record("series", run.store_docs("series", changed))  # on the pool, in chunks
-        run.commit()
+        self._uncommitted += len(changed)
+        if self._uncommitted >= COMMIT_ROWS:
+            # No interim publish while the catalog loads: each would rebuild the series
+            # projection of all loaded so far (the engine's rationing still lets that take
+            # a fifth of the run); the phase's last commit publishes it whole.
+            run.checkpoint()
+            self._uncommitted = 0
 
     def _mark_revised(self, session: Session, changed: list[dict], known: dict) -> None:
         """A new ``crdc_series_uuid`` is a new version of the bytes: the series' files are
