@@ -147,7 +147,9 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
 
             publisher = _Publisher(writer, layout, source.spec, summary)
 
-            def commit() -> None:
+            def commit(publish: bool = True) -> None:
+                """``publish=False``: the run's own publish follows at once, so an interim
+                one would only copy the index twice (a million-series catalog: a minute)."""
                 store.flush()  # files durable before the rows that name them
                 if options.dry_run:
                     # One transaction for the whole dry run, rolled back at its end: the
@@ -155,7 +157,8 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
                     session.flush()
                 else:
                     session.commit()
-                    publisher.maybe()
+                    if publish:
+                        publisher.maybe()
                 session.expunge_all()
 
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
@@ -200,7 +203,7 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
             run = session.merge(run)
             _measure(summary, source.http, started)  # the record holds the true figures
             run.finished_at, run.ok, run.summary = utc_now(), summary.ok, summary.as_dict()
-            commit()
+            commit(publish=False)
         summary.generation = writer.publish()
         with writer.session() as session:  # what this generation holds, for reindex
             ledger.record(layout, session, source.spec, summary.generation)
@@ -273,8 +276,8 @@ def _files(layout, options, summary, session, pool, commit, fetcher, early, task
             files_step.expect_bytes(needed + weighed + early.bytes)
         if options.on_plan:
             options.on_plan(summary.plan)
-        if options.dry_run:
-            return
+        if options.dry_run or not (rest or early.count):
+            return  # nothing to fetch: no commit (and no interim publish) before the run's
         persist_plan(session, rest)
         commit()
         fetcher.run(rest, finish=True)
