@@ -6,33 +6,15 @@ from __future__ import annotations
 
 import re
 import warnings
-from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_files
 
-from mirror.errors import DicomError
 from mirror.sources import dicom, dicomjson
 from mirror.sources.idc.spec import _instance_columns
 from mirror.sources.tcia.spec import _instance_columns as tcia_instance_columns
+from tests.sources.test_dicomjson import NAMES, READABLE  # one reference set
 
 TAG = re.compile(r"[0-9A-Fa-f]{8}")
-
-
-def _readable() -> list[tuple[str, dict]]:
-    found = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for path in get_testdata_files("*.dcm"):
-            try:
-                found.append((path, dicom.pydicom_header(path)))
-            except DicomError:
-                continue
-    return found
-
-
-READABLE = _readable()
-NAMES = [Path(p).name for p, _ in READABLE]
 
 
 def test_there_are_many_kinds_of_file_to_compare():
