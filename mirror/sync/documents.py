@@ -34,7 +34,7 @@ class DocumentRun:
     """One sync run's documents: the engine's side of ``Source.sync_documents``."""
 
     def __init__(self, spec: SourceSpec, store: ObjectStore, session: Session,
-                 executor: Executor, summary: SyncSummary, commit: Callable[[], None],
+                 executor: Executor, summary: SyncSummary, commit: Callable[..., None],
                  public: bool, window: int = 32, allow_removals: bool = False):
         self.spec, self.store, self.session = spec, store, session
         self.executor, self.summary, self._commit = executor, summary, commit
@@ -66,18 +66,12 @@ class DocumentRun:
             self.offer_files(tasks)
 
     def checkpoint(self) -> None:
-        """Commit without considering a publish: the stored files made durable first (one
-        store flush), then the index rows that name them. For a source loading one bulk
-        listing (IDC's catalog, a million rows in minutes) whose interim publishes would
-        each rebuild the projection of everything loaded so far; its last :meth:`commit`
-        publishes as usual. A dry run keeps its one transaction (flushed, not committed),
-        as the engine's commit does."""
-        self.store.flush()
-        if self.summary.dry_run:
-            self.session.flush()
-        else:
-            self.session.commit()
-        self.session.expunge_all()
+        """Commit without considering a publish: the engine's commit (files made durable,
+        then the index rows that name them; a dry run's one transaction only flushed) with
+        ``publish=False``. For a source loading one bulk listing (IDC's catalog, a million
+        rows in minutes) whose interim publishes would each rebuild the projection of
+        everything loaded so far; its last :meth:`commit` publishes as usual."""
+        self._commit(publish=False)
 
     def store_docs(self, kind: str, docs: Iterable[dict]) -> list[Stored]:
         """Store each well-formed document (an equal version is not rewritten).

@@ -122,22 +122,22 @@ class IsicV2Source:
 
     def _sync_images(self, run: DocumentRun, query: str | None, collections: list[int] | None,
                      options: Any, complete: bool) -> set[str]:
-        listing, listed, batch, order = Listing(), set(), [], []
+        listing, listed, page, order = Listing(), set(), [], []
         wanted, blobs = options.image_ids, frozenset(options.blobs or ())
         for record in self.client.images(query, collections, listing):
             if wanted is not None and record.isic_id not in wanted:
                 continue
             listed.add(record.isic_id)
             order.append(record.isic_id)
-            batch.append(record)
-            if len(batch) % OFFER_EVERY == 0:  # a page: its files start while listing goes on
-                self._store_images(run, batch[-OFFER_EVERY:], blobs)
-            if len(batch) >= BATCH:
+            page.append(record)
+            if len(page) == OFFER_EVERY:  # a page: its files start while listing goes on
+                self._store_images(run, page, blobs)
+                page = []
+            if len(order) % BATCH == 0:
                 run.commit()  # a run killed now keeps what it stored
-                batch = []
             if options.limit is not None and len(listed) >= options.limit:
                 break
-        self._store_images(run, batch[len(batch) - len(batch) % OFFER_EVERY:], blobs)
+        self._store_images(run, page, blobs)
         for line in listing.rejected:
             run.summary.fail("image", "?", "document", line)
         if complete and not listing.rejected:
@@ -177,15 +177,8 @@ class IsicV2Source:
             select(Blob.object_id, Blob.role).where(Blob.object_id.in_(ids)))}
         had = {tuple(r) for r in session.execute(
             select(FileVersion.object_id, FileVersion.role).where(FileVersion.object_id.in_(ids)))}
-        tasks = []
-        for record in records:
-            for option, role, key in FILES:
-                if option in blobs and (record.isic_id, role) not in have:
-                    task = self._task(record.isic_id, record.document, option, role, key,
-                                      (record.isic_id, role) in had)
-                    if task is not None:
-                        tasks.append(task)
-        return tasks
+        return [task for record in records
+                for task in self._tasks(record.isic_id, record.document, blobs, have, had)]
 
     @staticmethod
     def _retire_changed_files(session: Session, records: list[ImageRecord]) -> None:
@@ -251,13 +244,16 @@ class IsicV2Source:
             ObjectRow.kind == "image", ObjectRow.removed.is_(False)).order_by(ObjectRow.id)
             .execution_options(yield_per=PLAN_ROWS))  # streamed: 200,000 parsed records
             # would be ~1 GB
+        return [task for isic_id, doc in rows if scope is None or isic_id in scope
+                for task in self._tasks(isic_id, doc, options, have, had)]
+
+    def _tasks(self, isic_id: str, doc: dict, options: frozenset[str], have: set,
+               had: set) -> list[FileTask]:
+        """The wanted files of one image record the index lacks (``have``: its current
+        files; ``had``: any version, so a missing one is fetched as a new version)."""
         tasks = []
-        for isic_id, doc in rows:
-            if scope is not None and isic_id not in scope:
-                continue
-            for option, role, key in FILES:
-                if option not in options or (isic_id, role) in have:
-                    continue
+        for option, role, key in FILES:
+            if option in options and (isic_id, role) not in have:
                 task = self._task(isic_id, doc, option, role, key, (isic_id, role) in had)
                 if task is not None:
                     tasks.append(task)
