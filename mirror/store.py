@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -38,7 +39,6 @@ import shutil
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +198,10 @@ class ObjectStore:
         self._unsynced: list[Path | str] = []
         self._lock = threading.Lock()
         self.journal: Path | None = None  # see :meth:`keep_journal`
+        self._journal_fd: int | None = None  # kept open: one write per published file
+        self._temp_names = itertools.count()  # with _temp_token: unique, no getrandom each
+        self._temp_token = os.urandom(6).hex()
+        self._space: tuple[float, int] = (0.0, 0)  # (checked at, free bytes left) see _check_space
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -219,6 +223,23 @@ class ObjectStore:
     def exists(self, relpath: str) -> bool:
         return self.path(relpath).is_file()
 
+    def _write_path(self, relpath: str) -> Path:
+        """The absolute path to publish ``relpath`` at: checked as :meth:`path` checks it,
+        its shard folder made and checked once per store object. The file's own name needs
+        no check: it is created by ``os.link``, which never follows or replaces a link."""
+        folder, _, name = relpath.rpartition("/")
+        if name in ("", ".", "..") or "\x00" in name:
+            raise UnsafeNameError(f"refusing path {relpath!r} outside the store")
+        known = self._folders.get(folder)
+        if known is None:
+            known = self._checked_folder(folder)  # checks the rest as path() does
+        return Path(known) / name
+
+    def _temp_name(self) -> str:
+        """A temp file name no other writer uses: ``.tmp-<token><n>.<pid>`` (the pid lets
+        the next writer remove the temps of a dead one, see :meth:`clean_temp`)."""
+        return f"{TEMP_PREFIX}{self._temp_token}{next(self._temp_names):x}.{os.getpid()}"
+
     # -- writing -------------------------------------------------------------------------
 
     def put_stream(self, relpath: str, chunks: Iterable[bytes], *,
@@ -239,13 +260,12 @@ class ObjectStore:
         (the archive replaced it), publish beside it at :func:`versioned_relpath` instead
         of refusing; the returned :class:`StoredFile` names where it went.
         """
-        final = self.path(relpath)
+        final = self._write_path(relpath)
         folder = final.parent
-        self._ensure_dir(folder)
         if expected_size is not None:
             self._check_space(folder, expected_size)
             max_size = expected_size if max_size is None else min(max_size, expected_size)
-        tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}"
+        tmp = folder / self._temp_name()
         try:
             digest, size = self._write_temp(tmp, chunks, magic, max_size, whole, magic_offset)
             if expected_size is not None and size != expected_size:
@@ -253,7 +273,7 @@ class ObjectStore:
                                      f"{expected_size} (Content-Length)")
             if validate is not None:
                 validate(tmp)
-            if new_version and final.is_file() and _sha256_file(final) != digest:
+            if new_version and _regular_file(final) and _sha256_file(final) != digest:
                 relpath = versioned_relpath(relpath, digest)
                 final = self.path(relpath)
             self._publish(tmp, final, digest)
@@ -357,7 +377,7 @@ class ObjectStore:
         """Put the right bytes at a document's name over a wrong file (cut short by a
         killed writer, damaged, planted): a temp and ``rename``, so readers see one or the
         other whole."""
-        tmp = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex}.{os.getpid()}"
+        tmp = f"{folder}/{self._temp_name()}"
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o444)
         try:
             try:
@@ -379,7 +399,7 @@ class ObjectStore:
         hasher, size, head, tail = hashlib.sha256(), 0, b"", b""
         need = magic_offset + 16  # the head kept: magic (at its offset) and end checks
         checked = magic is None
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+        fd = os.open(tmp, _CREATE_FINAL, 0o444)  # read-only once published; this fd writes
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 if len(head) < need:
@@ -403,7 +423,8 @@ class ObjectStore:
             fh.flush()
             if not self.batch_durability:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o444)
+        if _UMASK & 0o444:
+            os.chmod(tmp, 0o444)  # the umask took read bits from the create: put them back
         return hasher.hexdigest(), size
 
     def keep_journal(self, path: Path) -> None:
@@ -412,6 +433,7 @@ class ObjectStore:
         named it adopts the file only when the journal (or the index) knows its hash. A
         file someone planted at a final path is never adopted (:meth:`journaled`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._close_journal()
         self.journal = path
 
     def journaled(self) -> dict[str, str]:
@@ -428,24 +450,31 @@ class ObjectStore:
     def clear_journal(self) -> None:
         """Forget the journal once the index names everything it recorded."""
         if self.journal is not None:
+            self._close_journal()
             self.journal.unlink(missing_ok=True)
+
+    def _close_journal(self) -> None:
+        with self._lock:
+            fd, self._journal_fd = self._journal_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _note(self, final: Path, digest: str) -> None:
         if self.journal is None:
             return
         line = f"{final.relative_to(self.base).as_posix()}\t{digest}\n".encode()
         with self._lock:
-            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)  # one small append: whole or absent after a kill
-            finally:
-                os.close(fd)
+            if self._journal_fd is None:  # opened once per run, not once per file
+                self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND |
+                                           os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.write(self._journal_fd, line)  # one small append: whole or absent after a kill
 
     def _publish(self, tmp: Path, final: Path, digest: str) -> None:
         self._note(final, digest)
         try:
             os.link(tmp, final)
         except FileExistsError:
+            _refuse_link(final)  # never hash (or trust) what a link at the name leads to
             existing = _sha256_file(final)
             if existing != digest:
                 raise IntegrityError(
@@ -489,12 +518,23 @@ class ObjectStore:
             shared_mkdir(folder, self.layout.root)  # 2775, like every folder of the mirror
             fsync_dir(folder.parent)
 
-    @staticmethod
-    def _check_space(folder: Path, needed: int) -> None:
+    def _check_space(self, folder: Path, needed: int) -> None:
+        """Refuse a file the disk has no room for, before its first byte is written. The
+        free space is read at most every :data:`SPACE_RECHECK` seconds (a ``statvfs`` per
+        file cost a small-file sync one system call each) and what files take meanwhile is
+        counted off it; a full disk still stops the write itself (``ENOSPC``)."""
+        now = time.monotonic()
+        with self._lock:
+            checked_at, left = self._space
+            if now - checked_at < SPACE_RECHECK and needed <= left:
+                self._space = (checked_at, left - needed)
+                return
         free = shutil.disk_usage(folder).free
         if needed > free:
             raise DiskFullError(f"disk full under {folder}: {needed} bytes needed, {free} free; "
                                 "free space, then run 'mirror sync' again")
+        with self._lock:
+            self._space = (now, free - needed)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -556,7 +596,7 @@ class ObjectStore:
     def clean_temp(self, max_age: float = 3600.0) -> list[Path]:
         """Remove temp files left by killed writers (call under the writer lease).
 
-        A temp file names its writer's pid (``.tmp-<uuid>.<pid>``): one whose process is
+        A temp file names its writer's pid (``.tmp-<token><n>.<pid>``): one whose process is
         gone on this host goes at once; others (another host's pid, an unreadable name)
         once older than ``max_age`` seconds."""
         from mirror.temps import pid_alive
@@ -582,6 +622,25 @@ class ObjectStore:
 
 
 _CREATE_FINAL = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+SPACE_RECHECK = 1.0
+"""Seconds a free-space reading stands for (:meth:`ObjectStore._check_space`)."""
+
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def _regular_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not following a link at it)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 _local = threading.local()
 
 

@@ -7,7 +7,7 @@ leaves its temp behind; a full-size copy of the index (280 MB at 100,000 images)
 them. Temps outside the store are named ``.mirror-tmp-<uuid>.<pid>@<host>~<name>``
 (:func:`owned_temp`): the owner is in the name, so the next writer on this host deletes
 those whose process is dead (:func:`remove_dead_temps`), and ``mirror verify`` reports
-them (:func:`leftovers`). Store temps (``.tmp-<uuid>.<pid>`` in the shard folders) follow
+them (:func:`leftovers`). Store temps (``.tmp-<token><n>.<pid>`` in the shard folders) follow
 the store's own rule (``ObjectStore.clean_temp``). This module imports nothing of the
 mirror, so that every writer (the config, the lease, the index) can use it.
 """
