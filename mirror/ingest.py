@@ -23,12 +23,16 @@ from mirror.index.models import ArchiveText
 from mirror.sources.base import KindSpec
 
 
-def upsert(session: Session, model: type, rows: list[dict]) -> None:
-    """Insert ``rows`` into ``model``'s table, replacing rows with the same primary key."""
+def upsert(session: Session, model: type, rows: list[dict],
+           encoded: dict[str, list[str | None]] | None = None) -> None:
+    """Insert ``rows`` into ``model``'s table, replacing rows with the same primary key.
+
+    ``encoded``: for a JSON column, the JSON text of each row's value where the caller
+    already has it (None where not), used instead of encoding the value again."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    if dialect == "sqlite" and _sqlite_upsert(session, model.__table__, rows):
+    if dialect == "sqlite" and _sqlite_upsert(session, model.__table__, rows, encoded or {}):
         return
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -49,7 +53,8 @@ _PLAIN = (String, Integer, Boolean)  # SQLite takes these values as Python has t
 _STATEMENTS: dict[tuple[str, tuple[str, ...]], tuple[str, list[int]]] = {}
 
 
-def _sqlite_upsert(session: Session, table: Table, rows: list[dict]) -> bool:
+def _sqlite_upsert(session: Session, table: Table, rows: list[dict],
+                   encoded: dict[str, list[str | None]]) -> bool:
     """:func:`upsert` as one ``executemany`` of a statement built once per table and
     column set, the same values SQLAlchemy would bind (JSON as ``json.dumps`` gives it,
     the engine's serialiser), without its per-row statement compilation and parameter
@@ -63,15 +68,16 @@ def _sqlite_upsert(session: Session, table: Table, rows: list[dict]) -> bool:
         if built is None:
             return False
         _STATEMENTS[(table.name, keys)] = built
-    sql, encoded = built
+    sql, json_at = built
     dumps, values = json.dumps, []
+    texts = [(at, encoded.get(keys[at])) for at in json_at]
     try:
-        for row in rows:
+        for n, row in enumerate(rows):
             if len(row) != len(keys):
                 return False
             value = [row[k] for k in keys]
-            for at in encoded:
-                value[at] = dumps(value[at])
+            for at, text in texts:
+                value[at] = dumps(value[at]) if text is None or text[n] is None else text[n]
             values.append(tuple(value))
     except KeyError:  # a row with other columns than the first
         return False
@@ -141,11 +147,13 @@ def known_hashes(session: Session, kind: KindSpec, ids: list[str]) -> dict[str, 
 
 
 def ingest_documents(session: Session, kind: KindSpec,
-                     items: Iterable[tuple[dict, str, str, int]], fetched_at: str,
-                     **extra: Any) -> None:
-    """Record each ``(doc, sha256, path, size)`` as the current version of its object."""
-    versions, objects = [], []
-    for doc, sha256, path, size in items:
+                     items: Iterable[tuple], fetched_at: str, **extra: Any) -> None:
+    """Record each ``(doc, sha256, path, size[, text])`` as the current version of its
+    object (``text``: the document's canonical JSON, kept as the index's copy when the
+    kind is not :attr:`~mirror.sources.base.KindSpec.ordered`)."""
+    versions, objects, texts = [], [], []
+    for doc, sha256, path, size, *text in items:
+        texts.append(text[0] if text and not kind.ordered else None)
         object_id = kind.id_of(doc)
         versions.append({"kind": kind.name, "object_id": object_id, "sha256": sha256,
                          "path": path, "size": size, "fetched_at": fetched_at})
@@ -160,7 +168,7 @@ def ingest_documents(session: Session, kind: KindSpec,
                        parent_id=parent if isinstance(parent, str) else None)
         objects.append(row)
     upsert(session, DocumentVersion, versions)
-    upsert(session, model_of(kind)[0], objects)
+    upsert(session, model_of(kind)[0], objects, {"doc": texts})
     if kind.index is not None:
         kind.index(session, [row["doc"] for row in objects])
 

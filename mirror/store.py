@@ -40,7 +40,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,6 +79,8 @@ class StoredFile:
     relpath: str
     sha256: str
     size: int
+    # the canonical JSON of a document, when asked for (``put_json(keep_text=True)``)
+    text: str | None = field(default=None, compare=False, repr=False)
 
 
 def shard_of(object_id: str) -> str:
@@ -289,7 +291,7 @@ class ObjectStore:
         return self.put_stream(relpath, [data], expected_size=len(data), **kwargs)
 
     def put_json(self, kind: str, object_id: str, doc: object,
-                 shard: str | None = None) -> StoredFile:
+                 shard: str | None = None, keep_text: bool = False) -> StoredFile:
         """Store one version of a document; idempotent (an equal version is not rewritten).
 
         A document is small, immutable and named by its own hash, so it is written in one
@@ -301,7 +303,8 @@ class ObjectStore:
         digest = hashlib.sha256(payload).hexdigest()
         relpath = doc_relpath(kind, object_id, digest, shard=shard)
         self._put_document(relpath, payload, digest)
-        return StoredFile(relpath, digest, len(payload))
+        return StoredFile(relpath, digest, len(payload),
+                          payload.decode("utf-8") if keep_text else None)
 
     def _put_document(self, relpath: str, payload: bytes, digest: str) -> None:
         folder, _, name = relpath.rpartition("/")

@@ -85,7 +85,8 @@ class DocumentRun:
 
         def put(chunk: list[dict]) -> list[Stored]:
             return [(doc, self.store.put_json(kind, spec.id_of(doc), doc,
-                                              shard=spec.shard(spec.id_of(doc))))
+                                              shard=spec.shard(spec.id_of(doc)),
+                                              keep_text=not spec.ordered))
                     for doc in chunk]
 
         chunks = [good[i:i + STORE_CHUNK] for i in range(0, len(good), STORE_CHUNK)]
@@ -126,7 +127,8 @@ class DocumentRun:
                        else "unchanged" if before == info.sha256 else "changed")
             self.summary.count(kind, outcome)
         ingest_documents(self.session, spec,
-                         [(doc, info.sha256, info.relpath, info.size) for doc, info in stored],
+                         [(doc, info.sha256, info.relpath, info.size, info.text)
+                          for doc, info in stored],
                          utc_now(), **extra)
         self.on_recorded(kind, len(stored))
 

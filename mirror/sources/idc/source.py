@@ -295,8 +295,8 @@ class IdcSource:
         # the headers are stored once the whole series checked out (a failed series leaves
         # no document behind), on the pool: each is a file create that threads overlap
         docs = list(self._pool.map(lambda item: (item.doc, fetcher.store.put_json(
-            "instance", item.uuid, item.doc,
-            shard=self.spec.shard_of("instance", item.uuid))), fresh))
+            "instance", item.uuid, item.doc, shard=self.spec.shard_of("instance", item.uuid),
+            keep_text=True)), fresh))  # the index keeps the same text (KindSpec.ordered)
         with self._lock:
             self._fetched[task.object_id] = FetchedSeries({o.name[:-4] for o in
                                                            listing.objects}, docs)

@@ -84,7 +84,7 @@ KINDS = (
              shard=shard_by_hex_suffix, id_of=lambda doc: doc.get("crdc_instance_uuid"),
              name_of=lambda doc: doc.get("SOPInstanceUID"),
              parent_of=lambda doc: doc.get("SeriesInstanceUID"),
-             projected=_instance_columns, id_field="crdc_instance_uuid",
+             projected=_instance_columns, ordered=False, id_field="crdc_instance_uuid",
              name_field="SOPInstanceUID", parent_field="SeriesInstanceUID"),
 )
 

@@ -61,7 +61,7 @@ KINDS = (
     KindSpec(name="instance", table="instances", id_pattern=UID, parent="series",
              shard=shard_by_hash, id_of=lambda doc: doc.get("SOPInstanceUID"),
              name_of=lambda doc: None, parent_of=lambda doc: doc.get("SeriesInstanceUID"),
-             projected=_instance_columns, id_field="SOPInstanceUID",
+             projected=_instance_columns, ordered=False, id_field="SOPInstanceUID",
              parent_field="SeriesInstanceUID"),
     KindSpec(name="collection", table="collections", id_pattern=COLLECTION_ID,
              shard=shard_by_hash, id_of=lambda doc: doc.get("collection_id"),
