@@ -168,7 +168,10 @@ def ingest_documents(session: Session, kind: KindSpec,
                        parent_id=parent if isinstance(parent, str) else None)
         objects.append(row)
     upsert(session, DocumentVersion, versions)
-    upsert(session, model_of(kind)[0], objects, {"doc": texts})
+    if any(text is not None for text in texts):
+        upsert(session, model_of(kind)[0], objects, {"doc": texts})
+    else:
+        upsert(session, model_of(kind)[0], objects)
     if kind.index is not None:
         kind.index(session, [row["doc"] for row in objects])
 

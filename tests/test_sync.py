@@ -359,9 +359,9 @@ def test_files_are_durable_before_the_index_rows_that_name_them(tmp_path, monkey
         flushes.append(stamp)
         return result
 
-    def upsert(session, model, rows):
+    def upsert(session, model, rows, *args):
         pending.extend(r["path"] for r in rows if "path" in r)
-        return real_upsert(session, model, rows)
+        return real_upsert(session, model, rows, *args)
 
     def commit(self):
         for path in pending:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror import ledger, progress, settings
+from mirror import ledger, progress, projection, settings
 from mirror.config import MirrorConfig, layout_for, open_or_create, source_name, utc_now
 from mirror.errors import MirrorError
 from mirror.index import SyncRun
@@ -110,11 +111,14 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
     summary = SyncSummary(dry_run=options.dry_run)
     source = cls(config.base_url, http)
     undone = False
+    # the publish's imports (DuckDB, numpy), done while the run waits on the network
+    warm = threading.Thread(target=projection.warm_imports, name="warm-imports", daemon=True)
     try:
         with WriterLease(layout, command="sync", wait=options.lease_wait):
             try:
                 if username is not None:
                     source.login(username, password or "")
+                warm.start()
                 _run(layout, config, source, options, summary, started)
             except BaseException as exc:
                 undone = fresh and _undo_empty_mirror(layout)
@@ -122,6 +126,8 @@ def sync(root: Path | str, url: str | None = None, options: SyncOptions | None =
                     exc.files_kept = summary.files_kept
                 raise
     finally:
+        if warm.is_alive():
+            warm.join()  # never leave an import under way at interpreter exit
         if undone:
             _remove_empty_folders(layout, root_existed)
         _measure(summary, http, started)
@@ -141,7 +147,8 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
     writer = IndexWriter(layout, config.index_url, mirror_id=config.id)
     threads = options.workers + _cpu_threads()
     try:
-        with writer.session() as session, ThreadPoolExecutor(threads) as pool:
+        with writer.session() as session, ThreadPoolExecutor(threads) as pool, \
+                ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store-docs") as writes:
             run = SyncRun(command="sync", started_at=utc_now())
             session.add(run)
 
@@ -163,7 +170,7 @@ def _run(layout, config: MirrorConfig, source: Source, options: SyncOptions,
 
             docs = DocumentRun(source.spec, store, session, pool, summary, commit,
                                public=not config.authenticated, window=4 * options.workers,
-                               allow_removals=options.allow_removals)
+                               allow_removals=options.allow_removals, writes=writes)
             fetcher = FileFetcher(source, store, session, pool, summary, commit,
                                   window=4 * options.workers)
             early = _EarlyFiles(layout, options, session, fetcher)
@@ -285,6 +292,11 @@ def _files(layout, options, summary, session, pool, commit, fetcher, early, task
         pool.shutdown(cancel_futures=True)  # stop soon: only downloads under way end
         raise
 
+
+STORE_THREADS = 4
+"""Threads that store a batch of documents (:meth:`DocumentRun.store_docs`): their own, as
+on the download pool the batch would queue behind up to ``4 x workers`` early files, and
+the listing (which waits for it) with it: an ISIC v2 page of 100 images waited 120 ms so."""
 
 PUBLISH_SHARE = 4
 """An interim publish waits at least this many times the last one's duration after it."""

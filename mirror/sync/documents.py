@@ -35,9 +35,13 @@ class DocumentRun:
 
     def __init__(self, spec: SourceSpec, store: ObjectStore, session: Session,
                  executor: Executor, summary: SyncSummary, commit: Callable[..., None],
-                 public: bool, window: int = 32, allow_removals: bool = False):
+                 public: bool, window: int = 32, allow_removals: bool = False,
+                 writes: Executor | None = None):
+        """``executor`` runs the source's requests (and the engine's downloads);
+        ``writes`` (default: ``executor``) stores batches of documents."""
         self.spec, self.store, self.session = spec, store, session
         self.executor, self.summary, self._commit = executor, summary, commit
+        self.writes = writes or executor
         self.public = public
         self.window = window  # tasks in flight: bounds memory, keeps workers busy
         self.allow_removals = allow_removals
@@ -94,7 +98,7 @@ class DocumentRun:
             return put(good)  # a worker (TCIA's instances) never waits on its own pool
         # each document is its own small file, and creating files is most of the cost
         # (a few hundred us each); threads overlap it, as the GIL is free in system calls
-        return [pair for part in self.executor.map(put, chunks) for pair in part]
+        return [pair for part in self.writes.map(put, chunks) for pair in part]
 
     def screen(self, kind: str, docs: Iterable[object]) -> list[dict]:
         """The documents of ``docs`` that are well-formed; each other one fails."""
