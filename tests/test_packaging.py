@@ -17,3 +17,16 @@ def test_every_package_under_mirror_is_listed_in_pyproject():
              for init in (REPO / "mirror").rglob("__init__.py")}
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
     assert {"mirror.migrations", "mirror.migrations.versions"} <= listed
+
+
+def test_the_core_and_the_cli_import_no_s3_client():
+    """boto3 and obstore come with the ``idc`` extra: a mirror of ISIC or TCIA installed
+    without it must start, so only the IDC source itself may import them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mirror, mirror.sources, mirror.cli, mirror.sources.idc.spec; "
+            "print(sorted(m for m in ('boto3', 'botocore', 'obstore') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"

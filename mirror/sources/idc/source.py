@@ -137,14 +137,11 @@ class IdcSource:
         """The S3 client, made on first use; every request it sends is counted."""
         with self._lock:
             if self._s3 is None:
-                self._s3 = IdcS3(self.endpoint, pool=max(self._workers * 2, 10))
-                self._s3.client.meta.events.register("before-send.s3", self._count_request)
+                self._s3 = IdcS3(self.endpoint, pool=max(self._workers * 2, 10),
+                                 on_request=self.http.count_request)
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="idc-get")
                 weakref.finalize(self, _close, self._s3, self._pool)
             return self._s3
-
-    def _count_request(self, **_: Any) -> None:
-        self.http.count_request()
 
     # --- documents ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The IDC S3 layer against SeaweedFS (real S3) and the sandbox's hostile listings."""
+"""The IDC S3 layer against SeaweedFS (real S3) and the sandbox's hostile listings and
+reads (boto3 lists, obstore reads: both are held to the same bounds)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,47 @@ def test_hostile_listings_are_refused_within_bounds(idc_sandbox, hostile_client,
         hostile_client.list_series(bucket, SERIES, expected=3)
     pages = v1.stats[f"s3:{bucket}"]
     assert 1 <= pages <= listing_bound(3) + 1  # it stopped: no listing runs forever
+
+
+def _hostile_object(client, bucket: str) -> S3Object:
+    (obj,) = client.list_series(bucket, SERIES, expected=1).objects
+    return obj
+
+
+@pytest.mark.parametrize("bucket, error, fragment", [
+    ("hostile-short", ArchiveError, "retry"),
+    ("hostile-bigger", IntegrityError, "announced as 2000 bytes but was listed as 1000"),
+    ("hostile-denied", ArchiveError, "access denied"),
+])
+def test_hostile_reads_are_one_line_errors_and_nothing_partial(hostile_client, bucket, error,
+                                                               fragment):
+    obj = _hostile_object(hostile_client, bucket)
+    got: list[bytes] = []
+    with pytest.raises(error, match=fragment) as raised:
+        for part in hostile_client.stream(obj):
+            got.append(bytes(part))
+    assert "\n" not in str(raised.value)
+    assert sum(map(len, got)) < obj.size  # never the whole promised object
+
+
+def test_a_stalled_read_times_out(idc_sandbox):
+    slow = IdcS3(idc_sandbox.hostile_s3_endpoint, attempts=1, read_timeout=1.0)
+    obj = _hostile_object(slow, "hostile-stall")
+    with pytest.raises(ArchiveError, match="retry later"):
+        slow.get(obj)
+    slow.close()
+
+
+def test_a_busy_answer_is_retried_and_every_request_counted(idc_sandbox, v1):
+    sent: list[int] = []
+    patient = IdcS3(idc_sandbox.hostile_s3_endpoint, attempts=3,
+                    on_request=lambda: sent.append(1))
+    obj = _hostile_object(patient, "hostile-flaky")
+    before = v1.stats["s3get:hostile-flaky"]
+    assert len(patient.get(obj)) == obj.size == 1000
+    assert v1.stats["s3get:hostile-flaky"] - before == 2  # the 503, then the bytes
+    assert len(sent) == 2  # the listing page and the GET (obstore's retry is inside it)
+    patient.close()
 
 
 def test_a_listing_without_a_catalog_count_is_still_bounded(hostile_client, v1, monkeypatch):

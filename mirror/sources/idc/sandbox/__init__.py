@@ -72,7 +72,8 @@ class IdcSandbox:
 
     @property
     def hostile_s3_endpoint(self) -> str:
-        """An S3 endpoint whose buckets (``api.HOSTILE_BUCKETS``) list faults."""
+        """An S3 endpoint whose buckets list faults (``api.HOSTILE_BUCKETS``) or read them
+        (``api.HOSTILE_READS``)."""
         return self.http.url
 
     @property

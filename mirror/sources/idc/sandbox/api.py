@@ -13,8 +13,9 @@ With ``deprecated`` on, every v1 route answers as IDC's switched-off service doe
 GET 410 with its JSON message, POST 405, anything else 404.
 
 Any other path is the hostile S3 endpoint: the bucket name picks the fault
-(:data:`HOSTILE_BUCKETS`), and ListObjectsV2 answers in S3's own XML. SeaweedFS refuses to
-store ``..`` keys and folds ``//``, and no real store lists forever, so these live here.
+(:data:`HOSTILE_BUCKETS` for listings, :data:`HOSTILE_READS` for GETs), and S3's own XML
+answers. SeaweedFS refuses to store ``..`` keys and folds ``//``, no real store lists
+forever, and none cuts a body short on purpose, so these live here.
 
 Starlette (with uvicorn) serves both: the routes are plain request -> JSON functions, and
 nothing here needs the raw socket.
@@ -22,6 +23,7 @@ nothing here needs the raw socket.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -33,13 +35,14 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from mirror.errors import SandboxError
@@ -70,6 +73,13 @@ many: 5,000 well-formed keys (more than any small series may hold); traversal: a
 ``<uuid>/../../etc/passwd.dcm`` key; absolute: a ``/<uuid>/x.dcm`` key; foreign: a key
 outside the prefix; notdcm: a key not ending ``.dcm``."""
 MANY_KEYS = 5000
+HOSTILE_READS = ("hostile-short", "hostile-bigger", "hostile-denied", "hostile-stall",
+                 "hostile-flaky")
+"""Buckets whose listing is one well-formed 1,000-byte key and whose GETs misbehave:
+short: announces 1,000 bytes, sends 500 and closes; bigger: sends 2,000; denied: 403
+AccessDenied; stall: sends 100 bytes, then nothing for a minute; flaky: 503 SlowDown on the
+first GET of each key, the 1,000 bytes on the next."""
+READ_SIZE = 1000
 
 
 @dataclass
@@ -256,9 +266,11 @@ def deprecated_routes() -> list[Route]:
 # -- hostile S3 ----------------------------------------------------------------------------
 
 def hostile_s3(state: V1State):
+    flaky: set[str] = set()
+
     async def listing(request: Request) -> Response:
         bucket = request.path_params["bucket"]
-        if bucket not in HOSTILE_BUCKETS:
+        if bucket not in HOSTILE_BUCKETS + HOSTILE_READS:
             return _s3_error(404, "NoSuchBucket", f"/{bucket}")
         if request.query_params.get("list-type") != "2":
             return _s3_error(400, "InvalidRequest", f"/{bucket}")
@@ -268,6 +280,13 @@ def hostile_s3(state: V1State):
         return _hostile_page(bucket, prefix, token)
 
     async def get_object(request: Request) -> Response:
+        bucket, key = request.path_params["bucket"], request.path_params["key"]
+        state.stats[f"s3get:{bucket}"] += 1
+        if bucket == "hostile-flaky" and key not in flaky:
+            flaky.add(key)
+            return _s3_error(503, "SlowDown", request.url.path)
+        if bucket in HOSTILE_READS:
+            return _hostile_read(bucket, request.url.path)
         return _s3_error(404, "NoSuchKey", request.url.path)
 
     return [Route("/{bucket}", listing), Route("/{bucket}/", listing),
@@ -297,7 +316,7 @@ def _hostile_page(bucket: str, prefix: str, token: str | None) -> Response:
         keys = [prefix + name, prefix + "index.html"]
     contents = "".join(
         f"<Contents><Key>{escape(k)}</Key><LastModified>2026-09-26T00:00:00.000Z</LastModified>"
-        f"<ETag>&quot;{hashlib.md5(k.encode()).hexdigest()}&quot;</ETag><Size>1000</Size>"
+        f"<ETag>&quot;{hashlib.md5(k.encode()).hexdigest()}&quot;</ETag><Size>{READ_SIZE}</Size>"
         "<StorageClass>STANDARD</StorageClass></Contents>" for k in keys)
     more = f"<NextContinuationToken>{escape(next_token)}</NextContinuationToken>" \
         if next_token else ""
@@ -307,6 +326,23 @@ def _hostile_page(bucket: str, prefix: str, token: str | None) -> Response:
            f'<IsTruncated>{"true" if truncated else "false"}</IsTruncated>{more}{contents}'
            "</ListBucketResult>")
     return Response(xml, media_type="application/xml")
+
+
+def _hostile_read(bucket: str, resource: str) -> Response:
+    body = bytes(range(256)) * 8
+    if bucket == "hostile-denied":
+        return _s3_error(403, "AccessDenied", resource)
+    if bucket == "hostile-bigger":
+        return Response(body[:2 * READ_SIZE], media_type="application/dicom")
+    if bucket in ("hostile-short", "hostile-stall"):
+        async def cut() -> AsyncIterator[bytes]:
+            yield body[:READ_SIZE // 2 if bucket == "hostile-short" else 100]
+            if bucket == "hostile-stall":
+                await asyncio.sleep(60)
+        # The declared length is a lie the server cannot keep: it closes the connection.
+        return StreamingResponse(cut(), headers={"content-length": str(READ_SIZE)},
+                                 media_type="application/dicom")
+    return Response(body[:READ_SIZE], media_type="application/dicom")
 
 
 def _s3_error(status: int, code: str, resource: str) -> Response:
