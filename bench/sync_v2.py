@@ -23,6 +23,9 @@ Last, ``--rss-images``: the peak RSS of a metadata-only sync (``--blobs ''``) of
 public images, no latency, read from ``os.wait4`` for the mirror's own process (target
 < 400 MB). ``--rss-images 0`` skips it.
 
+Nothing is deleted before the end (see ``bench/sync_idc.py``: on an ext4 without a
+journal, files created after a removal pay for it).
+
 isic-cli needs Python >= 3.12 and is not a dependency of mirror; make a venv for it and
 pass its ``isic`` with ``--isic-cli`` (``--skip-isic-cli`` measures (b) and (c) only)::
 
@@ -40,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -189,8 +191,6 @@ def same_as_isic_cli(root: Path, state: Path, theirs: Path, ours: Path) -> str:
     mine = {p.relative_to(ours) for p in ours.rglob("*") if p.is_file()}
     differ = sorted(str(n) for n in names & mine
                     if (theirs / n).read_bytes() != (ours / n).read_bytes())
-    shutil.rmtree(theirs)
-    shutil.rmtree(ours)
     if names != mine or differ:
         return (f"differs: only isic-cli {sorted(map(str, names - mine))[:3]}, only mirror "
                 f"{sorted(map(str, mine - names))[:3]}, different {differ[:3]}")
@@ -203,7 +203,6 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
         warm = tmp / f"warm-{latency}"  # the sandbox draws each JPEG once, then caches it
         warm.mkdir()
         plain_fetch(sandbox.url, warm, args.workers)
-        shutil.rmtree(warm)
         result = {"latency": latency}
         if args.isic_cli:
             dest = tmp / f"isic-cli-{latency}"
@@ -212,7 +211,6 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
         dest = tmp / f"plain-{latency}"
         dest.mkdir()
         result["b"], result["b_files"] = plain_fetch(sandbox.url, dest, args.workers)
-        shutil.rmtree(dest)
         root, state = tmp / f"mirror-{latency}", tmp / f"state-{latency}"
         scope = ("--blobs", "full", "--workers", str(args.workers))
         result["c"], summary, _ = mirror_sync(root, sandbox.url, state, *scope)
@@ -224,7 +222,6 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
         if args.isic_cli:
             result["same"] = same_as_isic_cli(root, state, tmp / f"isic-cli-{latency}",
                                               tmp / f"export-{latency}")
-        shutil.rmtree(root)
     finally:
         sandbox.stop()
     return result
