@@ -17,6 +17,7 @@ import zstandard
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+import mirror.sync as sync_module
 from mirror.config import layout_for, load_config
 from mirror.errors import MirrorModeError
 from mirror.index import Blob, SyncItem
@@ -426,3 +427,38 @@ def test_a_bad_file_left_at_a_final_path_is_fetched_again_not_adopted(tmp_path):
     assert summary.ok and summary.blobs[("image", "fetched")] == 3
     assert bad.read_bytes().rstrip(b"\x00").endswith(b"\xff\xd9")
     assert verify_mirror(root).ok
+
+
+def test_a_sync_gives_the_callers_garbage_collector_back(synced, monkeypatch):
+    """The run freezes the objects its imports made and collects the young generation less
+    often (mirror.sync._long_lived_gc); a program calling sync() keeps its own settings,
+    and objects it froze itself stay frozen."""
+    import gc
+
+    root, _, _ = synced
+    original = gc.get_threshold()
+    seen = []
+    real_run = sync_module._run
+
+    def spying_run(*args, **kwargs):
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "_run", spying_run)
+    gc.set_threshold(900, 11, 12)
+    try:
+        assert gc.get_freeze_count() == 0
+        assert sync(root, options=SyncOptions(workers=2)).ok
+        after = gc.get_threshold(), gc.get_freeze_count()
+        gc.freeze()  # a caller that froze its own objects (a pre-fork server does)
+        mine = gc.get_freeze_count()
+        assert sync(root, options=SyncOptions(workers=2)).ok
+        after_mine = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*original)
+    assert seen[0][0] == (sync_module.GC_YOUNG_THRESHOLD, 11, 12) and seen[0][1] > 0
+    assert after == ((900, 11, 12), 0)
+    assert seen[1][0] == (sync_module.GC_YOUNG_THRESHOLD, 11, 12)
+    # not unfrozen (that would empty it); the count only falls as frozen objects are freed
+    assert 0 < after_mine <= seen[1][1] <= mine
