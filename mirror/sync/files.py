@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from mirror.config import utc_now
 from mirror.errors import ArchiveError, DiskFullError, MirrorError
 from mirror.index import SyncItem
-from mirror.ingest import blob_row, ingest_blobs
+from mirror.ingest import blob_row, ingest_blobs, upsert
 from mirror.sources.base import FileRole, FileTask, Source
 from mirror.store import ObjectStore, StoredFile, blob_relpath, extension_for
 from mirror.sync.estimate import Weights, check_disk_space, estimate_bytes  # noqa: F401
@@ -47,9 +47,11 @@ def persist_plan(session: Session, tasks: list[FileTask]) -> None:
     if len(tasks) <= 500:  # an early batch: its own rows, not the whole table each time
         query = query.where(SyncItem.object_id.in_({t.object_id for t in tasks}))
     known = {tuple(r) for r in session.execute(query)}
-    session.add_all(SyncItem(kind=t.kind, object_id=t.object_id, role=t.role, state="pending",
-                             attempts=0) for t in tasks
-                    if (t.kind, t.object_id, t.role) not in known)
+    fresh = {(t.kind, t.object_id, t.role) for t in tasks} - known
+    # rows in bulk (ingest.upsert, as IDC plans), not one ORM object per file
+    upsert(session, SyncItem, [{"kind": kind, "object_id": object_id, "role": role,
+                                "state": "pending", "attempts": 0, "error": None}
+                               for kind, object_id, role in sorted(fresh)])
 
 
 def _content_length(value: str | None, task: FileTask, url: str) -> int | None:
