@@ -1,7 +1,7 @@
 """ISIC API v2: ``mirror sync`` beside isic-cli and a plain parallel fetch, in the same run.
 
     /work/venv/bin/python bench/sync_v2.py --isic-cli /work/venv-isiccli/bin/isic \\
-        [--images 1000] [--latency 0.03,0.1] [--workers 32] [--rss-images 200000]
+        [--images 1000] [--latency 0.03,0.1] [--workers 32] [--runs 1] [--rss-images 200000]
 
 For each sandbox latency (added to every answer of the API and of the file host, as a
 network round trip would be), with a sandbox (its own process, on 127.0.0.1:8000 where
@@ -44,6 +44,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,24 +204,27 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
         warm = tmp / f"warm-{latency}"  # the sandbox draws each JPEG once, then caches it
         warm.mkdir()
         plain_fetch(sandbox.url, warm, args.workers)
-        result = {"latency": latency}
-        if args.isic_cli:
-            dest = tmp / f"isic-cli-{latency}"
-            result["a"] = run_isic_cli(args.isic_cli, dest, tmp / "xdg")
-            result["a_files"] = sum(1 for p in dest.glob("ISIC_*"))
-        dest = tmp / f"plain-{latency}"
-        dest.mkdir()
-        result["b"], result["b_files"] = plain_fetch(sandbox.url, dest, args.workers)
-        root, state = tmp / f"mirror-{latency}", tmp / f"state-{latency}"
+        result = {"latency": latency, "a": [], "b": [], "c": []}
         scope = ("--blobs", "full", "--workers", str(args.workers))
-        result["c"], summary, _ = mirror_sync(root, sandbox.url, state, *scope)
+        for n in range(args.runs):  # the contestants in turn, each run into a new folder
+            if args.isic_cli:
+                dest = tmp / f"isic-cli-{latency}-{n}"
+                result["a"].append(run_isic_cli(args.isic_cli, dest, tmp / "xdg"))
+                result["a_files"] = sum(1 for p in dest.glob("ISIC_*"))
+            dest = tmp / f"plain-{latency}-{n}"
+            dest.mkdir()
+            seconds, result["b_files"] = plain_fetch(sandbox.url, dest, args.workers)
+            result["b"].append(seconds)
+            root, state = tmp / f"mirror-{latency}-{n}", tmp / f"state-{latency}-{n}"
+            seconds, summary, _ = mirror_sync(root, sandbox.url, state, *scope)
+            result["c"].append(seconds)
         result["c_files"] = summary["blobs"]["image"]["fetched"]
         sandbox.reset_stats()
         result["noop"], noop, _ = mirror_sync(root, sandbox.url, state, *scope)
         result["noop_requests"] = sandbox.stats().get("total", 0)
         result["noop_requests_mirror"] = noop["requests"]
         if args.isic_cli:
-            result["same"] = same_as_isic_cli(root, state, tmp / f"isic-cli-{latency}",
+            result["same"] = same_as_isic_cli(root, state, tmp / f"isic-cli-{latency}-{n}",
                                               tmp / f"export-{latency}")
     finally:
         sandbox.stop()
@@ -230,17 +234,24 @@ def bench_latency(args: argparse.Namespace, latency: float, images: int, tmp: Pa
 def report(r: dict, workers: int) -> None:
     ms = r["latency"] * 1000
     print(f"-- {ms:.0f} ms sandbox latency, {workers} workers for (b) and (c)")
-    if "a" in r:
-        print(f"(a) isic-cli image download       {r['a']:7.2f} s  {r['a_files']} files")
-    print(f"(b) plain parallel fetch (floor)  {r['b']:7.2f} s  {r['b_files']} files")
-    line = f"(c) mirror sync                   {r['c']:7.2f} s  {r['c_files']} files"
-    if "a" in r:
-        line += f"  c/a = {r['c'] / r['a']:.2f} (target <= 0.5)"
-    print(line + f"  c/b = {r['c'] / r['b']:.2f} (target <= 1.3)")
+    a, b, c = (statistics.median(r[k]) if r[k] else None for k in "abc")
+    if a is not None:
+        print(f"(a) isic-cli image download       {a:7.2f} s  {r['a_files']} files"
+              f"{_runs(r['a'])}")
+    print(f"(b) plain parallel fetch (floor)  {b:7.2f} s  {r['b_files']} files{_runs(r['b'])}")
+    line = f"(c) mirror sync                   {c:7.2f} s  {r['c_files']} files{_runs(r['c'])}"
+    if a is not None:
+        line += f"  c/a = {c / a:.2f} (target <= 0.5)"
+    print(line + f"  c/b = {c / b:.2f} (target <= 1.3)")
     if "same" in r:
         print(f"    'mirror export files' vs isic-cli's folder: {r['same']}")
     print(f"    no-op re-sync: {r['noop']:.2f} s, {r['noop_requests']} requests at the "
           f"sandbox ({r['noop_requests_mirror']} counted by the mirror)", flush=True)
+
+
+def _runs(values: list[float]) -> str:
+    """Every run beside the median, when there was more than one."""
+    return "" if len(values) < 2 else f" (median; runs {', '.join(f'{v:.2f}' for v in values)})"
 
 
 def bench_rss(args: argparse.Namespace, tmp: Path) -> None:
@@ -270,6 +281,8 @@ def main() -> None:
     parser.add_argument("--latency", default="0.03,0.1", help="seconds, comma separated")
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of each contestant, in turn (medians are reported)")
     parser.add_argument("--rss-images", type=int, default=200_000)
     args = parser.parse_args()
     if args.skip_isic_cli:
