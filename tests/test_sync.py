@@ -462,3 +462,23 @@ def test_a_sync_gives_the_callers_garbage_collector_back(synced, monkeypatch):
     assert seen[1][0] == (sync_module.GC_YOUNG_THRESHOLD, 11, 12)
     # not unfrozen (that would empty it); the count only falls as frozen objects are freed
     assert 0 < after_mine <= seen[1][1] <= mine
+
+
+def test_overlapping_syncs_give_the_settings_back_once_both_end():
+    """Two syncs in one process (a lab script syncing two mirrors in threads): the first
+    to start saves the caller's settings and the last to end restores them."""
+    import gc
+
+    original = gc.get_threshold()
+    gc.set_threshold(900, 11, 12)
+    try:
+        first, second = sync_module._long_lived_gc(), sync_module._long_lived_gc()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first ends while the second still runs
+        assert gc.get_threshold()[0] == sync_module.GC_YOUNG_THRESHOLD
+        second.__exit__(None, None, None)
+        assert gc.get_threshold() == (900, 11, 12) and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*original)

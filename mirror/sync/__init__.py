@@ -300,6 +300,10 @@ GC_YOUNG_THRESHOLD = 10_000
 700); see :func:`_long_lived_gc`."""
 
 
+_gc_lock = threading.Lock()
+_gc_state: dict = {"runs": 0}  # syncs running in this process; the settings the first found
+
+
 @contextmanager
 def _long_lived_gc():
     """The garbage collector told that a sync's modules live for good, and to look less often.
@@ -309,20 +313,28 @@ def _long_lived_gc():
     DuckDB, numpy: hundreds of thousands): ``perf`` put 10 % of a 1,000-image ISIC v2 sync's
     CPU in the collector. ``gc.freeze`` moves what exists now out of its reach, and the
     young generation is collected every :data:`GC_YOUNG_THRESHOLD` allocations instead of
-    700. Both are undone when the run ends: a program that calls :func:`sync` gets its own
-    settings back (and one that froze objects itself is left to its own freezing).
+    700. Both are undone when the last sync running in the process ends: a program that
+    calls :func:`sync` gets its own settings back (and one that froze objects itself is
+    left to its own freezing).
     """
-    thresholds = gc.get_threshold()
-    freezing = gc.get_freeze_count() == 0  # a caller's own frozen objects stay its business
-    if freezing:
-        gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+    with _gc_lock:
+        if _gc_state["runs"] == 0:
+            thresholds = gc.get_threshold()
+            freezing = gc.get_freeze_count() == 0  # a caller's frozen objects stay its own
+            if freezing:
+                gc.freeze()
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+            _gc_state.update(thresholds=thresholds, freezing=freezing)
+        _gc_state["runs"] += 1
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        if freezing:
-            gc.unfreeze()
+        with _gc_lock:
+            _gc_state["runs"] -= 1
+            if _gc_state["runs"] == 0:
+                gc.set_threshold(*_gc_state["thresholds"])
+                if _gc_state["freezing"]:
+                    gc.unfreeze()
 
 
 STORE_THREADS = 4

@@ -44,12 +44,28 @@ def browser(tmp_path_factory):
 def click(browser, element) -> None:
     """Click a link or button and wait until the next page replaced this one."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 30).until(lambda _: _replaced(old))
+
+
+def _replaced(old) -> bool:
+    """True once ``old`` left the document. Asked mid-navigation, chromedriver sometimes
+    answers "Node with given id does not belong to the document" (an unknown error, not a
+    stale reference): the node is gone all the same."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        old.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def names(browser) -> list[str]:
