@@ -331,25 +331,33 @@ class IdcS3:
             self._stores.clear()  # obstore closes a store's connections when it is dropped
 
 
+def _missing(where: str, detail: str = "") -> ObjectMissingError:
+    return ObjectMissingError(f"{where} is missing{detail}; the catalog is newer or older "
+                              "than the bucket: update idc-index-data and retry")
+
+
+def _denied(where: str, detail: str = "") -> ArchiveError:
+    return ArchiveError(f"{where}: access denied{detail}; IDC's buckets are public, so check "
+                        "the endpoint URL")
+
+
 def _read_error(exc: Exception, where: str) -> ArchiveError:
     """obstore's error of a GET as the mirror's: missing, refused, or worth a retry."""
     if isinstance(exc, (NotFoundError, FileNotFoundError)):
-        return ObjectMissingError(f"{where} is missing; the catalog is newer or older than "
-                                  "the bucket: update idc-index-data and retry")
+        return _missing(where)
     if isinstance(exc, (PermissionDeniedError, UnauthenticatedError, PermissionError)):
-        return ArchiveError(f"{where}: access denied; IDC's buckets are public, so check "
-                            "the endpoint URL")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _denied(where)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
     return ArchiveError(f"GET {where} failed: {first[:200]}; retry later")
 
 
 def _archive_error(exc: ClientError, where: str) -> ArchiveError:
+    """botocore's error of a listing as the mirror's, by the same rules."""
     code = str(exc.response.get("Error", {}).get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
-        return ObjectMissingError(f"{where} is missing ({code}); the catalog is newer or "
-                                  "older than the bucket: update idc-index-data and retry")
+        return _missing(where, f" ({code})")
     if code in ("AccessDenied", "403"):
-        return ArchiveError(f"{where}: access denied (HTTP {status}); IDC's buckets are "
-                            "public, so check the endpoint URL")
+        return _denied(where, f" (HTTP {status})")
     return ArchiveError(f"{where}: {code or 'error'} (HTTP {status}); retry later")
