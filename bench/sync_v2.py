@@ -285,6 +285,8 @@ def main() -> None:
                         help="runs of each contestant, in turn (medians are reported)")
     parser.add_argument("--rss-images", type=int, default=200_000)
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.skip_isic_cli:
         args.isic_cli = None
     elif not args.isic_cli or not Path(args.isic_cli).is_file():
