@@ -93,6 +93,12 @@ PROGRESS_INTERVAL = Setting(
     "Seconds between plain progress lines (--progress=plain, or -v when stderr is not a "
     "terminal).")
 
+ZIP_MEMORY_BYTES = Setting(
+    "MIRROR_ZIP_MEMORY_BYTES", 8 * 2**20,
+    "TCIA: a series zip up to this many bytes is held in memory while it is checked and "
+    "unpacked; a larger one goes to an unnamed temporary file beside the store (nothing "
+    "is left behind by a kill). Each fetch worker holds at most one.")
+
 IDC_CATALOG_ENV = "MIRROR_IDC_CATALOG"
 """A folder of idc-index-data Parquet files (``idc_index.parquet``, ...) that IDC syncs read
 instead of the installed package's (a sandbox's catalog, an older release kept aside);
@@ -117,4 +123,4 @@ ENVIRONMENT = {
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
        PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD,
        GC_REMOVED_GRACE_DAYS, MAX_DOCUMENT_DEPTH, MAX_DECODE_PIXELS,
-       MAX_SUPERPIXEL_MAP_BYTES)
+       MAX_SUPERPIXEL_MAP_BYTES, ZIP_MEMORY_BYTES)

@@ -7,7 +7,7 @@ collection object's ``license`` file (``license_<collection id>.txt``): content-
 a changed text is a new version beside the old one (kept while a snapshot pins it, then
 left to ``mirror gc``), the index naming the current one.
 
-The text is read from a zip once it has downloaded whole, and kept only when that series
+The text is read from a zip by its checked reader, and kept only when that series
 passed every check (:meth:`LicenseKeeper.fetched`, in the fetcher's thread). A licence
 change shows in no hash, only in the rows' ``LicenseName``/``LicenseURI``; when those move
 and no series of the collection is fetched anyway, the collection's smallest held series
@@ -18,30 +18,13 @@ collection). The seed's v3 zips have no ``LICENSE``: a v3 mirror has no licence 
 from __future__ import annotations
 
 import threading
-import zipfile
-from pathlib import Path
 
 from mirror.config import utc_now
 from mirror.ingest import blob_row, ingest_blobs
-from mirror.sources.dicom import LICENSE_ENTRY, ZIP_SIDE_FILE_LIMIT
 from mirror.sources.tcia.hierarchy import COLLECTION_FIELDS, collection_key
 from mirror.store import blob_relpath
 
 ROLE = "license"
-
-
-def read_license(path: Path) -> str | None:
-    """The zip's ``LICENSE`` text, or None (no such entry, too large, a damaged zip: the
-    series' own checks report those)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo(LICENSE_ENTRY)
-            if info.file_size > ZIP_SIDE_FILE_LIMIT:
-                return None
-            with archive.open(info) as f:
-                return f.read(ZIP_SIDE_FILE_LIMIT + 1).decode("utf-8", "replace")
-    except (KeyError, OSError, zipfile.BadZipFile, RuntimeError, EOFError):
-        return None
 
 
 class LicenseKeeper:
@@ -52,9 +35,8 @@ class LicenseKeeper:
         self._seen: dict[str, str] = {}  # series -> text (zip downloaded, not yet checked)
         self._pending: dict[str, str] = {}  # collection name -> text (series stored)
 
-    def saw_zip(self, series_uid: str, path: Path) -> None:
-        """In a worker: a series zip downloaded whole (:attr:`NbiaClient.on_zip`)."""
-        text = read_license(path)
+    def saw(self, series_uid: str, text: str | None) -> None:
+        """In a worker: the ``LICENSE`` text of a series zip that passed its checks."""
         if text is not None:
             with self._lock:
                 self._seen[series_uid] = text

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from mirror import settings
 from mirror.config import utc_now
 from mirror.errors import MirrorError
 from mirror.index import Blob, Listing, ObjectRow, SyncItem
@@ -82,7 +83,6 @@ class TciaSource:
         self._pending: list[tuple[str, list]] = []  # fetched series not yet indexed
         self._headers = True  # index each fetched instance's header (--what headers)
         self.licenses = LicenseKeeper()  # each collection's LICENSE text, from the zips
-        self.client.on_zip = self.licenses.saw_zip
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError("TCIA's NBIA v4 API serves its public collections without a "
@@ -251,15 +251,16 @@ class TciaSource:
         role = self.spec.role("dicom")
         count, _ = self._expected.get(task.object_id, (None, []))
         scratch = fetcher.store.path(fetcher.relpath(task, role, ".dcm")).parent
-        path = self.client.download_series_zip(task.object_id, scratch, prefix=TEMP_PREFIX,
-                                               max_bytes=task.max_bytes)
+        zipped = self.client.spool_series_zip(
+            task.object_id, scratch, max_bytes=task.max_bytes, prefix=TEMP_PREFIX,
+            memory_limit=int(settings.ZIP_MEMORY_BYTES.get()))
         results: list[tuple] = []
         md5s: dict[str, str] = {}
         headers: dict[str, dict] = {}
         try:
             # the instances the index holds may be stale (the zip is the listing now):
             # checked against getSeries' ImageCount and md5hashes.csv instead
-            with open_series_zip(path, expected_count=count, series_uid=task.object_id,
+            with open_series_zip(zipped, expected_count=count, series_uid=task.object_id,
                                  max_total=task.max_bytes,  # from getSeries FileSize
                                  label=f"the zip of series {task.object_id}") as series:
                 for entry in series:
@@ -275,8 +276,9 @@ class TciaSource:
                         header = read_header(fetcher.store.path(stored.relpath))
                     headers[sop] = header
                     results.append((sop, "dicom", stored, "application/dicom", None, True))
+                self.licenses.saw(task.object_id, series.license)
         finally:
-            path.unlink(missing_ok=True)
+            zipped.close()
         docs = [instance_document(sop, task.object_id, headers[sop]) for sop in md5s]
         stored_docs = self._run.store_docs("instance", docs) if self._run else []
         with self._lock:

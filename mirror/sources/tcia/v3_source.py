@@ -29,7 +29,7 @@ import hashlib
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import requests
 from sqlalchemy import delete, select
@@ -39,7 +39,7 @@ from mirror.config import utc_now
 from mirror.errors import AuthenticationError, MirrorError
 from mirror.index import Listing, ObjectRow
 from mirror.sources.base import DocumentRun, SourceSpec
-from mirror.sources.dicom import MD5_ENTRY, ZIP_MAX_TOTAL, open_series_zip
+from mirror.sources.dicom import MD5_ENTRY, open_series_zip
 from mirror.sources.http import HttpClient
 from mirror.sources.tcia import maintenance
 from mirror.sources.tcia.changes import ChangePlan, ChangePlanner, KnownSeries
@@ -90,20 +90,11 @@ class V3Client(NbiaClient):
     def md5_hierarchy(self, **scope: str | None) -> str:
         raise MirrorError("TCIA's REST API v3 has no getMD5Hierarchy")
 
-    def download_series_zip(self, series_uid: str, folder: str | os.PathLike, *,
-                            new_file_names: bool = False, max_bytes: int = ZIP_MAX_TOTAL,
-                            prefix: str = ".series.") -> Path:
-        path = super().download_series_zip(series_uid, folder, max_bytes=max_bytes,
-                                           prefix=prefix)
-        try:
-            add_md5_list(path, max_bytes, f"the zip of series {series_uid}")
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+    def _complete_zip(self, out: BinaryIO, series_uid: str, max_bytes: int) -> None:
+        add_md5_list(out, max_bytes, f"the zip of series {series_uid}")
 
 
-def add_md5_list(path: Path, max_total: int, label: str) -> None:
+def add_md5_list(path: Path | BinaryIO, max_total: int, label: str) -> None:
     """Append ``md5hashes.csv`` (NBIA's ``Filename,MD5Hash`` rows) computed from the zip's
     own entries, unless it has one. The central directory is checked first (safe names,
     bounded total and ratio); zipfile reads each entry no further than its declared size
@@ -146,7 +137,6 @@ class TciaV3Source(TciaSource):
     def __init__(self, base_url: str, http: HttpClient):
         super().__init__(base_url, http)
         self.client = V3Client(http, self.base_url)
-        self.client.on_zip = self.licenses.saw_zip  # (v3 zips carry none so far)
 
     def login(self, username: str, password: str) -> None:
         raise MirrorError(f"TCIA's REST API v3 takes an API key, not a login: set "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 
 import pydicom
 import pytest
@@ -102,7 +103,23 @@ def test_scope_withdrawal_and_rename(tmp_path, sb):
     assert "GET v4/getImage" not in sb.stats()
 
 
-def test_hostile_zips_fail_their_series_only_and_nothing_escapes(tmp_path):
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
+def test_hostile_zips_fail_their_series_only_and_nothing_escapes(tmp_path, monkeypatch,
+                                                                  spill):
+    """Zips are checked and unpacked in memory up to MIRROR_ZIP_MEMORY_BYTES and from an
+    unnamed temporary file beyond it: both ways refuse the same series, keep the rest and
+    leave nothing behind."""
+    spilled = []
+    if spill:
+        monkeypatch.setenv("MIRROR_ZIP_MEMORY_BYTES", "1")
+        rollover = tempfile.SpooledTemporaryFile.rollover
+
+        def counted(self):
+            if not self._rolled:
+                spilled.append(self)
+            rollover(self)
+
+        monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", counted)
     cases = "dotdot,absolute,bomb,md5,duplicate,nondicom,changing,html,empty"  # not the
     # ones only retries can settle (truncated, htmlzip): the client tests cover those
     sandbox = start(collections=2, seed=11, hostile=cases)
@@ -123,6 +140,7 @@ def test_hostile_zips_fail_their_series_only_and_nothing_escapes(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
         assert not [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
         assert not [p for p in root.rglob("*") if "evil" in p.name or p.is_symlink()]
+        assert len(spilled) >= (len(sandbox.archive.series) if spill else 0)
     finally:
         sandbox.stop()
 
