@@ -99,6 +99,12 @@ class TransientHTTPError(Exception):
         self.retry_after = retry_after
 
 
+class TransferError(Exception):
+    """A download that failed below HTTP in a client other than requests (a reset, a
+    timeout, a body cut short: obstore's direct downloads); retried like requests' own
+    connection errors. Internal to the retry loop, as :class:`TransientHTTPError` is."""
+
+
 class SettingError(MirrorError):
     """A setting (an environment variable) holds a value the tool cannot use."""
 

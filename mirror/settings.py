@@ -93,6 +93,11 @@ PROGRESS_INTERVAL = Setting(
     "Seconds between plain progress lines (--progress=plain, or -v when stderr is not a "
     "terminal).")
 
+DIRECT_DOWNLOADS = Setting(
+    "MIRROR_DIRECT_DOWNLOADS", 1,
+    "1: public file URLs (ISIC's bucket) are fetched through obstore, with the HTTP in Rust "
+    "outside the GIL, when it is installed (the 'fast' extra) and no proxy or CA bundle "
+    "applies; 0: every download goes through requests.")
 ZIP_MEMORY_BYTES = Setting(
     "MIRROR_ZIP_MEMORY_BYTES", 8 * 2**20,
     "TCIA: a series zip up to this many bytes is held in memory while it is checked and "
@@ -123,4 +128,4 @@ ENVIRONMENT = {
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
        PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD,
        GC_REMOVED_GRACE_DAYS, MAX_DOCUMENT_DEPTH, MAX_DECODE_PIXELS,
-       MAX_SUPERPIXEL_MAP_BYTES, ZIP_MEMORY_BYTES)
+       MAX_SUPERPIXEL_MAP_BYTES, ZIP_MEMORY_BYTES, DIRECT_DOWNLOADS)

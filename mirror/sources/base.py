@@ -208,6 +208,8 @@ class FileTask:
     shape: tuple[int, int] | None = None
     replace: bool = False
     size: int | None = None  # what the archive says the file weighs, when it says
+    public_url: bool = False  # ``url`` needs no header, token or cookie (a public bucket):
+    # the engine may fetch it through its direct client (mirror.sources.direct)
 
     @property
     def pixels(self) -> int:

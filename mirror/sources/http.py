@@ -47,6 +47,7 @@ from mirror.errors import (
     OfflineError,
     ResponseTooLargeError,
     SettingError,
+    TransferError,
     TransientHTTPError,
 )
 
@@ -80,6 +81,7 @@ TRANSIENT_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
     IntegrityError,  # short body, HTML instead of an image: fetch again
+    TransferError,  # the same below HTTP, from a direct download (mirror.sources.direct)
 )
 
 
@@ -123,6 +125,41 @@ class HttpClient:
         self.retries = 0
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
+        self._pool_size = pool_size
+        self._direct = None  # DirectFiles, made at the first direct download
+
+    def direct_files(self, url: str, declared_size: int | None):
+        """The :class:`~mirror.sources.direct.DirectFiles` that may GET ``url`` (a public
+        file URL of ``declared_size`` bytes), or None: requests fetches it. Use it inside
+        :meth:`slot`."""
+        from mirror import settings
+        from mirror.sources import direct
+
+        if not settings.DIRECT_DOWNLOADS.get() or not direct.available():
+            return None
+        environment = self._environment(url)
+        if not direct.DirectFiles.accepts(url, declared_size, environment["proxies"],
+                                          environment["verify"]):
+            return None
+        with self._lock:
+            if self._direct is None:
+                biggest = direct.DIRECT_MAX_BYTES / self.min_bytes_per_second
+                self._direct = direct.DirectFiles(
+                    connect_timeout=min(self.timeout, 30.0), idle_timeout=self.timeout,
+                    total_timeout=self.deadline + biggest, pool=self._pool_size)
+            return self._direct
+
+    @contextmanager
+    def slot(self, url: str) -> Iterator[None]:
+        """One request sent by another client (a direct download): counted, refused when
+        offline, and holding a connection slot like :meth:`fetching` until the block ends."""
+        if self.offline:
+            raise OfflineError(f"offline mode is on; refusing to fetch {url}")
+        with self._lock:
+            self.requests_made += 1
+        log.info("GET %s (direct)", url)
+        with self._slots:
+            yield
 
     def count_request(self) -> None:
         """Count a request another client sent for this run (a source's S3 calls), so the
@@ -250,6 +287,8 @@ class HttpClient:
         settings = self._environments.get(host)
         if settings is None:
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if host[0] != "https":
+                verify = None  # plain HTTP verifies nothing (requests stats a bundle path)
             settings = {"proxies": requests.utils.get_environ_proxies(url),
                         "verify": verify or True}
             self._environments[host] = settings
@@ -277,6 +316,8 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+        if self._direct is not None:
+            self._direct.close()
 
 
 # -- JSON ------------------------------------------------------------------------------------

@@ -265,15 +265,17 @@ class IsicV2Source:
         url = ref.get("url")
         if not isinstance(url, str):
             return None
-        if not doc.get("public", True):
+        public = bool(doc.get("public", True))
+        if not public:
             url = None  # signed when its turn comes (fetch_file): a signature can expire
         acquisition = (doc.get("metadata") or {}).get("acquisition") or {}
         px, py = acquisition.get("pixels_x"), acquisition.get("pixels_y")
         shape = (py, px) if role == "image" and isinstance(px, int) and isinstance(py, int) \
             else None
         size = ref.get("size") if isinstance(ref.get("size"), int) else None
+        # a public image's URL is the bucket's, stable and unsigned, fetched with no header
         return FileTask("image", isic_id, role, option, url=url, shape=shape, replace=replace,
-                        size=size)
+                        size=size, public_url=public)
 
     def fetch_file(self, task: FileTask, fetcher: Any) -> list[tuple]:
         """A private image's file through its signed URL (this run's, else the record's
