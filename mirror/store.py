@@ -199,6 +199,7 @@ class ObjectStore:
         self._folders: dict[str, str] = {}  # store/<shard> -> absolute folder, checked once
         self._unsynced: list[Path | str] = []
         self._lock = threading.Lock()
+        self._space_lock = threading.Lock()  # only _check_space's counter
         self.journal: Path | None = None  # see :meth:`keep_journal`
         self._journal_fd: int | None = None  # kept open: one write per published file
         self._temp_names = itertools.count()  # with _temp_token: unique, no getrandom each
@@ -478,11 +479,17 @@ class ObjectStore:
         if self.journal is None:
             return
         line = f"{final.relative_to(self.base).as_posix()}\t{digest}\n".encode()
-        with self._lock:
-            if self._journal_fd is None:  # opened once per run, not once per file
-                self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND |
-                                           os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.write(self._journal_fd, line)  # one small append: whole or absent after a kill
+        fd = self._journal_fd
+        if fd is None:
+            with self._lock:
+                if self._journal_fd is None:  # opened once per run, not once per file
+                    self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND |
+                                               os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = self._journal_fd
+        # One small O_APPEND write: whole or absent after a kill, never interleaved with
+        # another thread's, so no lock is held across it (a lock held while the writer
+        # waits to get the GIL back queued every other worker behind it).
+        os.write(fd, line)
 
     def _publish(self, tmp: Path, final: Path, digest: str) -> None:
         self._note(final, digest)
@@ -539,7 +546,7 @@ class ObjectStore:
         file cost a small-file sync one system call each) and what files take meanwhile is
         counted off it; a full disk still stops the write itself (``ENOSPC``)."""
         now = time.monotonic()
-        with self._lock:
+        with self._space_lock:
             checked_at, left = self._space
             if now - checked_at < SPACE_RECHECK and needed <= left:
                 self._space = (checked_at, left - needed)
@@ -548,7 +555,7 @@ class ObjectStore:
         if needed > free:
             raise DiskFullError(f"disk full under {folder}: {needed} bytes needed, {free} free; "
                                 "free space, then run 'mirror sync' again")
-        with self._lock:
+        with self._space_lock:
             self._space = (now, free - needed)
 
     # -- reading -------------------------------------------------------------------------
