@@ -36,6 +36,7 @@ CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
                  ".gif": "image/gif", ".npz": "application/x-npz", ".dcm": "application/dicom",
                  ".json.zst": "application/json"}
 CHUNK = 256 * 1024
+IN_MEMORY_BODY = 1 << 20  # a direct download this small is read whole before it is stored
 COMMIT_EVERY = 200
 # object id, role, file, content type, sha256 of the file it derives from, fetched (not adopted)
 Result = tuple[str, str, StoredFile, str, "str | None", bool]
@@ -223,13 +224,24 @@ class FileFetcher:
             body = direct.get(url)
             length = _content_length(str(body.size), task, url)
             chunks = body.chunks()
-            first = next(chunks, b"")
-            if len(first) < role.magic_offset + 4:
-                first = bytes(first) + bytes(next(chunks, b""))
-            relpath = self.relpath(task, role, extension_for(body.content_type, first))
-            stored = self.put(relpath, itertools.chain([first], chunks), length, task, role,
-                              None)
+            if length is not None and length <= IN_MEMORY_BODY:
+                # small: read whole, then the slot is free for the next GET while this
+                # thread stores (the store's checks see the same bytes either way)
+                chunks = iter([b"".join(bytes(c) for c in chunks)])
+                stored = None
+            else:
+                stored = self._put_body(chunks, body.content_type, length, task, role)
+        if stored is None:
+            stored = self._put_body(chunks, body.content_type, length, task, role)
         return stored, body.content_type
+
+    def _put_body(self, chunks, content_type: str, length: int | None, task: FileTask,
+                  role: FileRole) -> StoredFile:
+        first = next(chunks, b"")
+        if len(first) < role.magic_offset + 4:
+            first = bytes(first) + bytes(next(chunks, b""))
+        relpath = self.relpath(task, role, extension_for(content_type, first))
+        return self.put(relpath, itertools.chain([first], chunks), length, task, role, None)
 
     def relpath(self, task: FileTask, role: FileRole, ext: str) -> str:
         """Where ``task``'s file goes: the role's prefix, the kind's shard."""

@@ -21,6 +21,7 @@ from mirror.sync import SyncOptions, sync
 from mirror.verify import verify_mirror
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40 + b"\xff\xd9"
+BIG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8192 + b"\xff\xd9"  # 2 MiB: streamed
 
 
 @pytest.fixture(autouse=True)
@@ -93,16 +94,17 @@ class _Files(BaseHTTPRequestHandler):
             return self._send(403, b"<Error>AccessDenied</Error>")
         if self.path == "/busy.jpg":
             return self._send(503, b"slow down")
-        if self.path == "/short.jpg":  # the connection ends under its Content-Length
+        if self.path in ("/short.jpg", "/bigshort.jpg"):  # it ends under its Content-Length
+            whole = JPEG if self.path == "/short.jpg" else BIG
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(JPEG)))
+            self.send_header("Content-Length", str(len(whole)))
             self.end_headers()
-            self.wfile.write(JPEG[:100])
+            self.wfile.write(whole[:len(whole) // 2])
             self.wfile.flush()
             self.close_connection = True
             return None
-        return self._send(200, JPEG, "image/jpeg")
+        return self._send(200, BIG if self.path == "/big.jpg" else JPEG, "image/jpeg")
 
     def _send(self, status: int, body: bytes, content_type: str = "application/xml"):
         self.send_response(status)
@@ -175,3 +177,35 @@ def test_bodies_cut_short_are_fetched_again_and_never_published_short(tmp_path, 
     assert len(gets) > len(public)  # the retries went direct too
     assert verify_mirror(tmp_path / "m").ok
     assert not [p for p in (tmp_path / "m").rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("name, body", [("ok", JPEG), ("big", BIG)],
+                         ids=["read-whole", "streamed"])
+def test_the_engine_stores_direct_bodies_whole_or_not_at_all(tmp_path, host, name, body):
+    """A small body is read whole and stored after its request slot is free; a large one
+    streams into the store inside its slot; cut short, neither leaves a file."""
+    from mirror.layout import Layout
+    from mirror.sources.base import FileTask
+    from mirror.sources.isic_v2.spec import SPEC
+    from mirror.store import ObjectStore
+    from mirror.sync.files import FileFetcher
+
+    class Source:
+        spec = SPEC
+        http = HttpClient(attempts=1)
+
+    store = ObjectStore(Layout(tmp_path / "m", "isic-v2"))
+    fetcher = FileFetcher(Source(), store, None, None, None, lambda: None)
+    role = SPEC.role("image")
+    good = FileTask("image", "ISIC_0000001", "image", "full", url=f"{host}/{name}.jpg",
+                    size=len(body), public_url=True)
+    stored, content_type = fetcher._download(good, role, {})
+    assert (content_type, store.read_bytes(stored.relpath)) == ("image/jpeg", body)
+    short = "short" if name == "ok" else "bigshort"
+    cut = FileTask("image", "ISIC_0000002", "image", "full", url=f"{host}/{short}.jpg",
+                   size=len(body), public_url=True)
+    with pytest.raises((TransferError, TransientHTTPError, MirrorError)):
+        fetcher._download(cut, role, {})
+    left = [p.name for p in (tmp_path / "m").rglob("*") if not p.is_dir()]
+    assert left == [stored.relpath.rsplit("/", 1)[1]]
+    assert Source.http.requests_made == 2
