@@ -94,8 +94,6 @@ class NbiaClient:
     def __init__(self, http: HttpClient, base_url: str = NBIA_V4_URL):
         self.http = http
         self.base_url = base_url.rstrip("/")
-        # called with (SeriesInstanceUID, path) when a series zip has downloaded whole
-        # (the source reads the collection's LICENSE text from it)
 
     # --- transport --------------------------------------------------------------------
 
