@@ -144,6 +144,7 @@ def during_sync(base: str, root: Path, sb, ids: list[str], clients: int = 8) -> 
     for t in threads:
         t.start()
     os.environ["MIRROR_PUBLISH_EVERY_OBJECTS"] = "40"
+    os.environ["MIRROR_PUBLISH_MIN_SECONDS"] = "0"
     started = time.monotonic()
     summary = sync(root, sb.url, SyncOptions(workers=4, blobs=frozenset({"full", "thumbnail"})))
     counts["sync_seconds"] = round(time.monotonic() - started, 1)

@@ -88,6 +88,11 @@ PUBLISH_EVERY_OBJECTS = Setting(
 PUBLISH_EVERY_SECONDS = Setting(
     "MIRROR_PUBLISH_EVERY_SECONDS", 300,
     "... or after this many seconds since the last publish, whichever comes first.")
+PUBLISH_MIN_SECONDS = Setting(
+    "MIRROR_PUBLISH_MIN_SECONDS", 30,
+    "No publish during a run sooner than this after the run began or after its last "
+    "publish, whatever the object count: a sync shorter than this publishes once, at its "
+    "end (an interim publish of 5,800 IDC instances cost a 17 s sync about 1 s).")
 PROGRESS_INTERVAL = Setting(
     "MIRROR_PROGRESS_INTERVAL", 10,
     "Seconds between plain progress lines (--progress=plain, or -v when stderr is not a "
@@ -126,6 +131,6 @@ ENVIRONMENT = {
 }
 
 ALL = (REMOVAL_MAX_FRACTION, REMOVAL_MIN_COUNT, REMOVAL_MAX_COUNT, SIZE_SAMPLE_FILES,
-       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PROGRESS_INTERVAL, RECHECK_PERIOD,
-       GC_REMOVED_GRACE_DAYS, MAX_DOCUMENT_DEPTH, MAX_DECODE_PIXELS,
+       PUBLISH_EVERY_OBJECTS, PUBLISH_EVERY_SECONDS, PUBLISH_MIN_SECONDS, PROGRESS_INTERVAL,
+       RECHECK_PERIOD, GC_REMOVED_GRACE_DAYS, MAX_DOCUMENT_DEPTH, MAX_DECODE_PIXELS,
        MAX_SUPERPIXEL_MAP_BYTES, ZIP_MEMORY_BYTES, DIRECT_DOWNLOADS)

@@ -482,3 +482,17 @@ def test_overlapping_syncs_give_the_settings_back_once_both_end():
     finally:
         gc.unfreeze()
         gc.set_threshold(*original)
+
+
+@pytest.mark.parametrize("min_seconds, interim", [("30", False), ("0", True)])
+def test_a_short_sync_publishes_once_unless_told_otherwise(tmp_path, monkeypatch, min_seconds,
+                                                           interim):
+    """An interim publish waits MIRROR_PUBLISH_MIN_SECONDS after the run began: with the
+    object count due after every object, a short sync still publishes only at its end
+    (generation 1) unless the minimum is 0."""
+    monkeypatch.setenv("MIRROR_PUBLISH_EVERY_OBJECTS", "1")
+    monkeypatch.setenv("MIRROR_PUBLISH_MIN_SECONDS", min_seconds)
+    with serve(images=6, seed=31) as sb:
+        summary = sync(tmp_path / "m", sb.url, SyncOptions(workers=2, blobs=frozenset()))
+    assert summary.ok
+    assert (summary.generation > 1) is interim, summary.generation

@@ -694,7 +694,7 @@ def test_a_first_sync_publishes_the_index_while_it_runs(tmp_path):
              "--quiet", "--workers", "2", "--blobs", "full"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": os.getcwd(), "MIRROR_PUBLISH_EVERY_OBJECTS": "1",
-                 "MIRROR_SIZE_SAMPLE_FILES": str(sample)})
+                 "MIRROR_PUBLISH_MIN_SECONDS": "0", "MIRROR_SIZE_SAMPLE_FILES": str(sample)})
         try:
             deadline, during = time.monotonic() + 60, None
             while time.monotonic() < deadline and child.poll() is None:

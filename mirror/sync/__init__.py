@@ -355,7 +355,9 @@ class _Publisher:
     sync would publish 200 times and spend most of its time doing so (a 70,000-series IDC
     catalog sync spent 79 % of its main thread in them). So a publish is also never due
     sooner than :data:`PUBLISH_SHARE` times the last one took after it: publishing takes at
-    most a fifth of the run, and a run whose publishes are cheap publishes as before."""
+    most a fifth of the run, and a run whose publishes are cheap publishes as before. Nor
+    is one due within ``PUBLISH_MIN_SECONDS`` of the run's start or the last publish: a
+    short sync publishes once, at its end."""
 
     def __init__(self, writer: IndexWriter, layout: Layout, spec: SourceSpec,
                  summary: SyncSummary):
@@ -370,7 +372,8 @@ class _Publisher:
         since = time.monotonic() - self.last_time
         due = (count - self.last_count >= settings.PUBLISH_EVERY_OBJECTS.get()
                or since >= settings.PUBLISH_EVERY_SECONDS.get())
-        if not due or count == self.last_count or since < PUBLISH_SHARE * self.last_cost:
+        if not due or count == self.last_count or since < PUBLISH_SHARE * self.last_cost \
+                or since < settings.PUBLISH_MIN_SECONDS.get():
             return
         started = time.monotonic()
         generation = self.writer.publish()
