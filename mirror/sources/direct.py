@@ -23,7 +23,10 @@ size against the declared length and hashes while it writes. Bounds: one request
 flight per :class:`~mirror.sources.http.HttpClient` slot, connect and idle timeouts from
 the client, a total time of ``deadline + DIRECT_MAX_BYTES / min_bytes_per_second`` (what
 requests' streamed deadline allows the largest file that comes this way), obstore's own
-retries off: the caller's retry loop decides, as for requests.
+retries off: the caller's retry loop decides, as for requests. One difference: obstore
+follows a redirect (reqwest's default, at most 10), where :class:`HttpClient` refuses one
+because it may carry a token; nothing on this path carries any credential, and what a
+redirect leads to passes the same checks.
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ class _Files(BaseHTTPRequestHandler):
             return self._send(404, b"<Error>NoSuchKey</Error>")
         if self.path == "/denied.jpg":
             return self._send(403, b"<Error>AccessDenied</Error>")
+        if self.path == "/moved.jpg":  # a redirect: no credential rides on this path
+            self.send_response(302)
+            self.send_header("Location", "/ok.jpg")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if self.path == "/busy.jpg":
             return self._send(503, b"slow down")
         if self.path in ("/short.jpg", "/bigshort.jpg"):  # it ends under its Content-Length
@@ -136,6 +142,8 @@ def test_answers_map_to_the_errors_the_retry_loop_knows(host):
     body = direct.get(f"{host}/ok.jpg")
     assert (body.size, body.content_type) == (len(JPEG), "image/jpeg")
     assert b"".join(bytes(c) for c in body.chunks()) == JPEG
+    moved = direct.get(f"{host}/moved.jpg")  # followed, then checked like any body
+    assert b"".join(bytes(c) for c in moved.chunks()) == JPEG
     with pytest.raises(MirrorError, match=r"^HTTP 404 for .*/missing\.jpg$"):
         direct.get(f"{host}/missing.jpg")
     with pytest.raises(MirrorError, match=r"^HTTP 403 for "):
