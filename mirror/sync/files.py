@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 
@@ -202,12 +202,8 @@ class FileFetcher:
                 raise MirrorError(f"HTTP {response.status_code} for {url}")
             content_type = response.headers.get("Content-Type", "")
             length = _content_length(response.headers.get("Content-Length"), task, url)
-            chunks = response.iter_content(CHUNK)
-            first = next(chunks, b"")
-            if len(first) < role.magic_offset + 4:  # DICOM's magic sits at byte 128
-                first += next(chunks, b"")
-            relpath = self.relpath(task, role, extension_for(content_type, first))
-            body = itertools.chain([first], chunks)
+            relpath, body = self._named(response.iter_content(CHUNK), content_type, task,
+                                        role)
             validate = self._validator(task, role, checked)
             if validate is not None:  # small (a superpixel PNG): decode it after the slot
                 body = _read_bounded(body, task.max_bytes)
@@ -223,25 +219,24 @@ class FileFetcher:
         with self.source.http.slot(url):
             body = direct.get(url)
             length = _content_length(str(body.size), task, url)
-            chunks = body.chunks()
-            if length is not None and length <= IN_MEMORY_BODY:
-                # small: read whole, then the slot is free for the next GET while this
-                # thread stores (the store's checks see the same bytes either way)
-                chunks = iter([b"".join(bytes(c) for c in chunks)])
-                stored = None
-            else:
-                stored = self._put_body(chunks, body.content_type, length, task, role)
-        if stored is None:
-            stored = self._put_body(chunks, body.content_type, length, task, role)
-        return stored, body.content_type
+            if length > IN_MEMORY_BODY:  # streamed into the store while the slot is held
+                relpath, chunks = self._named(body.chunks(), body.content_type, task, role)
+                return self.put(relpath, chunks, length, task, role, None), body.content_type
+            # small: read whole, so the slot is free for the next GET while this thread
+            # stores it (the store's checks see the same bytes either way)
+            data = b"".join(bytes(c) for c in body.chunks())
+        relpath, chunks = self._named(iter([data]), body.content_type, task, role)
+        return self.put(relpath, chunks, length, task, role, None), body.content_type
 
-    def _put_body(self, chunks, content_type: str, length: int | None, task: FileTask,
-                  role: FileRole) -> StoredFile:
+    def _named(self, chunks, content_type: str, task: FileTask, role: FileRole
+               ) -> tuple[str, Iterator[bytes]]:
+        """Where the body goes (its extension from the Content-Type and its first bytes)
+        and the body again, first chunk included."""
         first = next(chunks, b"")
-        if len(first) < role.magic_offset + 4:
+        if len(first) < role.magic_offset + 4:  # DICOM's magic sits at byte 128
             first = bytes(first) + bytes(next(chunks, b""))
         relpath = self.relpath(task, role, extension_for(content_type, first))
-        return self.put(relpath, itertools.chain([first], chunks), length, task, role, None)
+        return relpath, itertools.chain([first], chunks)
 
     def relpath(self, task: FileTask, role: FileRole, ext: str) -> str:
         """Where ``task``'s file goes: the role's prefix, the kind's shard."""
