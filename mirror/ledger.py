@@ -9,7 +9,13 @@ reindex would list everything again. The ledger keeps both, one JSON object a li
 
     {"g": 7, "k": "image", "id": "5436e3...", "sha": "9f2c..."}     current version
     {"g": 9, "k": "image", "id": "5436e3...", "removed": true}      marked removed
-    {"g": 7, "listing": "segmentation:5436e3...", "digest": "...", "count": 2}
+    {"g": 7, "listing": "segmentation:5436e3...", "digest": "...", "count": 2,
+     "at": "2026-12-02T17:41:10.123456+00:00"}
+
+A listing's ``at`` (when the sync fetched it) is kept because the re-check rotation goes
+stalest first: a reindex that dated every listing alike would change which ones the next
+sync re-checks, and with them what it costs. A listing is written again when any of the
+three changes (ISIC v1 re-checks a seventh of its listings a run).
 
 After each publish the writer appends what differs from the ledger's replay (so a
 publish that died before its append is made good by the next one). Lines are appended
@@ -44,7 +50,8 @@ class Ledger:
     """The ledger replayed: the last word on each object and listing."""
 
     documents: dict[tuple[str, str], str | None] = field(default_factory=dict)  # None: removed
-    listings: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # key -> (digest, count, when it was fetched; None in lines written before "at" was)
+    listings: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)
 
 
 def path_of(layout: Layout) -> Path:
@@ -81,7 +88,8 @@ def _replay_lines(lines, ledger: Ledger, compact: bool = False) -> None:
         if not isinstance(entry, dict):
             continue
         if "listing" in entry:
-            ledger.listings[entry["listing"]] = (entry.get("digest", ""), entry.get("count", 0))
+            ledger.listings[entry["listing"]] = (entry.get("digest", ""), entry.get("count", 0),
+                                                 entry.get("at"))
         elif "k" in entry and "id" in entry:
             sha = None if entry.get("removed") else entry.get("sha")
             if compact:
@@ -114,10 +122,11 @@ def record(layout: Layout, session: Session, spec: SourceSpec, generation: int) 
                 if len(lines) >= APPEND_LINES:
                     _append(layout, lines)
                     appended, lines = appended + len(lines), []
-    for key, digest, count in session.execute(select(Listing.key, Listing.digest,
-                                                     Listing.count)):
-        if known.listings.get(key) != (digest, count):
-            lines.append({"g": generation, "listing": key, "digest": digest, "count": count})
+    for key, digest, count, at in session.execute(select(
+            Listing.key, Listing.digest, Listing.count, Listing.fetched_at)):
+        if known.listings.get(key) != (digest, count, at):
+            lines.append({"g": generation, "listing": key, "digest": digest, "count": count,
+                          "at": at})
     if lines:
         _append(layout, lines)
     return appended + len(lines)

@@ -57,8 +57,9 @@ def reindex_mirror(root: Path | str) -> dict:
 
 
 def _restore_from_ledger(session, spec: SourceSpec, published: ledger.Ledger) -> int:
-    """Removal marks and listing digests as the last publish left them; returns how many
-    objects the ledger named."""
+    """Removal marks and listings (digests, and when each was fetched: the re-check
+    rotation's order) as the last publish left them; returns how many objects the ledger
+    named."""
     removed: dict[str, list[str]] = {}
     for (kind, object_id), sha in published.documents.items():
         if sha is None and spec.has_kind(kind):
@@ -66,8 +67,8 @@ def _restore_from_ledger(session, spec: SourceSpec, published: ledger.Ledger) ->
     for kind, ids in removed.items():
         mark_removed(session, spec.kind(kind), sorted(ids), utc_now())
     now = utc_now()
-    session.add_all(Listing(key=key, digest=digest, count=count, fetched_at=now)
-                    for key, (digest, count) in published.listings.items())
+    session.add_all(Listing(key=key, digest=digest, count=count, fetched_at=at or now)
+                    for key, (digest, count, at) in published.listings.items())
     return len(published.documents)
 
 
